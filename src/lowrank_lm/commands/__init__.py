@@ -1,0 +1,1 @@
+"""One module per ``lowrank-lm`` verb: ``add_arguments(parser)`` and ``run(args)``."""

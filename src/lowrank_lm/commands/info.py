@@ -1,0 +1,51 @@
+"""Show a config's parameter counts and FLOPs (paper convention and 6N) without allocating it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lowrank_lm.commands.common import add_config_arguments, config_from_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _m(n: float) -> str:
+    return f"{n / 1e6:,.1f}M"
+
+
+def run(args: argparse.Namespace) -> None:
+    from lowrank_lm.accounting import account
+
+    cfg = config_from_args(args)
+    acc = account(cfg)
+    if args.json:
+        print(json.dumps(acc.to_dict(), indent=2))
+        return
+    m, f = cfg.model, cfg.model.ffn
+    structure = f.kind
+    if f.kind != "dense":
+        bits = [f"R={f.rank}" if f.rank else "", f"B={f.num_blocks}" if f.num_blocks else "", f"init={f.init}"]
+        structure += " (" + ", ".join(b for b in bits if b) + f"; dense blocks {f.keep_dense_layers})"
+    rows = [
+        ("layers / hidden / attn / ffn", f"{m.num_layers} / {m.hidden_dim} / {m.resolved_attn_dim} / "
+                                         f"{m.resolved_ffn_dim}"),
+        ("heads q / kv (head dim)", f"{m.num_q_heads} / {m.resolved_kv_heads} ({m.head_dim})"),
+        ("vocab / context", f"{m.vocab_size} / {m.seq_len}"),
+        ("FFN", structure),
+        ("params", f"{_m(acc.params)}  (non-embedding {_m(acc.params_non_embedding)}, "
+                   f"FFN {_m(acc.params_ffn)}, attention {_m(acc.params_attention)})"),
+        ("FLOPs / token (paper)", f"{acc.forward_flops_per_token:.4g} forward, {acc.flops_per_token:.4g} train"),
+        ("FLOPs / token (6N)", f"{acc.flops_per_token_6n:.4g} train"),
+        ("token budget", f"{acc.train_tokens / 1e9:.4g}B tokens = {acc.steps} steps x {acc.tokens_per_step}"),
+        ("training FLOPs", f"{acc.train_flops:.3e} (paper), {acc.train_flops_6n:.3e} (6N)"),
+    ]
+    if acc.self_guided_extra_flops:
+        rows.append(("self-guided", f"+{acc.self_guided_extra_steps} steps, "
+                                    f"+{acc.self_guided_extra_flops:.3e} guide FLOPs"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")

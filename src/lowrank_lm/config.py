@@ -1,0 +1,444 @@
+"""Typed configuration: dataclasses loaded from YAML, dotted command-line overrides, validation.
+
+A config file is a YAML mapping with the sections ``model``, ``data`` and ``train``. It may name a
+``base`` file (a path relative to itself) whose values it overrides, so the paper's structured
+variants are a few lines each. Overrides such as ``model.ffn.rank=512`` are applied to the raw
+mapping before it is converted, so a typo in an override is caught like a typo in the file.
+
+Validation happens before anything is allocated and raises :class:`ConfigError` with one line that
+names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from lowrank_lm.errors import ConfigError
+
+FFNKind = Literal["dense", "lowrank", "blockshuffle", "blockdense"]
+FFNInit = Literal["spectral", "random", "orthonormal"]
+
+# The paper's default initialisation for each FFN parametrisation (section 3.1 of the reference).
+DEFAULT_INIT: dict[str, str] = {
+    "dense": "random",
+    "lowrank": "spectral",
+    "blockshuffle": "orthonormal",
+    "blockdense": "orthonormal",
+}
+
+
+@dataclass
+class FFNConfig:
+    """How the two (or three, for SwiGLU) linear layers of each feed-forward block are parametrised."""
+
+    kind: FFNKind = "dense"
+    """dense | lowrank (U(Vx)) | blockshuffle (two block-diagonals with a shuffle) | blockdense."""
+    rank: Optional[int] = None
+    """Bottleneck size R for lowrank and blockdense."""
+    num_blocks: Optional[int] = None
+    """Number of diagonal blocks B for blockshuffle and blockdense."""
+    init: Optional[FFNInit] = None
+    """spectral | random | orthonormal; empty means the paper's default for the kind."""
+    keep_dense_layers: list[int] = field(default_factory=lambda: [0])
+    """Indices of Transformer blocks whose FFN stays dense (the paper keeps block 0 dense)."""
+    premerge_max_tokens: Optional[int] = None
+    """In eval mode, calls with at most this many tokens use the merged dense weight (pre-merge)."""
+
+
+@dataclass
+class ModelConfig:
+    """The Transformer: the paper's GPT-style defaults, plus Llama-style options."""
+
+    vocab_size: int = 32000
+    seq_len: int = 1024
+    num_layers: int = 12
+    hidden_dim: int = 768
+    attn_dim: Optional[int] = None
+    """Width of Q and of the attention output; defaults to hidden_dim."""
+    ffn_dim: Optional[int] = None
+    """FFN intermediate size; defaults to 4 x hidden_dim."""
+    num_q_heads: int = 12
+    num_kv_heads: Optional[int] = None
+    """Key/value heads for grouped-query attention; defaults to num_q_heads (plain multi-head)."""
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    activation: Literal["gelu", "swiglu"] = "gelu"
+    """gelu is GELU with the tanh approximation (the paper's); swiglu adds a gate projection."""
+    bias: bool = True
+    tie_embeddings: bool = True
+    rope_base: float = 10000.0
+    init_std: float = 0.02
+    ffn: FFNConfig = field(default_factory=FFNConfig)
+
+    @property
+    def head_dim(self) -> int:
+        return self.resolved_attn_dim // self.num_q_heads
+
+    @property
+    def resolved_attn_dim(self) -> int:
+        return self.attn_dim if self.attn_dim is not None else self.hidden_dim
+
+    @property
+    def resolved_ffn_dim(self) -> int:
+        return self.ffn_dim if self.ffn_dim is not None else 4 * self.hidden_dim
+
+    @property
+    def resolved_kv_heads(self) -> int:
+        return self.num_kv_heads if self.num_kv_heads is not None else self.num_q_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.head_dim * self.resolved_kv_heads
+
+
+@dataclass
+class DataConfig:
+    """Where the token shards come from and where they live."""
+
+    source: str = "embedded"
+    """embedded | a local file, directory or glob (.txt, .jsonl, .parquet) | hf:NAME."""
+    tokenizer: str = "bpe-8192"
+    """bpe-SIZE | gpt2 | llama | a Hugging Face tokenizer name | a SentencePiece .model file."""
+    dir: Optional[str] = None
+    """Folder of the shards and manifest.json; defaults to a per-user cache keyed by source and tokenizer."""
+    text_field: Optional[str] = None
+    """Field holding the text in jsonl/parquet/HF rows; defaults to the source's usual field."""
+    hf_config: Optional[str] = None
+    """Configuration name of a Hugging Face dataset (e.g. sample-10BT for FineWeb)."""
+    val_tokens: int = 65536
+    """Size of the fixed validation set, in tokens."""
+    max_tokens: Optional[int] = None
+    """Stop after this many tokens (to take a slice of a huge stream)."""
+    shard_tokens: int = 1 << 24
+    """Tokens per shard file."""
+    num_workers: int = 0
+    """Tokenizer worker processes; 0 means one per CPU core."""
+
+
+@dataclass
+class SelfGuidedConfig:
+    """Self-guided training (companion paper section 3.3): o = a*Wx + (1-a)*U(Vx), a decaying 1 -> 0."""
+
+    enabled: bool = False
+    ratio: float = 0.5
+    """Guided steps as a fraction of the run's steps."""
+    mode: Literal["fixedstep", "fixedflop"] = "fixedstep"
+    """fixedstep guides within the run; fixedflop appends the guided steps again at the end."""
+    schedule: Literal["cosine", "linear"] = "cosine"
+    reduce_flop: bool = True
+    """Use the dense guide only with probability alpha per layer and forward (the paper's setting)."""
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe. Defaults are the paper's (AdamW, 10% warmup, cosine to 0.1x, bf16)."""
+
+    tokens: Optional[int] = None
+    """Token budget; the run length derives from it."""
+    tokens_per_param: Optional[float] = None
+    """Alternative to tokens: budget = tokens_per_param x total parameters."""
+    global_batch_size: int = 512
+    """Sequences per optimiser step, over all processes."""
+    micro_batch_size: Optional[int] = None
+    """Sequences per forward pass and process; gradient accumulation makes up the rest."""
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    precision: Literal["fp32", "bf16"] = "bf16"
+    compile: bool = False
+    eval_interval: Optional[int] = None
+    """Steps between validation passes; empty means only at the end."""
+    eval_tokens: Optional[int] = None
+    """Validation tokens per pass; empty means the whole validation set."""
+    log_interval: int = 10
+    seed: int = 1005
+    out_dir: str = "runs/default"
+    checkpoint_interval: Optional[int] = None
+    keep_checkpoints: int = 2
+    resume: str = "auto"
+    """auto (continue from the newest complete checkpoint) | never | a checkpoint path."""
+    device: str = "auto"
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    max_bad_steps: int = 5
+    """Consecutive non-finite steps after which the run stops."""
+    wandb: bool = False
+    self_guided: SelfGuidedConfig = field(default_factory=SelfGuidedConfig)
+
+
+@dataclass
+class Config:
+    """A whole run: model, data and training recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_name(args[0]) + " or empty"
+    if origin in (list, tuple):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return _from_dict(tp, value, key)
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}; set it to a valid value")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}{extra}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (elem, *_) = typing.get_args(tp)
+        items = [_convert(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
+        if origin is tuple:
+            n = len(typing.get_args(tp))
+            if len(items) != n:
+                raise ConfigError(f"{key}: expected {n} values, got {len(items)}")
+            return tuple(items)
+        return items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str):  # YAML 1.1 reads 2.2e9 (no sign) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+        if not isinstance(value, (int, float)):
+            raise bad
+        if tp is int:
+            if float(value) != int(value):
+                raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+            return int(value)
+        return float(value)
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    return value
+
+
+def _from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in raw:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            hint = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
+            extra = f"; did you mean {prefix + '.' if prefix else ''}{hint[0]}?" if hint else ""
+            raise ConfigError(f"unknown config key {where}{extra}")
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], f"{prefix}.{name}" if prefix else name)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a config file and its ``base`` chain into one raw mapping."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: its base chain loops back to itself; remove the cycle")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; give the path of a YAML config (see configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: malformed YAML{where}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with model/data/train sections")
+    base = raw.pop("base", None)
+    if base is not None:
+        raw = _merge(_read_yaml(path.parent / str(base), (*seen, path)), raw)
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    raw = _merge({}, raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} has no '='; write it as section.key=value")
+        dotted, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = dotted.strip().split(".")
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {dotted}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build and validate a :class:`Config` from a raw mapping."""
+    cfg = _from_dict(Config, raw)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """The config as plain data (tuples become lists), ready for YAML or JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _positive(value: Optional[float], key: str) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Check shapes and combinations; fill the paper's default init. Raises ConfigError."""
+    m, f = cfg.model, cfg.model.ffn
+    for key in ("vocab_size", "seq_len", "num_layers", "hidden_dim", "num_q_heads", "attn_dim",
+                "ffn_dim", "num_kv_heads", "init_std", "rope_base", "norm_eps"):
+        _positive(getattr(m, key), f"model.{key}")
+    a = m.resolved_attn_dim
+    if a % m.num_q_heads:
+        raise ConfigError(f"model.num_q_heads={m.num_q_heads} does not divide attn_dim={a}; "
+                          "pick a head count that divides it")
+    if m.head_dim % 2:
+        raise ConfigError(f"head dim {m.head_dim} (attn_dim/num_q_heads) must be even for RoPE; "
+                          "change model.attn_dim or model.num_q_heads")
+    if m.num_q_heads % m.resolved_kv_heads:
+        raise ConfigError(f"model.num_q_heads={m.num_q_heads} is not a multiple of "
+                          f"model.num_kv_heads={m.resolved_kv_heads}; use a kv head count that divides it")
+    for i in f.keep_dense_layers:
+        if not 0 <= i < m.num_layers:
+            raise ConfigError(f"model.ffn.keep_dense_layers: {i} is not a block index "
+                              f"(0..{m.num_layers - 1}); remove it")
+    h, ff = m.hidden_dim, m.resolved_ffn_dim
+    _positive(f.rank, "model.ffn.rank")
+    _positive(f.num_blocks, "model.ffn.num_blocks")
+    _positive(f.premerge_max_tokens, "model.ffn.premerge_max_tokens")
+    if f.kind in ("lowrank", "blockdense"):
+        if f.rank is None:
+            raise ConfigError(f"model.ffn.rank is required for kind {f.kind}; set e.g. "
+                              f"model.ffn.rank={h // 4} (32%) or {h // 2} (63%)")
+        if f.rank > min(h, ff):
+            raise ConfigError(f"model.ffn.rank={f.rank} is larger than min(hidden_dim, ffn_dim)="
+                              f"{min(h, ff)}; a rank above that saves nothing — lower it")
+    if f.kind in ("blockshuffle", "blockdense"):
+        if f.num_blocks is None:
+            raise ConfigError(f"model.ffn.num_blocks is required for kind {f.kind}; set e.g. "
+                              "model.ffn.num_blocks=4")
+        for dim, name in ((h, "hidden_dim"), (ff, "ffn_dim")):
+            if dim % f.num_blocks:
+                raise ConfigError(f"model.ffn.num_blocks={f.num_blocks} does not divide "
+                                  f"model.{name}={dim}; pick a block count that divides it")
+        if f.kind == "blockdense" and f.rank is not None and f.rank % f.num_blocks:
+            raise ConfigError(f"model.ffn.rank={f.rank} is not divisible by num_blocks={f.num_blocks}; "
+                              "BlockDense splits the rank across the blocks")
+    if f.init is None:
+        f.init = DEFAULT_INIT[f.kind]  # type: ignore[assignment]
+
+    t = cfg.train
+    for key in ("tokens", "tokens_per_param", "global_batch_size", "micro_batch_size", "lr",
+                "eval_interval", "eval_tokens", "log_interval", "checkpoint_interval",
+                "keep_checkpoints", "max_bad_steps"):
+        _positive(getattr(t, key), f"train.{key}")
+    if t.tokens is not None and t.tokens_per_param is not None:
+        raise ConfigError("set only one of train.tokens and train.tokens_per_param")
+    if t.micro_batch_size is not None and t.global_batch_size % t.micro_batch_size:
+        raise ConfigError(f"train.micro_batch_size={t.micro_batch_size} does not divide "
+                          f"train.global_batch_size={t.global_batch_size}; pick a divisor")
+    for key in ("min_lr_ratio", "warmup_ratio"):
+        v = getattr(t, key)
+        if not 0 <= v <= 1:
+            raise ConfigError(f"train.{key} must be between 0 and 1, got {v}")
+    sg = t.self_guided
+    if sg.enabled and not 0 < sg.ratio <= 1:
+        raise ConfigError(f"train.self_guided.ratio must be in (0, 1], got {sg.ratio}")
+    if sg.enabled and f.kind == "dense":
+        raise ConfigError("train.self_guided needs a structured FFN; set model.ffn.kind "
+                          "(lowrank, blockdense or blockshuffle) or disable self-guided training")
+    if t.resume not in ("auto", "never") and not t.resume:
+        raise ConfigError("train.resume must be auto, never or a checkpoint path")
+    _positive(cfg.data.val_tokens, "data.val_tokens")
+    _positive(cfg.data.shard_tokens, "data.shard_tokens")
+    _positive(cfg.data.max_tokens, "data.max_tokens")

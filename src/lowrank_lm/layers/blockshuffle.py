@@ -1,0 +1,40 @@
+"""BlockShuffle (Monarch-like): y = f^-1(U_b f(V_b x)) with two block-diagonal matrices."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowrank_lm.layers.base import StructuredLinear
+from lowrank_lm.layers.blockdiag import blockdiag_matmul, shuffle, unshuffle
+from lowrank_lm.layers.init import normal_, orthonormal_
+
+
+class BlockShuffleLinear(StructuredLinear):
+    """Two block-diagonal matrices of B blocks around a shuffle; min(in,out)(in+out)/B weights.
+
+    The inner width is min(in, out): V_b has blocks (inner/B, in/B), U_b has blocks (out/B, inner/B).
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_blocks: int, bias: bool) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.num_blocks = num_blocks
+        inner = min(in_features, out_features)
+        b = num_blocks
+        self.blocks_in = nn.Parameter(torch.empty(b, inner // b, in_features // b))
+        self.blocks_out = nn.Parameter(torch.empty(b, out_features // b, inner // b))
+
+    def matrix_forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = shuffle(blockdiag_matmul(x, self.blocks_in), self.num_blocks)
+        return unshuffle(blockdiag_matmul(h, self.blocks_out), self.num_blocks)
+
+    def num_matrix_params(self) -> int:
+        return self.blocks_in.numel() + self.blocks_out.numel()
+
+    def reset_parameters(self, std: float, init: str) -> None:
+        fill = normal_ if init == "random" else orthonormal_
+        fill(self.blocks_in, std)
+        fill(self.blocks_out, std)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", num_blocks={self.num_blocks}"

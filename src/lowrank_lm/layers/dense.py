@@ -1,0 +1,33 @@
+"""The dense baseline, with the same interface as the structured layers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowrank_lm.layers.base import StructuredLinear
+from lowrank_lm.layers.init import normal_, orthonormal_
+
+
+class DenseLinear(StructuredLinear):
+    """y = W x + b with W of shape (out, in)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+
+    def matrix_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)  # one fused call: nothing to merge or guide
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.weight.detach()
+
+    def num_matrix_params(self) -> int:
+        return self.in_features * self.out_features
+
+    def reset_parameters(self, std: float, init: str) -> None:
+        (orthonormal_ if init == "orthonormal" else normal_)(self.weight, std)

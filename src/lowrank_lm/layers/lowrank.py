@@ -1,0 +1,43 @@
+"""LowRank: W x ~ U (V x) with a bottleneck of size R."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowrank_lm.layers.base import StructuredLinear
+from lowrank_lm.layers.init import normal_, orthonormal_, spectral_
+
+
+class LowRankLinear(StructuredLinear):
+    """y = U (V x) + b with V of shape (R, in) and U of shape (out, R); (in + out) R weights."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.rank = rank
+        self.v = nn.Parameter(torch.empty(rank, in_features))
+        self.u = nn.Parameter(torch.empty(out_features, rank))
+
+    def matrix_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.v), self.u)
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        return self.u @ self.v
+
+    def num_matrix_params(self) -> int:
+        return (self.in_features + self.out_features) * self.rank
+
+    def reset_parameters(self, std: float, init: str) -> None:
+        if init == "spectral":
+            spectral_(self.u, self.v, std)
+        elif init == "orthonormal":
+            orthonormal_(self.u, std)
+            orthonormal_(self.v, std)
+        else:
+            normal_(self.u, std)
+            normal_(self.v, std)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", rank={self.rank}"

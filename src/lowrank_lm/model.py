@@ -1,0 +1,231 @@
+"""The Transformer language model alone: embeddings, RoPE, GQA attention, structured FFNs, KV cache.
+
+Defaults are the paper's GPT-style model (pre-LN LayerNorm, GELU-tanh, biases, RoPE on the full head
+dim, tied embeddings); RMSNorm, SwiGLU, no bias and untied heads give the Llama style. No training,
+logging or I/O lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowrank_lm.config import ModelConfig
+from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Rotary(nn.Module):
+    """Non-interleaved rotary position embedding on the full head dim (as in GPT-NeoX and Llama)."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)  # (max_len, head_dim)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Rotate ``x`` of shape (B, H, T, hd) for positions start .. start+T-1."""
+        t = x.shape[-2]
+        cos = self.cos[start:start + t].to(x.dtype)
+        sin = self.sin[start:start + t].to(x.dtype)
+        return x * cos + rotate_half(x) * sin
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, (B, n_kv, max_len, hd) each; ``pos`` tokens filled."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        shape = (cfg.num_layers, batch, cfg.resolved_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.pos + k.shape[-2]
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    """Causal self-attention with grouped-query heads; attn_dim may differ from hidden_dim."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_q, self.num_kv, self.head_dim = cfg.num_q_heads, cfg.resolved_kv_heads, cfg.head_dim
+        a, kv = cfg.resolved_attn_dim, cfg.kv_dim
+        self.qkv = nn.Linear(cfg.hidden_dim, a + 2 * kv, bias=cfg.bias)  # fused: one matmul for q, k, v
+        self.out = nn.Linear(a, cfg.hidden_dim, bias=cfg.bias)
+        self.split = (a, kv, kv)
+
+    def forward(self, x: torch.Tensor, rope: Rotary, cache: KVCache | None, layer: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split(self.split, dim=-1)
+        q = q.view(b, t, self.num_q, self.head_dim).transpose(1, 2)  # (B, Hq, T, hd)
+        k = k.view(b, t, self.num_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.view(b, t, self.num_kv, self.head_dim).transpose(1, 2)
+        start = cache.pos if cache is not None else 0
+        q, k = rope(q, start), rope(k, start)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        mask = None
+        if start > 0 and t > 1:  # a chunk after a prefix: query i sees keys up to start + i
+            mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=start == 0 and t > 1,
+                                           enable_gqa=self.num_kv != self.num_q)
+        return self.out(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class FeedForward(nn.Module):
+    """up -> activation -> down (GELU-tanh), or SwiGLU with a gate; each linear may be structured."""
+
+    def __init__(self, cfg: ModelConfig, dense: bool) -> None:
+        super().__init__()
+        h, f, std = cfg.hidden_dim, cfg.resolved_ffn_dim, cfg.init_std
+        self.swiglu = cfg.activation == "swiglu"
+        self.up = build_linear(h, f, cfg.ffn, cfg.bias, std, dense)
+        self.gate = build_linear(h, f, cfg.ffn, cfg.bias, std, dense) if self.swiglu else None
+        self.down = build_linear(f, h, cfg.ffn, cfg.bias, std, dense)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.hidden_dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, dense_ffn: bool) -> None:
+        super().__init__()
+        self.attn_norm, self.attn = make_norm(cfg), Attention(cfg)
+        self.ffn_norm, self.ffn = make_norm(cfg), FeedForward(cfg, dense_ffn)
+
+    def forward(self, x: torch.Tensor, rope: Rotary, cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, cache, layer)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM. ``model(ids)`` gives logits (B, T, V); ``model(ids, targets)`` the mean loss."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_dim)
+        keep = set(cfg.ffn.keep_dense_layers)
+        self.blocks = nn.ModuleList(Block(cfg, cfg.ffn.kind == "dense" or i in keep)
+                                    for i in range(cfg.num_layers))
+        self.norm = make_norm(cfg)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_dim, cfg.vocab_size, bias=False)
+        self.rope = Rotary(cfg.head_dim, cfg.seq_len, cfg.rope_base)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        # N(0, init_std) everywhere, biases 0, no depth scaling (the paper's recipe).
+        # FFN layers initialise themselves (spectral / orthonormal / Gaussian) when built.
+        if self.embed.weight.is_meta:
+            return
+        std = self.cfg.init_std
+        self.embed.weight.normal_(0.0, std)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, std)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        t = input_ids.shape[1]
+        start = cache.pos if cache is not None else 0
+        if start + t > self.cfg.seq_len:
+            raise ValueError(f"{start + t} positions exceed model.seq_len={self.cfg.seq_len}")
+        x = self.embed(input_ids)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.rope, cache, i)
+        if cache is not None:
+            cache.pos += t
+        logits = F.linear(self.norm(x), self.head_weight())
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+
+    def structured_layers(self) -> Iterator[StructuredLinear]:
+        """The FFN linears that are not dense (the ones pre-merge and self-guidance act on)."""
+        for m in self.modules():
+            if isinstance(m, StructuredLinear) and not isinstance(m, DenseLinear):
+                yield m
+
+    def premerge(self, max_tokens: int | None = None) -> None:
+        """Keep merged dense weights for eval calls of <= max_tokens tokens (config value if None)."""
+        n = self.cfg.ffn.premerge_max_tokens if max_tokens is None else max_tokens
+        for layer in self.structured_layers():
+            layer.premerge(n or 0)
+
+    @torch.no_grad()
+    def stream(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
+               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Yield (B,) new tokens one at a time, sampling with a KV cache (temperature 0 = greedy)."""
+        b, t = input_ids.shape
+        total = min(t + max_new_tokens, self.cfg.seq_len)
+        p = next(self.parameters())
+        dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
+        cache = KVCache(self.cfg, b, total, p.device, dtype)
+        logits = self(input_ids, cache=cache)[:, -1]
+        done = torch.zeros(b, dtype=torch.bool, device=p.device)
+        for _ in range(total - t):
+            nxt = sample(logits.float(), temperature, top_k, top_p, generator)
+            yield nxt
+            if eos_token_id is not None:
+                done |= nxt == eos_token_id
+                if bool(done.all()):
+                    return
+            if cache.pos >= total:
+                return
+            logits = self(nxt[:, None], cache=cache)[:, -1]
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """Prompt plus up to ``max_new_tokens`` sampled tokens, (B, T + n); see :meth:`stream`."""
+        new = list(self.stream(input_ids, max_new_tokens, **kwargs))
+        return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1) if new else input_ids
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """Draw one token per row of (B, V) logits; temperature 0 means argmax."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,91 @@
+import pytest
+
+from lowrank_lm.config import apply_overrides, config_to_dict, load_config, save_config
+from lowrank_lm.errors import ConfigError
+
+from .conftest import small_config
+
+
+def test_defaults_are_the_papers():
+    cfg = load_config(None)
+    m, t = cfg.model, cfg.train
+    assert (m.vocab_size, m.seq_len, m.norm, m.activation, m.bias, m.tie_embeddings) == \
+        (32000, 1024, "layernorm", "gelu", True, True)
+    assert (t.min_lr_ratio, t.warmup_ratio, t.weight_decay, t.betas, t.grad_clip, t.global_batch_size) == \
+        (0.1, 0.1, 0.1, (0.9, 0.999), 1.0, 512)
+    assert m.ffn.keep_dense_layers == [0]
+
+
+@pytest.mark.parametrize("kind,init", [("dense", "random"), ("lowrank", "spectral"),
+                                       ("blockshuffle", "orthonormal"), ("blockdense", "orthonormal")])
+def test_default_init_per_kind(kind, init):
+    cfg = small_config(f"model.ffn.kind={kind}", "model.ffn.rank=16", "model.ffn.num_blocks=4")
+    assert cfg.model.ffn.init == init
+
+
+def test_overrides_and_base_files(tmp_path):
+    cfg = load_config("configs/paper/structured/transformer-xl-lowrank-32.yaml", ["model.ffn.rank=256"])
+    assert cfg.model.hidden_dim == 2048 and cfg.model.ffn.kind == "lowrank" and cfg.model.ffn.rank == 256
+    assert cfg.train.lr == 2e-4
+    assert load_config(None, ["train.tokens=2.2e9"]).train.tokens == 2_200_000_000
+    raw = apply_overrides({"model": {"hidden_dim": 8}}, ["model.ffn.kind=lowrank", "train.betas=[0.9, 0.95]"])
+    assert raw == {"model": {"hidden_dim": 8, "ffn": {"kind": "lowrank"}}, "train": {"betas": [0.9, 0.95]}}
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = small_config("model.ffn.kind=lowrank", "model.ffn.rank=8", "train.betas=[0.9, 0.95]")
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg
+    assert config_to_dict(again)["train"]["betas"] == [0.9, 0.95]
+
+
+BAD = [
+    (["model.hidden_dimm=5"], "unknown config key model.hidden_dimm; did you mean model.hidden_dim?"),
+    (["modle.hidden_dim=5"], "unknown config key modle; did you mean model?"),
+    (["model.ffn.kind=lowrnk"], "did you mean 'lowrank'"),
+    (["model.num_layers=two"], "model.num_layers: expected int"),
+    (["model.num_layers=2.5"], "model.num_layers: expected a whole number"),
+    (["model.bias=3"], "model.bias: expected bool"),
+    (["model.ffn.kind=lowrank", "model.ffn.rank=100"], "model.ffn.rank=100 is larger than min"),
+    (["model.ffn.kind=lowrank"], "model.ffn.rank is required"),
+    (["model.num_q_heads=5"], "does not divide attn_dim=64"),
+    (["model.num_kv_heads=3"], "not a multiple of model.num_kv_heads=3"),
+    (["model.ffn.kind=blockshuffle", "model.ffn.num_blocks=3"], "num_blocks=3 does not divide"),
+    (["model.ffn.kind=blockdense", "model.ffn.rank=30", "model.ffn.num_blocks=4"], "not divisible"),
+    (["train.global_batch_size=10", "train.micro_batch_size=4"], "does not divide train.global_batch_size"),
+    (["train.lr=-1"], "train.lr must be positive"),
+    (["model.ffn.keep_dense_layers=[7]"], "keep_dense_layers: 7 is not a block index"),
+    (["train.self_guided.enabled=true"], "self_guided needs a structured FFN"),
+    (["model.ffn=3"], "model.ffn: expected a mapping"),
+    (["model.ffn.kind"], "has no '='"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD)
+def test_bad_values_name_the_key_and_the_fix(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        small_config(*overrides)
+    text = str(err.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "bad.yaml").write_text("model: {hidden_dim: 4\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_yaml_is_never_evaluated(tmp_path):
+    (tmp_path / "evil.yaml").write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(tmp_path / "evil.yaml")

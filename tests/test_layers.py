@@ -1,0 +1,138 @@
+import pytest
+import torch
+
+from lowrank_lm.config import FFNConfig
+from lowrank_lm.layers import (
+    BlockDenseLinear,
+    BlockShuffleLinear,
+    DenseLinear,
+    LowRankLinear,
+    build_linear,
+)
+
+torch.manual_seed(0)
+
+LAYERS = {
+    "dense": lambda i, o: DenseLinear(i, o, bias=True),
+    "lowrank": lambda i, o: LowRankLinear(i, o, rank=8, bias=True),
+    "blockshuffle": lambda i, o: BlockShuffleLinear(i, o, num_blocks=4, bias=True),
+    "blockdense": lambda i, o: BlockDenseLinear(i, o, rank=16, num_blocks=4, bias=True),
+}
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("shape", [(32, 128), (128, 32)])
+def test_layer_equals_its_merged_weight(kind, shape):
+    layer = LAYERS[kind](*shape)
+    init = {"dense": "random", "lowrank": "spectral"}.get(kind, "orthonormal")
+    layer.reset_parameters(0.02, init)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(3, 5, shape[0])
+    w = layer.merged_weight()
+    assert w.shape == (shape[1], shape[0])
+    expected = x @ w.T + layer.bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_param_count_matches_tensors(kind):
+    layer = LAYERS[kind](64, 256)
+    weights = sum(p.numel() for n, p in layer.named_parameters() if n != "bias")
+    assert layer.num_matrix_params() == weights
+    assert layer.flops_per_token() == 2 * weights
+
+
+def test_param_formulas_of_the_paper():
+    n, m = 2048, 8192
+    assert LowRankLinear(n, m, 512, True).num_matrix_params() == (n + m) * 512
+    assert BlockShuffleLinear(n, m, 4, True).num_matrix_params() == min(n, m) * (n + m) // 4
+    assert BlockDenseLinear(n, m, 768, 4, True).num_matrix_params() == 768 * (m + n // 4)
+
+
+def test_lowrank_at_full_rank_represents_any_dense_matrix():
+    w = torch.randn(24, 16, dtype=torch.float64)
+    layer = LowRankLinear(16, 24, rank=16, bias=False).double()
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    with torch.no_grad():
+        layer.u.copy_(u * s)
+        layer.v.copy_(vh)
+    x = torch.randn(7, 16, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ w.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.merged_weight(), w, rtol=1e-12, atol=1e-12)
+
+
+def test_spectral_init_is_best_rank_r_approximation_of_its_draw():
+    rank, std = 6, 0.02
+    torch.manual_seed(123)
+    layer = LowRankLinear(32, 48, rank=rank, bias=False)
+    layer.reset_parameters(std, "spectral")
+    torch.manual_seed(123)
+    w0 = torch.randn(48, 32) * std  # the same draw the initialiser made
+    u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+    best = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    torch.testing.assert_close(layer.merged_weight(), best, rtol=1e-4, atol=1e-6)
+    # U and V carry sqrt of the spectrum each: equal column / row norms
+    torch.testing.assert_close(layer.u.norm(dim=0), layer.v.norm(dim=1), rtol=1e-4, atol=1e-7)
+    # the residual of the truncation is the (R+1)-th singular value in spectral norm
+    assert torch.linalg.matrix_norm(w0 - layer.merged_weight(), ord=2) == pytest.approx(float(s[rank]), rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["blockshuffle", "blockdense"])
+def test_orthonormal_init_has_unit_singular_values(kind):
+    layer = LAYERS[kind](64, 256)
+    layer.reset_parameters(0.02, "orthonormal")
+    for p in (p for n, p in layer.named_parameters() if n != "bias"):
+        s = torch.linalg.svdvals(p.detach())
+        torch.testing.assert_close(s, torch.ones_like(s), rtol=1e-4, atol=1e-4)
+
+
+def test_blockshuffle_mixes_all_blocks():
+    layer = BlockShuffleLinear(16, 16, num_blocks=4, bias=False)
+    layer.reset_parameters(0.02, "orthonormal")
+    w = layer.merged_weight()
+    # every output depends on inputs from more than one input block (the shuffle mixes them)
+    for row in w:
+        touched = {i // 4 for i in torch.nonzero(row.abs() > 1e-8).flatten().tolist()}
+        assert len(touched) > 1
+
+
+def test_premerge_uses_dense_weight_only_for_small_calls_in_eval():
+    layer = LowRankLinear(32, 64, rank=4, bias=True)
+    layer.reset_parameters(0.02, "spectral")
+    layer.premerge(max_tokens=8)
+    layer.eval()
+    calls = []
+    layer.matrix_forward = lambda x: calls.append(x.shape) or LowRankLinear.matrix_forward(layer, x)
+    small, big = torch.randn(2, 4, 32), torch.randn(3, 4, 32)
+    ref_small = small @ layer.merged_weight().T + layer.bias
+    torch.testing.assert_close(layer(small), ref_small, rtol=1e-5, atol=1e-6)
+    assert calls == []  # 8 tokens: merged path
+    layer(big)
+    assert len(calls) == 1  # 12 tokens: factored path
+    layer.train()
+    layer(small)
+    assert len(calls) == 2  # training never uses the merged copy
+
+
+def test_self_guided_output_mixes_guide_and_structure():
+    layer = LowRankLinear(16, 32, rank=4, bias=False)
+    layer.reset_parameters(0.02, "spectral")
+    layer.enable_guide()
+    x = torch.randn(5, 16)
+    # at init the guide equals the merged weight: the output is continuous at alpha = 1
+    torch.testing.assert_close(layer(x), layer.matrix_forward(x), rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        layer.guide.add_(torch.randn_like(layer.guide))
+    layer.guide_alpha, layer.guide_stochastic = 0.3, False
+    expected = 0.3 * x @ layer.guide.T + 0.7 * layer.matrix_forward(x)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+    layer.drop_guide()
+    assert layer.guide is None and "guide" not in dict(layer.named_parameters())
+    torch.testing.assert_close(layer(x), layer.matrix_forward(x))
+
+
+def test_build_linear_picks_kind_and_default_init():
+    cfg = FFNConfig(kind="lowrank", rank=4, init="spectral")
+    assert isinstance(build_linear(16, 32, cfg, True, 0.02), LowRankLinear)
+    assert isinstance(build_linear(16, 32, cfg, True, 0.02, dense=True), DenseLinear)
