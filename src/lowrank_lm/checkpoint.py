@@ -72,16 +72,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg: Config,
+def save_checkpoint(run_dir: str | Path, step: int, weights: torch.nn.Module | dict[str, torch.Tensor], cfg: Config,
                     state: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> Path:
-    """Write a complete checkpoint atomically and return its folder."""
+    """Write a complete checkpoint atomically and return its folder (``weights``: a model or its state dict)."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model_state(model).items()}
-        save_file(weights, tmp / "model.safetensors")
+        if isinstance(weights, torch.nn.Module):
+            weights = model_state(weights)
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "model.safetensors")
         save_config(cfg, tmp / "config.yaml")
         if state is not None:
             torch.save(state, tmp / "state.pt")

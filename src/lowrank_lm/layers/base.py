@@ -27,6 +27,7 @@ class StructuredLinear(nn.Module):
         self.guide: nn.Parameter | None = None
         self.guide_alpha = 0.0
         self.guide_stochastic = True
+        self.guide_tokens = 0  # tokens that went through the guide in training (for the FLOP report)
 
     # -- what a subclass provides ------------------------------------------------------------
     def matrix_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +85,8 @@ class StructuredLinear(nn.Module):
             # reduce_flop: the dense path runs only with probability alpha (expected cost 0.5 T_g).
             if not self.guide_stochastic or not self.training or float(torch.rand(())) < a:
                 y = a * F.linear(x, self.guide) + (1.0 - a) * y
+                if self.training:
+                    self.guide_tokens += x.numel() // self.in_features
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:

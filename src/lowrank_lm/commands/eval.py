@@ -1,0 +1,37 @@
+"""Validation loss and perplexity of a run's newest checkpoint (or a given one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--data", default=None, help="a prepared data dir (default: the run's own data)")
+    p.add_argument("--tokens", type=int, default=None, help="evaluate on the first N validation tokens")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="default: the precision the run trained in")
+    p.add_argument("--json", action="store_true", help='print {"loss": ..., "ppl": ..., "tokens": ...}')
+
+
+def run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from lowrank_lm.checkpoint import load_model
+    from lowrank_lm.data import check_compatible, load_manifest, resolve_data_dir
+    from lowrank_lm.train.distributed import resolve_device
+    from lowrank_lm.train.evaluate import evaluate
+
+    device = resolve_device(args.device)
+    model, cfg, ckpt = load_model(args.path, device)
+    data_dir = Path(args.data) if args.data else resolve_data_dir(cfg.data)
+    check_compatible(load_manifest(data_dir), cfg.model)
+    res = evaluate(model, data_dir, cfg.model.seq_len, args.batch_size, device,
+                   args.precision or cfg.train.precision, args.tokens)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{ckpt}: val loss {res['loss']:.4f}, ppl {res['ppl']:.2f} on {res['tokens']:,} tokens")

@@ -1,0 +1,45 @@
+"""Validation loss and perplexity on the fixed held-out token set."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lowrank_lm.train.distributed import all_reduce_sum
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CPU and CUDA alike (fp32 master weights), or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data_dir: str | Path, seq_len: int, batch_size: int, device: torch.device,
+             precision: str, max_tokens: int | None = None, rank: int = 0, world_size: int = 1) -> dict:
+    """Mean token cross-entropy over the validation set (or its first ``max_tokens``): loss, ppl, tokens."""
+    from lowrank_lm.data import validation_batches
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for x, y in validation_batches(data_dir, seq_len, batch_size, max_tokens, rank, world_size):
+            x, y = x.to(device), y.to(device)
+            with autocast(device, precision):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+            total += float(loss)
+            count += y.numel()
+    finally:
+        model.train(was_training)
+    total, count = all_reduce_sum([total, float(count)], device)
+    if count == 0:
+        return {"loss": float("nan"), "ppl": float("nan"), "tokens": 0}
+    loss = total / count
+    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": int(count)}

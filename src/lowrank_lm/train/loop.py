@@ -1,0 +1,431 @@
+"""The training loop: token budget, AdamW with warmup + cosine, bf16 autocast, gradient accumulation,
+self-guided training, DDP / FSDP2 under torchrun, evaluation, metrics and exact-resume checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowrank_lm.accounting import account, peak_flops
+from lowrank_lm.checkpoint import (
+    list_checkpoints,
+    load_state,
+    model_state,
+    prune_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from lowrank_lm.config import Config, config_to_dict, load_config, save_config
+from lowrank_lm.errors import UserError
+from lowrank_lm.model import Transformer
+from lowrank_lm.train import distributed
+from lowrank_lm.train.evaluate import autocast, evaluate
+from lowrank_lm.train.metrics import MetricsLogger
+from lowrank_lm.train.rundir import RunDir
+from lowrank_lm.train.schedule import lr_at
+from lowrank_lm.train.self_guided import SelfGuidance
+
+
+def forward_backward(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                     precision: str) -> torch.Tensor:
+    """Accumulate gradients of the mean loss over equal micro-batches; returns that mean loss (detached).
+
+    Each micro-batch loss is divided by their number, so k micro-batches give the gradient of one batch k
+    times larger. DDP synchronises gradients only on the last micro-batch.
+    """
+    n = len(batches)
+    total = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(batches):
+        sync = nullcontext() if i == n - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, precision):
+                loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            (loss / n).backward()
+        total += loss.detach()
+    return total / n
+
+
+@dataclass
+class _State:
+    """What changes during a run and must survive a resume."""
+
+    step: int = 0
+    tokens: int = 0
+    bad_in_row: int = 0
+    guide_flops: int = 0
+    skipped: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class Trainer:
+    """One training run of a :class:`Config`; ``run()`` trains to the end of the token budget."""
+
+    def __init__(self, cfg: Config, overwrite: bool = False, max_steps: int | None = None) -> None:
+        self.cfg, self.overwrite, self.max_steps = cfg, overwrite, max_steps
+        t = cfg.train
+        self.dist = distributed.setup(t.device)
+        self.device = self.dist.device
+        world = self.dist.world_size
+        self.micro = t.micro_batch_size or max(1, t.global_batch_size // world)
+        if t.global_batch_size % (self.micro * world):
+            raise UserError(f"train.global_batch_size={t.global_batch_size} is not divisible by micro_batch_size "
+                            f"x processes = {self.micro} x {world}; change one of them")
+        self.accum = t.global_batch_size // (self.micro * world)
+        if t.distributed == "fsdp" and t.self_guided.enabled:
+            raise UserError("self-guided training is supported with train.distributed=ddp only; switch to ddp")
+        self.acc = account(cfg)
+        if self.acc.steps < 1:
+            raise UserError(f"the token budget ({self.acc.tokens_requested} tokens) is less than one step of "
+                            f"{self.acc.tokens_per_step} tokens; raise train.tokens or lower global_batch_size")
+        self.guidance = SelfGuidance(t.self_guided, self.acc.steps)
+        self.total_steps = self.guidance.total_steps
+        self.run_dir = RunDir(t.out_dir)
+
+    # ------------------------------------------------------------------ set-up
+    def _log(self, msg: str) -> None:
+        if self.dist.is_main:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _setup_outputs(self) -> Path | None:
+        """Lock the run dir, decide where to resume from; returns the checkpoint to resume or None."""
+        t = self.cfg.train
+        if self.dist.is_main:
+            self.run_dir.acquire()
+            self.run_dir.prepare(t.resume, self.overwrite)
+        self.dist.barrier()
+        if t.resume == "never":
+            return None
+        if t.resume == "auto":
+            found = list_checkpoints(self.run_dir.path)
+            return found[-1] if found else None
+        return resolve_checkpoint(t.resume)
+
+    def _setup_data(self) -> Path:
+        from lowrank_lm.data import check_compatible, load_manifest, prepare, resolve_data_dir
+
+        if self.dist.is_main:
+            data_dir = prepare(self.cfg.data)
+        self.dist.barrier()
+        if not self.dist.is_main:
+            data_dir = resolve_data_dir(self.cfg.data)
+        check_compatible(load_manifest(data_dir), self.cfg.model)
+        return data_dir
+
+    def _build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        # One group, weight decay on every parameter (embeddings, biases and norms too), as the paper does.
+        return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay,
+                                 fused=self.device.type == "cuda")
+
+    def _wrap(self, model: Transformer) -> nn.Module:
+        t = self.cfg.train
+        wrapped: nn.Module = model
+        if self.dist.world_size > 1 and t.distributed == "ddp":
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # a guide may sit out a micro-batch (stochastic FLOP reduction): DDP must tolerate unused params
+            wrapped = DDP(model, device_ids=ids, find_unused_parameters=bool(SelfGuidance.guides(model)))
+        if t.compile and not SelfGuidance.guides(model):
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _shard_fsdp(self, model: Transformer) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _full_states(self, model: Transformer, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+        if self.cfg.train.distributed == "fsdp" and self.dist.world_size > 1:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+        return model_state(model), optimizer.state_dict()
+
+    def _save(self, model: Transformer, optimizer: torch.optim.Optimizer, loaders: dict, st: _State) -> None:
+        weights, opt_state = self._full_states(model, optimizer)
+        if self.dist.is_main:
+            state = {"optimizer": opt_state, "rng": _rng_state(self.device), "step": st.step, "tokens": st.tokens,
+                     "bad_in_row": st.bad_in_row, "skipped": st.skipped,
+                     "guide_flops": st.guide_flops + SelfGuidance.guide_flops(model),
+                     "loaders": {k: v.state_dict() for k, v in loaders.items()}}
+            save_checkpoint(self.run_dir.path, st.step, weights, self.cfg, state,
+                            meta={"tokens": st.tokens, "total_steps": self.total_steps})
+            prune_checkpoints(self.run_dir.path, self.cfg.train.keep_checkpoints)
+        self.dist.barrier()
+
+    def _load_weights(self, model: Transformer, ckpt: Path) -> None:
+        from safetensors.torch import load_file
+
+        saved = load_config(ckpt / "config.yaml")
+        if saved.model != self.cfg.model:
+            raise UserError(f"checkpoint {ckpt} was trained with another model config; use the same model "
+                            "settings, train.resume=never, or another train.out_dir")
+        model.load_state_dict(load_file(ckpt / "model.safetensors"), strict=True)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict[str, Any]:
+        ckpt = self._setup_outputs()
+        try:
+            return self._run(ckpt)
+        finally:
+            if self.dist.is_main:
+                self.run_dir.release()
+
+    def _run(self, ckpt: Path | None) -> dict[str, Any]:
+        from lowrank_lm.data import TokenLoader
+
+        cfg, t, d = self.cfg, self.cfg.train, self.dist
+        data_dir = self._setup_data()
+        torch.manual_seed(t.seed)
+        model = Transformer(cfg.model)
+        st = _State()
+        state: dict[str, Any] | None = None
+        if ckpt is not None:
+            state = load_state(ckpt)
+            st.step, st.tokens = int(state["step"]), int(state["tokens"])
+            st.bad_in_row, st.skipped = int(state["bad_in_row"]), int(state["skipped"])
+            st.guide_flops = int(state["guide_flops"])
+        self.guidance.attach(model, st.step)
+        if ckpt is not None:
+            self._load_weights(model, ckpt)
+        model.to(self.device)
+        if t.distributed == "fsdp" and d.world_size > 1:
+            self._shard_fsdp(model)
+        optimizer = self._build_optimizer(list(model.parameters()))
+        loaders = {
+            "train": TokenLoader(data_dir, "train", cfg.model.seq_len, self.micro, t.seed, d.rank, d.world_size),
+            # fixedflop self-guidance re-reads the first batches at the end: a second reader from position 0
+            "replay": TokenLoader(data_dir, "train", cfg.model.seq_len, self.micro, t.seed, d.rank, d.world_size),
+        }
+        if state is not None:
+            if t.distributed == "fsdp" and d.world_size > 1:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+                set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                                         options=StateDictOptions(full_state_dict=True))
+            else:
+                optimizer.load_state_dict(state["optimizer"])
+            for k, v in loaders.items():
+                v.load_state_dict(state["loaders"][k])
+            _set_rng_state(state["rng"], self.device)
+        train_model = self._wrap(model)
+
+        logger = None
+        if d.is_main:
+            save_config(cfg, self.run_dir.path / "config.yaml")
+            tok = Path(data_dir) / "tokenizer.json"
+            if tok.is_file():
+                shutil.copyfile(tok, self.run_dir.path / "tokenizer.json")
+            logger = MetricsLogger(self.run_dir.path, st.step if ckpt is not None else None, t.wandb,
+                                   config_to_dict(cfg))
+        acc = self.acc
+        self._log(f"training {acc.params / 1e6:.2f}M params ({cfg.model.ffn.kind} FFN) on {self.device} x "
+                  f"{d.world_size}: {acc.train_tokens:,} tokens = {acc.steps} steps x {acc.tokens_per_step} tokens"
+                  + (f" + {self.guidance.extra_steps} replayed steps" if self.guidance.extra_steps else "")
+                  + f", {acc.train_flops:.3e} training FLOPs (paper convention); micro-batch {self.micro} x "
+                  f"{self.accum} accumulation; {t.precision}" + (f"; resuming at step {st.step}" if ckpt else ""))
+
+        peak = peak_flops(self.device)
+        stop_at = self.total_steps if self.max_steps is None else min(self.total_steps, self.max_steps)
+        progress = self._progress(st.step, stop_at)
+        train_time, window_tokens, window_time = 0.0, 0, 0.0
+        started = time.perf_counter()
+        last_eval: dict[str, Any] | None = None
+        while st.step < stop_at:
+            step = st.step
+            if self.guidance.active(step):
+                self.guidance.set_step(model, step)
+            lr = lr_at(step, self.total_steps, t.lr, t.warmup_ratio, t.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loader = loaders["replay" if self.guidance.is_replay(step) else "train"]
+            t0 = time.perf_counter()
+            batches = [loader.next_batch() for _ in range(self.accum)]
+            loss_t = forward_backward(train_model, batches, self.device, t.precision)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                             t.grad_clip if t.grad_clip > 0 else float("inf")))
+            loss = distributed.all_reduce_sum([float(loss_t)], self.device)[0] / d.world_size
+            finite = math.isfinite(loss) and math.isfinite(grad_norm)
+            if finite:
+                optimizer.step()
+                st.bad_in_row = 0
+            else:
+                st.bad_in_row += 1
+                st.skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = time.perf_counter() - t0
+            train_time += dt
+            window_time += dt
+            window_tokens += acc.tokens_per_step
+            st.step += 1
+            st.tokens += acc.tokens_per_step
+            if self.guidance.guided_steps and st.step == self.guidance.guided_steps:
+                optimizer, train_model = self._end_guidance(model, optimizer)
+            if not finite:
+                self._log(f"step {step}: non-finite loss or gradient norm ({loss}, {grad_norm}); step skipped")
+                if logger:
+                    logger.log({"step": st.step, "skipped": True, "loss": loss, "grad_norm": grad_norm})
+                if st.bad_in_row >= t.max_bad_steps:
+                    last = list_checkpoints(self.run_dir.path)
+                    where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
+                    raise UserError(f"stopped after {st.bad_in_row} non-finite steps in a row at step {st.step}; "
+                                    f"{where}; lower train.lr or check the data")
+                continue
+            log_now = st.step % t.log_interval == 0 or st.step == stop_at
+            if log_now:
+                tps = window_tokens / max(window_time, 1e-9)
+                rec = {"step": st.step, "tokens": st.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                       "tokens_per_s": tps, "mfu": (acc.flops_per_token * tps / peak) if peak else "unknown",
+                       "elapsed_s": time.perf_counter() - started}
+                if self.guidance.active(step):
+                    rec["guide_alpha"] = self.guidance.alpha(step)
+                window_tokens, window_time = 0, 0.0
+                if logger:
+                    logger.log(rec)
+                self._show(progress, rec, stop_at)
+            if t.eval_interval and st.step % t.eval_interval == 0 and st.step < self.total_steps:
+                last_eval = self._eval(model, data_dir, logger, st)
+            at_interval = t.checkpoint_interval and st.step % t.checkpoint_interval == 0
+            if at_interval or st.step == stop_at:
+                self._save(model, optimizer, loaders, st)
+        if progress is not None:
+            progress.close()
+        if st.step < self.total_steps:  # stopped by max_steps: resumable, not finished
+            if logger:
+                logger.close()
+            return {"finished": False, "steps": st.step}
+        if last_eval is None or last_eval.get("step") != st.step:
+            last_eval = self._eval(model, data_dir, logger, st)
+        summary = self._summary(model, st, train_time, last_eval)
+        if d.is_main:
+            tmp = self.run_dir.summary.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(summary, indent=2))
+            os.replace(tmp, self.run_dir.summary)
+            if logger:
+                logger.close()
+            self._log(_format_summary(summary))
+        return summary
+
+    def _end_guidance(self, model: Transformer, optimizer: torch.optim.Optimizer):
+        """Guidance over: drop the guides from the model and the optimiser (and re-wrap for DDP)."""
+        guides = {id(p) for p in SelfGuidance.guides(model)}
+        SelfGuidance.detach(model)
+        kept = [p for p in model.parameters()]
+        fresh = self._build_optimizer(kept)
+        for p in kept:
+            if p in optimizer.state:
+                fresh.state[p] = optimizer.state[p]
+        assert not any(id(p) in guides for p in kept)
+        self._log(f"self-guided training: guidance ended at step {self.guidance.guided_steps}; guides dropped")
+        return fresh, self._wrap(model)
+
+    def _eval(self, model: Transformer, data_dir: Path, logger: MetricsLogger | None, st: _State) -> dict:
+        t = self.cfg.train
+        res = evaluate(model, data_dir, self.cfg.model.seq_len, self.micro, self.device, t.precision,
+                       t.eval_tokens, self.dist.rank, self.dist.world_size)
+        rec = {"step": st.step, "tokens": st.tokens, "val_loss": res["loss"], "val_ppl": res["ppl"],
+               "val_tokens": res["tokens"]}
+        if logger:
+            logger.log(rec)
+        self._log(f"step {st.step}: val loss {res['loss']:.4f}, ppl {res['ppl']:.2f} ({res['tokens']:,} tokens)")
+        return rec
+
+    def _summary(self, model: Transformer, st: _State, train_time: float, last_eval: dict) -> dict[str, Any]:
+        acc, cfg = self.acc, self.cfg
+        summary: dict[str, Any] = {
+            "name": self.run_dir.path.name, "structure": cfg.model.ffn.kind, "params": acc.params,
+            "params_non_embedding": acc.params_non_embedding, "params_ffn": acc.params_ffn,
+            "tokens": st.tokens, "unique_tokens": acc.train_tokens, "steps": st.step,
+            "train_flops": acc.train_flops, "wall_s": train_time,
+            "tokens_per_s": st.tokens / max(train_time, 1e-9), "skipped_steps": st.skipped,
+            "peak_memory_mb": _peak_memory_mb(self.device), "device": str(self.device),
+            "world_size": self.dist.world_size, "precision": cfg.train.precision,
+            "final_val_loss": last_eval["val_loss"], "final_val_ppl": last_eval["val_ppl"],
+            "val_tokens": last_eval["val_tokens"],
+        }
+        if self.guidance.guided_steps:
+            guide_flops = st.guide_flops + SelfGuidance.guide_flops(model)
+            struct = self.total_steps * acc.tokens_per_step * acc.flops_per_token
+            dense = account(replace(cfg, model=replace(cfg.model, ffn=replace(cfg.model.ffn, kind="dense"))))
+            summary.update({"guided_steps": self.guidance.guided_steps, "guide_flops": guide_flops,
+                            "train_flops": struct + guide_flops,
+                            "flop_ratio_to_dense": (struct + guide_flops) / dense.train_flops})
+        return summary
+
+    def _progress(self, start: int, stop: int):
+        if not self.dist.is_main or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def _show(self, progress, rec: dict, stop: int) -> None:
+        if not self.dist.is_main:
+            return
+        if progress is not None:
+            progress.n = rec["step"]
+            progress.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}", refresh=True)
+        else:
+            self._log(f"step {rec['step']}/{stop}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
+                      f"{rec['tokens_per_s']:,.0f} tok/s")
+
+
+def _format_summary(s: dict[str, Any]) -> str:
+    return (f"done: {s['tokens']:,} tokens in {s['wall_s']:.1f}s ({s['tokens_per_s']:,.0f} tok/s), "
+            f"peak memory {s['peak_memory_mb']:.0f} MB, final val loss {s['final_val_loss']:.4f} "
+            f"ppl {s['final_val_ppl']:.2f}")
+
+
+def run_training(cfg: Config, *, overwrite: bool = False, max_steps: int | None = None) -> dict[str, Any]:
+    """Train ``cfg`` to the end of its token budget (resuming if asked) and return the run summary.
+
+    ``max_steps`` stops early after that many steps in total, with a checkpoint to resume from (for jobs
+    with a time limit); the summary then says ``finished: False``.
+    """
+    trainer = Trainer(cfg, overwrite=overwrite, max_steps=max_steps)
+    try:
+        return trainer.run()
+    finally:
+        distributed.teardown()

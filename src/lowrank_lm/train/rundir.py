@@ -1,0 +1,84 @@
+"""The run directory: one process at a time (a lock), no silent overwrite, only our own files removed."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from lowrank_lm.checkpoint import CHECKPOINTS, list_checkpoints
+from lowrank_lm.errors import UserError
+
+# What a run writes; --overwrite removes these and nothing else.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "tokenizer.json", "events")
+LOCK = ".lock"
+
+
+class RunDir:
+    """A training run's output folder, held with an exclusive lock while training."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def acquire(self) -> None:
+        """Create the folder and take its lock; refuse when another process holds it."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            raise UserError(f"cannot write to {self.path}; choose a writable train.out_dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{self.path} is in use by another running training process; wait for it or "
+                            "choose another train.out_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def prepare(self, resume: str, overwrite: bool) -> None:
+        """Refuse to clobber a finished or existing run unless asked; clear our own files on --overwrite."""
+        finished = self.summary.is_file()
+        has_checkpoints = bool(list_checkpoints(self.path))
+        if overwrite:
+            self.clear()
+            return
+        if finished:
+            raise UserError(f"{self.path} holds a finished run; pass --overwrite to train it again or choose "
+                            "another train.out_dir")
+        if has_checkpoints and resume == "never":
+            raise UserError(f"{self.path} has checkpoints and train.resume=never; use train.resume=auto to "
+                            "continue, --overwrite to start over, or another train.out_dir")
+
+    def clear(self) -> None:
+        """Remove what a run writes (and only that)."""
+        for name in RUN_FILES:
+            p = self.path / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        ckpts = self.path / CHECKPOINTS
+        if ckpts.is_dir():
+            for child in ckpts.iterdir():
+                if child.name.startswith(("step-", ".tmp-step-")):
+                    shutil.rmtree(child)
+            if not any(ckpts.iterdir()):
+                ckpts.rmdir()

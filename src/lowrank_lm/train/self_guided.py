@@ -1,0 +1,67 @@
+"""Self-guided training: a dense guide W beside each structured layer, weighted by alpha decaying 1 -> 0.
+
+o = alpha W x + (1 - alpha) U(V x). W starts as the merged structured weight so the output is continuous;
+after ``ratio x steps`` steps the guides leave the model and the optimiser and cost nothing. In fixedflop mode
+the guided steps are appended again at the end, re-reading the first batches, so that the total FLOPs
+match the dense model's (reference section 3.3).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lowrank_lm.config import SelfGuidedConfig
+from lowrank_lm.model import Transformer
+from lowrank_lm.train.schedule import guide_alpha_at
+
+
+class SelfGuidance:
+    """Drives the guides of a model over a run of ``steps`` (unique-data) steps."""
+
+    def __init__(self, cfg: SelfGuidedConfig, steps: int) -> None:
+        self.cfg = cfg
+        self.guided_steps = int(cfg.ratio * steps) if cfg.enabled else 0
+        self.extra_steps = self.guided_steps if cfg.enabled and cfg.mode == "fixedflop" else 0
+        self.unique_steps = steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.unique_steps + self.extra_steps
+
+    def active(self, step: int) -> bool:
+        return step < self.guided_steps
+
+    def is_replay(self, step: int) -> bool:
+        """fixedflop: steps after the unique data re-read the first ``extra_steps`` batches."""
+        return step >= self.unique_steps
+
+    def attach(self, model: Transformer, step: int) -> None:
+        """Give every structured layer its guide if guidance is still on at ``step`` (fresh or resumed run)."""
+        if self.active(step):
+            for layer in model.structured_layers():
+                layer.enable_guide()
+                layer.guide_stochastic = self.cfg.reduce_flop
+
+    def alpha(self, step: int) -> float:
+        return guide_alpha_at(step, self.guided_steps, self.cfg.schedule)
+
+    def set_step(self, model: Transformer, step: int) -> None:
+        a = self.alpha(step)
+        for layer in model.structured_layers():
+            if layer.guide is not None:
+                layer.guide_alpha = a
+
+    @staticmethod
+    def guides(model: Transformer) -> list[nn.Parameter]:
+        return [layer.guide for layer in model.structured_layers() if layer.guide is not None]
+
+    @staticmethod
+    def guide_flops(model: Transformer) -> int:
+        """Training FLOPs spent in the guides so far (3 x 2 x in x out per guided token)."""
+        return sum(6 * layer.in_features * layer.out_features * layer.guide_tokens
+                   for layer in model.structured_layers())
+
+    @staticmethod
+    def detach(model: Transformer) -> None:
+        for layer in model.structured_layers():
+            layer.drop_guide()
