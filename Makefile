@@ -21,10 +21,9 @@ test: setup
 	$(PY) -m ruff check src tests
 	$(PY) -m pytest
 
+# Prepares the embedded corpus, trains configs/cpu/tiny.yaml and its LowRank-32% twin, prints the table.
 demo: setup
-	$(VENV)/bin/lowrank-lm info configs/cpu/tiny.yaml
-	@echo
-	$(VENV)/bin/lowrank-lm info configs/cpu/tiny.yaml model.ffn.kind=lowrank model.ffn.rank=32
+	$(VENV)/bin/lowrank-lm demo configs/cpu/tiny.yaml
 
 lint: setup
 	$(PY) -m ruff check src tests

@@ -16,6 +16,7 @@ VERBS: dict[str, str] = {
     "info": "info",
     "train": "train",
     "eval": "eval",
+    "demo": "demo",
 }
 
 

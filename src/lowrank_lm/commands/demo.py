@@ -1,0 +1,21 @@
+"""The demo: train a config and its LowRank-32% twin on the same tokens, then compare them in a table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lowrank_lm.commands.common import add_config_arguments, config_from_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument("--out", default="runs/demo", help="folder for both runs, the table and the plot")
+    p.add_argument("--overwrite", action="store_true", help="retrain runs that already finished")
+
+
+def run(args: argparse.Namespace) -> None:
+    from lowrank_lm.demo import run_demo
+
+    cfg = config_from_args(args)
+    run_demo(cfg, Path(args.out), overwrite=args.overwrite)

@@ -1,0 +1,205 @@
+"""The trainer on real text: exact resume, DDP equivalence, self-guided training, outputs and guards."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lowrank_lm.checkpoint import list_checkpoints, load_model
+from lowrank_lm.cli import main
+from lowrank_lm.config import load_config, save_config
+from lowrank_lm.errors import UserError
+from lowrank_lm.train import run_training
+from lowrank_lm.train.metrics import read_metrics
+from lowrank_lm.train.schedule import guide_alpha_at
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A slice of the embedded corpus with a 512-token BPE (small, so tiny models train fast)."""
+    from lowrank_lm.data import prepare
+
+    from lowrank_lm.config import DataConfig
+
+    d = tmp_path_factory.mktemp("data")
+    return prepare(DataConfig(source="embedded", tokenizer="bpe-512", dir=str(d), val_tokens=8192),
+                   max_tokens=120_000, progress=False)
+
+
+def tiny(data_dir: Path, out: Path, *overrides: str):
+    base = [
+        "model.vocab_size=512", "model.seq_len=32", "model.num_layers=2", "model.hidden_dim=32",
+        "model.num_q_heads=2", f"data.dir={data_dir}", "data.tokenizer=bpe-512", "data.val_tokens=8192",
+        "train.tokens=5120", "train.global_batch_size=8", "train.micro_batch_size=4", "train.precision=fp32",
+        "train.lr=3e-3", "train.log_interval=1", "train.eval_tokens=2048", "train.checkpoint_interval=4",
+        "train.keep_checkpoints=10", f"train.out_dir={out}", "train.device=cpu",
+    ]
+    return load_config(None, base + list(overrides))
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(list_checkpoints(run_dir)[-1] / "model.safetensors")
+
+
+@pytest.mark.parametrize("stop", [3, 8])
+def test_interrupted_run_resumes_to_the_identical_result(data_dir, tmp_path, stop):
+    full = run_training(tiny(data_dir, tmp_path / "full", "model.ffn.kind=lowrank", "model.ffn.rank=8"))
+    assert full["steps"] == 20
+    cfg = tiny(data_dir, tmp_path / "cut", "model.ffn.kind=lowrank", "model.ffn.rank=8")
+    part = run_training(cfg, max_steps=stop)
+    assert part == {"finished": False, "steps": stop}
+    resumed = run_training(cfg)
+    assert resumed["steps"] == 20
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")  # bitwise: same floats, no step lost/repeated
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["final_val_loss"] == full["final_val_loss"]
+
+
+def test_outputs_of_a_run(data_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = run_training(tiny(data_dir, out, "train.eval_interval=10"))
+    assert json.loads((out / "summary.json").read_text()) == summary
+    for key in ("tokens", "wall_s", "tokens_per_s", "peak_memory_mb", "final_val_ppl", "params", "train_flops"):
+        assert key in summary
+    assert summary["tokens"] == 20 * 8 * 32
+    recs = read_metrics(out / "metrics.jsonl")
+    steps = [r for r in recs if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 21))
+    assert {"tokens", "lr", "grad_norm", "tokens_per_s", "mfu", "elapsed_s"} <= steps[0].keys()
+    assert steps[0]["mfu"] == "unknown"  # CPU: not in the peak-FLOPs table
+    assert [r["step"] for r in recs if "val_loss" in r] == [10, 20]
+    assert (out / "config.yaml").is_file() and (out / "tokenizer.json").is_file()
+    assert any((out / "events").iterdir())  # TensorBoard
+    assert len(list_checkpoints(out)) == 5  # every 4 steps, keep 10
+    assert math.isclose(summary["final_val_ppl"], math.exp(summary["final_val_loss"]), rel_tol=1e-9)
+
+
+def test_eval_command_prints_json(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = run_training(tiny(data_dir, out))
+    with pytest.raises(SystemExit) as code:
+        main(["eval", str(out), "--json", "--tokens", "2048", "--precision", "fp32", "--device", "cpu"])
+    assert code.value.code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["tokens"] == 2048
+    assert res["loss"] == pytest.approx(summary["final_val_loss"], rel=1e-6)
+    assert res["ppl"] == pytest.approx(math.exp(res["loss"]))
+
+
+def test_finished_run_is_not_overwritten_without_asking(data_dir, tmp_path):
+    out = tmp_path / "run"
+    run_training(tiny(data_dir, out, "train.tokens=1024"))
+    with pytest.raises(UserError, match="finished run; pass --overwrite"):
+        run_training(tiny(data_dir, out, "train.tokens=1024"))
+    (out / "notes.txt").write_text("mine")
+    again = run_training(tiny(data_dir, out, "train.tokens=1024"), overwrite=True)
+    assert again["steps"] == 4
+    assert (out / "notes.txt").read_text() == "mine"  # never deletes what it did not create
+
+
+def test_checkpoint_from_another_model_is_refused(data_dir, tmp_path):
+    out = tmp_path / "run"
+    run_training(tiny(data_dir, out), max_steps=4)
+    with pytest.raises(UserError, match="another model config"):
+        run_training(tiny(data_dir, out, "model.hidden_dim=64"))
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(data_dir, tmp_path, monkeypatch):
+    import lowrank_lm.train.loop as loop
+
+    real = loop.forward_backward
+    calls = {"n": 0}
+
+    def poisoned(model, batches, device, precision):
+        calls["n"] += 1
+        loss = real(model, batches, device, precision)
+        if calls["n"] in (3, 9, 10, 11):  # one isolated bad step, then three in a row
+            for p in model.parameters():
+                p.grad.fill_(float("nan"))
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(loop, "forward_backward", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="3 non-finite steps in a row at step 11"):
+        run_training(tiny(data_dir, out, "train.max_bad_steps=3"))
+    recs = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in recs if r.get("skipped")] == [3, 9, 10, 11]
+    model, _, ckpt = load_model(out)
+    assert ckpt.name == "step-00000008"  # the last good checkpoint stays
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_self_guided_training_follows_its_schedule_and_ends_structured(data_dir, tmp_path):
+    sg = ["model.ffn.kind=lowrank", "model.ffn.rank=8", "train.self_guided.enabled=true",
+          "train.self_guided.ratio=0.5", "train.self_guided.mode=fixedflop"]
+    out = tmp_path / "sgt"
+    cut = run_training(tiny(data_dir, out, *sg), max_steps=6)  # stop mid-guidance, resume below
+    assert cut["steps"] == 6
+    assert any(k.endswith(".guide") for k in final_weights(out))
+    summary = run_training(tiny(data_dir, out, *sg))
+    assert summary["steps"] == 30 and summary["guided_steps"] == 10  # 20 unique steps + 10 replayed
+    alphas = {r["step"]: r["guide_alpha"] for r in read_metrics(out / "metrics.jsonl") if "guide_alpha" in r}
+    assert sorted(alphas) == list(range(1, 11))
+    for step, alpha in alphas.items():
+        assert alpha == pytest.approx(guide_alpha_at(step - 1, 10, "cosine"))
+    weights = final_weights(out)
+    assert not any("guide" in k for k in weights)  # the guide is gone: exactly the structured model
+    model, _, _ = load_model(out)
+    assert list(model.structured_layers()) and all(m.guide is None for m in model.structured_layers())
+    # the guide ran on about half of the guided tokens (reduce_flop); FLOPs reported against dense
+    assert 0.2 < summary["guide_flops"] / (10 * 256 * 6 * 3 * 2 * 32 * 128) < 0.8
+    assert 0.5 < summary["flop_ratio_to_dense"] < 1.5
+
+
+def test_tiny_model_learns_far_below_the_unigram_baseline(data_dir, tmp_path):
+    from lowrank_lm.data import load_manifest
+
+    manifest = load_manifest(data_dir)
+    counts = np.zeros(512)
+    for shard in manifest.shards:
+        if shard["split"] == "train":
+            path = Path(data_dir) / shard["path"]
+            counts += np.bincount(np.fromfile(path, dtype=np.uint16), minlength=512)
+    p = counts / counts.sum()
+    unigram_ppl = math.exp(-(p[p > 0] * np.log(p[p > 0])).sum())
+    summary = run_training(tiny(data_dir, tmp_path / "learn", "train.tokens=200000", "model.hidden_dim=64",
+                                "train.global_batch_size=16", "train.micro_batch_size=16",
+                                "train.checkpoint_interval=1000", "train.log_interval=50"))
+    assert summary["final_val_ppl"] < 0.6 * unigram_ppl, (summary["final_val_ppl"], unigram_ppl)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
+    single = tmp_path / "single"
+    run_training(tiny(data_dir, single, "train.tokens=2560", "train.micro_batch_size=2"))
+    save_config(tiny(data_dir, tmp_path / "ddp", "train.tokens=2560", "train.micro_batch_size=2"),
+                tmp_path / "ddp.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_port=29517", "-m", "lowrank_lm", "train", str(tmp_path / "ddp.yaml")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = losses(single), losses(tmp_path / "ddp")
+    assert [s for s, _ in a] == [s for s, _ in b] == [(i + 1) for i in range(10)]
+    for (_, la), (_, lb) in zip(a, b):
+        assert lb == pytest.approx(la, abs=1e-5)
+    wa, wb = final_weights(single), final_weights(tmp_path / "ddp")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
