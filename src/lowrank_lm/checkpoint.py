@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from lowrank_lm.config import Config, load_config, save_config
 from lowrank_lm.errors import UserError
+from lowrank_lm.faults import crash_point
 from lowrank_lm.model import Transformer
 
 CHECKPOINTS = "checkpoints"
@@ -83,18 +84,22 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: torch.nn.Module | d
         if isinstance(weights, torch.nn.Module):
             weights = model_state(weights)
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "model.safetensors")
+        crash_point("checkpoint.weights")
         save_config(cfg, tmp / "config.yaml")
         if state is not None:
             torch.save(state, tmp / "state.pt")
+        crash_point("checkpoint.state")
         info = {"step": step, **(meta or {})}
         (tmp / "meta.json").write_text(json.dumps(info, indent=2))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        crash_point("checkpoint.rename")
         if final.exists():  # only ever our own earlier checkpoint of the same step
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
+        crash_point("checkpoint.done")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

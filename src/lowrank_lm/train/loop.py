@@ -29,6 +29,7 @@ from lowrank_lm.checkpoint import (
 )
 from lowrank_lm.config import Config, config_to_dict, load_config, save_config
 from lowrank_lm.errors import UserError
+from lowrank_lm.faults import crash_point
 from lowrank_lm.model import Transformer
 from lowrank_lm.train import distributed
 from lowrank_lm.train.evaluate import autocast, evaluate
@@ -188,8 +189,14 @@ class Trainer:
                      "bad_in_row": st.bad_in_row, "skipped": st.skipped,
                      "guide_flops": st.guide_flops + SelfGuidance.guide_flops(model),
                      "loaders": {k: v.state_dict() for k, v in loaders.items()}}
-            save_checkpoint(self.run_dir.path, st.step, weights, self.cfg, state,
-                            meta={"tokens": st.tokens, "total_steps": self.total_steps})
+            try:
+                save_checkpoint(self.run_dir.path, st.step, weights, self.cfg, state,
+                                meta={"tokens": st.tokens, "total_steps": self.total_steps})
+            except OSError as e:
+                last = list_checkpoints(self.run_dir.path)
+                kept = f"the previous checkpoint {last[-1]} is intact" if last else "no earlier checkpoint exists"
+                raise UserError(f"could not write the checkpoint of step {st.step} ({e.strerror or e}); {kept}; "
+                                "free disk space or fix permissions, then run again to resume") from None
             prune_checkpoints(self.run_dir.path, self.cfg.train.keep_checkpoints)
         self.dist.barrier()
 
@@ -301,6 +308,7 @@ class Trainer:
             window_tokens += acc.tokens_per_step
             st.step += 1
             st.tokens += acc.tokens_per_step
+            crash_point("train.step")
             if self.guidance.guided_steps and st.step == self.guidance.guided_steps:
                 optimizer, train_model = self._end_guidance(model, optimizer)
             if not finite:
