@@ -16,34 +16,22 @@ from safetensors.torch import load_file
 
 from lowrank_lm.checkpoint import list_checkpoints, load_model
 from lowrank_lm.cli import main
-from lowrank_lm.config import load_config, save_config
+from lowrank_lm.config import save_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import read_metrics
 from lowrank_lm.train.schedule import guide_alpha_at
 
+from .conftest import tiny_run_config
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """A slice of the embedded corpus with a 512-token BPE (small, so tiny models train fast)."""
-    from lowrank_lm.data import prepare
 
-    from lowrank_lm.config import DataConfig
-
-    d = tmp_path_factory.mktemp("data")
-    return prepare(DataConfig(source="embedded", tokenizer="bpe-512", dir=str(d), val_tokens=8192),
-                   max_tokens=120_000, progress=False)
+@pytest.fixture()
+def data_dir(tiny_data) -> Path:
+    return tiny_data
 
 
 def tiny(data_dir: Path, out: Path, *overrides: str):
-    base = [
-        "model.vocab_size=512", "model.seq_len=32", "model.num_layers=2", "model.hidden_dim=32",
-        "model.num_q_heads=2", f"data.dir={data_dir}", "data.tokenizer=bpe-512", "data.val_tokens=8192",
-        "train.tokens=5120", "train.global_batch_size=8", "train.micro_batch_size=4", "train.precision=fp32",
-        "train.lr=3e-3", "train.log_interval=1", "train.eval_tokens=2048", "train.checkpoint_interval=4",
-        "train.keep_checkpoints=10", f"train.out_dir={out}", "train.device=cpu",
-    ]
-    return load_config(None, base + list(overrides))
+    return tiny_run_config(data_dir, out, *overrides)
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:

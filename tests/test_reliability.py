@@ -1,0 +1,101 @@
+"""Crashes, bad numbers, unsafe files: the run survives with nothing lost (short fault-injection variant).
+
+The long variant with more seeds is `python scripts/fault_injection.py --trials 40` (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowrank_lm.checkpoint import list_checkpoints, load_model, load_state, save_checkpoint
+from lowrank_lm.config import save_config
+from lowrank_lm.errors import UserError
+from lowrank_lm.reliability import run_trial, train_subprocess
+from lowrank_lm.train import run_training
+from lowrank_lm.train.rundir import RunDir
+
+from .conftest import small_config, tiny_run_config
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
+    """An uninterrupted run in a subprocess (the same code path as the trials) and its config."""
+    root = tmp_path_factory.mktemp("reference")
+    cfg = tiny_run_config(tiny_data, root / "run", "model.ffn.kind=lowrank", "model.ffn.rank=8",
+                          "train.log_interval=1", "train.checkpoint_interval=3", "train.keep_checkpoints=2")
+    save_config(cfg, root / "config.yaml")
+    assert train_subprocess(root / "config.yaml") == 0
+    return root / "config.yaml", root / "run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_killed_runs_resume_to_the_identical_result(reference, tmp_path, seed):
+    config, ref_dir = reference
+    rng = random.Random(seed)
+    # one kill at a random training step, one inside a random phase of a checkpoint write
+    crashes = [f"train.step:{rng.randint(1, 19)}",
+               f"{rng.choice(['checkpoint.weights', 'checkpoint.state', 'checkpoint.rename'])}:{rng.randint(1, 6)}"]
+    for crash in crashes:
+        result = run_trial(config, ref_dir, crash, tmp_path)
+        assert result.kills == 1, crash
+        assert result.resumes >= 1
+        assert result.unreadable_checkpoints == 0
+        assert result.mismatches == [], (crash, result.mismatches)
+
+
+def test_crafted_pickle_in_a_checkpoint_is_refused(tmp_path):
+    cfg = small_config()
+    from lowrank_lm.model import Transformer
+
+    ckpt = save_checkpoint(tmp_path, 1, Transformer(cfg.model), cfg, {"step": 1})
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"step": 1, "payload": Evil()}, ckpt / "state.pt")
+    with pytest.raises(UserError, match="not a valid training state"):
+        load_state(ckpt)
+    assert not marker.exists()  # the pickled code never ran
+    load_model(ckpt)  # the weights are safetensors: still loadable
+
+
+def test_an_out_dir_in_use_is_refused(tmp_path):
+    first = RunDir(tmp_path / "run")
+    first.acquire()
+    try:
+        with pytest.raises(UserError, match="in use by another running training process"):
+            RunDir(tmp_path / "run").acquire()
+    finally:
+        first.release()
+    RunDir(tmp_path / "run").acquire()  # free again once released
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tiny_data, tmp_path, monkeypatch):
+    import lowrank_lm.checkpoint as checkpoint
+
+    out = tmp_path / "run"
+    cfg = tiny_run_config(tiny_data, out)
+    run_training(cfg, max_steps=4)
+    real = checkpoint.save_file
+
+    def disk_full(tensors, path, *a, **k):
+        real(tensors, path, *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(UserError, match=r"No space left on device.*step-00000004 is intact"):
+        run_training(cfg)
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000004"]
+    assert not list((out / "checkpoints").glob(".tmp-*"))  # nothing half-written left
+    load_model(out)
+    assert load_state(list_checkpoints(out)[-1])["step"] == 4
+    monkeypatch.setattr(checkpoint, "save_file", real)
+    assert run_training(cfg)["steps"] == 20  # and the run resumes from it
