@@ -1,5 +1,33 @@
-"""lowrank-lm: Transformer language models with low-rank and structured feed-forward layers."""
+"""lowrank-lm: Transformer language models with low-rank and structured feed-forward layers.
+
+``lowrank_lm.load(path)`` and ``lowrank_lm.build(config)`` (see :mod:`lowrank_lm.api`) are imported
+on first use, so ``import lowrank_lm`` stays cheap (no torch) for the CLI and for tools that only
+read the version.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "build", "load"]
+
+if TYPE_CHECKING:
+    from lowrank_lm.api import build, load
+
+_LAZY = {"load": "lowrank_lm.api", "build": "lowrank_lm.api"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this hook
+        return value
+    raise AttributeError(f"module 'lowrank_lm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

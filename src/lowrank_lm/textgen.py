@@ -1,0 +1,66 @@
+"""Text in, text out: tokenise a prompt, sample with the KV cache, yield the text piece by piece.
+
+Shared by ``lowrank-lm generate`` (which prints each piece as it comes) and the lm-eval adapter's
+``generate_until``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+from lowrank_lm.errors import UserError
+from lowrank_lm.run_tokenizer import TextStream, eos_token_id
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from lowrank_lm.model import Transformer
+
+
+def prompt_ids(tok: Tokenizer, prompt: str, seq_len: int) -> list[int]:
+    """The prompt's token ids; an empty prompt starts from ``<|endoftext|>`` (as a document would)."""
+    ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
+    if not ids:
+        eos = eos_token_id(tok)
+        if eos is None:
+            raise UserError("the prompt is empty and the tokenizer has no <|endoftext|> to start from; "
+                            "give a non-empty --prompt")
+        ids = [eos]
+    if len(ids) >= seq_len:
+        raise UserError(f"the prompt is {len(ids)} tokens but the model's context is {seq_len} "
+                        "(model.seq_len); shorten the prompt")
+    return ids
+
+
+def stream_text(model: Transformer, tok: Tokenizer, prompt: str, max_new_tokens: int,
+                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                seed: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:
+    """Yield the generated text in pieces, one per token that completes some text.
+
+    Sampling runs through ``model.stream`` (KV cache); temperature 0 is greedy. Generation stops at
+    ``max_new_tokens``, at the end of the context, or (``stop_at_eos``) at ``<|endoftext|>``, which
+    is not printed.
+    """
+    ids = prompt_ids(tok, prompt, model.cfg.seq_len)
+    device = next(model.parameters()).device
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    eos = eos_token_id(tok) if stop_at_eos else None
+    out = TextStream(tok, ids)
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    for token in model.stream(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                              eos_token_id=eos, generator=generator):
+        t = int(token[0])
+        if t == eos:
+            break
+        piece = out.push(t)
+        if piece:
+            yield piece
+    rest = out.flush()
+    if rest:
+        yield rest
