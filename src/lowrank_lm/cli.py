@@ -17,6 +17,9 @@ VERBS: dict[str, str] = {
     "train": "train",
     "eval": "eval",
     "demo": "demo",
+    "export": "export",
+    "generate": "generate",
+    "lm-eval": "lm_eval",
 }
 
 

@@ -13,6 +13,7 @@ embedding unless ``tie_word_embeddings`` is false.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -190,7 +191,7 @@ class LowRankLMBlock(nn.Module):
 class LowRankLMPreTrainedModel(PreTrainedModel):
     config_class = LowRankLMConfig
     base_model_prefix = "model"
-    _no_split_modules = ["LowRankLMBlock"]
+    _no_split_modules: ClassVar[list[str]] = ["LowRankLMBlock"]
     _supports_cache_class = True
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -1,0 +1,36 @@
+"""Write a checkpoint as a Hugging Face folder that transformers.AutoModelForCausalLM loads.
+
+A dense model (or a structured one with --merge) becomes a stock class (Llama, GPT-NeoX or
+Starcoder2, chosen to match the config exactly); a structured model without --merge keeps its
+factors in a trust_remote_code class. The run's tokenizer.json comes along as a fast tokenizer.
+See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("out", metavar="OUT", help="folder to write (must be new or empty)")
+    p.add_argument("--merge", action="store_true",
+                   help="multiply structured FFN factors into dense weights and use a stock class")
+    p.add_argument("--arch", choices=["auto", "llama", "gpt_neox", "starcoder2"], default="auto",
+                   help="stock class to use (default: the exact match for the config)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="weight precision of the export (default float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+
+
+def run(args: argparse.Namespace) -> None:
+    from lowrank_lm.export.hf import export_hf
+
+    res = export_hf(args.checkpoint, args.out, merge=args.merge, arch=args.arch, dtype=args.dtype,
+                    overwrite=args.overwrite)
+    for note in res.notes:
+        print(f"note: {note}")
+    load = (f"AutoModelForCausalLM.from_pretrained({str(res.out)!r}, trust_remote_code=True)" if res.remote_code
+            else f"AutoModelForCausalLM.from_pretrained({str(res.out)!r})")
+    print(f"exported {res.architecture}{' (with tokenizer)' if res.tokenizer else ''} to {res.out}; load it with "
+          f"{load}")

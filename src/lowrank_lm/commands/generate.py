@@ -1,0 +1,53 @@
+"""Sample text from a checkpoint, printed token by token (KV cache, pre-merged FFN weights)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_PREMERGE_TOKENS = 16
+"""Calls with at most this many tokens (every decoding step, at batch 1) use the merged dense FFN
+weights: one matrix product instead of two or three small ones; the prompt still uses the factors."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--prompt", required=True, help="text to continue ('' starts a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold, e.g. 0.95")
+    p.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--premerge-tokens", type=int, default=None,
+                   help=f"pre-merge threshold in tokens per call (default: model.ffn.premerge_max_tokens, "
+                        f"else {DEFAULT_PREMERGE_TOKENS}; 0 turns pre-merge off)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from lowrank_lm.api import load
+    from lowrank_lm.errors import UserError
+    from lowrank_lm.textgen import stream_text
+
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be 0 (greedy) or positive, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    model = load(args.checkpoint, args.device, premerge=0)
+    threshold = args.premerge_tokens
+    if threshold is None:
+        threshold = model.cfg.ffn.premerge_max_tokens or DEFAULT_PREMERGE_TOKENS
+    model.premerge(threshold)
+    if model.tokenizer is None:
+        raise UserError(f"no tokenizer.json in the run dir of {model.checkpoint}; copy the one from the "
+                        "run's data dir into the run dir")
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    for piece in stream_text(model, model.tokenizer, args.prompt, args.max_new_tokens, args.temperature,
+                             args.top_k or None, args.top_p, args.seed):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
