@@ -211,18 +211,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
+        data_dir = self._setup_data()  # data problems surface before anything is written to out_dir
         ckpt = self._setup_outputs()
         try:
-            return self._run(ckpt)
+            return self._run(data_dir, ckpt)
         finally:
             if self.dist.is_main:
                 self.run_dir.release()
 
-    def _run(self, ckpt: Path | None) -> dict[str, Any]:
+    def _run(self, data_dir: Path, ckpt: Path | None) -> dict[str, Any]:
         from lowrank_lm.data import TokenLoader
 
         cfg, t, d = self.cfg, self.cfg.train, self.dist
-        data_dir = self._setup_data()
         torch.manual_seed(t.seed)
         model = Transformer(cfg.model)
         st = _State()

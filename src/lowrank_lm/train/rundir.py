@@ -21,6 +21,7 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._created = False
 
     @property
     def summary(self) -> Path:
@@ -33,10 +34,11 @@ class RunDir:
     def acquire(self) -> None:
         """Create the folder and take its lock; refuse when another process holds it."""
         try:
+            self._created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError:
-            raise UserError(f"cannot write to {self.path}; choose a writable train.out_dir") from None
+        except OSError as e:
+            raise UserError(f"cannot write to {self.path} ({e.strerror}); choose a writable train.out_dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -48,10 +50,14 @@ class RunDir:
         self._lock_fd = fd
 
     def release(self) -> None:
+        """Drop the lock; a folder this run created and left empty (it failed at once) is removed."""
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+            if self._created and [p.name for p in self.path.iterdir()] == [LOCK]:
+                (self.path / LOCK).unlink()
+                self.path.rmdir()
 
     def prepare(self, resume: str, overwrite: bool) -> None:
         """Refuse to clobber a finished or existing run unless asked; clear our own files on --overwrite."""
