@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="examples per task (a number >= 1) or a fraction of each task (< 1)")
     p.add_argument("--num-fewshot", type=int, default=None)
     p.add_argument("--include-path", default=None, help="folder of extra task YAMLs")
+    p.add_argument("--no-builtin-tasks", action="store_true",
+                   help="find tasks only under --include-path (skips indexing lm-eval's own tasks: faster)")
     p.add_argument("--output", default=None, help="JSON file (default: beside the checkpoint)")
 
 
@@ -36,6 +38,8 @@ def run(args: argparse.Namespace) -> None:
     from lowrank_lm.export.lm_eval_adapter import require_lm_eval, run_lm_eval
 
     require_lm_eval()
+    if args.no_builtin_tasks and not args.include_path:
+        raise UserError("--no-builtin-tasks needs --include-path, the folder where the tasks are")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise UserError("--tasks is empty; name at least one lm-eval task")
@@ -44,7 +48,8 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"no tokenizer.json in the run dir of {model.checkpoint}; lm-eval scores text, "
                         "so copy the run's tokenizer.json into the run dir")
     res = run_lm_eval(model, model.tokenizer, tasks, batch_size=args.batch_size, limit=args.limit,
-                      num_fewshot=args.num_fewshot, include_path=args.include_path)
+                      num_fewshot=args.num_fewshot, include_path=args.include_path,
+                      include_defaults=not args.no_builtin_tasks)
     out = Path(args.output) if args.output else model.checkpoint / f"lm_eval_{'+'.join(tasks)}.json"
     record = {"checkpoint": str(model.checkpoint), "tasks": tasks, "limit": args.limit,
               "num_fewshot": args.num_fewshot, **res}
