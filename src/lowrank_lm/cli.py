@@ -14,12 +14,15 @@ from lowrank_lm.errors import UserError
 # verb -> module under lowrank_lm.commands with add_arguments(parser) and run(args).
 VERBS: dict[str, str] = {
     "info": "info",
+    "prepare": "prepare",
     "train": "train",
     "eval": "eval",
     "demo": "demo",
     "export": "export",
     "generate": "generate",
     "lm-eval": "lm_eval",
+    "fit": "fit",
+    "sweep": "sweep",
 }
 
 

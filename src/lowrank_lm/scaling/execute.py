@@ -1,0 +1,406 @@
+"""Running a sweep: the state of each run, one run after another, the progress view, the results table.
+
+A run's state is read from its folder, never from a separate sweep database, so it is right even after
+a crash, a reboot, or runs started by hand:
+
+* done: ``summary.json`` exists (the trainer writes it last, only when the run finished);
+* running: another process holds the trainer's lock on the folder (e.g. another shard);
+* interrupted: complete checkpoints but no summary; ``train.resume=auto`` continues from the newest;
+* failed: the last attempt from a sweep exited with an error (``sweep-failed.json``); retried next time;
+* pending: nothing yet.
+
+Each run is trained in its own process by default (``python -m lowrank_lm train RUN/config.yaml``): a
+crash or an out-of-memory kill ends one run, not the sweep; every run starts from a fresh allocator and
+a fresh torch.compile cache (dynamo's recompile limit is per process and falls back to eager silently
+after about 8 models); the glibc malloc settings that small CPU models need (see the CPU notes) are
+environment variables read at process start; and a thread count can be set per process, which is what
+makes sharding on a few CPU cores work (two 2-thread processes on 2 cores lose 26-48%). The cost, about
+1.3 s of ``import torch`` per run, is noise beside minutes of training. ``--in-process`` exists for
+debugging.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from lowrank_lm.config import load_config, save_config
+from lowrank_lm.errors import UserError
+from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, config_differences, shard_runs
+from lowrank_lm.scaling.table import RESULT_COLUMNS, write_csv, write_json
+
+LOCK_NAME = ".lock"
+"""The trainer's run-folder lock file (lowrank_lm.train.rundir.LOCK)."""
+FAILED_MARKER = "sweep-failed.json"
+LOG_NAME = "train.log"
+# glibc malloc settings for small CPU models (reference CPU notes): keep big tensors on the heap.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TOP_PAD_": "2147483648",
+              "MALLOC_TRIM_THRESHOLD_": "8589934592"}
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass
+class RunState:
+    """Where one run stands (see the module docstring for the statuses)."""
+
+    status: str
+    step: int | None = None
+    total_steps: int | None = None
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def _locked(run_dir: Path) -> bool:
+    """True when another process holds the trainer's lock on ``run_dir``."""
+    lock = run_dir / LOCK_NAME
+    if not lock.is_file():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a shared probe, released at once
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe lock if we got it
+    return False
+
+
+def _newest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """meta.json of the newest complete checkpoint (the trainer's layout), or None."""
+    from lowrank_lm.checkpoint import list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    if not found:
+        return None
+    try:
+        return json.loads((found[-1] / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_state(spec: RunSpec) -> RunState:
+    """Read the state of one run from its folder."""
+    d = spec.run_dir
+    summary = d / "summary.json"
+    if summary.is_file():
+        try:
+            return RunState("done", summary=json.loads(summary.read_text()))
+        except ValueError:
+            return RunState("failed", error=f"{summary} is not valid JSON")
+    if _locked(d):
+        return RunState("running")
+    meta = _newest_checkpoint(d) if d.is_dir() else None
+    if meta is not None:
+        return RunState("interrupted", step=meta.get("step"), total_steps=meta.get("total_steps") or spec.steps)
+    marker = d / FAILED_MARKER
+    if marker.is_file():
+        try:
+            error = json.loads(marker.read_text()).get("error")
+        except ValueError:
+            error = "unknown"
+        return RunState("failed", error=error)
+    return RunState("pending")
+
+
+# --------------------------------------------------------------------------- runners
+
+
+class RunFailed(Exception):
+    """A run ended without finishing; the message says why and where its log is."""
+
+
+Runner = Callable[[RunSpec], None]
+"""Trains one run to completion from its config (resuming from checkpoints); raises RunFailed."""
+
+
+class SubprocessRunner:
+    """Train each run in a child process: ``LAUNCHER train RUN/config.yaml``, output teed to RUN/train.log."""
+
+    def __init__(self, launcher: str | None = None, threads: int | None = None, echo: TextIO | None = None):
+        self.launcher = shlex.split(launcher) if launcher else [sys.executable, "-m", "lowrank_lm"]
+        self.threads = threads
+        self.echo = echo
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for k, v in MALLOC_ENV.items():
+            env.setdefault(k, v)  # a user's own setting wins
+        if self.threads is not None:
+            for k in THREAD_ENV:
+                env[k] = str(self.threads)
+        return env
+
+    def __call__(self, spec: RunSpec) -> None:
+        cmd = [*self.launcher, "train", str(spec.config_path)]
+        log = spec.run_dir / LOG_NAME
+        with log.open("a") as fh:
+            fh.write(f"$ {shlex.join(cmd)}\n")
+            fh.flush()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                    env=self.env())
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    fh.write(line)
+                    if self.echo is not None:
+                        self.echo.write(f"    {line}")
+                        self.echo.flush()
+                rc = proc.wait()
+            except KeyboardInterrupt:
+                # Ctrl-C reached the child too (same process group); give it time to stop cleanly.
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.terminate()
+                    proc.wait()
+                raise
+        if rc != 0:
+            raise RunFailed(f"`{shlex.join(cmd)}` exited with code {rc}; see {log}")
+
+
+class InProcessRunner:
+    """Train in this process with :func:`lowrank_lm.train.run_training` (for debugging; no isolation)."""
+
+    def __call__(self, spec: RunSpec) -> None:
+        from lowrank_lm.train import run_training  # the trainer is heavy: imported only when a run starts
+
+        try:
+            run_training(spec.cfg)
+        except UserError as e:
+            raise RunFailed(str(e)) from None
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _corpus_train_tokens(spec: RunSpec, cache: dict[str, int | None]) -> int | None:
+    """Training tokens of the run's prepared data (for epochs), or None when the data is not prepared yet."""
+    key = json.dumps([spec.cfg.data.source, spec.cfg.data.tokenizer, spec.cfg.data.dir, spec.cfg.data.val_tokens,
+                      spec.cfg.data.max_tokens])
+    if key not in cache:
+        try:
+            from lowrank_lm.data import load_manifest, resolve_data_dir
+
+            cache[key] = int(load_manifest(resolve_data_dir(spec.cfg.data)).tokens["train"])
+        except (ImportError, UserError, OSError, KeyError, ValueError, TypeError):
+            cache[key] = None  # display-only: epochs stay unknown until the data has been prepared
+    return cache[key]
+
+
+def result_row(spec: RunSpec, state: RunState, corpus: dict[str, int | None] | None = None) -> dict[str, Any]:
+    """The results-table row of one run: the plan, and what the finished run measured."""
+    row = spec.row()
+    row["status"] = state.status
+    s = state.summary or {}
+    if state.status == "done":
+        row.update(loss=s.get("final_val_loss"), ppl=s.get("final_val_ppl"), tokens=s.get("tokens", spec.tokens),
+                   tokens_per_s=s.get("tokens_per_s"), wall_s=s.get("wall_s"), steps=s.get("steps", spec.steps))
+        if s.get("train_flops"):
+            row["flops"] = s["train_flops"]  # includes self-guided guide FLOPs when there are any
+    n = _corpus_train_tokens(spec, corpus if corpus is not None else {})
+    row["epochs"] = round(row["tokens"] / n, 3) if n else None
+    return row
+
+
+def write_results(plan: SweepPlan, states: dict[str, RunState]) -> list[dict[str, Any]]:
+    """Write results.csv (finished runs: what ``fit`` reads) and results.json (every run, with status)."""
+    corpus: dict[str, int | None] = {}
+    rows = [result_row(r, states[r.name], corpus) for r in plan.runs]
+    write_csv([r for r in rows if r["status"] == "done"], plan.results_csv, RESULT_COLUMNS)
+    write_json({"sweep": plan.name, "file": str(plan.path), "runs": rows}, plan.results_json)
+    return rows
+
+
+# --------------------------------------------------------------------------- progress view
+
+
+def _fmt_count(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _status_text(state: RunState) -> str:
+    if state.status == "interrupted" and state.step is not None:
+        return f"interrupted {state.step}/{state.total_steps}"
+    return state.status
+
+
+def remaining_seconds(runs: list[RunSpec], states: dict[str, RunState]) -> float | None:
+    """A rough estimate for the unfinished ``runs``: their FLOPs at the median FLOP rate of finished runs."""
+    rates = sorted(s.summary["train_flops"] / s.summary["wall_s"] for s in states.values()
+                   if s.status == "done" and s.summary and s.summary.get("train_flops") and s.summary.get("wall_s"))
+    if not rates:
+        return None
+    rate = rates[len(rates) // 2]
+    left = 0.0
+    for r in runs:
+        st = states[r.name]
+        if st.status == "done":
+            continue
+        frac = 1.0
+        if st.status == "interrupted" and st.step is not None and st.total_steps:
+            frac = max(0.0, 1 - st.step / st.total_steps)
+        left += frac * r.flops
+    return left / rate
+
+
+def progress_view(plan: SweepPlan, states: dict[str, RunState], mine: list[RunSpec] | None = None) -> str:
+    """The whole sweep at a glance: counts, one line per run, and the estimated time left."""
+    counts: dict[str, int] = {}
+    for s in states.values():
+        counts[s.status] = counts.get(s.status, 0) + 1
+    order = ("done", "running", "interrupted", "failed", "pending")
+    head = f"sweep {plan.name} ({plan.path}): {len(plan.runs)} runs, " + ", ".join(
+        f"{counts[k]} {k}" for k in order if counts.get(k))
+    mine_names = {r.name for r in mine} if mine is not None else None
+    header = ["run", "series", "params", "tokens", "FLOPs", "status", "val loss", "ppl", "tok/s", "wall"]
+    rows = []
+    for r in plan.runs:
+        st = states[r.name]
+        s = st.summary or {}
+        mark = "" if mine_names is None or r.name in mine_names else " (other shard)"
+        rows.append([r.name, r.series, _fmt_count(r.params), _fmt_count(r.tokens), f"{r.flops:.3g}",
+                     _status_text(st) + mark,
+                     f"{s['final_val_loss']:.4f}" if s.get("final_val_loss") is not None else "",
+                     f"{s['final_val_ppl']:.2f}" if s.get("final_val_ppl") is not None else "",
+                     _fmt_count(s.get("tokens_per_s")) if s.get("tokens_per_s") else "",
+                     _fmt_time(s.get("wall_s")) if s.get("wall_s") is not None else ""])
+    widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
+    lines = [head, "  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(x, widths)).rstrip() for x in rows]
+    left = remaining_seconds(mine if mine is not None else plan.runs, states)
+    if left is not None and left > 0:
+        lines.append(f"estimated time left{' for this shard' if mine is not None else ''}: about {_fmt_time(left)} "
+                     "(at the median FLOP rate of the finished runs; small models run at a lower rate)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+@dataclass
+class SweepOutcome:
+    """What one invocation did: finished, skipped (already done or running elsewhere), failed runs."""
+
+    finished: list[str]
+    skipped: list[str]
+    failed: list[str]
+    unfinished: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if not self.failed and not self.unfinished else 1
+
+
+def check_existing(runs: list[RunSpec]) -> None:
+    """Refuse to reuse a run folder whose config computes something else than the plan says."""
+    for r in runs:
+        if not r.config_path.is_file():
+            continue
+        try:
+            existing = load_config(r.config_path)
+        except UserError as e:
+            raise UserError(f"{r.config_path} cannot be read ({e}); remove the folder {r.run_dir} to redo the run") \
+                from None
+        diff = config_differences(existing, r.cfg)
+        if diff:
+            raise UserError(f"{r.run_dir} was made with another config ({', '.join(diff[:4])} differ); remove it, or "
+                            "set another out_dir in the sweep file")
+
+
+def execute(plan: SweepPlan, runner: Runner, shard: tuple[int, int] = (0, 1), stop_on_error: bool = False,
+            out: TextIO | None = None) -> SweepOutcome:
+    """Run this shard's unfinished runs one after another (smallest first), then write the results table.
+
+    Finished runs are skipped, interrupted ones resume from their checkpoints (the trainer's
+    ``train.resume=auto``), runs another process is training are left to it. The results table is
+    rewritten after every run, so an interrupted sweep still has one.
+    """
+    out = out or sys.stderr
+    mine = shard_runs(plan.runs, *shard)
+    check_existing(mine)
+    states = {r.name: run_state(r) for r in plan.runs}
+    print(progress_view(plan, states, mine if shard[1] > 1 else None), file=out)
+    outcome = SweepOutcome([], [], [], [])
+    todo = sorted(mine, key=lambda r: (r.flops, r.name))
+    try:
+        for k, spec in enumerate(todo, start=1):
+            st = run_state(spec)
+            states[spec.name] = st
+            tag = f"[{k}/{len(todo)}] {spec.name}"
+            if st.status in ("done", "running"):
+                why = "finished" if st.status == "done" else "being trained by another process"
+                print(f"{tag}: skipped ({why})", file=out)
+                outcome.skipped.append(spec.name)
+                continue
+            spec.run_dir.mkdir(parents=True, exist_ok=True)
+            if not spec.config_path.is_file():
+                save_config(spec.cfg, spec.config_path)
+            (spec.run_dir / FAILED_MARKER).unlink(missing_ok=True)
+            how = f"resuming at step {st.step}/{st.total_steps}" if st.status == "interrupted" else "starting"
+            left = remaining_seconds([r for r in todo[k - 1:]], states)
+            eta = f"; about {_fmt_time(left)} left in this shard" if left else ""
+            print(f"{tag}: {how} ({_fmt_count(spec.tokens)} tokens, {spec.flops:.3g} FLOPs){eta}", file=out)
+            t0 = time.monotonic()
+            try:
+                runner(spec)
+            except RunFailed as e:
+                (spec.run_dir / FAILED_MARKER).write_text(json.dumps({"error": str(e), "time": time.time()}) + "\n")
+                states[spec.name] = run_state(spec)
+                print(f"{tag}: FAILED: {e}", file=out)
+                outcome.failed.append(spec.name)
+                write_results(plan, states)
+                if stop_on_error:
+                    break
+                continue
+            st = states[spec.name] = run_state(spec)
+            if st.status == "done":
+                s = st.summary or {}
+                print(f"{tag}: done in {_fmt_time(time.monotonic() - t0)}: val loss "
+                      f"{s.get('final_val_loss', math.nan):.4f}, ppl {s.get('final_val_ppl', math.nan):.2f}", file=out)
+                outcome.finished.append(spec.name)
+            else:
+                print(f"{tag}: stopped before the end ({_status_text(st)}); it resumes next time", file=out)
+                outcome.unfinished.append(spec.name)
+            write_results(plan, states)
+    except KeyboardInterrupt:
+        states = {r.name: run_state(r) for r in plan.runs}
+        write_results(plan, states)
+        print("sweep interrupted: finished runs are kept, the interrupted one resumes from its last checkpoint "
+              "when you run the same command again", file=out)
+        raise
+    states = {r.name: run_state(r) for r in plan.runs}
+    write_results(plan, states)
+    outcome.unfinished += [r.name for r in mine if states[r.name].status not in ("done", "running")
+                           and r.name not in outcome.failed and r.name not in outcome.unfinished]
+    print(progress_view(plan, states, mine if shard[1] > 1 else None), file=out)
+    print(f"results: {plan.results_csv} ({sum(s.status == 'done' for s in states.values())} finished runs), "
+          f"{plan.results_json}", file=out)
+    return outcome

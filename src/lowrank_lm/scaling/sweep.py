@@ -1,0 +1,477 @@
+"""A sweep file and its plan: sizes x structures x parameter fractions x token budgets -> one run each.
+
+A sweep file (YAML)::
+
+    name: cpu-mini                    # default: the file name
+    out_dir: runs/sweeps/cpu-mini     # run folders go to OUT_DIR/<run name> (relative to where you run)
+    base: ../cpu/tiny.yaml            # optional: the config of sizes given only as overrides
+    overrides: [train.eval_interval=250]      # applied to every run
+    sizes:                            # name -> config file (relative to this file), or a mapping
+      s1: ../cpu/scale-1.yaml
+      s2: {config: ../cpu/scale-2.yaml, overrides: [train.tokens=2500000]}
+    structures:                       # name -> how the FFN is built (kind defaults to the name)
+      dense: {}
+      lowrank: {fractions: [0.63, 0.32]}           # the rank is solved for each size (see below)
+      blockdense: {fractions: [0.63], num_blocks: 2}
+      blockshuffle: {fractions: [0.63, 0.32]}      # the block count is solved
+      # or a config file per cell: {config: "../paper/structured/transformer-{size}-lowrank-{pct}.yaml",
+      #                             fractions: [63, 32]}
+    budgets: {tokens: [2000000, 4000000]}   # or {tokens_per_param: [20]}; omit for each size's own budget
+    match_dense_tokens: true          # structured runs get the dense model's token budget (the paper's rule)
+    rank_multiple: 8                  # solved ranks are multiples of this
+
+A *fraction* is the share of a structured FFN layer's weights relative to the dense layer (the paper's
+"63%" is LowRank with R = h/2: 0.625; "32%" is R = h/4: 0.3125). Written as 0.63 or 63. The rank (or
+block count) whose measured fraction is nearest is chosen, counting parameters with the real layer
+classes on the meta device, so the count always agrees with ``lowrank-lm info``.
+
+Each run is named ``<size>-<structure>[-<pct>][-<budget>]`` and belongs to the series
+``<structure>[-<pct>][-<budget>]``: the points of one scaling curve differ only in size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lowrank_lm.config import Config, ModelConfig, config_to_dict, load_config
+from lowrank_lm.errors import UserError
+
+FFN_KINDS = ("dense", "lowrank", "blockshuffle", "blockdense")
+TOP_KEYS = ("name", "description", "out_dir", "base", "overrides", "sizes", "structures", "budgets",
+            "match_dense_tokens", "rank_multiple")
+STRUCTURE_KEYS = ("kind", "fractions", "num_blocks", "rank_multiple", "init", "config", "overrides")
+# Settings that change how a run executes but not what it computes: an existing run folder may differ
+# from the plan in these and still count as the same run.
+RUNTIME_KEYS = {
+    "train": ("out_dir", "resume", "device", "compile", "log_interval", "eval_interval", "checkpoint_interval",
+              "keep_checkpoints", "wandb", "micro_batch_size", "max_bad_steps"),
+    "data": ("dir", "num_workers"),
+}
+
+
+@dataclass
+class RunSpec:
+    """One run of the sweep: its names, its complete config and what accounting says it will cost."""
+
+    name: str
+    series: str
+    size: str
+    structure: str
+    kind: str
+    fraction: float | None
+    """Nominal share of FFN weights per structured layer (0.63); None for dense."""
+    ffn_fraction: float | None
+    """Measured share with the chosen rank / block count."""
+    budget: str | None
+    cfg: Config
+    run_dir: Path
+    params: int = 0
+    params_non_embedding: int = 0
+    params_ffn: int = 0
+    tokens: int = 0
+    steps: int = 0
+    flops: int = 0
+    flops_6n: int = 0
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / "config.yaml"
+
+    def row(self) -> dict[str, Any]:
+        """The planned part of this run's results-table row."""
+        return {"name": self.name, "series": self.series, "size": self.size, "structure": self.structure,
+                "fraction": self.fraction, "budget": self.budget, "params": self.params,
+                "params_non_embedding": self.params_non_embedding, "params_ffn": self.params_ffn,
+                "tokens": self.tokens, "steps": self.steps, "flops": self.flops, "flops_6n": self.flops_6n,
+                "out_dir": str(self.run_dir)}
+
+
+@dataclass
+class SweepPlan:
+    """The expanded sweep: every run, in grid order, plus what was noticed while expanding it."""
+
+    name: str
+    path: Path
+    out_dir: Path
+    runs: list[RunSpec]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def results_csv(self) -> Path:
+        return self.out_dir / "results.csv"
+
+    @property
+    def results_json(self) -> Path:
+        return self.out_dir / "results.json"
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def _err(path: Path, msg: str) -> UserError:
+    return UserError(f"{path}: {msg}")
+
+
+def _check_keys(path: Path, where: str, raw: dict, allowed: tuple[str, ...]) -> None:
+    for k in raw:
+        if k not in allowed:
+            hint = difflib.get_close_matches(str(k), allowed, n=1)
+            extra = f"; did you mean {hint[0]}?" if hint else f" (allowed: {', '.join(allowed)})"
+            raise _err(path, f"unknown key {where}{k}{extra}")
+
+
+def _str_list(path: Path, key: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _err(path, f"{key} must be a list of key=value strings, e.g. [train.seed=1]")
+    return list(value)
+
+
+def _fraction(path: Path, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _err(path, f"{key}: {value!r} is not a number; write 0.63 or 63")
+    f = float(value) / 100 if value > 1 else float(value)
+    if not 0 < f < 1:
+        raise _err(path, f"{key}: {value!r} is not a fraction between 0 and 1 (or a percentage)")
+    return f
+
+
+def pct(fraction: float) -> int:
+    """The label of a fraction: 0.63 -> 63, 0.625 -> 63 (round half up, as the paper names 0.625 "63%")."""
+    return math.floor(fraction * 100 + 0.5)
+
+
+def budget_label(tokens: int | None = None, tokens_per_param: float | None = None) -> str:
+    """A short label: t2M, t2.5M, t500k, t2.2B, or tpp20."""
+    if tokens_per_param is not None:
+        return f"tpp{tokens_per_param:g}"
+    assert tokens is not None
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if tokens >= scale:
+            return f"t{tokens / scale:.4g}{unit}"
+    return f"t{tokens}"
+
+
+# --------------------------------------------------------------------------- structure solving
+
+
+def ffn_fraction(model: ModelConfig) -> float:
+    """Weights of one structured FFN block relative to the dense block, counted on the real layers."""
+    import torch
+
+    from lowrank_lm.layers import StructuredLinear
+    from lowrank_lm.model import FeedForward
+
+    with torch.device("meta"):
+        structured = FeedForward(model, dense=False)
+        dense = FeedForward(model, dense=True)
+
+    def count(m: torch.nn.Module) -> int:
+        return sum(x.num_matrix_params() for x in m.modules() if isinstance(x, StructuredLinear))
+
+    return count(structured) / count(dense)
+
+
+def solve_ffn(model: ModelConfig, kind: str, fraction: float, num_blocks: int | None,
+              rank_multiple: int) -> tuple[dict[str, Any], float]:
+    """The FFN settings of ``kind`` whose weight share is nearest ``fraction``: (settings, measured share).
+
+    lowrank: the rank, a multiple of ``rank_multiple``; blockdense: the rank for the given block count (a
+    multiple of both); blockshuffle: the block count, among those dividing the widths.
+    """
+    h, f = model.hidden_dim, model.resolved_ffn_dim
+    candidates: list[dict[str, Any]] = []
+    if kind == "lowrank":
+        candidates = [{"rank": r} for r in range(rank_multiple, min(h, f) + 1, rank_multiple)]
+    elif kind == "blockdense":
+        assert num_blocks is not None
+        step = math.lcm(rank_multiple, num_blocks)
+        candidates = [{"rank": r, "num_blocks": num_blocks} for r in range(step, min(h, f) + 1, step)]
+    elif kind == "blockshuffle":
+        inner = min(h, f)
+        candidates = [{"num_blocks": b} for b in range(2, inner + 1) if h % b == 0 and f % b == 0 and inner % b == 0]
+    if not candidates:
+        raise UserError(f"no {kind} setting fits width {h} / FFN {f} (rank_multiple {rank_multiple}); lower "
+                        "rank_multiple or choose another structure")
+    best: tuple[float, dict[str, Any], float] | None = None
+    for cand in candidates:
+        ffn = dataclasses.replace(model.ffn, kind=kind, rank=cand.get("rank"), num_blocks=cand.get("num_blocks"))
+        share = ffn_fraction(dataclasses.replace(model, ffn=ffn))
+        gap = abs(share - fraction)
+        if best is None or gap < best[0] - 1e-12:  # ties: the smaller (earlier) candidate
+            best = (gap, cand, share)
+    assert best is not None
+    return best[1], best[2]
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+@dataclass
+class _Size:
+    name: str
+    config: Path | None
+    overrides: list[str]
+
+
+@dataclass
+class _Structure:
+    name: str
+    kind: str | None
+    fractions: list[float | None]
+    num_blocks: int | None
+    rank_multiple: int
+    init: str | None
+    template: str | None
+    overrides: list[str]
+
+
+@dataclass
+class _Budget:
+    label: str | None
+    tokens: int | None = None
+    tokens_per_param: float | None = None
+
+
+def _parse_sizes(path: Path, raw: Any) -> list[_Size]:
+    if not isinstance(raw, dict) or not raw:
+        raise _err(path, "sizes must be a mapping of size name -> config file (or {config, overrides})")
+    out = []
+    for name, v in raw.items():
+        if isinstance(v, str):
+            out.append(_Size(str(name), path.parent / v, []))
+        elif isinstance(v, dict):
+            _check_keys(path, f"sizes.{name}.", v, ("config", "overrides"))
+            cfg = v.get("config")
+            out.append(_Size(str(name), path.parent / cfg if cfg else None,
+                             _str_list(path, f"sizes.{name}.overrides", v.get("overrides"))))
+        else:
+            raise _err(path, f"sizes.{name} must be a config file or a mapping with config/overrides")
+    return out
+
+
+def _parse_structures(path: Path, raw: Any, rank_multiple: int) -> list[_Structure]:
+    if not isinstance(raw, dict) or not raw:
+        raise _err(path, "structures must be a mapping of name -> settings, e.g. {dense: {}, lowrank: "
+                         "{fractions: [0.63, 0.32]}}")
+    out = []
+    for name, v in raw.items():
+        v = v or {}
+        if not isinstance(v, dict):
+            raise _err(path, f"structures.{name} must be a mapping of settings")
+        _check_keys(path, f"structures.{name}.", v, STRUCTURE_KEYS)
+        template = v.get("config")
+        kind = v.get("kind", None if template else (name if name in FFN_KINDS else None))
+        if template is None and kind is None:
+            raise _err(path, f"structures.{name}: set kind (one of {', '.join(FFN_KINDS)}) or a config template")
+        if kind is not None and kind not in FFN_KINDS:
+            raise _err(path, f"structures.{name}.kind: {kind!r} is not one of {', '.join(FFN_KINDS)}")
+        fr = v.get("fractions")
+        if kind == "dense" and fr:
+            raise _err(path, f"structures.{name}: a dense FFN has no fraction; remove fractions")
+        if kind not in (None, "dense") and not fr:
+            raise _err(path, f"structures.{name}: give fractions, e.g. [0.63, 0.32]")
+        if fr is not None and not isinstance(fr, list):
+            raise _err(path, f"structures.{name}.fractions must be a list, e.g. [0.63, 0.32]")
+        fractions: list[float | None] = [_fraction(path, f"structures.{name}.fractions", x) for x in fr] if fr \
+            else [None]
+        blocks = v.get("num_blocks")
+        if kind == "blockdense" and template is None and not isinstance(blocks, int):
+            raise _err(path, f"structures.{name}: blockdense needs num_blocks (the paper uses 2 or 4)")
+        rm = v.get("rank_multiple", rank_multiple)
+        if not isinstance(rm, int) or rm < 1:
+            raise _err(path, f"structures.{name}.rank_multiple must be a positive whole number")
+        out.append(_Structure(str(name), kind, fractions, blocks, rm, v.get("init"), template,
+                              _str_list(path, f"structures.{name}.overrides", v.get("overrides"))))
+    return out
+
+
+def _parse_budgets(path: Path, raw: Any) -> list[_Budget]:
+    if raw is None:
+        return [_Budget(None)]
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("tokens", "tokens_per_param"):
+        raise _err(path, "budgets must be {tokens: [N, ...]} or {tokens_per_param: [X, ...]}")
+    key, values = next(iter(raw.items()))
+    if not isinstance(values, list) or not values:
+        raise _err(path, f"budgets.{key} must be a non-empty list")
+    out = []
+    for v in values:
+        if isinstance(v, str):  # YAML 1.1 reads 2e6 as a string
+            try:
+                v = float(v)
+            except ValueError:
+                raise _err(path, f"budgets.{key}: {v!r} is not a number") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise _err(path, f"budgets.{key}: {v!r} is not a positive number")
+        out.append(_Budget(None, tokens=int(v)) if key == "tokens" else _Budget(None, tokens_per_param=float(v)))
+    if len(out) > 1:  # a label only when there is more than one budget to tell apart
+        for b in out:
+            b.label = budget_label(b.tokens, b.tokens_per_param)
+    return out
+
+
+def _load(path: Path, config: Path | None, overrides: list[str]) -> Config:
+    try:
+        return load_config(config, overrides)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def load_sweep(path: str | Path) -> SweepPlan:
+    """Read a sweep file and expand it into runs (configs validated, parameters and FLOPs counted)."""
+    from lowrank_lm.accounting import account
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"sweep file not found: {p}; give a YAML sweep file (see configs/sweeps/)")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError:
+        raise _err(p, "malformed YAML; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise _err(p, "a sweep file is a mapping with sizes, structures and (optionally) budgets")
+    _check_keys(p, "", raw, TOP_KEYS)
+    name = str(raw.get("name") or p.stem)
+    out_dir = Path(str(raw.get("out_dir") or f"runs/sweeps/{name}"))
+    base = p.parent / raw["base"] if raw.get("base") else None
+    overrides = _str_list(p, "overrides", raw.get("overrides"))
+    rank_multiple = raw.get("rank_multiple", 8)
+    if not isinstance(rank_multiple, int) or rank_multiple < 1:
+        raise _err(p, "rank_multiple must be a positive whole number")
+    match_dense = raw.get("match_dense_tokens", True)
+    if not isinstance(match_dense, bool):
+        raise _err(p, "match_dense_tokens must be true or false")
+    sizes = _parse_sizes(p, raw.get("sizes"))
+    structures = _parse_structures(p, raw.get("structures"), rank_multiple)
+    budgets = _parse_budgets(p, raw.get("budgets"))
+
+    runs: list[RunSpec] = []
+    notes: list[str] = []
+    for size in sizes:
+        size_cfg = size.config or base
+        if size_cfg is None:
+            raise _err(p, f"sizes.{size.name} names no config file and the sweep has no base; add one of them")
+        size_over = overrides + size.overrides
+        # The dense twin: its parameters set tokens_per_param budgets, its budget the structured runs' one.
+        dense_over = ["model.ffn.kind=dense", "model.ffn.rank=", "model.ffn.num_blocks=", "model.ffn.init="]
+        dense_cfg = _load(p, size_cfg, size_over + dense_over)
+        dense_acc = account(dense_cfg)
+        for st in structures:
+            for frac in st.fractions:
+                label = pct(frac) if frac is not None else None
+                if st.template is not None:
+                    rel = st.template.format(size=size.name, structure=st.name, pct=label, fraction=frac)
+                    cell_cfg_path: Path | None = p.parent / rel
+                    cell_over = overrides + size.overrides + st.overrides
+                else:
+                    cell_cfg_path = size_cfg
+                    ffn_over = [f"model.ffn.kind={st.kind}", "model.ffn.rank=", "model.ffn.num_blocks=",
+                                f"model.ffn.init={st.init or ''}"]
+                    if st.kind != "dense":
+                        assert frac is not None and st.kind is not None
+                        settings, share = solve_ffn(dense_cfg.model, st.kind, frac, st.num_blocks,
+                                                    st.rank_multiple)
+                        ffn_over += [f"model.ffn.{k}={v}" for k, v in settings.items()]
+                        if abs(share - frac) > 0.05:
+                            notes.append(f"{size.name}-{st.name}-{label}: the nearest {st.kind} setting holds "
+                                         f"{share:.1%} of the FFN weights, not {frac:.0%}")
+                    cell_over = size_over + ffn_over + st.overrides
+                for budget in budgets:
+                    run_name = "-".join(str(x) for x in (size.name, st.name, label, budget.label) if x is not None)
+                    series = "-".join(str(x) for x in (st.name, label, budget.label) if x is not None)
+                    probe = _load(p, cell_cfg_path, cell_over)
+                    kind = probe.model.ffn.kind
+                    if budget.tokens is not None:
+                        tokens = budget.tokens
+                    else:
+                        own = account(probe)
+                        if budget.tokens_per_param is not None:
+                            basis = dense_acc.params if match_dense else own.params
+                            tokens = round(budget.tokens_per_param * basis)
+                        else:
+                            tokens = dense_acc.tokens_requested if match_dense else own.tokens_requested
+                    run_dir = out_dir / run_name
+                    # resume=auto: an interrupted run continues from its checkpoints when the sweep runs again
+                    cfg = _load(p, cell_cfg_path, [*cell_over, f"train.tokens={tokens}", "train.tokens_per_param=",
+                                                   f"train.out_dir={run_dir}", "train.resume=auto"])
+                    acc = account(cfg)
+                    if acc.steps < 1:
+                        raise _err(p, f"run {run_name}: {tokens} tokens is less than one step of "
+                                      f"{acc.tokens_per_step}; raise the budget")
+                    runs.append(RunSpec(
+                        name=run_name, series=series, size=size.name, structure=st.name, kind=kind,
+                        fraction=frac, ffn_fraction=ffn_fraction(cfg.model) if kind != "dense" else None,
+                        budget=budget.label, cfg=cfg, run_dir=run_dir, params=acc.params,
+                        params_non_embedding=acc.params_non_embedding, params_ffn=acc.params_ffn,
+                        tokens=acc.train_tokens, steps=acc.steps + acc.self_guided_extra_steps,
+                        flops=acc.train_flops, flops_6n=acc.train_flops_6n))
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.name] = seen.get(r.name, 0) + 1
+    dup = [n for n, c in seen.items() if c > 1]
+    if dup:
+        raise _err(p, f"two runs would share the name {dup[0]}; give sizes and structures distinct names")
+    return SweepPlan(name=name, path=p, out_dir=out_dir, runs=runs, notes=notes)
+
+
+# --------------------------------------------------------------------------- sharding and config identity
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/n`` with 0 <= i < n, e.g. 0/2 and 1/2."""
+    try:
+        i_s, n_s = text.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise UserError(f"--shard {text!r}: write it as i/n, e.g. 0/2 and 1/2") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text}: i must be in 0..n-1 (shards are numbered from 0), e.g. 0/{max(n, 2)}")
+    return i, n
+
+
+def shard_runs(runs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """The runs of shard ``index`` of ``count``: longest-processing-time-first over planned FLOPs.
+
+    Every shard computes the same assignment from the plan alone (not from what has finished), so
+    shards started at different times never disagree; balancing by FLOPs keeps their wall times close.
+    """
+    load = [0] * count
+    owner: dict[str, int] = {}
+    for r in sorted(runs, key=lambda r: (-r.flops, r.name)):
+        k = min(range(count), key=lambda j: (load[j], j))
+        owner[r.name] = k
+        load[k] += r.flops
+    return [r for r in runs if owner[r.name] == index]
+
+
+def result_affecting(cfg: Config) -> dict[str, Any]:
+    """The config as plain data without the runtime-only keys (see RUNTIME_KEYS)."""
+    d = config_to_dict(cfg)
+    for section, keys in RUNTIME_KEYS.items():
+        for k in keys:
+            d[section].pop(k, None)
+    return d
+
+
+def config_differences(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs, ignoring runtime-only keys."""
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    fa, fb = flat(result_affecting(a)), flat(result_affecting(b))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
