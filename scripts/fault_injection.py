@@ -27,12 +27,13 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="lowrank-faults-"))
-    data = prepare(DataConfig(source="embedded", tokenizer="bpe-512", dir=str(root / "data"), val_tokens=8192),
-                   max_tokens=120_000, progress=False)
+    data = prepare(DataConfig(source="embedded", tokenizer="bpe-512", dir=str(root / "data"), val_tokens=8192,
+                              max_tokens=120_000), progress=False)
     cfg = load_config(None, [
         "model.vocab_size=512", "model.seq_len=32", "model.num_layers=2", "model.hidden_dim=32",
         "model.num_q_heads=2", "model.ffn.kind=lowrank", "model.ffn.rank=8", f"data.dir={data}",
-        "data.tokenizer=bpe-512", "data.val_tokens=8192", "train.tokens=10240", "train.global_batch_size=8",
+        "data.tokenizer=bpe-512", "data.val_tokens=8192", "data.max_tokens=120000", "train.tokens=10240",
+        "train.global_batch_size=8",
         "train.micro_batch_size=4", "train.precision=fp32", "train.lr=3e-3", "train.log_interval=1",
         "train.eval_tokens=2048", "train.eval_interval=10", "train.checkpoint_interval=3",
         "train.keep_checkpoints=2", f"train.out_dir={root / 'reference'}", "train.device=cpu"])

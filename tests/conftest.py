@@ -27,8 +27,8 @@ def tiny_data(tmp_path_factory) -> Path:
     from lowrank_lm.config import DataConfig
 
     d = tmp_path_factory.mktemp("tiny-data")
-    return prepare(DataConfig(source="embedded", tokenizer="bpe-512", dir=str(d), val_tokens=8192),
-                   max_tokens=120_000, progress=False)
+    return prepare(DataConfig(source="embedded", tokenizer="bpe-512", dir=str(d), val_tokens=8192,
+                              max_tokens=120_000), progress=False)
 
 
 def tiny_run_config(data_dir: Path, out: Path, *overrides: str) -> Config:
@@ -36,6 +36,7 @@ def tiny_run_config(data_dir: Path, out: Path, *overrides: str) -> Config:
     base = [
         "model.vocab_size=512", "model.seq_len=32", "model.num_layers=2", "model.hidden_dim=32",
         "model.num_q_heads=2", f"data.dir={data_dir}", "data.tokenizer=bpe-512", "data.val_tokens=8192",
+        "data.max_tokens=120000",
         "train.tokens=5120", "train.global_batch_size=8", "train.micro_batch_size=4", "train.precision=fp32",
         "train.lr=3e-3", "train.log_interval=1", "train.eval_tokens=2048", "train.checkpoint_interval=4",
         "train.keep_checkpoints=10", f"train.out_dir={out}", "train.device=cpu",

@@ -161,10 +161,8 @@ def test_tiny_model_learns_far_below_the_unigram_baseline(data_dir, tmp_path):
 
     manifest = load_manifest(data_dir)
     counts = np.zeros(512)
-    for shard in manifest.shards:
-        if shard["split"] == "train":
-            path = Path(data_dir) / shard["path"]
-            counts += np.bincount(np.fromfile(path, dtype=np.uint16), minlength=512)
+    for shard in manifest.shards_of("train"):
+        counts += np.bincount(np.fromfile(Path(data_dir) / shard.path, dtype=manifest.dtype), minlength=512)
     p = counts / counts.sum()
     unigram_ppl = math.exp(-(p[p > 0] * np.log(p[p > 0])).sum())
     summary = run_training(tiny(data_dir, tmp_path / "learn", "train.tokens=200000", "model.hidden_dim=64",

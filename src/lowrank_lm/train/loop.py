@@ -123,14 +123,22 @@ class Trainer:
         t = self.cfg.train
         if self.dist.is_main:
             self.run_dir.acquire()
-            self.run_dir.prepare(t.resume, self.overwrite)
+            try:
+                self.run_dir.prepare(t.resume, self.overwrite)
+            except BaseException:
+                self.run_dir.release()
+                raise
         self.dist.barrier()
         if t.resume == "never":
             return None
         if t.resume == "auto":
             found = list_checkpoints(self.run_dir.path)
             return found[-1] if found else None
-        return resolve_checkpoint(t.resume)
+        try:
+            return resolve_checkpoint(t.resume)
+        except BaseException:
+            self.run_dir.release()
+            raise
 
     def _setup_data(self) -> Path:
         from lowrank_lm.data import check_compatible, load_manifest, prepare, resolve_data_dir
