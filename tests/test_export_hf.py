@@ -146,6 +146,10 @@ def test_tokenizer_comes_along(exported, tokenizer_file):
     assert tok.eos_token == tok.bos_token == "<|endoftext|>"
     assert tok.eos_token_id == eos
     assert json.loads((folder / "config.json").read_text())["eos_token_id"] == eos
+    _, remote, stdout = exported("lowrank-remote")
+    assert "AutoTokenizer.from_pretrained" in stdout and stdout.count("trust_remote_code=True") == 2
+    remote_tok = transformers.AutoTokenizer.from_pretrained(remote, trust_remote_code=True)
+    assert remote_tok(text)["input_ids"] == ref.encode(text).ids
 
 
 def test_export_without_tokenizer_says_so(exported):

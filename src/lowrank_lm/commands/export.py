@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> None:
                     overwrite=args.overwrite)
     for note in res.notes:
         print(f"note: {note}")
-    load = (f"AutoModelForCausalLM.from_pretrained({str(res.out)!r}, trust_remote_code=True)" if res.remote_code
-            else f"AutoModelForCausalLM.from_pretrained({str(res.out)!r})")
+    # transformers 5 reads config.json even for AutoTokenizer, so a remote-code folder needs the flag there too
+    args_ = f"{str(res.out)!r}, trust_remote_code=True" if res.remote_code else repr(str(res.out))
+    load = f"AutoModelForCausalLM.from_pretrained({args_})"
+    if res.tokenizer:
+        load += f" and AutoTokenizer.from_pretrained({args_})"
     print(f"exported {res.architecture}{' (with tokenizer)' if res.tokenizer else ''} to {res.out}; load it with "
           f"{load}")
