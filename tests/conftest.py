@@ -22,9 +22,8 @@ def small_config(*overrides: str) -> Config:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A slice of the embedded corpus with a 512-token BPE (small, so tiny models train fast)."""
-    from lowrank_lm.data import prepare
-
     from lowrank_lm.config import DataConfig
+    from lowrank_lm.data import prepare
 
     d = tmp_path_factory.mktemp("tiny-data")
     return prepare(DataConfig(source="embedded", tokenizer="bpe-512", dir=str(d), val_tokens=8192,
