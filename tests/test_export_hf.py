@@ -215,3 +215,11 @@ def test_bfloat16_export_loads_in_bfloat16(tmp_path):
     ids = torch.randint(0, MODEL_VOCAB, (1, 16))
     with torch.no_grad():
         assert relative_error(ours(ids), hf(ids).logits.float()) < 0.05  # bf16 weights: ~3 significant digits
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path, tokenizer_file):
+    # the tokenizer is found only while writing: a mismatch there must not leave a half export
+    make_run(tmp_path / "run", ["model.vocab_size=200"], tokenizer_file)
+    code, _, err = cli("export", str(tmp_path / "run"), str(tmp_path / "hf"))
+    assert code == 2 and "belongs to another run" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -18,7 +18,9 @@ project (``remote/``) that keeps the factors. docs/export.md explains each mappi
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -276,7 +278,8 @@ def _check_keys(config, weights: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 # ----------------------------------------------------------------------------- the folder
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an OUT that holds anything but an earlier export (replaced only with ``overwrite``)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give a folder for the export")
     if out.is_dir() and any(out.iterdir()):
@@ -285,8 +288,6 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         if not (out / "config.json").is_file():
             raise UserError(f"{out} is not an earlier export (no config.json); --overwrite only replaces "
                             "exports — choose a new folder")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _save_tokenizer(tok_file: Path, out: Path, vocab_size: int, seq_len: int) -> int | None:
@@ -313,6 +314,8 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    out = Path(out)
+    _check_out(out, overwrite)
     model, cfg, ckpt = load_model(checkpoint, "cpu")
     m = model.cfg
     structured = m.ffn.kind != "dense"
@@ -329,40 +332,47 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
     remote = chosen is None or (structured and not merge)
     if remote and not structured:
         notes.append(f"no exact stock class ({reason}); written as a trust_remote_code model instead")
-    out = Path(out)
-    _prepare_out(out, overwrite)
+    # Written into a hidden sibling folder and renamed into place: a failure leaves no half export.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tok_file = find_tokenizer_file(ckpt, cfg)
+        special_id = None
+        if tok_file is not None:
+            special_id = _save_tokenizer(tok_file, folder, m.vocab_size, m.seq_len)
+            if special_id is None:
+                notes.append(f"the tokenizer has no {EOS_TOKEN}; the export has no eos/bos token")
+        else:
+            notes.append(f"no tokenizer.json next to {ckpt} or in its run dir; exported the model without a tokenizer")
 
-    tok_file = find_tokenizer_file(ckpt, cfg)
-    special_id = None
-    if tok_file is not None:
-        special_id = _save_tokenizer(tok_file, out, m.vocab_size, m.seq_len)
-        if special_id is None:
-            notes.append(f"the tokenizer has no {EOS_TOKEN}; the export has no eos/bos token")
-    else:
-        notes.append(f"no tokenizer.json next to {ckpt} or in its run dir; exported the model without a tokenizer")
-
-    torch_dtype = DTYPES[dtype]
-    if remote:
-        config = remote_config(m, special_id, torch_dtype)
-        state = {k: v for k, v in model.state_dict().items() if not k.endswith(".guide")}
-        weights = {(k if k.startswith("lm_head.") else f"model.{k}"): v for k, v in state.items()}
-        for name in REMOTE_FILES:
-            shutil.copy(REMOTE_DIR / name, out / name)
-        architecture = REMOTE_CLASS
-    else:
-        config = stock_config(chosen, m, special_id, torch_dtype)
-        weights = CONVERT[chosen](dense_weights(model), m)
-        architecture = STOCK[chosen]
-    if not m.tie_embeddings:
-        weights.setdefault("lm_head.weight", model.lm_head.weight)
-    weights = _check_keys(config, weights)
-    config.save_pretrained(str(out))
-    if special_id is not None:
-        transformers.GenerationConfig(bos_token_id=special_id, eos_token_id=special_id,
-                                      pad_token_id=special_id).save_pretrained(str(out))
-    save_file({k: v.detach().to(torch_dtype).contiguous() for k, v in weights.items()},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
-    provenance = {"checkpoint": str(ckpt.resolve()), "architecture": architecture, "merged": merge and structured,
-                  "ffn_kind": m.ffn.kind, "dtype": dtype, "tokenizer": tok_file is not None}
-    (out / "lowrank_lm_export.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        torch_dtype = DTYPES[dtype]
+        if remote:
+            config = remote_config(m, special_id, torch_dtype)
+            state = {k: v for k, v in model.state_dict().items() if not k.endswith(".guide")}
+            weights = {(k if k.startswith("lm_head.") else f"model.{k}"): v for k, v in state.items()}
+            for name in REMOTE_FILES:
+                shutil.copy(REMOTE_DIR / name, folder / name)
+            architecture = REMOTE_CLASS
+        else:
+            config = stock_config(chosen, m, special_id, torch_dtype)
+            weights = CONVERT[chosen](dense_weights(model), m)
+            architecture = STOCK[chosen]
+        if not m.tie_embeddings:
+            weights.setdefault("lm_head.weight", model.lm_head.weight)
+        weights = _check_keys(config, weights)
+        config.save_pretrained(str(folder))
+        if special_id is not None:
+            transformers.GenerationConfig(bos_token_id=special_id, eos_token_id=special_id,
+                                          pad_token_id=special_id).save_pretrained(str(folder))
+        save_file({k: v.detach().to(torch_dtype).contiguous() for k, v in weights.items()},
+                  str(folder / "model.safetensors"), metadata={"format": "pt"})
+        provenance = {"checkpoint": str(ckpt.resolve()), "architecture": architecture, "merged": merge and structured,
+                      "ffn_kind": m.ffn.kind, "dtype": dtype, "tokenizer": tok_file is not None}
+        (folder / "lowrank_lm_export.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        if out.exists():  # empty, or an earlier export that --overwrite replaces (checked above)
+            shutil.rmtree(out)
+        os.replace(folder, out)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return ExportResult(out, architecture, remote, tok_file is not None, notes)
