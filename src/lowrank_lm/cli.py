@@ -14,6 +14,7 @@ from lowrank_lm.errors import UserError
 # verb -> module under lowrank_lm.commands with add_arguments(parser) and run(args).
 VERBS: dict[str, str] = {
     "info": "info",
+    "bench": "bench",
     "prepare": "prepare",
     "train": "train",
     "eval": "eval",

@@ -1,0 +1,246 @@
+"""Latency of the FFN block alone (up -> GELU -> down), dense against structured, as in Figure 4.
+
+For each width (FFN = 4 x width) and token count, the dense FFN and every structured variant are
+timed interleaved in one process. A row's ``speedup`` is the dense median over its own median (same
+width, tokens, mode and dtype); ``flop_speedup`` is the dense FFN's FLOPs over the variant's, from
+the layers' own counts (the same ones ``accounting`` sums); ``efficiency`` is their ratio: 1.0 means
+the structure turns every saved FLOP into saved time. With pre-merge, each structured FFN also runs
+with its merged dense weights kept for calls of up to the calibrated number of tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowrank_lm.bench.premerge import calibrate
+from lowrank_lm.bench.report import markdown_table, pyplot
+from lowrank_lm.bench.timer import measure
+from lowrank_lm.bench.variants import (
+    BLOCKDENSE_BLOCKS,
+    Structure,
+    explicit_structures,
+    ffn_model_config,
+    structure_for,
+)
+from lowrank_lm.errors import UserError
+from lowrank_lm.layers import StructuredLinear
+from lowrank_lm.model import FeedForward
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("fwd", "fwdbwd")
+
+
+@dataclass
+class FFNBenchSpec:
+    """What to measure (the command line of ``bench ffn``)."""
+
+    widths: Sequence[int]
+    kinds: Sequence[str]
+    fractions: Sequence[float]
+    tokens: Sequence[int]
+    mode: str = "fwd"
+    dtype: str = "fp32"
+    ranks: Sequence[int] = ()
+    blocks: Sequence[int] = ()
+    blockdense_blocks: int = BLOCKDENSE_BLOCKS
+    premerge: bool = False
+    premerge_max_tokens: int | None = None
+    """Fixed pre-merge limit instead of the calibrated one."""
+    rounds: int = 7
+    min_round_s: float = 0.05
+    seed: int = 0
+
+
+def structures(spec: FFNBenchSpec, width: int) -> list[Structure]:
+    """Dense first, then each structured kind at each fraction (or at the given ranks / blocks)."""
+    out = [Structure("dense", 1.0)]
+    for kind in spec.kinds:
+        if kind == "dense":
+            continue
+        given = explicit_structures(kind, list(spec.ranks), list(spec.blocks), spec.blockdense_blocks)
+        if given:
+            out += given
+        else:
+            out += [structure_for(kind, width, 4 * width, f, spec.blockdense_blocks) for f in spec.fractions]
+    return out
+
+
+def build_ffn(width: int, structure: Structure, device: torch.device, dtype: torch.dtype) -> FeedForward:
+    """One GPT-style FFN block (with biases, GELU-tanh) of this structure, on the device, in the dtype."""
+    cfg = ffn_model_config(width, structure)
+    # Built on the meta device and filled with N(0, std): latency does not depend on the values, and
+    # the spectral / orthonormal initialisers' SVDs would take longer than the measurement at width 6144.
+    with torch.device("meta"):
+        ffn = FeedForward(cfg, dense=structure.kind == "dense")
+    ffn = ffn.to_empty(device=device)
+    with torch.no_grad():
+        for p in ffn.parameters():
+            p.normal_(0.0, cfg.init_std)
+    return ffn.to(dtype)
+
+
+def ffn_layers(ffn: FeedForward) -> list[StructuredLinear]:
+    return [m for m in ffn.modules() if isinstance(m, StructuredLinear)]
+
+
+def ffn_params(ffn: FeedForward) -> int:
+    """Weight parameters of the FFN's matrices (biases excluded), as the paper counts FFN size."""
+    return sum(layer.num_matrix_params() for layer in ffn_layers(ffn))
+
+
+def ffn_flops_per_token(ffn: FeedForward) -> int:
+    """Forward FLOPs per token of the FFN's matrix products (the accounting convention)."""
+    return sum(layer.flops_per_token() for layer in ffn_layers(ffn))
+
+
+def _step(ffn: FeedForward, x: torch.Tensor, mode: str) -> Callable[[], object]:
+    """The timed call: a no-grad forward in eval mode, or forward + backward in train mode."""
+    if mode == "fwd":
+        ffn.eval()
+
+        def forward() -> object:
+            with torch.no_grad():
+                return ffn(x)
+
+        return forward
+    ffn.train()
+    x = x.detach().requires_grad_(True)
+    grad = torch.randn_like(x)
+    params = list(ffn.parameters())
+
+    def forward_backward() -> object:
+        for p in params:
+            p.grad = None  # as optimizer.zero_grad(set_to_none=True): no accumulation pass
+        x.grad = None
+        ffn(x).backward(grad)
+        return None
+
+    return forward_backward
+
+
+def premerged_copy(ffn: FeedForward, max_tokens: int | None) -> tuple[FeedForward, int]:
+    """A copy of a structured FFN with pre-merge on; returns it and its smallest per-layer limit."""
+    merged = copy.deepcopy(ffn).eval()
+    limits = []
+    for layer in ffn_layers(merged):
+        n = max_tokens if max_tokens is not None else calibrate(layer)
+        layer.premerge(n)
+        limits.append(n)
+    return merged, min(limits)
+
+
+def run_ffn_bench(spec: FFNBenchSpec, device: torch.device,
+                  progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Measure every (width, tokens) set; one row per variant, dense first."""
+    if spec.mode not in MODES:
+        raise UserError(f"--mode {spec.mode!r} is not one of {', '.join(MODES)}")
+    if spec.dtype not in DTYPES:
+        raise UserError(f"--dtype {spec.dtype!r} is not one of {', '.join(DTYPES)}")
+    if spec.premerge and spec.mode != "fwd":
+        raise UserError("--premerge is an inference path; use it with --mode fwd")
+    dtype = DTYPES[spec.dtype]
+    rows: list[dict[str, Any]] = []
+    for width in spec.widths:
+        torch.manual_seed(spec.seed)
+        variants: list[tuple[Structure, bool, FeedForward, int | None]] = []
+        for s in structures(spec, width):
+            ffn = build_ffn(width, s, device, dtype)
+            variants.append((s, False, ffn, None))
+            if spec.premerge and s.kind != "dense":
+                merged, limit = premerged_copy(ffn, spec.premerge_max_tokens)
+                variants.append((s, True, merged, limit))
+        dense_params, dense_flops = ffn_params(variants[0][2]), ffn_flops_per_token(variants[0][2])
+        for tokens in spec.tokens:
+            if progress:
+                progress(f"ffn width {width}, {tokens} tokens, {spec.mode} {spec.dtype}: {len(variants)} variants")
+            x = torch.randn(tokens, width, device=device, dtype=dtype)
+            fns = {str(i): _step(ffn, x, spec.mode) for i, (_, _, ffn, _) in enumerate(variants)}
+            timings = measure(fns, device, rounds=spec.rounds, min_round_s=spec.min_round_s)
+            dense_ms = timings["0"].median_ms
+            for i, (s, merged, ffn, limit) in enumerate(variants):
+                t = timings[str(i)]
+                params, flops = ffn_params(ffn), ffn_flops_per_token(ffn)
+                speedup = dense_ms / t.median_ms
+                flop_speedup = dense_flops / flops
+                call_flops = flops * tokens * (3 if spec.mode == "fwdbwd" else 1)
+                rows.append({
+                    "width": width, "ffn_dim": 4 * width, "kind": s.kind,
+                    "fraction": s.fraction if s.fraction else round(params / dense_params, 4),
+                    "param_fraction": params / dense_params, "rank": s.rank, "num_blocks": s.num_blocks,
+                    "tokens": tokens, "mode": spec.mode, "dtype": spec.dtype, "premerge": merged,
+                    "premerge_max_tokens": limit,
+                    "path": ("merged" if limit and tokens <= limit else "factored") if merged else None,
+                    **t.to_dict(), "speedup": speedup, "flop_speedup": flop_speedup,
+                    "efficiency": speedup / flop_speedup, "params": params, "flops": call_flops,
+                    "tflops": call_flops / (t.median_ms / 1e3) / 1e12,
+                })
+    return rows
+
+
+FFN_COLUMNS = [("width", "width"), ("kind", "kind"), ("fraction", "fraction"), ("rank", "R"),
+               ("num_blocks", "B"), ("tokens", "tokens"), ("premerge", "pre-merge"), ("path", "path"),
+               ("median_ms", "median ms"), ("iqr_ms", "IQR ms"), ("speedup", "speed-up"),
+               ("flop_speedup", "FLOP bound"), ("efficiency", "efficiency"), ("tflops", "TFLOP/s")]
+
+
+def ffn_table(rows: list[dict[str, Any]]) -> str:
+    return markdown_table(rows, FFN_COLUMNS)
+
+
+def _series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by variant label (kind, fraction, pre-merge)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        label = "dense" if r["kind"] == "dense" else f"{r['kind']} {r['fraction']:.0%}"
+        out.setdefault(label + (" +pre-merge" if r["premerge"] else ""), []).append(r)
+    return out
+
+
+def plot_ffn(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Figure 4's panels, where the rows vary along the axis: latency vs width, params, tokens."""
+    plt = pyplot()
+    if plt is None or not rows:
+        return []
+    written = []
+    widths = sorted({r["width"] for r in rows})
+    tokens = sorted({r["tokens"] for r in rows})
+    t_max, w_max = tokens[-1], widths[-1]
+    panels = [
+        ("width", [r for r in rows if r["tokens"] == t_max and not r["premerge"]], "width",
+         f"FFN latency vs width ({t_max} tokens)"),
+        ("params", [r for r in rows if r["tokens"] == t_max and r["width"] == w_max and not r["premerge"]], "params",
+         f"FFN latency vs parameters (width {w_max}, {t_max} tokens)"),
+        ("tokens", [r for r in rows if r["width"] == w_max], "tokens", f"FFN latency vs tokens (width {w_max})"),
+    ]
+    for name, subset, axis, title in panels:
+        if len({r[axis] for r in subset}) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if axis == "params":
+            for kind in dict.fromkeys(r["kind"] for r in subset):
+                pts = sorted((r["params"] / 1e6, r["median_ms"]) for r in subset if r["kind"] == kind)
+                ax.plot(*zip(*pts), marker="o", label=kind)
+            ax.set_xlabel("FFN parameters (M)")
+        else:
+            for label, series in _series(subset).items():
+                pts = sorted((r[axis], r["median_ms"]) for r in series)
+                ax.plot(*zip(*pts), marker="o", label=label, linestyle="--" if "pre-merge" in label else "-")
+            ax.set_xlabel(axis)
+            if axis == "tokens":
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"ffn-latency-vs-{name}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,123 @@
+"""Pre-merge calibration: up to how many tokens the merged dense weight beats the structured factors.
+
+A structured layer has no non-linearity inside, so in inference it can keep its merged dense weight
+beside its factors and use whichever is faster for the call at hand (reference section 3.2): for a
+few tokens one dense matmul can beat two smaller, launch- or memory-bound ones. Where the crossover
+lies depends on the device, dtype, thread count and layer shape, so it is measured once (a few
+milliseconds to a second) and cached per device and shape; ``model.ffn.premerge_max_tokens`` in a
+config overrides the measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lowrank_lm.bench.report import device_name
+from lowrank_lm.bench.timer import measure
+from lowrank_lm.layers import StructuredLinear
+from lowrank_lm.model import Transformer
+
+CACHE_ENV = "LOWRANK_LM_CACHE"
+MAX_TOKENS = 4096
+"""Largest token count tried; beyond it structured layers win on any device we know."""
+
+
+def cache_path() -> Path:
+    """$LOWRANK_LM_CACHE/premerge.json, or ~/.cache/lowrank-lm/premerge.json."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "lowrank-lm")
+    return Path(root) / "premerge.json"
+
+
+def layer_key(layer: StructuredLinear, device: torch.device, dtype: torch.dtype) -> str:
+    """Cache key: device model, thread count, torch version, dtype, layer type and shape."""
+    shape = f"{layer.in_features}x{layer.out_features}"
+    extra = "".join(f",{name}={getattr(layer, name)}" for name in ("rank", "num_blocks") if hasattr(layer, name))
+    return (f"{device_name(device)}|threads={torch.get_num_threads()}|torch={torch.__version__}|"
+            f"{str(dtype).removeprefix('torch.')}|{type(layer).__name__}({shape}{extra})")
+
+
+def _read_cache() -> dict[str, int]:
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}  # a missing or damaged cache only costs a re-measurement
+    return {k: int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _write_cache(entries: dict[str, int]) -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        tmp.replace(path)  # atomic: parallel processes never read half a file
+    except OSError:
+        pass  # read-only home: calibrate again next time
+
+
+@torch.no_grad()
+def measure_crossover(layer: StructuredLinear, max_tokens: int = MAX_TOKENS, rounds: int = 5) -> int:
+    """Largest power-of-two token count up to which the merged weight is faster (0: never).
+
+    Token counts 1, 2, 4, ... are tried in order, merged and factored interleaved; the search stops
+    once the factored path has won at two counts in a row, since its advantage only grows with the
+    number of tokens (its FLOPs are a fixed fraction of the merged ones).
+    """
+    p = next(iter(layer.parameters()))
+    device, dtype = p.device, p.dtype
+    was_training, saved_max, saved_merged = layer.training, layer.premerge_max_tokens, layer.merged
+    layer.eval()
+    layer.premerge_max_tokens, layer.merged = 0, None  # the factored path while we time it
+    merged = layer.merged_weight().to(dtype)
+    best, losses, tokens = 0, 0, 1
+    try:
+        while tokens <= max_tokens and losses < 2:
+            x = torch.randn(tokens, layer.in_features, device=device, dtype=dtype)
+            t = measure({"merged": lambda x=x: F.linear(x, merged, layer.bias), "factored": lambda x=x: layer(x)},
+                        device, rounds=rounds, min_round_s=0.002, warmup=2)
+            if t["merged"].median_ms < t["factored"].median_ms:
+                best, losses = tokens, 0
+            else:
+                losses += 1
+            tokens *= 2
+    finally:
+        layer.train(was_training)
+        layer.premerge_max_tokens, layer.merged = saved_max, saved_merged
+    return best
+
+
+def calibrate(layer: StructuredLinear, use_cache: bool = True, memo: dict[str, int] | None = None) -> int:
+    """The crossover for this layer on its device and dtype: from ``memo``, the cache, or measured."""
+    p = next(iter(layer.parameters()))
+    key = layer_key(layer, p.device, p.dtype)
+    memo = {} if memo is None else memo
+    if key not in memo:
+        cached = _read_cache().get(key) if use_cache else None
+        memo[key] = cached if cached is not None else measure_crossover(layer)
+        if use_cache and cached is None:
+            _write_cache({**_read_cache(), key: memo[key]})
+    return memo[key]
+
+
+def apply_premerge(model: Transformer, max_tokens: int | None = None, use_cache: bool = True) -> dict[str, int]:
+    """Pre-merge every structured FFN layer of ``model``; return {layer name: its max tokens}.
+
+    The token limit is ``max_tokens`` if given, else ``model.ffn.premerge_max_tokens`` from the
+    config, else calibrated per layer shape on this device (cached). Call it after moving the model
+    to its device and dtype, and again after the factors change.
+    """
+    limit = max_tokens if max_tokens is not None else model.cfg.ffn.premerge_max_tokens
+    structured = {id(m) for m in model.structured_layers()}
+    memo: dict[str, int] = {}  # layers of one shape are measured once even without the file cache
+    chosen: dict[str, int] = {}
+    for name, layer in model.named_modules():
+        if id(layer) in structured:
+            n = limit if limit is not None else calibrate(layer, use_cache, memo)  # type: ignore[arg-type]
+            layer.premerge(n)  # type: ignore[operator]
+            chosen[name] = n
+    return chosen

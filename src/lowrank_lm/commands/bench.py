@@ -1,0 +1,180 @@
+"""Measure efficiency: the FFN block alone (ffn), training steps (train), KV-cache decoding (decode).
+
+Each sub-command times its variants interleaved in one process, prints a markdown table (or, with
+--json, a JSON list of rows) and with --out DIR writes JSON, markdown and PNG plots there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from lowrank_lm.errors import UserError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
+    return values
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _words(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: torch's, one per physical core)")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per variant (median of these)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write JSON, markdown and PNG plots here")
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", required=True, parser_class=type(p))
+
+    f = sub.add_parser("ffn", help="latency of the FFN block alone: dense vs structured vs pre-merged",
+                       description="Latency of the FFN block (up, GELU, down; FFN = 4 x width) for "
+                                   "each width, structure and token count; speed-up over dense and "
+                                   "efficiency against the FLOP bound.")
+    f.add_argument("--widths", type=_ints, default=[1024, 2048])
+    f.add_argument("--kinds", type=_words, default=["dense", "lowrank", "blockdense", "blockshuffle"])
+    f.add_argument("--fractions", type=_floats, default=[0.63, 0.32],
+                   help="parameter fractions of the dense FFN (ranks / blocks chosen per width)")
+    f.add_argument("--ranks", type=_ints, default=[], help="explicit ranks for lowrank and blockdense")
+    f.add_argument("--blocks", type=_ints, default=[], help="explicit block counts for blockshuffle")
+    f.add_argument("--blockdense-blocks", type=int, default=4, help="BlockDense's block count")
+    f.add_argument("--tokens", type=_ints, default=[4096], help="tokens per call (batch x sequence)")
+    f.add_argument("--mode", default="fwd", choices=["fwd", "fwdbwd"])
+    f.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    f.add_argument("--premerge", action="store_true",
+                   help="also time each structured FFN with its merged dense weights kept (inference)")
+    f.add_argument("--premerge-max-tokens", type=int, default=None,
+                   help="pre-merge limit instead of the calibrated crossover")
+    f.add_argument("--min-round-s", type=float, default=0.05, help="minimum seconds per timing round")
+    _common(f)
+
+    t = sub.add_parser("train", help="training-step throughput of a config, its structured variants and a peer",
+                       description="Tokens/s, TFLOP/s, MFU and peak memory of whole-model training steps "
+                                   "(random tokens, AdamW) for CONFIG and its structured variants, with "
+                                   "and without torch.compile, beside transformers' GPT-NeoX / Llama of "
+                                   "the same dimensions.")
+    t.add_argument("config", metavar="CONFIG", help="YAML config (see configs/)")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    t.add_argument("--kinds", type=_words, default=["dense", "lowrank"],
+                   help="FFN kinds to compare (dense = the config with dense FFNs)")
+    t.add_argument("--fractions", type=_floats, default=[0.32])
+    t.add_argument("--batch", type=int, default=None, help="sequences per step (default: micro_batch_size)")
+    t.add_argument("--seq", type=int, default=None, help="sequence length (default: model.seq_len)")
+    t.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="autocast dtype (weights fp32)")
+    t.add_argument("--compile", type=_words, default=["off", "on"], help="off, on, or off,on")
+    t.add_argument("--no-peer", action="store_true", help="skip the transformers peer")
+    _common(t)
+
+    d = sub.add_parser("decode", help="KV-cache generation throughput over batch sizes",
+                       description="Tokens/s of greedy generation with the KV cache from a 1-token prompt "
+                                   "(generation length 256 by default) for each CONFIG over batch sizes; "
+                                   "maximum throughput is the best over the batches that fit.")
+    d.add_argument("configs", nargs="+", metavar="CONFIG",
+                   help="one or more YAML configs, then optional KEY=VALUE overrides for all of them")
+    d.add_argument("--batches", type=_ints, default=[1, 8, 32])
+    d.add_argument("--gen", type=int, default=256, help="tokens generated per sequence")
+    d.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
+    d.add_argument("--premerge", default="on", choices=["on", "off", "both"],
+                   help="pre-merged structured FFNs (calibrated) for decoding")
+    d.add_argument("--search", action="store_true",
+                   help="GPU: keep doubling the batch past the list until out of memory (the paper's protocol)")
+    d.add_argument("--max-batch", type=int, default=8192, help="stop the --search here")
+    _common(d)
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def _setup(args: argparse.Namespace) -> Any:
+    import torch
+
+    from lowrank_lm.runtime import tune_malloc
+
+    tune_malloc()
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise UserError(f"--threads {args.threads} must be positive")
+        torch.set_num_threads(args.threads)
+    if args.rounds <= 0:
+        raise UserError(f"--rounds {args.rounds} must be positive")
+    return _device(args.device)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _finish(args: argparse.Namespace, name: str, meta: dict, rows: list[dict], table: str,
+            plot: Any = None) -> None:
+    from lowrank_lm.bench.report import prepare_out_dir, write_results
+
+    out = prepare_out_dir(args.out)
+    if out is not None:
+        paths = write_results(out, name, meta, rows, table)
+        if plot is not None:
+            paths += plot(rows, out)
+        _progress("wrote " + ", ".join(os.fspath(p) for p in paths))
+    if args.json:
+        print(json.dumps([{**meta, **r} for r in rows], indent=1))
+    else:
+        print(table, end="")
+
+
+def run(args: argparse.Namespace) -> None:
+    device = _setup(args)
+    {"ffn": _run_ffn, "train": _run_train, "decode": _run_decode}[args.bench](args, device)
+
+
+def _run_ffn(args: argparse.Namespace, device: Any) -> None:
+    from lowrank_lm.bench.ffn import FFNBenchSpec, ffn_table, plot_ffn, run_ffn_bench
+    from lowrank_lm.bench.report import machine_meta
+
+    if args.min_round_s <= 0:
+        raise UserError(f"--min-round-s {args.min_round_s} must be positive")
+    spec = FFNBenchSpec(widths=args.widths, kinds=args.kinds, fractions=args.fractions, tokens=args.tokens,
+                        mode=args.mode, dtype=args.dtype, ranks=args.ranks, blocks=args.blocks,
+                        blockdense_blocks=args.blockdense_blocks, premerge=args.premerge,
+                        premerge_max_tokens=args.premerge_max_tokens, rounds=args.rounds,
+                        min_round_s=args.min_round_s)
+    rows = run_ffn_bench(spec, device, _progress)
+    _finish(args, "ffn", machine_meta(device, args.dtype), rows, ffn_table(rows), plot_ffn)
+
+
+def _run_train(args: argparse.Namespace, device: Any) -> None:
+    raise UserError("bench train is not built yet")
+
+
+def _run_decode(args: argparse.Namespace, device: Any) -> None:
+    raise UserError("bench decode is not built yet")
