@@ -39,13 +39,15 @@ def _plan_text(plan, shard: tuple[int, int]) -> str:
 
     mine = {r.name for r in shard_runs(plan.runs, *shard)}
     corpus: dict = {}
-    header = ["run", "series", "FFN", "params", "non-emb", "tokens", "epochs", "steps", "FLOPs", "shard"]
+    sharded = shard[1] > 1
+    header = ["run", "series", "FFN", "params", "non-emb", "tokens", "epochs", "steps", "FLOPs"]
+    header += [f"shard {shard[0]}/{shard[1]}"] if sharded else []
     rows = []
     for r in plan.runs:
         n = _corpus_train_tokens(r, corpus)
         rows.append([r.name, r.series, _ffn_text(r), _fmt_count(r.params), _fmt_count(r.params_non_embedding),
-                     _fmt_count(r.tokens), f"{r.tokens / n:.2f}" if n else "?", str(r.steps), f"{r.flops:.3g}",
-                     "this" if r.name in mine else "other"])
+                     _fmt_count(r.tokens), f"{r.tokens / n:.2f}" if n else "?", str(r.steps), f"{r.flops:.3g}"]
+                    + (["yes" if r.name in mine else "-"] if sharded else []))
     widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
     lines = [f"sweep {plan.name} ({plan.path}): {len(plan.runs)} runs into {plan.out_dir}/",
              "  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]

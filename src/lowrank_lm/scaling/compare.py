@@ -115,12 +115,15 @@ def compare_all(result: FitResult, baseline: str | None = None, level: float | N
     for i, na in enumerate(ordered):
         for nb in ordered[i + 1:]:
             fa, fb = result.series[na], result.series[nb]
+            if nb != base and (fb.alpha or 0.0) > (fa.alpha or 0.0):
+                fa, fb = fb, fa  # between two non-baseline series, a is the steeper one: a - b >= 0
             assert fa.alpha is not None and fb.alpha is not None
-            row: dict[str, Any] = {"a": na, "b": nb, "alpha_diff": fa.alpha - fb.alpha, "alpha_diff_ci": None}
+            na_, nb_ = fa.name, fb.name
+            row: dict[str, Any] = {"a": na_, "b": nb_, "alpha_diff": fa.alpha - fb.alpha, "alpha_diff_ci": None}
             if fa.samples is not None and fb.samples is not None:
                 row["alpha_diff_ci"] = _interval(fa.samples[:, 2] - fb.samples[:, 2], level)
             overlap = _overlap(fa.alpha_ci, fb.alpha_ci)
-            verdict, steeper, note = _verdict(na, nb, row["alpha_diff"], row["alpha_diff_ci"], overlap, "alpha")
+            verdict, steeper, note = _verdict(na_, nb_, row["alpha_diff"], row["alpha_diff_ci"], overlap, "alpha")
             row.update(intervals_overlap=overlap, verdict=verdict, steeper=steeper)
             notes = [note] if note else []
             assert fa.slope is not None and fb.slope is not None
@@ -129,7 +132,7 @@ def compare_all(result: FitResult, baseline: str | None = None, level: float | N
             if fa.slope_samples is not None and fb.slope_samples is not None:
                 row["slope_diff_ci"] = _interval(fa.slope_samples - fb.slope_samples, level)
             s_overlap = _overlap(fa.slope_ci, fb.slope_ci)
-            s_verdict, s_steeper, s_note = _verdict(na, nb, row["slope_diff"], row["slope_diff_ci"], s_overlap,
+            s_verdict, s_steeper, s_note = _verdict(na_, nb_, row["slope_diff"], row["slope_diff_ci"], s_overlap,
                                                     "slope")
             row.update(slope_intervals_overlap=s_overlap, slope_verdict=s_verdict, slope_steeper=s_steeper)
             if s_note:

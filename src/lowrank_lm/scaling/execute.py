@@ -335,6 +335,13 @@ def check_existing(runs: list[RunSpec]) -> None:
                             "set another out_dir in the sweep file")
 
 
+def write_run_config(spec: RunSpec) -> None:
+    """Create the run folder with the run's config (kept if already there: check_existing vetted it)."""
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    if not spec.config_path.is_file():
+        save_config(spec.cfg, spec.config_path)
+
+
 def execute(plan: SweepPlan, runner: Runner, shard: tuple[int, int] = (0, 1), stop_on_error: bool = False,
             out: TextIO | None = None) -> SweepOutcome:
     """Run this shard's unfinished runs one after another (smallest first), then write the results table.
@@ -360,9 +367,7 @@ def execute(plan: SweepPlan, runner: Runner, shard: tuple[int, int] = (0, 1), st
                 print(f"{tag}: skipped ({why})", file=out)
                 outcome.skipped.append(spec.name)
                 continue
-            spec.run_dir.mkdir(parents=True, exist_ok=True)
-            if not spec.config_path.is_file():
-                save_config(spec.cfg, spec.config_path)
+            write_run_config(spec)
             (spec.run_dir / FAILED_MARKER).unlink(missing_ok=True)
             how = f"resuming at step {st.step}/{st.total_steps}" if st.status == "interrupted" else "starting"
             left = remaining_seconds([r for r in todo[k - 1:]], states)

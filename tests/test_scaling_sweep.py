@@ -1,0 +1,349 @@
+"""`sweep`: grid expansion, the presets, sharding, skip-finished / resume / retry logic with a fake trainer."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from lowrank_lm.cli import main
+from lowrank_lm.config import load_config
+from lowrank_lm.errors import UserError
+from lowrank_lm.scaling.execute import (
+    FAILED_MARKER,
+    LOCK_NAME,
+    RunFailed,
+    SubprocessRunner,
+    execute,
+    run_state,
+    write_run_config,
+)
+from lowrank_lm.scaling.sweep import RunSpec, load_sweep, parse_shard, shard_runs
+from lowrank_lm.scaling.table import read_points
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = ROOT / "configs" / "cpu"
+
+
+def write_sweep(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'runs'}\n" + body)
+    return path
+
+
+FOUR_SIZES = f"""
+sizes:
+  s1: {CPU / 'scale-1.yaml'}
+  s2: {CPU / 'scale-2.yaml'}
+  s3: {CPU / 'scale-3.yaml'}
+  s4: {CPU / 'scale-4.yaml'}
+structures:
+  dense: {{}}
+  lowrank: {{fractions: [0.63, 0.32]}}
+budgets: {{tokens: [40960]}}
+"""
+
+# A known law per series, so the results table can be checked through `fit`.
+LAW = {"dense": 0.30, "lowrank-63": 0.32, "lowrank-32": 0.35}
+
+
+def fake_loss(spec: RunSpec) -> float:
+    return 2.0 + 3.0 * (spec.flops / 1e10) ** -LAW[spec.series]
+
+
+class FakeTrainer:
+    """Does to a run folder what the trainer does: a checkpoint while training, summary.json at the end."""
+
+    def __init__(self, interrupt: str | None = None, fail: tuple[str, ...] = ()):
+        self.calls: list[str] = []
+        self.interrupt = interrupt
+        self.fail = fail
+
+    def __call__(self, spec: RunSpec) -> None:
+        self.calls.append(spec.name)
+        cfg = load_config(spec.config_path)  # the sweep wrote the run's config before starting it
+        assert cfg.train.out_dir == str(spec.run_dir) and cfg.train.resume == "auto"
+        if spec.name in self.fail:
+            raise RunFailed("exited with code 1")
+        write_checkpoint(spec, step=max(1, spec.steps // 2))
+        if spec.name == self.interrupt:
+            raise KeyboardInterrupt
+        loss = fake_loss(spec)
+        summary = {"final_val_loss": loss, "final_val_ppl": math.exp(loss), "tokens": spec.tokens,
+                   "train_flops": spec.flops, "wall_s": 2.0, "tokens_per_s": spec.tokens / 2.0, "steps": spec.steps}
+        (spec.run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def write_checkpoint(spec: RunSpec, step: int) -> None:
+    ckpt = spec.run_dir / "checkpoints" / f"step-{step:08d}"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / "meta.json").write_text(json.dumps({"step": step, "tokens": step * 4096, "total_steps": spec.steps}))
+
+
+def test_grid_expansion(tmp_path):
+    path = write_sweep(tmp_path, f"""
+name: grid
+sizes:
+  s1: {CPU / 'scale-1.yaml'}
+  s2: {{config: {CPU / 'scale-2.yaml'}, overrides: [train.lr=0.001]}}
+structures:
+  dense: {{}}
+  lowrank: {{fractions: [0.63, 32]}}
+  blockshuffle: {{fractions: [0.63]}}
+budgets: {{tokens_per_param: [2, 4]}}
+overrides: [train.seed=7]
+""")
+    plan = load_sweep(path)
+    assert len(plan.runs) == 2 * 4 * 2
+    names = [r.name for r in plan.runs]
+    assert names[:4] == ["s1-dense-tpp2", "s1-dense-tpp4", "s1-lowrank-63-tpp2", "s1-lowrank-63-tpp4"]
+    runs = {r.name: r for r in plan.runs}
+    r = runs["s2-lowrank-32-tpp4"]
+    assert r.series == "lowrank-32-tpp4" and r.size == "s2" and r.fraction == pytest.approx(0.32)
+    assert r.cfg.model.ffn.rank == 32 and r.cfg.model.hidden_dim == 128  # R = h/4 is the nearest to 32%
+    assert r.ffn_fraction == pytest.approx(0.3125)
+    assert runs["s2-lowrank-63-tpp4"].cfg.model.ffn.rank == 64
+    assert runs["s1-blockshuffle-63-tpp2"].cfg.model.ffn.num_blocks == 2
+    assert r.cfg.train.lr == 0.001 and r.cfg.train.seed == 7 and runs["s1-dense-tpp2"].cfg.train.lr == 3e-3
+    # structured runs train on the dense twin's budget: 4 tokens per dense parameter
+    dense = runs["s2-dense-tpp4"]
+    assert r.cfg.train.tokens == dense.cfg.train.tokens == round(4 * dense.params)
+    assert r.params < dense.params and r.flops < dense.flops
+    assert r.run_dir == tmp_path / "runs" / "s2-lowrank-32-tpp4" and r.cfg.train.out_dir == str(r.run_dir)
+    assert plan.results_csv == tmp_path / "runs" / "results.csv"
+
+
+@pytest.mark.parametrize("body,message", [
+    ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nbogus: 1\n", "unknown key bogus"),
+    ("sizes: {a: nope.yaml}\nstructures: {dense: {}}\n", "config file not found"),
+    (f"sizes: {{a: {CPU / 'tiny.yaml'}}}\nstructures: {{lowrank: {{}}}}\n", "give fractions"),
+    (f"sizes: {{a: {CPU / 'tiny.yaml'}}}\nstructures: {{blockdense: {{fractions: [0.5]}}}}\n", "needs num_blocks"),
+    (f"sizes: {{a: {CPU / 'tiny.yaml'}}}\nstructures: {{dense: {{}}}}\nbudgets: {{tokens: [10]}}\n",
+     "less than one step"),
+    (f"sizes: {{a: {CPU / 'tiny.yaml'}}}\nstructures: {{lowrank: {{fractions: [150]}}}}\n", "not a fraction"),
+])
+def test_sweep_file_errors(tmp_path, body, message):
+    with pytest.raises(UserError, match=message):
+        load_sweep(write_sweep(tmp_path, body))
+
+
+def test_paper_preset_reproduces_the_paper_runs():
+    plan = load_sweep(ROOT / "configs" / "sweeps" / "paper.yaml")
+    assert len(plan.runs) == 4 * 7
+    runs = {r.name: r for r in plan.runs}
+    assert f"{runs['xl-dense'].flops:.2e}" == "2.10e+20"
+    assert f"{runs['xl-lowrank-32'].flops:.2e}" == "1.29e+20" and round(runs["xl-lowrank-32"].params / 1e6) == 744
+    assert f"{runs['xl-blockdense-63'].flops:.2e}" == "1.61e+20"
+    assert (runs["m-blockdense-63"].cfg.model.ffn.rank, runs["m-blockdense-63"].cfg.model.ffn.num_blocks) == (768, 4)
+    for size, tokens in (("s", 2.2e9), ("m", 6.7e9), ("l", 14.58e9), ("xl", 25.5e9)):
+        same = {r.cfg.train.tokens for r in plan.runs if r.size == size}
+        assert same == {round(tokens)}  # structured runs keep the dense model's token budget
+    assert {r.series for r in plan.runs} == {"dense", "lowrank-63", "lowrank-32", "blockdense-63", "blockdense-32",
+                                             "blockshuffle-63", "blockshuffle-32"}
+
+
+def test_cpu_mini_preset():
+    plan = load_sweep(ROOT / "configs" / "sweeps" / "cpu-mini.yaml")
+    assert len(plan.runs) == 12
+    assert {r.series for r in plan.runs} == {"dense", "lowrank-63", "lowrank-32"}
+    assert len({r.size for r in plan.runs}) == 4
+    for r in plan.runs:
+        h = r.cfg.model.hidden_dim
+        assert r.cfg.model.ffn.rank == {"dense": None, "lowrank-63": h // 2, "lowrank-32": h // 4}[r.series]
+        assert r.cfg.train.precision == "bf16" and r.cfg.train.checkpoint_interval
+    # bounded repetition on the embedded corpus (about 1.58M training tokens): at most ~2.5 epochs
+    assert max(r.tokens for r in plan.runs) <= 4_000_000
+    assert sum(r.flops for r in plan.runs) == pytest.approx(7.77e14, rel=0.01)
+
+
+def test_sharding_partitions_and_balances(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES))
+    for n in (1, 2, 3, 5):
+        shards = [shard_runs(plan.runs, i, n) for i in range(n)]
+        names = [r.name for s in shards for r in s]
+        assert sorted(names) == sorted(r.name for r in plan.runs)  # every run exactly once
+        loads = [sum(r.flops for r in s) for s in shards]
+        assert max(loads) - min(loads) <= max(r.flops for r in plan.runs)  # greedy LPT bound
+        assert shards == [shard_runs(plan.runs, i, n) for i in range(n)]  # deterministic
+    assert parse_shard("1/2") == (1, 2)
+    for bad in ("2/2", "x", "1/0", "-1/2"):
+        with pytest.raises(UserError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_skips_finished_resumes_interrupted_and_fits(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES))
+    runs = {r.name: r for r in plan.runs}
+    for name in ("s1-dense", "s2-dense"):
+        write_run_config(runs[name])
+    FakeTrainer()(runs["s1-dense"])  # finished before the sweep started
+    write_checkpoint(runs["s2-dense"], step=3)  # interrupted
+    assert run_state(runs["s1-dense"]).status == "done"
+    st = run_state(runs["s2-dense"])
+    assert (st.status, st.step, st.total_steps) == ("interrupted", 3, runs["s2-dense"].steps)
+    assert run_state(runs["s3-dense"]).status == "pending"
+
+    trainer = FakeTrainer()
+    out = tmp_path / "log.txt"
+    with out.open("w") as fh:
+        outcome = execute(plan, trainer, out=fh)
+    assert "s1-dense" not in trainer.calls and "s2-dense" in trainer.calls
+    assert len(trainer.calls) == 11 and outcome.exit_code == 0 and outcome.skipped == ["s1-dense"]
+    assert trainer.calls == sorted(trainer.calls, key=lambda n: runs[n].flops)  # smallest first
+    log = out.read_text()
+    assert "resuming at step 3/" in log and "skipped (finished)" in log and "12 done" in log
+
+    rows, skipped = read_points(plan.results_csv)
+    assert len(rows) == 12 and skipped == 0
+    row = next(r for r in rows if r["name"] == "s4-lowrank-32")
+    for col in ("structure", "fraction", "params", "params_non_embedding", "tokens", "flops", "ppl", "tokens_per_s",
+                "wall_s"):
+        assert row[col] != ""
+    assert row["loss"] == pytest.approx(fake_loss(runs["s4-lowrank-32"]))
+    data = json.loads(plan.results_json.read_text())
+    assert {r["status"] for r in data["runs"]} == {"done"}
+
+    # the table feeds `fit` directly: three series of four sizes, exponents in the order of the law
+    from lowrank_lm.scaling.fit import FitOptions, Series, fit_all
+
+    result = fit_all(Series.from_rows(rows), FitOptions(n_bootstrap=50))
+    alpha = {k: v.alpha for k, v in result.series.items()}
+    assert alpha["lowrank-32"] > alpha["lowrank-63"] > alpha["dense"]
+    assert alpha["dense"] == pytest.approx(0.30, abs=0.01)
+
+    again = FakeTrainer()
+    with out.open("w") as fh:
+        assert execute(plan, again, out=fh).exit_code == 0
+    assert again.calls == []  # nothing left to do
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES))
+    order = sorted(plan.runs, key=lambda r: (r.flops, r.name))
+    victim = order[4].name
+    first = FakeTrainer(interrupt=victim)
+    with open(os.devnull, "w") as sink, pytest.raises(KeyboardInterrupt):
+        execute(plan, first, out=sink)
+    assert first.calls == [r.name for r in order[:5]]
+    assert run_state(next(r for r in plan.runs if r.name == victim)).status == "interrupted"
+    rows, skipped = read_points(plan.results_csv)  # the table was written on the way out
+    assert len(rows) == 4 and skipped == 0
+
+    second = FakeTrainer()
+    with open(os.devnull, "w") as sink:
+        assert execute(plan, second, out=sink).exit_code == 0
+    assert second.calls == [r.name for r in order[4:]]  # the interrupted run first, no finished run again
+
+
+def test_failed_run_is_recorded_and_retried(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES))
+    bad = "s2-lowrank-63"
+    with open(os.devnull, "w") as sink:
+        outcome = execute(plan, FakeTrainer(fail=(bad,)), out=sink)
+    assert outcome.failed == [bad] and outcome.exit_code == 1
+    spec = next(r for r in plan.runs if r.name == bad)
+    st = run_state(spec)
+    assert st.status == "failed" and "exited with code 1" in st.error
+    assert json.loads(plan.results_json.read_text())["runs"][4]["status"] == "failed"
+    retry = FakeTrainer()
+    with open(os.devnull, "w") as sink:
+        assert execute(plan, retry, out=sink).exit_code == 0
+    assert retry.calls == [bad] and not (spec.run_dir / FAILED_MARKER).exists()
+
+
+def test_stop_on_error_and_shards(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES))
+    order = sorted(shard_runs(plan.runs, 1, 2), key=lambda r: (r.flops, r.name))
+    trainer = FakeTrainer(fail=(order[0].name,))
+    with open(os.devnull, "w") as sink:
+        outcome = execute(plan, trainer, shard=(1, 2), stop_on_error=True, out=sink)
+    assert trainer.calls == [order[0].name] and outcome.exit_code == 1
+    other = FakeTrainer()
+    with open(os.devnull, "w") as sink:
+        execute(plan, other, shard=(0, 2), out=sink)
+    assert sorted(other.calls) == sorted(r.name for r in shard_runs(plan.runs, 0, 2))
+
+
+def test_a_run_dir_with_another_config_is_refused(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES))
+    spec = plan.runs[0]
+    spec.run_dir.mkdir(parents=True)
+    from lowrank_lm.config import save_config
+
+    save_config(load_config(CPU / "scale-1.yaml", ["train.tokens=999424"]), spec.config_path)
+    with open(os.devnull, "w") as sink, pytest.raises(UserError, match=r"another config.*train\.tokens"):
+        execute(plan, FakeTrainer(), out=sink)
+
+
+def test_a_run_locked_by_another_process_is_left_alone(tmp_path):
+    from lowrank_lm.train.rundir import LOCK
+
+    assert LOCK_NAME == LOCK  # the sweep probes the trainer's own lock
+    plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES))
+    spec = plan.runs[0]
+    spec.run_dir.mkdir(parents=True)
+    fd = os.open(spec.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    # flock locks belong to open file descriptions: this one conflicts with the sweep's own probe
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert run_state(spec).status == "running"
+        trainer = FakeTrainer()
+        with open(os.devnull, "w") as sink:
+            outcome = execute(plan, trainer, out=sink)
+        assert spec.name not in trainer.calls and spec.name in outcome.skipped
+    finally:
+        os.close(fd)
+    assert run_state(spec).status == "pending"
+
+
+FAKE_TRAIN = """
+import json, os, sys, yaml
+assert sys.argv[1] == "train"
+cfg = yaml.safe_load(open(sys.argv[2]))
+out = cfg["train"]["out_dir"]
+print("threads", os.environ.get("OMP_NUM_THREADS"), "malloc", os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+if "lowrank-32" in out:
+    sys.exit(3)
+json.dump({"final_val_loss": 3.0, "final_val_ppl": 20.0, "tokens": 1, "wall_s": 1.0, "train_flops": 1.0},
+          open(os.path.join(out, "summary.json"), "w"))
+"""
+
+
+def test_subprocess_runner_isolates_runs_and_logs(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES.replace("s3:", "#").replace("s4:", "#")))
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    runner = SubprocessRunner(f"{sys.executable} {script}", threads=1)
+    with open(os.devnull, "w") as sink:
+        outcome = execute(plan, runner, out=sink)
+    assert sorted(outcome.failed) == ["s1-lowrank-32", "s2-lowrank-32"] and len(outcome.finished) == 4
+    spec = next(r for r in plan.runs if r.name == "s1-dense")
+    log = (spec.run_dir / "train.log").read_text()
+    assert "threads 1 malloc 33554432" in log and "fake_train.py train" in log
+    failed = run_state(next(r for r in plan.runs if r.name == "s1-lowrank-32"))
+    assert "exited with code 3" in failed.error
+
+
+def _run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_cli_dry_run_status_and_errors(tmp_path, capsys):
+    path = write_sweep(tmp_path, FOUR_SIZES)
+    code, out, _ = _run_cli(capsys, "sweep", str(path), "--dry-run", "--shard", "0/2")
+    assert code == 0 and "s4-lowrank-32" in out and "lowrank R=64 (31.2%)" in out and "shard 0/2" in out
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    code, out, _ = _run_cli(capsys, "sweep", str(path), "--status")
+    assert code == 0 and "12 pending" in out and (tmp_path / "runs" / "results.json").is_file()
+    code, out, err = _run_cli(capsys, "sweep", str(path), "--shard", "2/2")
+    assert code == 2 and "--shard" in err and err.count("\n") == 1
+    code, out, err = _run_cli(capsys, "sweep", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "sweep file not found" in err
