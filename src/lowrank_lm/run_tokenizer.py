@@ -38,6 +38,8 @@ def load_tokenizer(path: Path, vocab_size: int | None = None) -> Tokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
         raise UserError(f"{path} is not a valid tokenizers file ({e}); restore it from the data dir") from None
+    # As in data preparation: "<|endoftext|>" typed in a prompt is plain text; only the pipeline places it.
+    tok.encode_special_tokens = True
     if vocab_size is not None and tok.get_vocab_size() > vocab_size:
         raise UserError(f"{path} has {tok.get_vocab_size()} tokens but model.vocab_size={vocab_size}; "
                         "it belongs to another run — copy the right tokenizer.json into the run dir")
