@@ -30,6 +30,10 @@ class ShardInfo:
     tokens: int
     sha256: str
 
+    def __getitem__(self, key: str) -> Any:
+        """``shard["path"]`` reads like the JSON entry it came from."""
+        return getattr(self, key)
+
 
 @dataclass
 class Manifest:

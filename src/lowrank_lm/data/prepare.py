@@ -81,6 +81,12 @@ def _settings(cfg: DataConfig) -> dict[str, Any]:
             "text_field": cfg.text_field, "hf_config": cfg.hf_config}
 
 
+# Settings that make different data, so they key the cache dir. max_tokens is left out on purpose: data
+# prepared with `prepare --max-tokens N` is found again by a training run whose config does not repeat N
+# (rather than streaming a whole hub dataset), and shard_tokens only changes the file layout.
+_KEY_SETTINGS = ("val_tokens", "text_field", "hf_config")
+
+
 def _normalized_source(source: str) -> str:
     source = source.strip()
     if source == "embedded" or source.startswith("hf:"):
@@ -100,13 +106,13 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def resolve_data_dir(cfg: DataConfig) -> Path:
-    """``data.dir`` when set; else a per-user cache folder keyed by source, tokenizer and the settings that shape
-    the shards: ``$LOWRANK_LM_CACHE/data/<source>-<tokenizer>-<hash>`` (default cache ``~/.cache/lowrank-lm``)."""
+    """``data.dir`` when set; else a per-user cache folder keyed by source, tokenizer, val_tokens, text_field and
+    hf_config: ``$LOWRANK_LM_CACHE/data/<source>-<tokenizer>-<hash>`` (default cache ``~/.cache/lowrank-lm``)."""
     if cfg.dir:
         return Path(cfg.dir).expanduser()
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lowrank-lm").expanduser()
     key = {"source": _normalized_source(cfg.source), "tokenizer": _normalized_tokenizer(cfg.tokenizer),
-           **_settings(cfg)}
+           **{k: getattr(cfg, k) for k in _KEY_SETTINGS}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return root / "data" / f"{_slug(cfg.source)}-{_slug(cfg.tokenizer)}-{digest}"
 
@@ -167,31 +173,39 @@ def _check_numbers(cfg: DataConfig) -> None:
 
 
 def _already_prepared(cfg: DataConfig, spec: TokenizerSpec, data_dir: Path, say: _Say) -> PrepareResult | None:
-    """The result for a data dir whose manifest matches ``cfg`` (checking shard sizes); None when the source
-    changed in a cache dir (which is then prepared again); UserError for any other mismatch."""
+    """The result for a data dir whose manifest fits ``cfg`` (after checking shard sizes). When it does not fit:
+    None in the cache dir (which is then prepared again), UserError in a data.dir the user named.
+
+    Fits means the same source, tokenizer, val_tokens, text field and hub config, and the same max_tokens when
+    ``cfg`` names one (without one, any slice that was prepared is used: `prepare --max-tokens N` is not
+    repeated in a training config). shard_tokens only changes the file layout and is not compared."""
     manifest = load_manifest(data_dir)
-    wanted = {"tokenizer": spec.spec, **_settings(cfg)}
-    have = {"tokenizer": manifest.tokenizer, **{k: manifest.settings.get(k) for k in _settings(cfg)}}
-    diffs = [f"{k} {have[k]} -> {wanted[k]}" for k in wanted if have[k] != wanted[k]]
+    diffs = []
+    if manifest.tokenizer != spec.spec:
+        diffs.append(f"tokenizer {manifest.tokenizer}, not {spec.spec}")
     same_source = cfg.source.strip() == manifest.source  # the same words, even if the dir was moved
     if not same_source and _normalized_source(manifest.source) != _normalized_source(cfg.source):
-        diffs.insert(0, f"source {manifest.source} -> {cfg.source}")
+        diffs.append(f"source {manifest.source}, not {cfg.source}")
+    for key in (*_KEY_SETTINGS, "max_tokens"):
+        have, want = manifest.settings.get(key), getattr(cfg, key)
+        if have != want and not (key == "max_tokens" and want is None):
+            diffs.append(f"{key}={have}, not {want}")
     if not diffs:
         try:
             identity = open_source(cfg).identity()
         except UserError:
             identity = None  # the source is not here (data copied to another machine): trust the manifest
         if identity is not None and identity != manifest.source_identity:
-            if not cfg.dir:
-                say(f"the source changed since {data_dir} was prepared; preparing it again")
-                _remove_ours(data_dir)
-                return None
-            diffs.append("the source files changed")
+            diffs.append("source files that have changed since")
     if diffs:
-        raise UserError(f"{data_dir} holds data prepared with other settings ({'; '.join(diffs)}); use another "
-                        "data.dir or run lowrank-lm prepare --force to replace it")
+        if not cfg.dir:
+            say(f"{data_dir} was prepared with {'; '.join(diffs)}: preparing it again")
+            _remove_ours(data_dir)
+            return None
+        raise UserError(f"{data_dir} holds data prepared with {'; '.join(diffs)}; use another data.dir or run "
+                        "lowrank-lm prepare --force to replace it")
     verify_shards(manifest, checksum=False)
-    say(f"{data_dir} is already prepared ({manifest.summary()}); nothing to do")
+    # silent: a training run calls prepare() every time; the prepare verb reports the no-op itself
     return PrepareResult(data_dir, manifest, created=False)
 
 

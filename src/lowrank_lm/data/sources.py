@@ -209,6 +209,9 @@ def _find_files(spec: str) -> list[Path]:
         raise UserError(f"data.source={spec}: no such file or directory; give a path, a glob, hf:NAME or embedded")
     if not files:
         raise UserError(f"{what} holds no {', '.join(LOCAL_SUFFIXES)} files; point data.source at text files")
+    if all(p.stat().st_size == 0 for p in files):
+        raise UserError(f"data.source={spec}: {'the file is' if len(files) == 1 else 'all files are'} empty; "
+                        "point it at files with text")
     return sorted(p.resolve() for p in files)
 
 
