@@ -34,14 +34,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lowrank-lm", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="lowrank-lm", description="Train and measure Transformer language models whose "
+                     "feed-forward layers are low-rank or structured. `lowrank-lm VERB --help` for each verb.")
     from lowrank_lm import __version__
 
     parser.add_argument("--version", action="version", version=f"lowrank-lm {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     for verb, module_name in VERBS.items():
         module = importlib.import_module(f"lowrank_lm.commands.{module_name}")
-        doc = (module.__doc__ or "").strip()
+        doc = (module.__doc__ or "").strip().replace("%", "%%")  # argparse formats help with %
         p = sub.add_parser(verb, help=doc.splitlines()[0] if doc else None, description=doc)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
