@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from lowrank_lm.demo import run_demo
+    from lowrank_lm.runtime import tune_malloc
 
+    tune_malloc()
     cfg = config_from_args(args)
     run_demo(cfg, Path(args.out), overwrite=args.overwrite)
