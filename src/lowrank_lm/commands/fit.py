@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
     result = fit_all(series, FitOptions(mode=args.mode, fixed_E=args.fixed_E, n_bootstrap=args.bootstrap,
                                         level=args.level, seed=args.seed))
     result.settings.update(x=args.x, source=source)
-    result.comparisons = compare_all(result, args.baseline)
+    result.comparisons = compare_all(result, args.baseline, points=series)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.scaling.fit import FitResult, SeriesFit, _interval
+from lowrank_lm.scaling.fit import FitResult, Series, SeriesFit, _interval
 
 NOT_DISTINGUISHABLE = "not distinguishable"
 CROSSING_FACTOR = 1e6
@@ -104,12 +104,82 @@ def crossing(a: SeriesFit, b: SeriesFit, level: float, factor: float = CROSSING_
     return out
 
 
-def compare_all(result: FitResult, baseline: str | None = None, level: float | None = None) -> list[dict[str, Any]]:
-    """Every pair of fitted series: exponent and slope differences with verdicts; meeting points vs baseline."""
+# (JSON key prefix, label, point value, replicate samples, interval) of each measure of steepness
+def _measures(f: SeriesFit) -> list[tuple[str, str, float | None, np.ndarray | None, Any]]:
+    alpha_samples = f.samples[:, 2] if f.samples is not None else None
+    return [("alpha", "alpha", f.alpha, alpha_samples, f.alpha_ci),
+            ("slope", "log-log slope", f.slope, f.slope_samples, f.slope_ci),
+            ("loss_per_decade", "loss per decade", f.loss_per_decade, f.per_decade_samples, f.loss_per_decade_ci)]
+
+
+def gap_by_size(a: Series, b: Series, level: float) -> dict[str, Any] | None:
+    """How the loss gap a - b between models of the same size changes per decade of b's compute.
+
+    This is the paper's own reading of its figure ("the gap to dense shrinks with scale"). Pairing the
+    points by size cancels what the two runs of one size share (recipe, learning rate, data order), so
+    it can be sharper than comparing two separately fitted exponents. The interval is the ordinary
+    least-squares t interval (n - 2 degrees of freedom). None without at least 3 sizes in common.
+    """
+    if a.sizes is None or b.sizes is None:
+        return None
+    la, lb, xb = dict(zip(a.sizes, a.loss)), dict(zip(b.sizes, b.loss)), dict(zip(b.sizes, b.x))
+    common = sorted((s for s in a.sizes if s in lb), key=lambda s: xb[s])
+    if len(common) < 3:
+        return None
+    from scipy.stats import t as student_t
+
+    x = np.log10([xb[s] for s in common])
+    gap = np.array([la[s] - lb[s] for s in common])
+    slope, icpt = np.polyfit(x, gap, 1)
+    dof = len(common) - 2
+    rss = float(np.sum((gap - (icpt + slope * x)) ** 2))
+    se = math.sqrt(rss / dof) / math.sqrt(float(np.sum((x - x.mean()) ** 2)))
+    half = float(student_t.ppf(1 - (1 - level) / 2, dof)) * se
+    lo, hi = float(slope - half), float(slope + half)
+    if hi < 0:
+        verdict = f"the gap to {b.name} shrinks with compute"
+    elif lo > 0:
+        verdict = f"the gap to {b.name} grows with compute"
+    else:
+        verdict = NOT_DISTINGUISHABLE
+    return {"sizes": common, "gaps": [float(g) for g in gap], "per_decade": float(slope), "per_decade_ci": [lo, hi],
+            "verdict": verdict}
+
+
+def compare_pair(fa: SeriesFit, fb: SeriesFit, level: float, meet: bool,
+                 points: dict[str, Series] | None = None) -> dict[str, Any]:
+    """a - b for the exponent, the log-log slope and the loss per decade, each with interval and verdict.
+
+    The exponent's keys are unprefixed (``alpha_diff``, ``verdict``, ``steeper``, ``intervals_overlap``);
+    the others carry their name (``slope_verdict``, ``loss_per_decade_diff_ci``...).
+    """
+    row: dict[str, Any] = {"a": fa.name, "b": fb.name}
+    notes: list[str] = []
+    for (key, label, va, sa, ca), (_, _, vb, sb, cb) in zip(_measures(fa), _measures(fb)):
+        assert va is not None and vb is not None
+        diff = va - vb
+        diff_ci = _interval(sa - sb, level) if sa is not None and sb is not None else None
+        overlap = _overlap(ca, cb)
+        verdict, steeper, note = _verdict(fa.name, fb.name, diff, diff_ci, overlap, label)
+        prefix = "" if key == "alpha" else f"{key}_"
+        row.update({f"{key}_diff": diff, f"{key}_diff_ci": None if diff_ci is None else [diff_ci[0], diff_ci[1]],
+                    f"{prefix}intervals_overlap": overlap, f"{prefix}verdict": verdict, f"{prefix}steeper": steeper})
+        if note:
+            notes.append(note)
+    row["crossing"] = crossing(fa, fb, level) if meet else None
+    pa, pb = (points or {}).get(fa.name), (points or {}).get(fb.name)
+    row["gap_by_size"] = gap_by_size(pa, pb, level) if pa is not None and pb is not None else None
+    row["notes"] = notes
+    return row
+
+
+def compare_all(result: FitResult, baseline: str | None = None, level: float | None = None,
+                points: dict[str, Series] | None = None) -> list[dict[str, Any]]:
+    """Every pair of fitted series (baseline pairs last, as a - baseline; otherwise the steeper series is a),
+    with meeting points against the baseline and, given the ``points`` with sizes, the gap by size."""
     level = level if level is not None else result.settings.get("level", 0.95)
     names = [n for n, f in result.series.items() if f.fitted]
     base = baseline if baseline is not None else default_baseline(names)
-    # the baseline always second, so "a - b" reads "this series minus the baseline"
     ordered = ([n for n in names if n != base] + [base]) if base in names else names
     out = []
     for i, na in enumerate(ordered):
@@ -117,30 +187,5 @@ def compare_all(result: FitResult, baseline: str | None = None, level: float | N
             fa, fb = result.series[na], result.series[nb]
             if nb != base and (fb.alpha or 0.0) > (fa.alpha or 0.0):
                 fa, fb = fb, fa  # between two non-baseline series, a is the steeper one: a - b >= 0
-            assert fa.alpha is not None and fb.alpha is not None
-            na_, nb_ = fa.name, fb.name
-            row: dict[str, Any] = {"a": na_, "b": nb_, "alpha_diff": fa.alpha - fb.alpha, "alpha_diff_ci": None}
-            if fa.samples is not None and fb.samples is not None:
-                row["alpha_diff_ci"] = _interval(fa.samples[:, 2] - fb.samples[:, 2], level)
-            overlap = _overlap(fa.alpha_ci, fb.alpha_ci)
-            verdict, steeper, note = _verdict(na_, nb_, row["alpha_diff"], row["alpha_diff_ci"], overlap, "alpha")
-            row.update(intervals_overlap=overlap, verdict=verdict, steeper=steeper)
-            notes = [note] if note else []
-            assert fa.slope is not None and fb.slope is not None
-            row["slope_diff"] = fa.slope - fb.slope
-            row["slope_diff_ci"] = None
-            if fa.slope_samples is not None and fb.slope_samples is not None:
-                row["slope_diff_ci"] = _interval(fa.slope_samples - fb.slope_samples, level)
-            s_overlap = _overlap(fa.slope_ci, fb.slope_ci)
-            s_verdict, s_steeper, s_note = _verdict(na_, nb_, row["slope_diff"], row["slope_diff_ci"], s_overlap,
-                                                    "slope")
-            row.update(slope_intervals_overlap=s_overlap, slope_verdict=s_verdict, slope_steeper=s_steeper)
-            if s_note:
-                notes.append(s_note)
-            row["crossing"] = crossing(fa, fb, level) if nb == base else None
-            row["notes"] = notes
-            for key in ("alpha_diff_ci", "slope_diff_ci"):
-                if row[key] is not None:
-                    row[key] = [float(row[key][0]), float(row[key][1])]
-            out.append(row)
+            out.append(compare_pair(fa, fb, level, meet=nb == base, points=points))
     return out

@@ -55,6 +55,8 @@ class Series:
     x: np.ndarray
     loss: np.ndarray
     loss_err: np.ndarray
+    sizes: list[str] | None = None
+    """The model size of each point (the ``size`` column), when known: it pairs points across series."""
 
     @property
     def n(self) -> int:
@@ -69,8 +71,10 @@ class Series:
         out = {}
         for name, rs in groups.items():
             rs = sorted(rs, key=lambda r: r["x"])
+            sizes = [str(r.get("size") or "") for r in rs]
             out[name] = Series(name, np.array([r["x"] for r in rs], float), np.array([r["loss"] for r in rs], float),
-                               np.array([r.get("loss_err") or 0.0 for r in rs], float))
+                               np.array([r.get("loss_err") or 0.0 for r in rs], float),
+                               sizes if all(sizes) and len(set(sizes)) == len(sizes) else None)
         return out
 
 
@@ -104,6 +108,7 @@ class SeriesFit:
     slope_ci: tuple[float, float] | None = None
     loss_per_decade: float | None = None
     """-d L / d log10 C by least squares: the slope of the paper's semi-log plot."""
+    loss_per_decade_ci: tuple[float, float] | None = None
     x_min: float = math.nan
     x_max: float = math.nan
     residual_se: float | None = None
@@ -112,6 +117,7 @@ class SeriesFit:
     warnings: list[str] = field(default_factory=list)
     samples: np.ndarray | None = field(default=None, repr=False)
     slope_samples: np.ndarray | None = field(default=None, repr=False)
+    per_decade_samples: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def fitted(self) -> bool:
@@ -141,6 +147,7 @@ class SeriesFit:
         return {"alpha": num(self.alpha), "alpha_ci": pair(self.alpha_ci), "E": num(self.E), "A": num(self.A),
                 "slope": num(self.slope), "n_points": self.n_points, "mode": self.mode, "E_ci": pair(self.E_ci),
                 "slope_ci": pair(self.slope_ci), "loss_per_decade": num(self.loss_per_decade),
+                "loss_per_decade_ci": pair(self.loss_per_decade_ci),
                 "x_range": [num(self.x_min), num(self.x_max)], "residual_se": num(self.residual_se),
                 "dof": self.dof, "warnings": list(self.warnings)}
 
@@ -343,6 +350,8 @@ def _fit_group(group: _Group, mode: str, opts: FitOptions,
     B = opts.n_bootstrap
     samples = np.full((B, n_params), np.nan)
     slopes = np.full((B, group.k), np.nan)
+    per_decade = np.full((B, group.k), np.nan)
+    log10x = group.lnx / math.log(10)
     have_noise = s > 0 or bool(np.any(group.err > 0))
     if B > 0 and have_noise:
         for i in range(B):
@@ -356,6 +365,7 @@ def _fit_group(group: _Group, mode: str, opts: FitOptions,
             for k in range(group.k):
                 sel = group.idx == k
                 slopes[i, k] = _ols_slopes(group.lnx[sel], y_b[None, sel])[0]
+                per_decade[i, k] = _ols_slopes(log10x[sel], np.exp(y_b[None, sel]))[0]
     failed = int(np.isnan(samples[:, 0]).sum()) if B and have_noise else 0
     if B and have_noise and failed > 0.05 * B:
         notes.append(f"{failed} of {B} bootstrap refits failed; the intervals rest on the rest")
@@ -384,6 +394,9 @@ def _fit_group(group: _Group, mode: str, opts: FitOptions,
             curve_slope = _ols_slopes(group.lnx[sel], fitted[None, sel])[0]
             fit.slope_samples = fit.slope + (slopes[:, k] - curve_slope)
             fit.slope_ci = _interval(fit.slope_samples, opts.level)
+            curve_per_decade = _ols_slopes(log10x[sel], np.exp(fitted[None, sel]))[0]
+            fit.per_decade_samples = fit.loss_per_decade + (per_decade[:, k] - curve_per_decade)
+            fit.loss_per_decade_ci = _interval(fit.per_decade_samples, opts.level)
         if fit.alpha_ci is not None and fit.alpha_ci[1] - fit.alpha_ci[0] > fit.alpha:
             fit.warnings.append("alpha is poorly determined: its interval is wider than its value")
         decades = math.log10(ser.x.max() / ser.x.min())

@@ -36,25 +36,55 @@ def _meet(c: dict[str, Any] | None) -> str:
     return f"{c['at']:.3g} [{lo}, {hi}]{tail}"
 
 
+def _gap(g: dict[str, Any] | None) -> str:
+    if not g:
+        return ""
+    gaps = ", ".join(f"{s} {v:+.3f}" for s, v in zip(g["sizes"], g["gaps"]))
+    return f"{g['per_decade']:+.3g}/decade{_ci(g['per_decade_ci'], 2)} {g['verdict']} ({gaps})"
+
+
 def series_rows(result: FitResult) -> list[list[str]]:
     """One row per series: name, points, fit mode, alpha [CI], E [CI], A, slope [CI], loss/decade."""
     rows = []
     for name, f in result.series.items():
         rows.append([name, str(f.n_points), f.mode, _g(f.alpha) + _ci(f.alpha_ci), _g(f.E) + _ci(f.E_ci),
-                     _g(f.A, 3), _g(f.slope) + _ci(f.slope_ci), _g(f.loss_per_decade),
+                     _g(f.A, 3), _g(f.slope) + _ci(f.slope_ci), _g(f.loss_per_decade) + _ci(f.loss_per_decade_ci),
                      f"{_g(f.x_min, 3)} – {_g(f.x_max, 3)}"])
     return rows
 
 
-SERIES_HEADER = ["series", "n", "fit", "alpha [CI]", "E [CI]", "A", "log-log slope [CI]", "loss/decade", "x range"]
-COMPARE_HEADER = ["a", "b", "alpha a-b [CI]", "verdict (alpha)", "slope a-b [CI]", "verdict (slope)",
-                  "curves meet at [CI]"]
+SERIES_HEADER = ["series", "n", "fit", "alpha [CI]", "E [CI]", "A", "log-log slope [CI]", "loss/decade [CI]",
+                 "x range"]
+COMPARE_HEADER = ["a", "b", "alpha a-b [CI]", "verdict", "log-log slope a-b [CI]", "verdict",
+                  "loss/decade a-b [CI]", "verdict", "curves meet at [CI]", "gap a-b by size, per decade [CI]"]
+# (JSON key, label, verdict key) of the three measures of steepness a comparison reports
+MEASURES = (("alpha", "alpha", "verdict"), ("slope", "log-log slope", "slope_verdict"),
+            ("loss_per_decade", "loss/decade", "loss_per_decade_verdict"))
 
 
 def comparison_rows(result: FitResult) -> list[list[str]]:
-    return [[c["a"], c["b"], _g(c["alpha_diff"], 3) + _ci(c["alpha_diff_ci"], 2), c["verdict"],
-             _g(c["slope_diff"], 3) + _ci(c["slope_diff_ci"], 2), c["slope_verdict"], _meet(c["crossing"])]
-            for c in result.comparisons]
+    rows = []
+    for c in result.comparisons:
+        row = [c["a"], c["b"]]
+        for key, _, verdict in MEASURES:
+            row += [_g(c[f"{key}_diff"], 3) + _ci(c[f"{key}_diff_ci"], 2), c[verdict]]
+        rows.append([*row, _meet(c["crossing"]), _gap(c.get("gap_by_size"))])
+    return rows
+
+
+def comparison_text(result: FitResult) -> str:
+    """The comparisons as one block per pair (a table would be too wide for a terminal)."""
+    lines = []
+    for c in result.comparisons:
+        lines.append(f"{c['a']} vs {c['b']} (a - b):")
+        for key, label, verdict in MEASURES:
+            diff = f"{c[f'{key}_diff']:+.3g}{_ci(c[f'{key}_diff_ci'], 2)}"
+            lines.append(f"  {label:<14} {diff:<30} {c[verdict]}")
+        if c["crossing"]:
+            lines.append(f"  {'curves meet':<14} {_meet(c['crossing'])}")
+        if c.get("gap_by_size"):
+            lines.append(f"  {'gap by size':<14} {_gap(c['gap_by_size'])}")
+    return "\n".join(lines)
 
 
 def _table_text(header: list[str], rows: list[list[str]]) -> str:
@@ -89,7 +119,7 @@ def format_text(result: FitResult, source: str, skipped: int = 0) -> str:
         head += f"\n({skipped} unfinished row(s) skipped)"
     parts = [head, "", _table_text(SERIES_HEADER, series_rows(result))]
     if result.comparisons:
-        parts += ["", _table_text(COMPARE_HEADER, comparison_rows(result))]
+        parts += ["", comparison_text(result)]
     warns = all_warnings(result)
     if warns:
         parts += ["", "warnings:"] + [f"  - {w}" for w in warns]
@@ -121,10 +151,13 @@ def write_report(result: FitResult, series: dict[str, Series], rows: list[dict[s
           "", "## Series", "", _table_md(SERIES_HEADER, series_rows(result)), ""]
     if result.comparisons:
         md += ["## Comparisons", "",
-               "a − b of the exponent and of the log-log slope, with the interval of the difference. A direction "
+               "a − b of the exponent, the log-log slope and the loss per decade (the slope of the paper's figure), "
+               "each with the interval of the difference. A direction "
                "is stated only when that interval excludes 0 and the two series' own intervals do not overlap; "
                "otherwise the verdict is *not distinguishable*. The meeting point is where the fitted curve of a "
-               "meets the baseline's (an extrapolation when it lies beyond the data).", "",
+               "meets the baseline's (an extrapolation when it lies beyond the data). The gap by size is the loss "
+               "difference between models of the same size, regressed on the baseline's compute (t interval): the "
+               "paper's own reading of its figure.", "",
                _table_md(COMPARE_HEADER, comparison_rows(result)), ""]
         notes = [f"- {c['a']} vs {c['b']}: {n}" for c in result.comparisons for n in c.get("notes", [])]
         notes += [f"- {c['a']} vs {c['b']}: {c['crossing']['note']}" for c in result.comparisons if c["crossing"]]
