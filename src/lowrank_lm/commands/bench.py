@@ -132,7 +132,24 @@ def _setup(args: argparse.Namespace) -> Any:
     return _device(args.device)
 
 
+_warned = False
+
+
 def _progress(message: str) -> None:
+    """Progress on stderr; the first message of a CPU run warns when other processes load the machine."""
+    global _warned
+    if not _warned:
+        _warned = True
+        import torch
+
+        cores = os.cpu_count() or 1
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        if load > 0.5 * cores and not torch.cuda.is_available():
+            # Busy cores stall every multi-threaded op at its barrier (up to a scheduler slice each).
+            threads = torch.get_num_threads()
+            hint = " (--threads 1 avoids the worst stalls)" if threads > 1 else ""
+            print(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU; "
+                  f"timings will be noisy{hint}", file=sys.stderr)
     print(message, file=sys.stderr, flush=True)
 
 
@@ -172,9 +189,50 @@ def _run_ffn(args: argparse.Namespace, device: Any) -> None:
     _finish(args, "ffn", machine_meta(device, args.dtype), rows, ffn_table(rows), plot_ffn)
 
 
+def _compile_modes(words: list[str]) -> tuple[bool, ...]:
+    modes = {"off": False, "on": True}
+    bad = [w for w in words if w not in modes]
+    if bad or not words:
+        raise UserError(f"--compile {','.join(words)}: use off, on, or off,on")
+    return tuple(dict.fromkeys(modes[w] for w in words))
+
+
 def _run_train(args: argparse.Namespace, device: Any) -> None:
-    raise UserError("bench train is not built yet")
+    from lowrank_lm.bench.report import machine_meta
+    from lowrank_lm.bench.train import TrainBenchSpec, plot_train, run_train_bench, train_table
+    from lowrank_lm.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    spec = TrainBenchSpec(model=cfg.model, kinds=args.kinds, fractions=args.fractions,
+                          batch=args.batch or cfg.train.micro_batch_size or cfg.train.global_batch_size,
+                          seq=args.seq or cfg.model.seq_len, dtype=args.dtype, compile=_compile_modes(args.compile),
+                          peer=not args.no_peer, rounds=args.rounds)
+    if spec.seq > cfg.model.seq_len:
+        raise UserError(f"--seq {spec.seq} exceeds model.seq_len={cfg.model.seq_len}; lower it")
+    rows, notes = run_train_bench(spec, device, _progress)
+    for n in notes:
+        _progress("note: " + n)
+    meta = {**machine_meta(device, args.dtype), "config": args.config, "overrides": args.overrides, "notes": notes}
+    _finish(args, "train", meta, rows, train_table(rows, notes), plot_train)
 
 
 def _run_decode(args: argparse.Namespace, device: Any) -> None:
-    raise UserError("bench decode is not built yet")
+    from pathlib import Path
+
+    from lowrank_lm.bench.decode import DecodeBenchSpec, decode_table, plot_decode, run_decode_bench
+    from lowrank_lm.bench.report import machine_meta
+    from lowrank_lm.config import load_config
+
+    paths = [c for c in args.configs if "=" not in c]
+    overrides = [c for c in args.configs if "=" in c]
+    if not paths:
+        raise UserError("give at least one CONFIG before the KEY=VALUE overrides")
+    names = [Path(p).stem for p in paths]
+    names = [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]  # keep rows apart
+    configs = [(n, load_config(p, overrides).model) for n, p in zip(names, paths)]
+    spec = DecodeBenchSpec(configs=configs, batches=args.batches, gen=args.gen, dtype=args.dtype,
+                           premerge=args.premerge, search=args.search, max_batch=args.max_batch,
+                           rounds=args.rounds)
+    rows = run_decode_bench(spec, device, _progress)
+    meta = {**machine_meta(device, args.dtype), "configs": paths, "overrides": overrides}
+    _finish(args, "decode", meta, rows, decode_table(rows), plot_decode)

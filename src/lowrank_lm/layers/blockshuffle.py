@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lowrank_lm.layers.base import StructuredLinear
-from lowrank_lm.layers.blockdiag import blockdiag_matmul, shuffle, unshuffle
+from lowrank_lm.layers.blockdiag import blockshuffle_matmul
 from lowrank_lm.layers.init import normal_, orthonormal_
 
 
@@ -25,8 +25,7 @@ class BlockShuffleLinear(StructuredLinear):
         self.blocks_out = nn.Parameter(torch.empty(b, out_features // b, inner // b))
 
     def matrix_forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = shuffle(blockdiag_matmul(x, self.blocks_in), self.num_blocks)
-        return unshuffle(blockdiag_matmul(h, self.blocks_out), self.num_blocks)
+        return blockshuffle_matmul(x, self.blocks_in, self.blocks_out)
 
     def num_matrix_params(self) -> int:
         return self.blocks_in.numel() + self.blocks_out.numel()

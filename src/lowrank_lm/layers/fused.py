@@ -1,0 +1,90 @@
+"""GELU after an FFN linear, fused into its last matmul for CPU inference.
+
+In a GPT-style FFN, ``gelu(up(x))`` costs the matmul plus a separate pass over the 4 x width
+activations; on a 2-core CPU in bf16 that pass (and the bias add before it) is a fifth of a LowRank
+FFN's time, so it caps the speed-up that the saved FLOPs could give. oneDNN can apply bias and
+GELU-tanh to the matmul's output tiles while they are still in cache (the GPU recipes of the paper
+fuse bias-GELU the same way). It has no backward, so training and anything under autograd keep the
+plain path; the fused path gives the same values up to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lowrank_lm.layers.base import StructuredLinear
+from lowrank_lm.layers.blockdense import BlockDenseLinear
+from lowrank_lm.layers.blockdiag import blockdiag_matmul, shuffle, unshuffled_chunks
+from lowrank_lm.layers.blockshuffle import BlockShuffleLinear
+from lowrank_lm.layers.dense import DenseLinear
+from lowrank_lm.layers.lowrank import LowRankLinear
+
+_FUSABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _fused_kernel_available(dtype: torch.dtype) -> bool:
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    return dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _can_fuse(layer: StructuredLinear, x: torch.Tensor) -> bool:
+    if x.device.type != "cpu" or x.dtype not in _FUSABLE_DTYPES or torch.compiler.is_compiling():
+        return False  # GPUs and torch.compile fuse on their own
+    if torch.is_autocast_enabled("cpu"):
+        return False  # the oneDNN op does not follow autocast's casting rules
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters())):
+        return False  # no backward for the fused op
+    if layer.guide is not None and layer.guide_alpha > 0:
+        return False
+    return _fused_kernel_available(x.dtype)
+
+
+def _dense_tail(layer: StructuredLinear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(h, W) with layer(x) = h W^T + bias, W the layer's last (dense) matrix; None if it has none.
+
+    Pre-merge follows StructuredLinear.forward: in eval mode, calls of at most premerge_max_tokens
+    tokens use the merged weight.
+    """
+    small = x.numel() // layer.in_features <= layer.premerge_max_tokens
+    if layer.merged is not None and small and not layer.training:
+        return x, layer.merged.to(x.dtype)
+    if isinstance(layer, DenseLinear):
+        return x, layer.weight
+    if isinstance(layer, LowRankLinear):
+        return F.linear(x, layer.v), layer.u
+    if isinstance(layer, BlockDenseLinear):
+        return blockdiag_matmul(x, layer.blocks), layer.u
+    return None  # BlockShuffle ends in a permutation, not a dense matrix: see _blockshuffle_gelu
+
+
+def _blockshuffle_gelu(layer: BlockShuffleLinear, x: torch.Tensor) -> torch.Tensor | None:
+    """BlockShuffle's output is B x B runs of plain matmul columns (blockdiag.unshuffled_chunks): fuse
+    bias + GELU into each run and concatenate them in output order, or None when the shape has no runs."""
+    num_blocks, out_b, k = layer.blocks_out.shape
+    if out_b % num_blocks:
+        return None
+    z = shuffle(blockdiag_matmul(x.reshape(-1, layer.in_features), layer.blocks_in), num_blocks)
+    run = out_b // num_blocks
+    bias = layer.bias.to(x.dtype) if layer.bias is not None else None
+    chunks = [torch.ops.mkldnn._linear_pointwise(z[:, c * k:(c + 1) * k], rows.contiguous(),
+                                                 None if bias is None else bias[start:start + run],
+                                                 "gelu", [], "tanh")
+              for c, start, rows in unshuffled_chunks(layer.blocks_out)]  # in increasing output column
+    return torch.cat(chunks, dim=-1).view(*x.shape[:-1], layer.out_features)
+
+
+def gelu_linear(layer: StructuredLinear, x: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh approximation) of ``layer(x)``; one fused matmul + bias + GELU call where possible."""
+    if _can_fuse(layer, x):
+        tail = _dense_tail(layer, x)
+        if tail is not None and tail[1].dtype == x.dtype:
+            h, weight = tail
+            bias = layer.bias if layer.bias is None or layer.bias.dtype == x.dtype else layer.bias.to(x.dtype)
+            return torch.ops.mkldnn._linear_pointwise(h, weight, bias, "gelu", [], "tanh")
+        if tail is None and isinstance(layer, BlockShuffleLinear) and layer.blocks_out.dtype == x.dtype:
+            y = _blockshuffle_gelu(layer, x)
+            if y is not None:
+                return y
+    return F.gelu(layer(x), approximate="tanh")

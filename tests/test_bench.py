@@ -1,0 +1,170 @@
+"""The benches' correctness (never their timings): well-formed rows whose ratios are their own numbers."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lowrank_lm.bench import premerge
+from lowrank_lm.bench.decode import DecodeBenchSpec, run_decode_bench, summary
+from lowrank_lm.bench.timer import measure
+from lowrank_lm.bench.train import TrainBenchSpec, peer_model, run_train_bench
+from lowrank_lm.bench.variants import structure_for
+from lowrank_lm.cli import main
+from lowrank_lm.layers import LowRankLinear
+from lowrank_lm.model import Transformer
+from lowrank_lm.runtime import tune_malloc
+
+from .conftest import small_config
+
+FFN_KEYS = {"width", "kind", "fraction", "rank", "num_blocks", "tokens", "mode", "dtype", "premerge", "median_ms",
+            "speedup", "flop_speedup", "efficiency", "device", "torch", "threads"}
+
+
+def run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(premerge.CACHE_ENV, str(tmp_path / "cache"))
+
+
+def test_paper_ranks_and_blocks_from_fractions():
+    assert structure_for("lowrank", 1024, 4096, 0.63).rank == 512
+    assert structure_for("lowrank", 1024, 4096, 0.32).rank == 256
+    assert structure_for("lowrank", 2048, 8192, 0.32).rank == 512
+    assert structure_for("blockshuffle", 2048, 8192, 0.63).num_blocks == 2
+    assert structure_for("blockshuffle", 2048, 8192, 0.32).num_blocks == 4
+    bd = structure_for("blockdense", 1024, 4096, 0.32)
+    assert bd.num_blocks == 4 and bd.rank % 4 == 0
+    assert 5 * bd.rank * (1 + 1 / 4) / (8 * 1024) == pytest.approx(0.32, abs=0.03)  # the paper's ratio formula
+
+
+def test_measure_interleaves_and_counts_rounds():
+    calls = []
+    t = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"),
+                rounds=3, min_round_s=1e-4, warmup=1)
+    assert set(t) == {"a", "b"} and all(len(x.samples_ms) == 3 for x in t.values())
+    assert t["a"].min_ms <= t["a"].median_ms <= t["a"].max_ms and t["a"].iqr_ms >= 0
+
+
+def test_ffn_bench_json_rows_are_consistent(capsys):
+    code, out, _ = run_cli(capsys, "bench", "ffn", "--widths", "32,64", "--tokens", "4,32", "--rounds", "2",
+                           "--min-round-s", "0.001", "--premerge", "--premerge-max-tokens", "8", "--threads", "1",
+                           "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert len(rows) == 2 * 2 * (1 + 2 * 3 * 2)  # widths x tokens x (dense + 3 kinds x 2 fractions x with/without)
+    for r in rows:
+        assert set(r) >= FFN_KEYS
+        dense = next(d for d in rows if d["kind"] == "dense" and (d["width"], d["tokens"]) == (r["width"], r["tokens"]))
+        assert r["speedup"] == pytest.approx(dense["median_ms"] / r["median_ms"])
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["flop_speedup"])
+        # the FLOP bound is the ratio of the layers' own FLOP counts: (T tokens x flops/token) each
+        assert r["flop_speedup"] == pytest.approx(dense["flops"] / r["flops"])
+        if r["premerge"]:
+            assert r["path"] == ("merged" if r["tokens"] <= 8 else "factored")
+    lowrank_32 = [r for r in rows if r["kind"] == "lowrank" and r["fraction"] == 0.32 and r["width"] == 64]
+    assert {r["rank"] for r in lowrank_32} == {16}
+    assert lowrank_32[0]["flop_speedup"] == pytest.approx(3.2)
+
+
+def test_ffn_bench_writes_json_markdown_and_plots(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "bench", "ffn", "--widths", "32,64", "--tokens", "4,16", "--kinds", "dense,lowrank",
+                           "--fractions", "0.32", "--mode", "fwdbwd", "--dtype", "bf16", "--rounds", "1",
+                           "--min-round-s", "0.001", "--threads", "1", "--out", str(tmp_path / "r"))
+    assert code == 0 and out.startswith("| width |")
+    data = json.loads((tmp_path / "r" / "ffn.json").read_text())
+    assert data["meta"]["dtype"] == "bf16" and data["meta"]["threads"] == 1 and data["rows"][0]["mode"] == "fwdbwd"
+    assert "| lowrank |" in (tmp_path / "r" / "ffn.md").read_text()
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "r" / "ffn-latency-vs-width.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "ffn", "--mode", "fwdbwd", "--premerge"], "--premerge is an inference path"),
+    (["bench", "ffn", "--kinds", "dense,sparse"], "unknown FFN kind 'sparse'"),
+    (["bench", "ffn", "--widths", "64", "--kinds", "blockshuffle", "--blocks", "3"], "does not divide"),
+    (["bench", "ffn", "--widths", "0"], "positive whole numbers"),
+    (["bench", "train", "configs/cpu/tiny.yaml", "--compile", "maybe"], "--compile maybe"),
+    (["bench", "decode", "configs/cpu/tiny.yaml", "--gen", "600"], "exceeds model.seq_len"),
+])
+def test_bench_user_errors_are_one_line(capsys, argv, message):
+    code, _, err = run_cli(capsys, *argv, "--threads", "1", "--rounds", "1")
+    assert code == 2 and message in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+def test_premerge_calibration_is_cached_per_device_and_shape(monkeypatch):
+    layer = LowRankLinear(32, 64, rank=8, bias=True).eval()
+    layer.reset_parameters(0.02, "spectral")
+    n = premerge.calibrate(layer)
+    assert n == 0 or math.log2(n).is_integer()
+    key = premerge.layer_key(layer, torch.device("cpu"), torch.float32)
+    assert json.loads(premerge.cache_path().read_text())[key] == n
+    monkeypatch.setattr(premerge, "measure_crossover", lambda *a, **k: pytest.fail("should come from the cache"))
+    assert premerge.calibrate(layer) == n
+    assert layer.merged is None and layer.premerge_max_tokens == 0  # calibration leaves the layer as it was
+
+
+def test_apply_premerge_uses_the_config_limit_and_keeps_logits():
+    cfg = small_config("model.ffn.kind=lowrank", "model.ffn.rank=16", "model.ffn.premerge_max_tokens=4").model
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, 3))
+    with torch.no_grad():
+        before = model(ids)
+        chosen = premerge.apply_premerge(model)
+        after = model(ids)
+    assert chosen and set(chosen.values()) == {4}
+    assert all(layer.merged is not None for layer in model.structured_layers())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_train_bench_rows_against_the_peer():
+    pytest.importorskip("transformers")
+    spec = TrainBenchSpec(model=small_config().model, kinds=["dense", "lowrank"], fractions=[0.32], batch=2, seq=16,
+                          dtype="fp32", compile=(False,), rounds=2)
+    rows, notes = run_train_bench(spec, torch.device("cpu"))
+    assert notes == []  # the peer exists and has exactly our parameter count
+    by = {r["variant"]: r for r in rows}
+    dense, peer = by["dense"], by["peer: transformers GPTNeoXForCausalLM"]
+    assert peer["params"] == dense["params"] and peer["vs_peer"] == 1.0
+    for r in rows:
+        assert r["tokens_per_s"] == pytest.approx(2 * 16 / (r["median_ms"] / 1e3))
+        assert r["speedup"] == pytest.approx(r["tokens_per_s"] / dense["tokens_per_s"])
+        assert r["tflops"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 1e12)
+        assert r["mfu"] is None  # no peak FLOP/s for CPUs
+    assert by["lowrank 32% (R=16)"]["flop_speedup"] > 1
+
+
+def test_peer_is_skipped_with_a_reason_when_no_model_matches():
+    model, why = peer_model(small_config("model.num_kv_heads=2").model)
+    assert model is None and "peer skipped" in why
+
+
+def test_decode_bench_throughput_is_batch_times_tokens_over_time():
+    dense = small_config().model
+    lowrank = small_config("model.ffn.kind=lowrank", "model.ffn.rank=16", "model.ffn.premerge_max_tokens=4").model
+    spec = DecodeBenchSpec(configs=[("dense", dense), ("lowrank", lowrank)], batches=[1, 2], gen=5, dtype="fp32",
+                           premerge="both", rounds=2)
+    rows = run_decode_bench(spec, torch.device("cpu"))
+    assert len(rows) == 2 * 3  # batches x (dense, lowrank, lowrank pre-merged)
+    for r in rows:
+        assert r["status"] == "ok"
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * 5 / (r["median_ms"] / 1e3))
+    best = summary(rows)
+    assert [s["config"] for s in best] == ["dense", "lowrank", "lowrank"]
+    assert best[0]["vs_first"] == 1.0
+    for s in best:
+        mine = [r["tokens_per_s"] for r in rows if (r["config"], r["premerge"]) == (s["config"], s["premerge"])]
+        assert s["max_tokens_per_s"] == max(mine)
+
+
+def test_tune_malloc_is_idempotent():
+    assert tune_malloc() == tune_malloc()

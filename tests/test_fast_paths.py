@@ -1,0 +1,96 @@
+"""The inference fast paths give the autograd paths' values: in-place block products, fused GELU, pre-merge."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lowrank_lm.config import load_config
+from lowrank_lm.layers import BlockDenseLinear, BlockShuffleLinear, DenseLinear, LowRankLinear
+from lowrank_lm.layers.blockdiag import blockdiag_matmul, blockshuffle_matmul, shuffle, unshuffle
+from lowrank_lm.layers.fused import gelu_linear
+from lowrank_lm.model import FeedForward
+
+LAYERS = {
+    "dense": lambda i, o: DenseLinear(i, o, bias=True),
+    "lowrank": lambda i, o: LowRankLinear(i, o, rank=8, bias=True),
+    "blockshuffle": lambda i, o: BlockShuffleLinear(i, o, num_blocks=4, bias=True),
+    "blockdense": lambda i, o: BlockDenseLinear(i, o, rank=16, num_blocks=4, bias=True),
+}
+
+
+def _layer(kind, i, o, seed=0):
+    torch.manual_seed(seed)
+    layer = LAYERS[kind](i, o)
+    layer.reset_parameters(0.02, "random")
+    with torch.no_grad():
+        layer.bias.normal_()
+    return layer.eval()
+
+
+@pytest.mark.parametrize("shape", [(64, 256, 4), (256, 64, 4), (64, 256, 2), (48, 96, 4), (64, 128, 8), (40, 24, 4)])
+def test_inplace_blockshuffle_equals_the_composition_of_its_definition(shape):
+    n_in, n_out, b = shape
+    layer = BlockShuffleLinear(n_in, n_out, b, bias=False)
+    layer.reset_parameters(0.02, "orthonormal")
+    x = torch.randn(3, 5, n_in)
+    with torch.no_grad():
+        inner = shuffle(torch.einsum("tbi,boi->tbo", x.reshape(15, b, -1), layer.blocks_in).reshape(15, -1), b)
+        expected = unshuffle(torch.einsum("tbi,boi->tbo", inner.reshape(15, b, -1), layer.blocks_out)
+                             .reshape(15, -1), b).reshape(3, 5, n_out)
+        fast = blockshuffle_matmul(x, layer.blocks_in, layer.blocks_out)
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)  # autograd path (batched matmul)
+
+
+def test_inplace_blockdiag_equals_batched_matmul():
+    blocks = torch.randn(4, 6, 8, requires_grad=True)
+    x = torch.randn(2, 7, 32)
+    slow = blockdiag_matmul(x, blocks)
+    assert slow.requires_grad
+    with torch.no_grad():
+        fast = blockdiag_matmul(x, blocks)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_gelu_equals_gelu_of_the_layer(kind, dtype):
+    layer = _layer(kind, 64, 256).to(dtype)
+    x = torch.randn(3, 5, 64, dtype=dtype)
+    expected = F.gelu(layer(x).float(), approximate="tanh")  # autograd on: the plain path
+    with torch.no_grad():
+        fused = gelu_linear(layer, x)
+    assert fused.dtype == dtype and fused.shape == (3, 5, 256)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(fused.float(), expected, **tol)
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "blockshuffle", "blockdense"])
+def test_premerged_layer_gives_the_factored_output_and_switches_at_its_limit(kind):
+    layer = _layer(kind, 64, 256)
+    x_small, x_big = torch.randn(4, 64), torch.randn(9, 64)
+    with torch.no_grad():
+        factored_small, factored_big = layer(x_small), layer(x_big)
+        layer.premerge(8)
+        assert layer.merged is not None
+        merged_small = layer(x_small)  # 4 tokens <= 8: the merged dense weight
+        torch.testing.assert_close(merged_small, factored_small, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer(x_big), factored_big, rtol=0, atol=0)  # 9 > 8: the factors, bit-exact
+        torch.testing.assert_close(gelu_linear(layer, x_small), F.gelu(factored_small, approximate="tanh"),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,extra", [("lowrank", ["model.ffn.rank=16"]),
+                                        ("blockshuffle", ["model.ffn.num_blocks=4"]),
+                                        ("blockdense", ["model.ffn.rank=32", "model.ffn.num_blocks=4"])])
+def test_ffn_block_merged_and_factored_outputs_are_equal(kind, extra):
+    cfg = load_config(None, ["model.hidden_dim=64", "model.num_q_heads=4", f"model.ffn.kind={kind}", *extra]).model
+    torch.manual_seed(0)
+    ffn = FeedForward(cfg, dense=False).eval()
+    x = torch.randn(2, 3, 64)
+    with torch.no_grad():
+        factored = ffn(x)
+        for layer in (ffn.up, ffn.down):
+            layer.premerge(16)
+        merged = ffn(x)
+    torch.testing.assert_close(merged, factored, rtol=1e-5, atol=1e-5)
