@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,10 @@ class _State:
     bad_in_row: int = 0
     guide_flops: int = 0
     skipped: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    train_s: float = 0.0
+    """Seconds spent in training steps, over every session of the run (resumes included)."""
+    wall_s: float = 0.0
+    """Wall-clock seconds of the earlier sessions of the run (training, evaluation, checkpoints)."""
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -112,6 +115,7 @@ class Trainer:
         self.guidance = SelfGuidance(t.self_guided, self.acc.steps)
         self.total_steps = self.guidance.total_steps
         self.run_dir = RunDir(t.out_dir)
+        self._session_start = time.perf_counter()
 
     # ------------------------------------------------------------------ set-up
     def _log(self, msg: str) -> None:
@@ -194,7 +198,8 @@ class Trainer:
         weights, opt_state = self._full_states(model, optimizer)
         if self.dist.is_main:
             state = {"optimizer": opt_state, "rng": _rng_state(self.device), "step": st.step, "tokens": st.tokens,
-                     "bad_in_row": st.bad_in_row, "skipped": st.skipped,
+                     "bad_in_row": st.bad_in_row, "skipped": st.skipped, "train_s": st.train_s,
+                     "wall_s": st.wall_s + time.perf_counter() - self._session_start,
                      "guide_flops": st.guide_flops + SelfGuidance.guide_flops(model),
                      "loaders": {k: v.state_dict() for k, v in loaders.items()}}
             try:
@@ -240,6 +245,8 @@ class Trainer:
             st.step, st.tokens = int(state["step"]), int(state["tokens"])
             st.bad_in_row, st.skipped = int(state["bad_in_row"]), int(state["skipped"])
             st.guide_flops = int(state["guide_flops"])
+            st.train_s = float(state["train_s"])
+            st.wall_s = float(state["wall_s"])
         self.guidance.attach(model, st.step)
         if ckpt is not None:
             self._load_weights(model, ckpt)
@@ -283,7 +290,7 @@ class Trainer:
         peak = peak_flops(self.device)
         stop_at = self.total_steps if self.max_steps is None else min(self.total_steps, self.max_steps)
         progress = self._progress(st.step, stop_at)
-        train_time, window_tokens, window_time = 0.0, 0, 0.0
+        window_tokens, window_time = 0, 0.0
         started = time.perf_counter()
         last_eval: dict[str, Any] | None = None
         while st.step < stop_at:
@@ -311,7 +318,7 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             dt = time.perf_counter() - t0
-            train_time += dt
+            st.train_s += dt
             window_time += dt
             window_tokens += acc.tokens_per_step
             st.step += 1
@@ -354,7 +361,7 @@ class Trainer:
             return {"finished": False, "steps": st.step}
         if last_eval is None or last_eval.get("step") != st.step:
             last_eval = self._eval(model, data_dir, logger, st)
-        summary = self._summary(model, st, train_time, last_eval)
+        summary = self._summary(model, st, last_eval)
         if d.is_main:
             tmp = self.run_dir.summary.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(summary, indent=2))
@@ -388,14 +395,15 @@ class Trainer:
         self._log(f"step {st.step}: val loss {res['loss']:.4f}, ppl {res['ppl']:.2f} ({res['tokens']:,} tokens)")
         return rec
 
-    def _summary(self, model: Transformer, st: _State, train_time: float, last_eval: dict) -> dict[str, Any]:
+    def _summary(self, model: Transformer, st: _State, last_eval: dict) -> dict[str, Any]:
         acc, cfg = self.acc, self.cfg
         summary: dict[str, Any] = {
             "name": self.run_dir.path.name, "structure": cfg.model.ffn.kind, "params": acc.params,
             "params_non_embedding": acc.params_non_embedding, "params_ffn": acc.params_ffn,
             "tokens": st.tokens, "unique_tokens": acc.train_tokens, "steps": st.step,
-            "train_flops": acc.train_flops, "wall_s": train_time,
-            "tokens_per_s": st.tokens / max(train_time, 1e-9), "skipped_steps": st.skipped,
+            "train_flops": acc.train_flops, "train_s": st.train_s,
+            "wall_s": st.wall_s + time.perf_counter() - self._session_start,
+            "tokens_per_s": st.tokens / max(st.train_s, 1e-9), "skipped_steps": st.skipped,
             "peak_memory_mb": _peak_memory_mb(self.device), "device": str(self.device),
             "world_size": self.dist.world_size, "precision": cfg.train.precision,
             "final_val_loss": last_eval["val_loss"], "final_val_ppl": last_eval["val_ppl"],
@@ -429,7 +437,7 @@ class Trainer:
 
 
 def _format_summary(s: dict[str, Any]) -> str:
-    return (f"done: {s['tokens']:,} tokens in {s['wall_s']:.1f}s ({s['tokens_per_s']:,.0f} tok/s), "
+    return (f"done: {s['tokens']:,} tokens in {s['wall_s']:.1f}s ({s['tokens_per_s']:,.0f} tok/s in training steps), "
             f"peak memory {s['peak_memory_mb']:.0f} MB, final val loss {s['final_val_loss']:.4f} "
             f"ppl {s['final_val_ppl']:.2f}")
 
