@@ -63,7 +63,8 @@ def test_outputs_of_a_run(data_dir, tmp_path):
     out = tmp_path / "run"
     summary = run_training(tiny(data_dir, out, "train.eval_interval=10"))
     assert json.loads((out / "summary.json").read_text()) == summary
-    for key in ("tokens", "wall_s", "train_s", "tokens_per_s", "peak_memory_mb", "final_val_ppl", "params", "train_flops"):
+    for key in ("tokens", "wall_s", "train_s", "tokens_per_s", "peak_memory_mb", "final_val_ppl", "params",
+                "train_flops"):
         assert key in summary
     assert summary["tokens"] == 20 * 8 * 32
     recs = read_metrics(out / "metrics.jsonl")
