@@ -245,8 +245,8 @@ class Trainer:
             st.step, st.tokens = int(state["step"]), int(state["tokens"])
             st.bad_in_row, st.skipped = int(state["bad_in_row"]), int(state["skipped"])
             st.guide_flops = int(state["guide_flops"])
-            st.train_s = float(state["train_s"])
-            st.wall_s = float(state["wall_s"])
+            st.train_s = float(state.get("train_s", 0.0))  # absent in checkpoints of the first release
+            st.wall_s = float(state.get("wall_s", 0.0))
         self.guidance.attach(model, st.step)
         if ckpt is not None:
             self._load_weights(model, ckpt)
