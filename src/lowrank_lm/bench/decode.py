@@ -154,7 +154,8 @@ def run_decode_bench(spec: DecodeBenchSpec, device: torch.device,
             mid = v.oom_at * 3 // 4 if v.oom_at is not None else 0
             if mid > batches[-1] and mid not in done:
                 run(mid)
-    return sorted(rows, key=lambda r: (r["batch"], r["config"], r["premerge"]))
+    order = {name: i for i, (name, _) in enumerate(spec.configs)}  # keep the command line's order
+    return sorted(rows, key=lambda r: (r["batch"], order[r["config"]], r["premerge"]))
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -228,9 +228,13 @@ def plot_ffn(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 ax.plot(*zip(*pts), marker="o", label=kind)
             ax.set_xlabel("FFN parameters (M)")
         else:
+            colors: dict[str, Any] = {}  # a structure and its pre-merged twin share a colour
             for label, series in _series(subset).items():
                 pts = sorted((r[axis], r["median_ms"]) for r in series)
-                ax.plot(*zip(*pts), marker="o", label=label, linestyle="--" if "pre-merge" in label else "-")
+                base = label.removesuffix(" +pre-merge")
+                line = ax.plot(*zip(*pts), marker="o", label=label, color=colors.get(base),
+                               linestyle="--" if base != label else "-")
+                colors.setdefault(base, line[0].get_color())
             ax.set_xlabel(axis)
             if axis == "tokens":
                 ax.set_xscale("log", base=2)

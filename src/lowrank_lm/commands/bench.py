@@ -84,6 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="autocast dtype (weights fp32)")
     t.add_argument("--compile", type=_words, default=["off", "on"], help="off, on, or off,on")
     t.add_argument("--no-peer", action="store_true", help="skip the transformers peer")
+    t.add_argument("--peer-compile", action="store_true",
+                   help="also time the peer under torch.compile (default: eager only, to save compile time)")
     _common(t)
 
     d = sub.add_parser("decode", help="KV-cache generation throughput over batch sizes",
@@ -206,7 +208,7 @@ def _run_train(args: argparse.Namespace, device: Any) -> None:
     spec = TrainBenchSpec(model=cfg.model, kinds=args.kinds, fractions=args.fractions,
                           batch=args.batch or cfg.train.micro_batch_size or cfg.train.global_batch_size,
                           seq=args.seq or cfg.model.seq_len, dtype=args.dtype, compile=_compile_modes(args.compile),
-                          peer=not args.no_peer, rounds=args.rounds)
+                          peer=not args.no_peer, peer_compile=args.peer_compile, rounds=args.rounds)
     if spec.seq > cfg.model.seq_len:
         raise UserError(f"--seq {spec.seq} exceeds model.seq_len={cfg.model.seq_len}; lower it")
     rows, notes = run_train_bench(spec, device, _progress)
