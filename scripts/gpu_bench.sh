@@ -18,21 +18,21 @@ LRLM=${LRLM:-lowrank-lm}
 if ! command -v "$LRLM" >/dev/null 2>&1; then
     LRLM="$(dirname "$0")/../.venv/bin/lowrank-lm"
 fi
-T_FFN=${T_FFN:-80} T_TOKENS=${T_TOKENS:-50} T_TRAIN=${T_TRAIN:-200} T_DECODE=${T_DECODE:-130}
+T_FFN=${T_FFN:-70} T_TOKENS=${T_TOKENS:-60} T_TRAIN=${T_TRAIN:-180} T_DECODE=${T_DECODE:-150}
 
 if [ "${SMALL:-0}" = 1 ]; then  # toy sizes: checks the commands, not the GPU
     WIDTHS=64,128 TOKENS=256 TOKEN_WIDTHS=64 TOKEN_LIST=1,16,256
     TRAIN=(configs/cpu/tiny.yaml --batch 2 --seq 64 --compile off)
     DECODE=(configs/paper/transformer-m-gqa.yaml configs/paper/wide-structured-m.yaml configs/paper/transformer-m.yaml
             model.num_layers=2 model.vocab_size=512 --batches 1,2 --gen 8)
-    ROUNDS=(--rounds 2)
+    ROUNDS=(--rounds 2) FAST=(--rounds 2) DECODE_ROUNDS=(--rounds 2)
 else
     WIDTHS=1536,2048,3072,4096,5120,6144 TOKENS=30720 TOKEN_WIDTHS=2048,5120,6144
     TOKEN_LIST=1,16,128,256,512,1024,1536,2048,4096
     TRAIN=(configs/paper/transformer-s.yaml --batch 16 --seq 1024 --compile off,on)
     DECODE=(configs/paper/transformer-m-gqa.yaml configs/paper/wide-structured-m.yaml configs/paper/transformer-m.yaml
             --batches 64,256 --search --max-batch 4096 --gen 256)
-    ROUNDS=()
+    ROUNDS=() FAST=(--rounds 5 --min-round-s 0.02) DECODE_ROUNDS=(--rounds 2)
 fi
 
 mkdir -p "$OUT"
@@ -55,8 +55,8 @@ log "device $DEVICE, output $OUT"
 stage ffn "$T_FFN" bench ffn --widths "$WIDTHS" --kinds dense,lowrank,blockdense,blockshuffle \
     --fractions 0.63,0.32 --tokens "$TOKENS" --mode fwd --dtype bf16 "${ROUNDS[@]}"
 stage ffn-tokens "$T_TOKENS" bench ffn --widths "$TOKEN_WIDTHS" --kinds dense,lowrank,blockdense,blockshuffle \
-    --fractions 0.32 --tokens "$TOKEN_LIST" --mode fwd --dtype bf16 --premerge "${ROUNDS[@]}"
+    --fractions 0.32 --tokens "$TOKEN_LIST" --mode fwd --dtype bf16 --premerge "${FAST[@]}"
 stage train "$T_TRAIN" bench train "${TRAIN[@]}" --kinds dense,lowrank --fractions 0.32 --dtype bf16 "${ROUNDS[@]}"
-stage decode "$T_DECODE" bench decode "${DECODE[@]}" --dtype bf16 "${ROUNDS[@]}"
+stage decode "$T_DECODE" bench decode "${DECODE[@]}" --dtype bf16 "${DECODE_ROUNDS[@]}"
 
 log "all stages finished; tables: $OUT/*.txt, JSON/markdown/PNG: $OUT/*/"

@@ -168,3 +168,10 @@ def test_decode_bench_throughput_is_batch_times_tokens_over_time():
 
 def test_tune_malloc_is_idempotent():
     assert tune_malloc() == tune_malloc()
+
+
+def test_gpu_bench_script_parses():
+    import subprocess
+
+    proc = subprocess.run(["bash", "-n", "scripts/gpu_bench.sh"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -11,6 +11,7 @@ Structured FFNs decode with pre-merge (calibrated on the device, or the config's
 from __future__ import annotations
 
 import copy
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -95,13 +96,17 @@ def _measure_batch(variants: list[DecodeVariant], batch: int, spec: DecodeBenchS
         if v.oom_at is not None and batch >= v.oom_at:
             continue
         fn = _generate(v, batch, spec.gen, device)
+        oom = False
         try:
             peaks[str(i)] = peak_bytes_during(fn, device)  # also the warm-up call
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
-            v.oom_at = batch if v.oom_at is None else min(v.oom_at, batch)
+            oom = True
+        if oom:  # outside the except block, so the traceback no longer pins the failed call's tensors
+            gc.collect()
             torch.cuda.empty_cache()
+            v.oom_at = batch if v.oom_at is None else min(v.oom_at, batch)
             rows.append(_row(v, batch, spec, None, None))
             continue
         fns[str(i)] = fn
