@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from lowrank_lm.config import load_config
 from lowrank_lm.layers import BlockDenseLinear, BlockShuffleLinear, DenseLinear, LowRankLinear
+from lowrank_lm.layers import fused as fused_module
 from lowrank_lm.layers.blockdiag import blockdiag_matmul, blockshuffle_matmul, shuffle, unshuffle
 from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.model import FeedForward
@@ -56,11 +57,12 @@ def test_inplace_blockdiag_equals_batched_matmul():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_gelu_equals_gelu_of_the_layer(kind, dtype):
     layer = _layer(kind, 64, 256).to(dtype)
-    x = torch.randn(3, 5, 64, dtype=dtype)
+    x = torch.randn(2, 150, 64, dtype=dtype)  # enough tokens for every kind's fused path
+    assert x.numel() // 64 >= max(fused_module.MIN_TOKENS, fused_module.MIN_TOKENS_BLOCKSHUFFLE)
     expected = F.gelu(layer(x).float(), approximate="tanh")  # autograd on: the plain path
     with torch.no_grad():
         fused = gelu_linear(layer, x)
-    assert fused.dtype == dtype and fused.shape == (3, 5, 256)
+    assert fused.dtype == dtype and fused.shape == (2, 150, 256)
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     torch.testing.assert_close(fused.float(), expected, **tol)
 
@@ -68,16 +70,17 @@ def test_fused_gelu_equals_gelu_of_the_layer(kind, dtype):
 @pytest.mark.parametrize("kind", ["lowrank", "blockshuffle", "blockdense"])
 def test_premerged_layer_gives_the_factored_output_and_switches_at_its_limit(kind):
     layer = _layer(kind, 64, 256)
-    x_small, x_big = torch.randn(4, 64), torch.randn(9, 64)
+    x_small, x_big = torch.randn(300, 64), torch.randn(301, 64)
     with torch.no_grad():
         factored_small, factored_big = layer(x_small), layer(x_big)
-        layer.premerge(8)
+        layer.premerge(300)
         assert layer.merged is not None
-        merged_small = layer(x_small)  # 4 tokens <= 8: the merged dense weight
+        merged_small = layer(x_small)  # 300 tokens <= 300: the merged dense weight
         torch.testing.assert_close(merged_small, factored_small, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(layer(x_big), factored_big, rtol=0, atol=0)  # 9 > 8: the factors, bit-exact
-        torch.testing.assert_close(gelu_linear(layer, x_small), F.gelu(factored_small, approximate="tanh"),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer(x_big), factored_big, rtol=0, atol=0)  # 301 > 300: the factors, bit-exact
+        for x, factored in ((x_small, factored_small), (x_big, factored_big), (x_small[:3], factored_small[:3])):
+            torch.testing.assert_close(gelu_linear(layer, x), F.gelu(factored, approximate="tanh"),
+                                       rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind,extra", [("lowrank", ["model.ffn.rank=16"]),

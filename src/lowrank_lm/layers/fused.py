@@ -21,6 +21,10 @@ from lowrank_lm.layers.dense import DenseLinear
 from lowrank_lm.layers.lowrank import LowRankLinear
 
 _FUSABLE_DTYPES = (torch.float32, torch.bfloat16)
+# Below these token counts the activation pass that fusion saves is smaller than the oneDNN call's own
+# overhead (measured on the 2-core dev CPU: about 0.05 ms a call; BlockShuffle makes B x B calls).
+MIN_TOKENS = 16
+MIN_TOKENS_BLOCKSHUFFLE = 256
 
 
 def _fused_kernel_available(dtype: torch.dtype) -> bool:
@@ -77,13 +81,15 @@ def _blockshuffle_gelu(layer: BlockShuffleLinear, x: torch.Tensor) -> torch.Tens
 
 def gelu_linear(layer: StructuredLinear, x: torch.Tensor) -> torch.Tensor:
     """GELU (tanh approximation) of ``layer(x)``; one fused matmul + bias + GELU call where possible."""
-    if _can_fuse(layer, x):
+    tokens = x.numel() // layer.in_features
+    if tokens >= MIN_TOKENS and _can_fuse(layer, x):
         tail = _dense_tail(layer, x)
         if tail is not None and tail[1].dtype == x.dtype:
             h, weight = tail
             bias = layer.bias if layer.bias is None or layer.bias.dtype == x.dtype else layer.bias.to(x.dtype)
             return torch.ops.mkldnn._linear_pointwise(h, weight, bias, "gelu", [], "tanh")
-        if tail is None and isinstance(layer, BlockShuffleLinear) and layer.blocks_out.dtype == x.dtype:
+        if (tail is None and isinstance(layer, BlockShuffleLinear) and layer.blocks_out.dtype == x.dtype
+                and tokens >= MIN_TOKENS_BLOCKSHUFFLE):
             y = _blockshuffle_gelu(layer, x)
             if y is not None:
                 return y
