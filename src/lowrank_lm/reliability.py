@@ -91,6 +91,7 @@ def compare_runs(reference: Path, run: Path) -> list[str]:
 def run_trial(config: Path, reference: Path, crash: str, workdir: Path, max_resumes: int = 5) -> TrialResult:
     """Kill a run at ``crash`` (point:count), resume until finished, compare with ``reference``."""
     cfg = load_config(config)
+    workdir.mkdir(parents=True, exist_ok=True)
     run_dir = workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg.train.out_dir = str(run_dir)
