@@ -97,3 +97,27 @@ def test_ffn_block_merged_and_factored_outputs_are_equal(kind, extra):
             layer.premerge(16)
         merged = ffn(x)
     torch.testing.assert_close(merged, factored, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["blockshuffle", "blockdense"])
+def test_cpu_block_kernels_have_exact_gradients(kind):
+    torch.manual_seed(0)
+    layer = (BlockShuffleLinear(16, 32, num_blocks=2, bias=True) if kind == "blockshuffle"
+             else BlockDenseLinear(16, 32, rank=8, num_blocks=2, bias=True)).double()
+    layer.reset_parameters(0.5, "random")
+    x = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)
+    params = tuple(p for n, p in layer.named_parameters() if n != "bias")
+    assert torch.autograd.gradcheck(lambda x, *_: layer(x), (x, *params))
+
+
+@pytest.mark.parametrize("kind", ["blockshuffle", "blockdense"])
+def test_cpu_block_kernels_follow_autocast_like_the_batched_matmul(kind):
+    layer = _layer(kind, 64, 256).train()
+    x = torch.randn(40, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.matrix_forward(x).dtype == torch.bfloat16  # the products ran in bf16, as bmm would
+        y = layer(x)
+    y.float().square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(y.float(), layer(x), rtol=3e-2, atol=3e-2)

@@ -72,10 +72,11 @@ def _blockshuffle_gelu(layer: BlockShuffleLinear, x: torch.Tensor) -> torch.Tens
     z = shuffle(blockdiag_matmul(x.reshape(-1, layer.in_features), layer.blocks_in), num_blocks)
     run = out_b // num_blocks
     bias = layer.bias.to(x.dtype) if layer.bias is not None else None
-    chunks = [torch.ops.mkldnn._linear_pointwise(z[:, c * k:(c + 1) * k], rows.contiguous(),
+    chunks = [torch.ops.mkldnn._linear_pointwise(z[:, c * k:(c + 1) * k],
+                                                 layer.blocks_out[c, q::num_blocks].contiguous(),
                                                  None if bias is None else bias[start:start + run],
                                                  "gelu", [], "tanh")
-              for c, start, rows in unshuffled_chunks(layer.blocks_out)]  # in increasing output column
+              for c, q, start in unshuffled_chunks(layer.blocks_out)]  # in increasing output column
     return torch.cat(chunks, dim=-1).view(*x.shape[:-1], layer.out_features)
 
 
