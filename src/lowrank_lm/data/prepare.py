@@ -100,8 +100,9 @@ def _normalized_tokenizer(tokenizer: str) -> str:
 
 
 def _slug(text: str, limit: int = 40) -> str:
-    text = text.removeprefix("hf:")
-    text = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name if "/" in text and not text.startswith("hf") else text)
+    """A readable folder-name part: the last path component of a file, dataset or tokenizer name."""
+    text = text.removeprefix("hf:").rstrip("/")
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name if "/" in text else text)
     return text.strip("-.")[:limit] or "data"
 
 
@@ -135,8 +136,13 @@ def prepare_data(cfg: DataConfig, *, max_tokens: int | None = None, progress: bo
     _check_numbers(cfg)
     spec = parse_tokenizer_spec(cfg.tokenizer)
     data_dir = resolve_data_dir(cfg)
-    existed = data_dir.exists()
     say = _Say(progress)
+    # the common case, data already there, reads the (atomically written) manifest and takes no lock
+    if (data_dir / MANIFEST).is_file() and not force:
+        done = _already_prepared(cfg, spec, data_dir, say)
+        if done is not None:
+            return done
+    existed = data_dir.exists()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -144,7 +150,7 @@ def prepare_data(cfg: DataConfig, *, max_tokens: int | None = None, progress: bo
                         "folder") from None
     with _locked(data_dir, say):
         if (data_dir / MANIFEST).is_file() and not force:
-            done = _already_prepared(cfg, spec, data_dir, say)
+            done = _already_prepared(cfg, spec, data_dir, say)  # another process may have finished meanwhile
             if done is not None:
                 return done
         elif force:
@@ -262,12 +268,14 @@ class _Run:
         total_bytes = sum((self.source.sizes() or [])[start_doc:]) or None
         bar = _bar(self.say.enabled, total_bytes)
         emitted = writer.tokens  # ids handed to the writer, completed or not
-        n_tokens = writer.tokens + sum(len(v) for v in val)
+        val_count = sum(len(v) for v in val)  # kept as a running count: a stream has millions of documents
+        n_tokens = writer.tokens + val_count
         docs = self._documents(encoder, start_doc, tok.splittable, trained_tokenizer, tok.eot_id, bar)
+        shown = 0.0
         try:
             for doc_index, name, doc_ids, reserved in docs:
                 before = splitter.state_dict()
-                val_before = sum(len(v) for v in val)
+                val_before = val_count
                 train, val_part = splitter.split(name, doc_ids, reserved)
                 skip = min(skip_train, len(train))  # ids of a resumed document already in complete shards
                 skip_train -= skip
@@ -275,12 +283,17 @@ class _Run:
                 shards_before = len(writer.shards)
                 writer.append(train[skip:])
                 emitted += len(train) - skip
-                val.append(val_part)
+                if len(val_part):
+                    val.append(val_part)
+                    val_count += len(val_part)
                 n_tokens += len(train) - skip + len(val_part)
-                bar.set_postfix(docs=f"{splitter.state.doc_index:,}", tokens=f"{n_tokens:,}", refresh=False)
+                if time.monotonic() - shown > 0.5:  # formatting the postfix for every short document costs
+                    bar.set_postfix(docs=f"{splitter.state.doc_index:,}", tokens=f"{n_tokens:,}", refresh=False)
+                    shown = time.monotonic()
                 if len(writer.shards) > shards_before:
                     self._save_checkpoint(before, writer, writer.tokens - start_of_doc,
-                                          np.concatenate(val)[:val_before], reserved_docs, doc_index)
+                                          np.concatenate(val)[:val_before] if val else np.zeros(0, np.int64),
+                                          reserved_docs, doc_index)
                 if splitter.done:
                     break
         except UserError:
@@ -295,6 +308,7 @@ class _Run:
             raise
         finally:
             docs.close()
+        bar.set_postfix(docs=f"{splitter.state.doc_index:,}", tokens=f"{n_tokens:,}")
         bar.close()
         splitter.finish(self.source)
         writer.close()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -166,7 +166,7 @@ class Splitter:
                             f"{self.val_tokens:,}; lower data.val_tokens or add text")
 
     def state_dict(self) -> dict[str, int]:
-        return asdict(self.state)
+        return dict(vars(self.state))  # (taken for every document: a flat copy, not dataclasses.asdict)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.state = SplitState(**state)
