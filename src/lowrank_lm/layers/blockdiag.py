@@ -26,8 +26,8 @@ def _blockdiag_bmm(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
 
 def _cpu_operands(x: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
     """The operands in the dtype the matmul would run in (autocast's, if on); None if not a CPU case."""
-    if x.device.type != "cpu":
-        return None
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return None  # GPUs: one batched kernel; torch.compile: inductor plans the layout itself
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")  # what autocast would give torch.mm
         return tuple(t.to(dtype) for t in (x, *weights))
