@@ -109,11 +109,12 @@ def test_rerun_is_a_no_op(gpt2_data):
     assert {p.name: p.stat().st_mtime_ns for p in gpt2_data.iterdir()} == before
 
 
-@pytest.mark.parametrize("source", ["embedded", "jsonl"])
-def test_an_interrupted_prepare_resumes_to_the_same_shards(source, tmp_path, docs_jsonl, monkeypatch):
+@pytest.mark.parametrize("source,val_tokens", [("embedded", 3000), ("jsonl", 9000)])
+def test_an_interrupted_prepare_resumes_to_the_same_shards(source, val_tokens, tmp_path, docs_jsonl, monkeypatch):
     src = "embedded" if source == "embedded" else str(docs_jsonl)
-    cfg = DataConfig(source=src, tokenizer="gpt2", val_tokens=3000, shard_tokens=4000, num_workers=1)
+    cfg = DataConfig(source=src, tokenizer="gpt2", val_tokens=val_tokens, shard_tokens=4000, num_workers=1)
     whole = prepare(dataclasses.replace(cfg, dir=str(tmp_path / "whole")), max_tokens=40_000, progress=False)
+    assert len(load_manifest(whole).shards_of("val")) == -(-val_tokens // 4000)
 
     interrupted = tmp_path / "interrupted"
     finish = shards_module.ShardWriter._finish
@@ -121,9 +122,9 @@ def test_an_interrupted_prepare_resumes_to_the_same_shards(source, tmp_path, doc
 
     def finish_then_die(self):
         finish(self)
-        calls["n"] += 1
+        calls["n"] += self.split == "train"
         if calls["n"] == 3:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl-C right after the third shard
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C right after the third training shard
 
     monkeypatch.setattr(shards_module.ShardWriter, "_finish", finish_then_die)
     with pytest.raises(KeyboardInterrupt):

@@ -253,14 +253,21 @@ class _Run:
         dtype = shard_dtype(tok.vocab_size)
         splitter = Splitter(self.source.split_mode, self.cfg.val_tokens, self.cfg.max_tokens, self.source.sizes(),
                             tok.eot_id, reserved_docs)
-        done_shards = [ShardInfo(**s) for s in checkpoint["train_shards"]] if checkpoint else []
-        writer = ShardWriter(self.data_dir, "train", dtype, self.cfg.shard_tokens, done_shards)
-        val: list[np.ndarray] = []
+        done = {split: [ShardInfo(**s) for s in checkpoint[f"{split}_shards"]] if checkpoint else []
+                for split in ("train", "val")}
+        writer = ShardWriter(self.data_dir, "train", dtype, self.cfg.shard_tokens, done["train"])
+        val_writer = ShardWriter(self.data_dir, "val", dtype, self.cfg.shard_tokens, done["val"])
+        # documents mode: the validation documents come first, so their ids go straight to shards and the set
+        # is complete before the first training shard. tail mode: every document adds to it, so it is kept
+        # (compactly) in memory until the end and saved with each progress checkpoint.
+        streamed_val = self.source.split_mode == "documents"
+        val_pending: list[np.ndarray] = []
         skip_train = 0
         if checkpoint is not None:
             splitter.load_state_dict(checkpoint["splitter"])
-            val.append(np.fromfile(self.data_dir / VAL_PARTIAL, dtype=np.uint32).astype(np.int64))
             skip_train = checkpoint["skip_train"]
+            if not streamed_val:
+                val_pending.append(np.fromfile(self.data_dir / VAL_PARTIAL, dtype=np.uint32))
         workers = self.cfg.num_workers or default_workers()
         trained_tokenizer = self.spec.kind == "bpe"
         encoder = Encoder(self.spec.kind, self.spec.spec, self.data_dir, workers)
@@ -268,39 +275,49 @@ class _Run:
         total_bytes = sum((self.source.sizes() or [])[start_doc:]) or None
         bar = _bar(self.say.enabled, total_bytes)
         emitted = writer.tokens  # ids handed to the writer, completed or not
-        val_count = sum(len(v) for v in val)  # kept as a running count: a stream has millions of documents
+        val_count = val_writer.tokens + sum(len(v) for v in val_pending)  # a running count: streams are long
         n_tokens = writer.tokens + val_count
+        saved_val = -1
         docs = self._documents(encoder, start_doc, tok.splittable, trained_tokenizer, tok.eot_id, bar)
         shown = 0.0
         try:
             for doc_index, name, doc_ids, reserved in docs:
                 before = splitter.state_dict()
-                val_before = val_count
+                pending_before = len(val_pending)
                 train, val_part = splitter.split(name, doc_ids, reserved)
                 skip = min(skip_train, len(train))  # ids of a resumed document already in complete shards
                 skip_train -= skip
                 start_of_doc = emitted - skip  # where this document's training ids begin in the train stream
                 shards_before = len(writer.shards)
+                if len(val_part):
+                    if streamed_val:
+                        val_writer.append(val_part)
+                    else:
+                        val_pending.append(val_part.astype(np.uint32))
+                    val_count += len(val_part)
+                if streamed_val and splitter.state.val_left == 0:
+                    val_writer.close()  # complete (a no-op once closed)
                 writer.append(train[skip:])
                 emitted += len(train) - skip
-                if len(val_part):
-                    val.append(val_part)
-                    val_count += len(val_part)
                 n_tokens += len(train) - skip + len(val_part)
                 if time.monotonic() - shown > 0.5:  # formatting the postfix for every short document costs
                     bar.set_postfix(docs=f"{splitter.state.doc_index:,}", tokens=f"{n_tokens:,}", refresh=False)
                     shown = time.monotonic()
                 if len(writer.shards) > shards_before:
-                    self._save_checkpoint(before, writer, writer.tokens - start_of_doc,
-                                          np.concatenate(val)[:val_before] if val else np.zeros(0, np.int64),
-                                          reserved_docs, doc_index)
+                    if not streamed_val and pending_before != saved_val:
+                        write_atomic(self.data_dir / VAL_PARTIAL, _joined(val_pending[:pending_before]).tobytes())
+                        saved_val = pending_before
+                    self._save_checkpoint(before, writer, val_writer, writer.tokens - start_of_doc, reserved_docs,
+                                          doc_index, streamed_val)
                 if splitter.done:
                     break
         except UserError:
             writer.abort()
+            val_writer.abort()
             raise
         except BaseException:
             writer.abort()
+            val_writer.abort()
             bar.close()
             if (self.data_dir / PROGRESS).exists():
                 self.say(f"interrupted: {len(writer.shards)} complete shard(s) kept; run the same command again "
@@ -315,8 +332,8 @@ class _Run:
         if writer.tokens == 0:
             raise UserError(f"{self.source.describe()} left no training ids after the {self.cfg.val_tokens:,} "
                             "validation ids; add text or lower data.val_tokens")
-        val_writer = ShardWriter(self.data_dir, "val", dtype, self.cfg.shard_tokens)
-        val_writer.append(np.concatenate(val))
+        if val_pending:
+            val_writer.append(_joined(val_pending))
         val_writer.close()
         st = splitter.state
         manifest = Manifest(
@@ -330,7 +347,7 @@ class _Run:
         for name in (PROGRESS, VAL_PARTIAL):
             (self.data_dir / name).unlink(missing_ok=True)
         return PrepareResult(self.data_dir, manifest, created=True, seconds=time.perf_counter() - t0,
-                             workers=workers, resumed_shards=len(done_shards), source_bytes=int(bar.n))
+                             workers=workers, resumed_shards=len(done["train"]), source_bytes=int(bar.n))
 
     def _install_tokenizer(self) -> int | None:
         """Write the tokenizer files (training bpe-N on the training split); returns the documents held back."""
@@ -396,16 +413,17 @@ class _Run:
             yield metas, texts
 
     # ------------------------------------------------------------------ progress checkpoints
-    def _save_checkpoint(self, splitter_before: dict, writer: ShardWriter, skip_train: int, val_before: np.ndarray,
-                         reserved_docs: int | None, doc_index: int) -> None:
-        """Record that documents before ``doc_index`` are done and ``skip_train`` ids of it are in shards."""
-        data = val_before.astype(np.uint32).tobytes()
-        write_atomic(self.data_dir / VAL_PARTIAL, data)
+    def _save_checkpoint(self, splitter_before: dict, writer: ShardWriter, val_writer: ShardWriter,
+                         skip_train: int, reserved_docs: int | None, doc_index: int, streamed_val: bool) -> None:
+        """Record that the documents before ``doc_index`` are done and ``skip_train`` ids of its training part are
+        in complete shards (the validation ids before it are in val shards or in VAL_PARTIAL)."""
+        partial = self.data_dir / VAL_PARTIAL
         write_json_atomic(self.data_dir / PROGRESS, {
             "plan": self.plan, "tokenizer_files": tokenizer_file_hashes(self.data_dir, self.spec.kind),
             "reserved_docs": reserved_docs, "splitter": splitter_before, "skip_train": skip_train,
             "train_shards": [dataclasses.asdict(s) for s in writer.shards],
-            "val_partial_sha256": hashlib.sha256(data).hexdigest(), "next_doc": doc_index})
+            "val_shards": [dataclasses.asdict(s) for s in val_writer.shards],
+            "val_partial_sha256": None if streamed_val else file_sha256(partial), "next_doc": doc_index})
 
     def _load_checkpoint(self) -> dict | None:
         """The progress checkpoint of an interrupted run with the same plan whose files are intact, else None."""
@@ -416,8 +434,9 @@ class _Run:
             cp = json.loads(path.read_text())
             ok = cp["plan"] == self.plan
             ok = ok and tokenizer_file_hashes(self.data_dir, self.spec.kind) == cp["tokenizer_files"]
-            ok = ok and file_sha256(self.data_dir / VAL_PARTIAL) == cp["val_partial_sha256"]
-            shards = [ShardInfo(**s) for s in cp["train_shards"]]
+            if cp["val_partial_sha256"] is not None:
+                ok = ok and file_sha256(self.data_dir / VAL_PARTIAL) == cp["val_partial_sha256"]
+            shards = [ShardInfo(**s) for s in cp["train_shards"] + cp["val_shards"]]
             ok = ok and all((self.data_dir / s.path).is_file() and file_sha256(self.data_dir / s.path) == s.sha256
                             for s in shards)
         except (OSError, ValueError, KeyError, TypeError):
@@ -426,11 +445,15 @@ class _Run:
             self.say(f"an earlier prepare in {self.data_dir} stopped with other settings or damaged files; "
                      "starting over")
             return None
-        keep = {s["path"] for s in cp["train_shards"]}
+        keep = {s.path for s in shards}
         for p in self.data_dir.glob("*_*.bin*"):  # shards written after the checkpoint are redone
             if _OUR_FILES.match(p.name) and p.name not in keep:
                 p.unlink()
         return cp
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
 
 
 class _Counted:
