@@ -12,12 +12,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="YAML config (see configs/); without one, the defaults: the embedded books with bpe-8192")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. data.source=corpus/ data.tokenizer=gpt2 data.dir=data/corpus")
-    p.add_argument("--max-tokens", type=int, default=None,
-                   help="stop after N ids (train + validation): a slice of a huge stream (sets data.max_tokens)")
+    p.add_argument("--max-tokens", type=_count, default=None, metavar="N",
+                   help="stop after N ids (train + validation), e.g. 2.2e9: a slice of a huge stream "
+                        "(sets data.max_tokens)")
     p.add_argument("--verify", action="store_true", help="re-check every shard's sha256 and the tokenizer files")
     p.add_argument("--force", action="store_true", help="replace data already prepared in data.dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
     p.add_argument("--json", action="store_true", help="print the manifest summary as one JSON object")
+
+
+def _count(text: str) -> int:
+    """A positive whole number, written 2200000000, 2_200_000_000 or 2.2e9."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens") from None
+    if value != int(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of tokens")
+    return int(value)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -31,8 +43,6 @@ def run(args: argparse.Namespace) -> None:
         config, overrides = None, [config, *overrides]  # `prepare data.source=x.txt`: no file, only overrides
     cfg = load_config(config, overrides)
     if args.max_tokens is not None:
-        if args.max_tokens <= 0:
-            raise UserError(f"--max-tokens must be positive, got {args.max_tokens}")
         cfg.data.max_tokens = args.max_tokens
     # with a model in view (a config file or model.* overrides), refuse data the model cannot use, before the work
     check_model = config is not None or any(o.startswith("model.") for o in overrides)
