@@ -139,7 +139,7 @@ def prepare_data(cfg: DataConfig, *, max_tokens: int | None = None, progress: bo
     say = _Say(progress)
     # the common case, data already there, reads the (atomically written) manifest and takes no lock
     if (data_dir / MANIFEST).is_file() and not force:
-        done = _already_prepared(cfg, spec, data_dir, say)
+        done = _already_prepared(cfg, spec, data_dir, _Say(False))  # (the locked check below speaks)
         if done is not None:
             return done
     existed = data_dir.exists()
@@ -204,9 +204,8 @@ def _already_prepared(cfg: DataConfig, spec: TokenizerSpec, data_dir: Path, say:
         if identity is not None and identity != manifest.source_identity:
             diffs.append("source files that have changed since")
     if diffs:
-        if not cfg.dir:
+        if not cfg.dir:  # a cache folder: prepare it again (the run clears it under the lock)
             say(f"{data_dir} was prepared with {'; '.join(diffs)}: preparing it again")
-            _remove_ours(data_dir)
             return None
         raise UserError(f"{data_dir} holds data prepared with {'; '.join(diffs)}; use another data.dir or run "
                         "lowrank-lm prepare --force to replace it")
