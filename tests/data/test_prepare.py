@@ -192,3 +192,16 @@ def test_train_shards_have_the_fixed_size(gpt2_data):
     train = load_manifest(gpt2_data).shards_of("train")
     assert [s.tokens for s in train[:-1]] == [10_000] * (len(train) - 1) and 0 < train[-1].tokens <= 10_000
     assert np.array_equal(split_ids(gpt2_data, "train")[:3], np.fromfile(gpt2_data / train[0].path, np.uint16)[:3])
+
+
+def test_package_exports_are_never_shadowed_by_submodules():
+    import importlib
+    import types
+
+    import lowrank_lm.data as data
+
+    for module in set(data._EXPORTS.values()):
+        importlib.import_module(f"lowrank_lm.data.{module}")  # binds the submodule's name in the package
+    assert sorted(data.__all__) == sorted(data._EXPORTS)
+    assert not any(isinstance(getattr(data, name), types.ModuleType) for name in data.__all__)
+    assert callable(data.prepare) and data.prepare.__module__ == "lowrank_lm.data.pipeline"

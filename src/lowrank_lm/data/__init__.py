@@ -10,12 +10,13 @@ module                 what it holds
 ``parallel``           tokenizing in worker processes, in order, with bounded memory
 ``shards``             atomic shard writing, sha256 verification, memory-mapped reading
 ``manifest``           manifest.json and the compatibility checks against a model config
-``prepare``            ``prepare(cfg)``: the idempotent, resumable pipeline; ``resolve_data_dir``
+``pipeline``           ``prepare(cfg)``: the idempotent, resumable pipeline; ``resolve_data_dir``
 ``loader``             ``TokenLoader`` (shuffled, DDP-aware, resumable) and ``validation_batches``
 =====================  =====================================================================
 
 Names are imported on first use, so that ``lowrank-lm prepare`` and the tokenizer worker processes do not
-pay for importing torch (only the loader needs it).
+pay for importing torch (only the loader needs it). No module is named like an exported function: importing
+a submodule binds its name in this package, which would shadow the function.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "prepare": "prepare",
-    "prepare_data": "prepare",
-    "PrepareResult": "prepare",
-    "resolve_data_dir": "prepare",
+    "prepare": "pipeline",
+    "prepare_data": "pipeline",
+    "PrepareResult": "pipeline",
+    "resolve_data_dir": "pipeline",
     "Manifest": "manifest",
     "ShardInfo": "manifest",
     "load_manifest": "manifest",
@@ -50,7 +51,7 @@ __all__ = [
 if TYPE_CHECKING:
     from lowrank_lm.data.loader import TokenLoader, validation_batches
     from lowrank_lm.data.manifest import Manifest, ShardInfo, check_compatible, load_manifest
-    from lowrank_lm.data.prepare import PrepareResult, prepare, prepare_data, resolve_data_dir
+    from lowrank_lm.data.pipeline import PrepareResult, prepare, prepare_data, resolve_data_dir
     from lowrank_lm.data.shards import verify_shards
     from lowrank_lm.data.sources import Document, open_source
     from lowrank_lm.data.tokenizer import Tokenizer, load_tokenizer
