@@ -5,6 +5,7 @@ The long variant with more seeds is `python scripts/fault_injection.py --trials 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -99,3 +100,33 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tiny_data, tmp_path, mon
     assert load_state(list_checkpoints(out)[-1])["step"] == 4
     monkeypatch.setattr(checkpoint, "save_file", real)
     assert run_training(cfg)["steps"] == 20  # and the run resumes from it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash", ["prepare.shard:2", "prepare.shard:5"])
+def test_killed_prepare_reruns_to_byte_identical_shards(tmp_path, crash):
+    import subprocess
+    import sys
+
+    def prepare(out: Path, crash: str | None) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "LOWRANK_LM_CRASH"}
+        if crash:
+            env["LOWRANK_LM_CRASH"] = crash
+        args = [sys.executable, "-m", "lowrank_lm", "prepare", "data.tokenizer=gpt2", "data.shard_tokens=20000",
+                "data.val_tokens=30000", "data.num_workers=1", f"data.dir={out}", "--max-tokens", "150000", "--quiet"]
+        return subprocess.run(args, env=env, capture_output=True, timeout=300).returncode
+
+    def files(d: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if not p.name.startswith(".")}
+
+    assert prepare(tmp_path / "clean", None) == 0
+    assert prepare(tmp_path / "killed", crash) == -9
+    assert not (tmp_path / "killed" / "manifest.json").exists()  # never a manifest over missing shards
+    assert prepare(tmp_path / "killed", None) == 0
+    clean, killed = files(tmp_path / "clean"), files(tmp_path / "killed")
+    manifest_clean = json.loads(clean.pop("manifest.json"))
+    manifest_killed = json.loads(killed.pop("manifest.json"))
+    assert killed == clean  # shards and tokenizer byte-identical
+    for m in (manifest_clean, manifest_killed):
+        m.pop("created")
+    assert manifest_killed == manifest_clean

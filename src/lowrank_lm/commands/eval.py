@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model, cfg, ckpt = load_model(args.path, device)
     data_dir = Path(args.data) if args.data else resolve_data_dir(cfg.data)
-    check_compatible(load_manifest(data_dir), cfg.model)
+    check_compatible(load_manifest(data_dir), cfg.model, None if args.data else cfg.data)
     res = evaluate(model, data_dir, cfg.model.seq_len, args.batch_size, device,
                    args.precision or cfg.train.precision, args.tokens)
     if args.json:

@@ -16,6 +16,7 @@ import numpy as np
 from lowrank_lm.data.files import file_sha256
 from lowrank_lm.data.manifest import Manifest, ShardInfo
 from lowrank_lm.errors import UserError
+from lowrank_lm.faults import crash_point
 
 
 def shard_dtype(vocab_size: int) -> str:
@@ -88,6 +89,7 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
+        crash_point("prepare.shard")  # fault injection: die with the shard complete but not yet in place
         os.replace(self._tmp_path(), self.data_dir / self._name())
         self.shards.append(ShardInfo(self._name(), self.split, self._count, self._hash.hexdigest()))
 

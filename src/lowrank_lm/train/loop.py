@@ -152,7 +152,7 @@ class Trainer:
         self.dist.barrier()
         if not self.dist.is_main:
             data_dir = resolve_data_dir(self.cfg.data)
-        check_compatible(load_manifest(data_dir), self.cfg.model)
+        check_compatible(load_manifest(data_dir), self.cfg.model, self.cfg.data)
         return data_dir
 
     def _build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
