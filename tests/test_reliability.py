@@ -130,3 +130,37 @@ def test_killed_prepare_reruns_to_byte_identical_shards(tmp_path, crash):
     for m in (manifest_clean, manifest_killed):
         m.pop("created")
     assert manifest_killed == manifest_clean
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(tiny_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lowrank_lm.reliability import compare_runs
+    from lowrank_lm.train.metrics import read_metrics
+
+    def config(name: str) -> Path:  # 160 steps: long enough for the signal to land mid-run
+        save_config(tiny_run_config(tiny_data, tmp_path / name, "train.tokens=40960", "train.checkpoint_interval=50"),
+                    tmp_path / f"{name}.yaml")
+        return tmp_path / f"{name}.yaml"
+
+    assert train_subprocess(config("clean")) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lowrank_lm", "train", str(config("run"))], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(read_metrics(metrics)) >= 5):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    step = load_state(list_checkpoints(tmp_path / "run")[-1])["step"]
+    assert 5 <= step < 160  # a checkpoint of the step the signal arrived in
+    assert f"received SIGTERM: checkpoint at step {step}, exiting" in err
+    assert not (tmp_path / "run" / "summary.json").exists()
+    assert train_subprocess(tmp_path / "run.yaml") == 0
+    assert compare_runs(tmp_path / "clean", tmp_path / "run") == []

@@ -8,7 +8,9 @@ import math
 import os
 import resource
 import shutil
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -226,11 +228,26 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         data_dir = self._setup_data()  # data problems surface before anything is written to out_dir
         ckpt = self._setup_outputs()
+        previous = self._catch_stop_signals()
         try:
             return self._run(data_dir, ckpt)
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if self.dist.is_main:
                 self.run_dir.release()
+
+    def _catch_stop_signals(self) -> dict[int, Any]:
+        """SIGTERM / SIGUSR1 (what clusters send before preempting a job) finish the current step, write a
+        checkpoint and return; the run then resumes with train.resume=auto. Only from the main thread."""
+        self._stop_signal: str | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._stop_signal = signal.Signals(signum).name
+
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
 
     def _run(self, data_dir: Path, ckpt: Path | None) -> dict[str, Any]:
         from lowrank_lm.data import TokenLoader
@@ -306,7 +323,10 @@ class Trainer:
             loss_t = forward_backward(train_model, batches, self.device, t.precision)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                              t.grad_clip if t.grad_clip > 0 else float("inf")))
-            loss = distributed.all_reduce_sum([float(loss_t)], self.device)[0] / d.world_size
+            # one collective for the loss and a stop request (SIGTERM on any rank stops all ranks together)
+            loss_sum, stops = distributed.all_reduce_sum([float(loss_t), float(self._stop_signal is not None)],
+                                                         self.device)
+            loss = loss_sum / d.world_size
             finite = math.isfinite(loss) and math.isfinite(grad_norm)
             if finite:
                 optimizer.step()
@@ -351,11 +371,14 @@ class Trainer:
             if t.eval_interval and st.step % t.eval_interval == 0 and st.step < self.total_steps:
                 last_eval = self._eval(model, data_dir, logger, st)
             at_interval = t.checkpoint_interval and st.step % t.checkpoint_interval == 0
+            if stops and st.step < stop_at:  # preempted: checkpoint this step and leave, resumable
+                self._log(f"received {self._stop_signal or 'a stop request'}: checkpoint at step {st.step}, exiting")
+                stop_at = st.step
             if at_interval or st.step == stop_at:
                 self._save(model, optimizer, loaders, st)
         if progress is not None:
             progress.close()
-        if st.step < self.total_steps:  # stopped by max_steps: resumable, not finished
+        if st.step < self.total_steps:  # stopped by max_steps or a signal: resumable, not finished
             if logger:
                 logger.close()
             return {"finished": False, "steps": st.step}
