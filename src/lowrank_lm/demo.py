@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ def twin(cfg: Config, out: Path) -> list[tuple[str, Config]]:
     return [("dense", dense), ("lowrank-32", lowrank)]
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def _table(rows: list[dict[str, Any]], unigram_ppl: float) -> str:
     head = "| model | params | FFN params | training FLOPs | tokens | tokens/s | val loss | val ppl |"
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['params_ffn'] / 1e6:.3f}M | "
                      f"{r['train_flops']:.3e} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | "
                      f"{r['final_val_loss']:.4f} | {r['final_val_ppl']:.2f} |")
+    lines.append(f"| unigram baseline | | | | | | {math.log(unigram_ppl):.4f} | {unigram_ppl:.2f} |")
     return "\n".join(lines)
 
 
@@ -63,10 +65,10 @@ def _plot(out: Path, names: list[str]) -> Path | None:
 
 def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> list[dict[str, Any]]:
     """Prepare the data, train both runs (skipping finished ones), print the table; returns the summaries."""
-    from lowrank_lm.data import prepare
+    from lowrank_lm.data import prepare, unigram_perplexity
     from lowrank_lm.train import run_training
 
-    prepare(cfg.data)
+    data_dir = prepare(cfg.data)
     rows = []
     for name, run_cfg in twin(cfg, out):
         summary_path = Path(run_cfg.train.out_dir) / "summary.json"
@@ -77,7 +79,7 @@ def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> list[dict[str, 
             print(f"== training {name} ==", flush=True)
             summary = run_training(run_cfg, overwrite=overwrite)
         rows.append({**summary, "name": name})
-    table = _table(rows)
+    table = _table(rows, unigram_perplexity(data_dir))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(table + "\n")
     plot = _plot(out, [r["name"] for r in rows])

@@ -12,6 +12,7 @@ module                 what it holds
 ``manifest``           manifest.json and the compatibility checks against a model config
 ``pipeline``           ``prepare(cfg)``: the idempotent, resumable pipeline; ``resolve_data_dir``
 ``loader``             ``TokenLoader`` (shuffled, DDP-aware, resumable) and ``validation_batches``
+``baseline``           ``unigram_perplexity``: the loss reference a model must beat
 =====================  =====================================================================
 
 Names are imported on first use, so that ``lowrank-lm prepare`` and the tokenizer worker processes do not
@@ -40,15 +41,17 @@ _EXPORTS = {
     "verify_shards": "shards",
     "open_source": "sources",
     "Document": "sources",
+    "unigram_perplexity": "baseline",
 }
 
 __all__ = [
     "Document", "Manifest", "PrepareResult", "ShardInfo", "TokenLoader", "Tokenizer", "check_compatible",
     "load_manifest", "load_tokenizer", "open_source", "prepare", "prepare_data", "resolve_data_dir",
-    "validation_batches", "verify_shards",
+    "unigram_perplexity", "validation_batches", "verify_shards",
 ]
 
 if TYPE_CHECKING:
+    from lowrank_lm.data.baseline import unigram_perplexity
     from lowrank_lm.data.loader import TokenLoader, validation_batches
     from lowrank_lm.data.manifest import Manifest, ShardInfo, check_compatible, load_manifest
     from lowrank_lm.data.pipeline import PrepareResult, prepare, prepare_data, resolve_data_dir
