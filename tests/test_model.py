@@ -117,7 +117,7 @@ def test_first_block_ffn_stays_dense_by_default():
 def test_init_follows_the_paper():
     model = make()
     assert abs(float(model.embed.weight.detach().std()) - 0.02) < 0.002
-    assert float(model.blocks[0].attn.qkv.bias.abs().max()) == 0.0
+    assert float(model.blocks[0].attn.qkv.bias.detach().abs().max()) == 0.0
     assert model.head_weight() is model.embed.weight  # tied
 
 
