@@ -168,11 +168,12 @@ def test_tiny_model_learns_far_below_the_unigram_baseline(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_process_run_matches_one_process(data_dir, tmp_path, mode):
     single = tmp_path / "single"
     run_training(tiny(data_dir, single, "train.tokens=2560", "train.micro_batch_size=2"))
-    save_config(tiny(data_dir, tmp_path / "ddp", "train.tokens=2560", "train.micro_batch_size=2"),
-                tmp_path / "ddp.yaml")
+    save_config(tiny(data_dir, tmp_path / "ddp", "train.tokens=2560", "train.micro_batch_size=2",
+                     f"train.distributed={mode}"), tmp_path / "ddp.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            "--master_port=29517", "-m", "lowrank_lm", "train", str(tmp_path / "ddp.yaml")],
