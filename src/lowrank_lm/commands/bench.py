@@ -52,16 +52,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        description="Latency of the FFN block (up, GELU, down; FFN = 4 x width) for "
                                    "each width, structure and token count; speed-up over dense and "
                                    "efficiency against the FLOP bound.")
-    f.add_argument("--widths", type=_ints, default=[1024, 2048])
-    f.add_argument("--kinds", type=_words, default=["dense", "lowrank", "blockdense", "blockshuffle"])
+    f.add_argument("--widths", type=_ints, default=[1024, 2048], help="model widths (FFN = 4 x width)")
+    f.add_argument("--kinds", type=_words, default=["dense", "lowrank", "blockdense", "blockshuffle"],
+                   help="FFN parametrisations; dense is always measured as the baseline")
     f.add_argument("--fractions", type=_floats, default=[0.63, 0.32],
                    help="parameter fractions of the dense FFN (ranks / blocks chosen per width)")
     f.add_argument("--ranks", type=_ints, default=[], help="explicit ranks for lowrank and blockdense")
     f.add_argument("--blocks", type=_ints, default=[], help="explicit block counts for blockshuffle")
     f.add_argument("--blockdense-blocks", type=int, default=4, help="BlockDense's block count")
     f.add_argument("--tokens", type=_ints, default=[4096], help="tokens per call (batch x sequence)")
-    f.add_argument("--mode", default="fwd", choices=["fwd", "fwdbwd"])
-    f.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    f.add_argument("--mode", default="fwd", choices=["fwd", "fwdbwd"],
+                   help="fwd: no-grad inference forward; fwdbwd: forward + backward in train mode")
+    f.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and inputs")
     f.add_argument("--premerge", action="store_true",
                    help="also time each structured FFN with its merged dense weights kept (inference)")
     f.add_argument("--premerge-max-tokens", type=int, default=None,
