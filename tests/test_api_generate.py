@@ -106,7 +106,7 @@ def test_generate_sampling_is_repeatable_with_a_seed(run_dir, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
-    (["--device", "cuda:7"], "--device cuda:7"),
+    (["--device", "cuda:7"], "--device=cuda:7"),
     (["--prompt", "the " * 40], "shorten the prompt"),
 ])
 def test_generate_user_errors_are_one_line(run_dir, capsys, argv, message):

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from lowrank_lm.config import Config, load_config
-from lowrank_lm.errors import UserError
 from lowrank_lm.model import Transformer
 
 __all__ = ["build", "load", "resolve_device"]
@@ -27,19 +26,9 @@ __all__ = ["build", "load", "resolve_device"]
 
 def resolve_device(name: str | torch.device) -> torch.device:
     """``auto`` is the first GPU when there is one, else the CPU; anything else must exist here."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices here")
-    return device
+    from lowrank_lm.train.distributed import resolve_device as resolve
+
+    return resolve(name, option="--device")
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", premerge: int | None = None) -> Transformer:

@@ -108,17 +108,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _device(name: str) -> Any:
-    import torch
+    from lowrank_lm.train.distributed import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
-    return device
+    return resolve_device(name, option="--device")
 
 
 def _setup(args: argparse.Namespace) -> Any:

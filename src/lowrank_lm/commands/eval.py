@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> None:
     from lowrank_lm.train.distributed import resolve_device
     from lowrank_lm.train.evaluate import evaluate
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, option="--device")
     model, cfg, ckpt = load_model(args.path, device)
     data_dir = Path(args.data) if args.data else resolve_data_dir(cfg.data)
     check_compatible(load_manifest(data_dir), cfg.model, None if args.data else cfg.data)
