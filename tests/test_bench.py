@@ -86,6 +86,45 @@ def test_ffn_bench_writes_json_markdown_and_plots(capsys, tmp_path):
     assert (tmp_path / "r" / "ffn-latency-vs-width.png").stat().st_size > 1000
 
 
+def test_interrupted_ffn_bench_writes_the_widths_it_finished(capsys, tmp_path, monkeypatch):
+    from lowrank_lm.bench import ffn
+
+    real, calls = ffn.measure, []
+
+    def measure_then_interrupt(*args, **kwargs):  # a time limit's SIGINT during the second width
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ffn, "measure", measure_then_interrupt)
+    code, _, err = run_cli(capsys, "bench", "ffn", "--widths", "32,64", "--tokens", "8", "--kinds", "dense,lowrank",
+                           "--fractions", "0.32", "--rounds", "1", "--min-round-s", "0.001", "--threads", "1",
+                           "--out", str(tmp_path / "r"))
+    assert code == 130 and "writing the 2 rows measured so far" in err
+    data = json.loads((tmp_path / "r" / "ffn.json").read_text())
+    assert data["meta"]["interrupted"] is True
+    assert [(r["width"], r["kind"]) for r in data["rows"]] == [(32, "dense"), (32, "lowrank")]
+
+
+def test_interrupted_decode_bench_keeps_the_finished_batches(monkeypatch):
+    from lowrank_lm.bench import decode
+    from lowrank_lm.bench.report import Interrupted
+
+    real = decode._measure_batch
+
+    def measure_or_interrupt(variants, batch, *args):
+        if batch == 2:
+            raise KeyboardInterrupt
+        return real(variants, batch, *args)
+
+    monkeypatch.setattr(decode, "_measure_batch", measure_or_interrupt)
+    spec = DecodeBenchSpec(configs=[("dense", small_config().model)], batches=[1, 2], gen=3, dtype="fp32", rounds=1)
+    with pytest.raises(Interrupted) as e:
+        run_decode_bench(spec, torch.device("cpu"))
+    assert [r["batch"] for r in e.value.rows] == [1]
+
+
 @pytest.mark.parametrize("argv,message", [
     (["bench", "ffn", "--mode", "fwdbwd", "--premerge"], "--premerge is an inference path"),
     (["bench", "ffn", "--kinds", "dense,sparse"], "unknown FFN kind 'sparse'"),

@@ -21,7 +21,7 @@ import torch
 from lowrank_lm.accounting import count_model
 from lowrank_lm.bench.memory import peak_bytes_during
 from lowrank_lm.bench.premerge import apply_premerge
-from lowrank_lm.bench.report import markdown_table, pyplot
+from lowrank_lm.bench.report import Interrupted, markdown_table, pyplot
 from lowrank_lm.bench.timer import measure
 from lowrank_lm.config import ModelConfig
 from lowrank_lm.errors import UserError
@@ -148,19 +148,28 @@ def run_decode_bench(spec: DecodeBenchSpec, device: torch.device,
         rows.extend(_measure_batch(variants, batch, spec, device))
         done.add(batch)
 
-    for b in batches:
-        run(b)
-    if spec.search and device.type == "cuda":
-        b = batches[-1]
-        while any(v.oom_at is None for v in variants) and b * 2 <= spec.max_batch:
-            b *= 2
-            run(b)
-        for v in variants:  # doubling overshoots by up to 2x: try once half-way back
-            mid = v.oom_at * 3 // 4 if v.oom_at is not None else 0
-            if mid > batches[-1] and mid not in done:
-                run(mid)
     order = {name: i for i, (name, _) in enumerate(spec.configs)}  # keep the command line's order
-    return sorted(rows, key=lambda r: (r["batch"], order[r["config"]], r["premerge"]))
+
+    def ordered() -> list[dict[str, Any]]:
+        return sorted(rows, key=lambda r: (r["batch"], order[r["config"]], r["premerge"]))
+
+    try:
+        for b in batches:
+            run(b)
+        if spec.search and device.type == "cuda":
+            b = batches[-1]
+            while any(v.oom_at is None for v in variants) and b * 2 <= spec.max_batch:
+                b *= 2
+                run(b)
+            for v in variants:  # doubling overshoots by up to 2x: try once half-way back
+                mid = v.oom_at * 3 // 4 if v.oom_at is not None else 0
+                if mid > batches[-1] and mid not in done:
+                    run(mid)
+    except KeyboardInterrupt:
+        if not rows:
+            raise
+        raise Interrupted(ordered()) from None  # the batch sizes finished so far are still worth writing
+    return ordered()
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

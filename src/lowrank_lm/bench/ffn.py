@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from lowrank_lm.bench.premerge import calibrate
-from lowrank_lm.bench.report import markdown_table, pyplot
+from lowrank_lm.bench.report import Interrupted, markdown_table, pyplot
 from lowrank_lm.bench.timer import measure
 from lowrank_lm.bench.variants import (
     BLOCKDENSE_BLOCKS,
@@ -146,6 +146,18 @@ def run_ffn_bench(spec: FFNBenchSpec, device: torch.device,
         raise UserError("--premerge is an inference path; use it with --mode fwd")
     dtype = DTYPES[spec.dtype]
     rows: list[dict[str, Any]] = []
+    try:
+        _measure_widths(spec, device, dtype, rows, progress)
+    except KeyboardInterrupt:
+        if not rows:
+            raise
+        raise Interrupted(rows) from None  # the widths measured so far are still worth writing
+    return rows
+
+
+def _measure_widths(spec: FFNBenchSpec, device: torch.device, dtype: torch.dtype, rows: list[dict[str, Any]],
+                    progress: Callable[[str], None] | None) -> None:
+    """Append one row per variant for every (width, tokens) set to ``rows`` as each set finishes."""
     for width in spec.widths:
         torch.manual_seed(spec.seed)
         variants: list[tuple[Structure, bool, FeedForward, int | None]] = []
@@ -163,13 +175,14 @@ def run_ffn_bench(spec: FFNBenchSpec, device: torch.device,
             fns = {str(i): _step(ffn, x, spec.mode) for i, (_, _, ffn, _) in enumerate(variants)}
             timings = measure(fns, device, rounds=spec.rounds, min_round_s=spec.min_round_s)
             dense_ms = timings["0"].median_ms
+            done: list[dict[str, Any]] = []  # added to ``rows`` in one go: an interrupt never splits a set
             for i, (s, merged, ffn, limit) in enumerate(variants):
                 t = timings[str(i)]
                 params, flops = ffn_params(ffn), ffn_flops_per_token(ffn)
                 speedup = dense_ms / t.median_ms
                 flop_speedup = dense_flops / flops
                 call_flops = flops * tokens * (3 if spec.mode == "fwdbwd" else 1)
-                rows.append({
+                done.append({
                     "width": width, "ffn_dim": 4 * width, "kind": s.kind,
                     "fraction": s.fraction if s.fraction else round(params / dense_params, 4),
                     "param_fraction": params / dense_params, "rank": s.rank, "num_blocks": s.num_blocks,
@@ -180,7 +193,7 @@ def run_ffn_bench(spec: FFNBenchSpec, device: torch.device,
                     "efficiency": speedup / flop_speedup, "params": params, "flops": call_flops,
                     "tflops": call_flops / (t.median_ms / 1e3) / 1e12,
                 })
-    return rows
+            rows.extend(done)
 
 
 FFN_COLUMNS = [("width", "width"), ("kind", "kind"), ("fraction", "fraction"), ("rank", "R"),

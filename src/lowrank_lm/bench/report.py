@@ -20,6 +20,14 @@ import torch
 from lowrank_lm.errors import UserError
 
 
+class Interrupted(Exception):
+    """A bench stopped by Ctrl-C or SIGINT (a time limit) after measuring ``rows``: they are still written."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        super().__init__(f"interrupted after {len(rows)} rows")
+        self.rows = rows
+
+
 def device_name(device: torch.device) -> str:
     """A human name for the device: the GPU model, or the CPU model and its core count."""
     if device.type == "cuda":
@@ -77,7 +85,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
 
 def meta_lines(meta: dict[str, Any]) -> str:
     """The meta block as markdown bullet lines."""
-    keys = ("device", "dtype", "torch", "threads", "load_average", "command")
+    keys = ("device", "dtype", "torch", "threads", "load_average", "command", "interrupted")
     return "".join(f"- {k}: {meta[k]}\n" for k in keys if meta.get(k) is not None)
 
 

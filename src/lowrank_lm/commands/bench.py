@@ -149,10 +149,24 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _collect(measure: Any) -> tuple[list[dict], bool]:
+    """Run a bench; on Ctrl-C or SIGINT (a time limit) keep the rows it had finished: (rows, interrupted)."""
+    from lowrank_lm.bench.report import Interrupted
+
+    try:
+        return measure(), False
+    except Interrupted as e:
+        _progress(f"interrupted: writing the {len(e.rows)} rows measured so far")
+        return e.rows, True
+
+
 def _finish(args: argparse.Namespace, name: str, meta: dict, rows: list[dict], table: str,
-            plot: Any = None) -> None:
+            plot: Any = None, interrupted: bool = False) -> None:
+    """Write and print the results; after an interrupt, then exit as interrupted (130)."""
     from lowrank_lm.bench.report import prepare_out_dir, write_results
 
+    if interrupted:
+        meta = {**meta, "interrupted": True}
     out = prepare_out_dir(args.out)
     if out is not None:
         paths = write_results(out, name, meta, rows, table)
@@ -163,6 +177,8 @@ def _finish(args: argparse.Namespace, name: str, meta: dict, rows: list[dict], t
         print(json.dumps([{**meta, **r} for r in rows], indent=1))
     else:
         print(table, end="")
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> None:
@@ -181,8 +197,8 @@ def _run_ffn(args: argparse.Namespace, device: Any) -> None:
                         blockdense_blocks=args.blockdense_blocks, premerge=args.premerge,
                         premerge_max_tokens=args.premerge_max_tokens, rounds=args.rounds,
                         min_round_s=args.min_round_s)
-    rows = run_ffn_bench(spec, device, _progress)
-    _finish(args, "ffn", machine_meta(device, args.dtype), rows, ffn_table(rows), plot_ffn)
+    rows, interrupted = _collect(lambda: run_ffn_bench(spec, device, _progress))
+    _finish(args, "ffn", machine_meta(device, args.dtype), rows, ffn_table(rows), plot_ffn, interrupted)
 
 
 def _compile_modes(words: list[str]) -> tuple[bool, ...]:
@@ -229,6 +245,6 @@ def _run_decode(args: argparse.Namespace, device: Any) -> None:
     spec = DecodeBenchSpec(configs=configs, batches=args.batches, gen=args.gen, dtype=args.dtype,
                            premerge=args.premerge, search=args.search, max_batch=args.max_batch,
                            rounds=args.rounds)
-    rows = run_decode_bench(spec, device, _progress)
+    rows, interrupted = _collect(lambda: run_decode_bench(spec, device, _progress))
     meta = {**machine_meta(device, args.dtype), "configs": paths, "overrides": overrides}
-    _finish(args, "decode", meta, rows, decode_table(rows), plot_decode)
+    _finish(args, "decode", meta, rows, decode_table(rows), plot_decode, interrupted)
