@@ -86,6 +86,15 @@ def test_ffn_bench_writes_json_markdown_and_plots(capsys, tmp_path):
     assert (tmp_path / "r" / "ffn-latency-vs-width.png").stat().st_size > 1000
 
 
+def test_ffn_bench_under_compile_keeps_its_rows_consistent(capsys):
+    code, out, _ = run_cli(capsys, "bench", "ffn", "--widths", "32", "--tokens", "16", "--kinds", "dense,lowrank",
+                           "--fractions", "0.32", "--compile", "--rounds", "1", "--min-round-s", "0.001",
+                           "--threads", "1", "--device", "cpu", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["kind"] for r in rows] == ["dense", "lowrank"] and all(r["compile"] for r in rows)
+    assert rows[1]["speedup"] == pytest.approx(rows[0]["median_ms"] / rows[1]["median_ms"])
+
+
 def test_interrupted_ffn_bench_writes_the_widths_it_finished(capsys, tmp_path, monkeypatch):
     from lowrank_lm.bench import ffn
 

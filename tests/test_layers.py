@@ -36,6 +36,17 @@ def test_layer_equals_its_merged_weight(kind, shape):
 
 
 @pytest.mark.parametrize("kind", LAYERS)
+def test_bias_inside_the_last_product_has_the_plain_gradient(kind):
+    layer = LAYERS[kind](32, 128)
+    layer.reset_parameters(0.02, "random")
+    x = torch.randn(6, 32)
+    grad = torch.randn(6, 128)
+    layer(x).backward(grad)
+    torch.testing.assert_close(layer.bias.grad, grad.sum(0))
+    torch.testing.assert_close(layer.matrix_forward(x, layer.bias), layer.matrix_forward(x) + layer.bias)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
 def test_param_count_matches_tensors(kind):
     layer = LAYERS[kind](64, 256)
     weights = sum(p.numel() for n, p in layer.named_parameters() if n != "bias")
@@ -103,7 +114,7 @@ def test_premerge_uses_dense_weight_only_for_small_calls_in_eval():
     layer.premerge(max_tokens=8)
     layer.eval()
     calls = []
-    layer.matrix_forward = lambda x: calls.append(x.shape) or LowRankLinear.matrix_forward(layer, x)
+    layer.matrix_forward = lambda x, bias=None: calls.append(x.shape) or LowRankLinear.matrix_forward(layer, x, bias)
     small, big = torch.randn(2, 4, 32), torch.randn(3, 4, 32)
     ref_small = small @ layer.merged_weight().T + layer.bias
     torch.testing.assert_close(layer(small), ref_small, rtol=1e-5, atol=1e-6)

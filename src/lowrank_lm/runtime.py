@@ -45,3 +45,17 @@ def tune_malloc() -> bool:
     trim = mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)  # never give the heap top back between steps
     _tuned = bool(heap and pad and trim)
     return _tuned
+
+
+def raise_compile_limits(limit: int = 256) -> None:
+    """Lift dynamo's recompile limits so that many compiled models in one process all stay compiled.
+
+    Every compiled FFN or model of a benchmark shares its ``forward`` code object, so past the default
+    limit (8) of compiled versions per code object dynamo would silently fall back to eager.
+    """
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))

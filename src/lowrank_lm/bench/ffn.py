@@ -31,6 +31,7 @@ from lowrank_lm.bench.variants import (
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import StructuredLinear
 from lowrank_lm.model import FeedForward
+from lowrank_lm.runtime import raise_compile_limits
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "fwdbwd")
@@ -52,6 +53,8 @@ class FFNBenchSpec:
     premerge: bool = False
     premerge_max_tokens: int | None = None
     """Fixed pre-merge limit instead of the calibrated one."""
+    compile: bool = False
+    """Time each FFN under torch.compile (inductor fuses bias and GELU into one pass)."""
     rounds: int = 7
     min_round_s: float = 0.05
     seed: int = 0
@@ -99,14 +102,15 @@ def ffn_flops_per_token(ffn: FeedForward) -> int:
     return sum(layer.flops_per_token() for layer in ffn_layers(ffn))
 
 
-def _step(ffn: FeedForward, x: torch.Tensor, mode: str) -> Callable[[], object]:
+def _step(ffn: FeedForward, x: torch.Tensor, mode: str, compiled: bool = False) -> Callable[[], object]:
     """The timed call: a no-grad forward in eval mode, or forward + backward in train mode."""
+    run = torch.compile(ffn, dynamic=False) if compiled else ffn  # compiles on its first (warm-up) call
     if mode == "fwd":
         ffn.eval()
 
         def forward() -> object:
             with torch.no_grad():
-                return ffn(x)
+                return run(x)
 
         return forward
     ffn.train()
@@ -118,7 +122,7 @@ def _step(ffn: FeedForward, x: torch.Tensor, mode: str) -> Callable[[], object]:
         for p in params:
             p.grad = None  # as optimizer.zero_grad(set_to_none=True): no accumulation pass
         x.grad = None
-        ffn(x).backward(grad)
+        run(x).backward(grad)
         return None
 
     return forward_backward
@@ -145,6 +149,8 @@ def run_ffn_bench(spec: FFNBenchSpec, device: torch.device,
     if spec.premerge and spec.mode != "fwd":
         raise UserError("--premerge is an inference path; use it with --mode fwd")
     dtype = DTYPES[spec.dtype]
+    if spec.compile:
+        raise_compile_limits()
     rows: list[dict[str, Any]] = []
     try:
         _measure_widths(spec, device, dtype, rows, progress)
@@ -172,7 +178,7 @@ def _measure_widths(spec: FFNBenchSpec, device: torch.device, dtype: torch.dtype
             if progress:
                 progress(f"ffn width {width}, {tokens} tokens, {spec.mode} {spec.dtype}: {len(variants)} variants")
             x = torch.randn(tokens, width, device=device, dtype=dtype)
-            fns = {str(i): _step(ffn, x, spec.mode) for i, (_, _, ffn, _) in enumerate(variants)}
+            fns = {str(i): _step(ffn, x, spec.mode, spec.compile) for i, (_, _, ffn, _) in enumerate(variants)}
             timings = measure(fns, device, rounds=spec.rounds, min_round_s=spec.min_round_s)
             dense_ms = timings["0"].median_ms
             done: list[dict[str, Any]] = []  # added to ``rows`` in one go: an interrupt never splits a set
@@ -186,7 +192,8 @@ def _measure_widths(spec: FFNBenchSpec, device: torch.device, dtype: torch.dtype
                     "width": width, "ffn_dim": 4 * width, "kind": s.kind,
                     "fraction": s.fraction if s.fraction else round(params / dense_params, 4),
                     "param_fraction": params / dense_params, "rank": s.rank, "num_blocks": s.num_blocks,
-                    "tokens": tokens, "mode": spec.mode, "dtype": spec.dtype, "premerge": merged,
+                    "tokens": tokens, "mode": spec.mode, "dtype": spec.dtype, "compile": spec.compile,
+                    "premerge": merged,
                     "premerge_max_tokens": limit,
                     "path": ("merged" if limit and tokens <= limit else "factored") if merged else None,
                     **t.to_dict(), "speedup": speedup, "flop_speedup": flop_speedup,

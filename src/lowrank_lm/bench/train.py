@@ -28,6 +28,7 @@ from lowrank_lm.bench.variants import Structure, structure_for, with_structure
 from lowrank_lm.config import ModelConfig
 from lowrank_lm.errors import UserError
 from lowrank_lm.model import Transformer
+from lowrank_lm.runtime import raise_compile_limits
 
 PAPER_LOWRANK_32_SPEEDUP = 352.2 / 260.2
 """Transformer-xl, LowRank 32% vs dense, end-to-end training time (Table 1 of 2406.16450)."""
@@ -106,16 +107,6 @@ def peer_model(m: ModelConfig) -> tuple[nn.Module | None, str]:
                   "peer skipped")
 
 
-def _raise_compile_limits() -> None:
-    """Several models in one process: lift dynamo's recompile limit so none silently runs eager."""
-    import torch._dynamo
-
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                 "accumulated_cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
-
-
 def make_step(model: nn.Module, ours: bool, compiled: bool, inputs: torch.Tensor, targets: torch.Tensor,
               dtype: str, device: torch.device) -> tuple[Callable[[], object], torch.optim.Optimizer]:
     """One training step of ``model`` (ours or the peer) on a fixed batch: the timed call."""
@@ -158,7 +149,7 @@ def run_train_bench(spec: TrainBenchSpec, device: torch.device,
     ids = torch.randint(0, base.vocab_size, (spec.batch, spec.seq + 1), device=device)
     inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
     if any(spec.compile):
-        _raise_compile_limits()
+        raise_compile_limits()
 
     built: list[tuple[str, Structure | None, nn.Module, bool, int]] = []
     for label, s, mcfg in model_variants(replace(spec, model=base)):

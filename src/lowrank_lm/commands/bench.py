@@ -68,6 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time each structured FFN with its merged dense weights kept (inference)")
     f.add_argument("--premerge-max-tokens", type=int, default=None,
                    help="pre-merge limit instead of the calibrated crossover")
+    f.add_argument("--compile", action="store_true",
+                   help="time every FFN under torch.compile (bias and GELU fused into one pass)")
     f.add_argument("--min-round-s", type=float, default=0.05, help="minimum seconds per timing round")
     _common(f)
 
@@ -195,7 +197,7 @@ def _run_ffn(args: argparse.Namespace, device: Any) -> None:
     spec = FFNBenchSpec(widths=args.widths, kinds=args.kinds, fractions=args.fractions, tokens=args.tokens,
                         mode=args.mode, dtype=args.dtype, ranks=args.ranks, blocks=args.blocks,
                         blockdense_blocks=args.blockdense_blocks, premerge=args.premerge,
-                        premerge_max_tokens=args.premerge_max_tokens, rounds=args.rounds,
+                        premerge_max_tokens=args.premerge_max_tokens, compile=args.compile, rounds=args.rounds,
                         min_round_s=args.min_round_s)
     rows, interrupted = _collect(lambda: run_ffn_bench(spec, device, _progress))
     _finish(args, "ffn", machine_meta(device, args.dtype), rows, ffn_table(rows), plot_ffn, interrupted)

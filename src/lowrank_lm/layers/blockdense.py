@@ -21,8 +21,8 @@ class BlockDenseLinear(StructuredLinear):
         self.blocks = nn.Parameter(torch.empty(num_blocks, rank // num_blocks, in_features // num_blocks))
         self.u = nn.Parameter(torch.empty(out_features, rank))
 
-    def matrix_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(blockdiag_matmul(x, self.blocks), self.u)
+    def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(blockdiag_matmul(x, self.blocks), self.u, bias)
 
     def num_matrix_params(self) -> int:
         return self.blocks.numel() + self.u.numel()

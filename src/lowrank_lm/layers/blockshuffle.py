@@ -24,8 +24,9 @@ class BlockShuffleLinear(StructuredLinear):
         self.blocks_in = nn.Parameter(torch.empty(b, inner // b, in_features // b))
         self.blocks_out = nn.Parameter(torch.empty(b, out_features // b, inner // b))
 
-    def matrix_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return blockshuffle_matmul(x, self.blocks_in, self.blocks_out)
+    def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        y = blockshuffle_matmul(x, self.blocks_in, self.blocks_out)
+        return y if bias is None else y + bias  # ends in a permutation: no matmul to carry the bias
 
     def num_matrix_params(self) -> int:
         return self.blocks_in.numel() + self.blocks_out.numel()

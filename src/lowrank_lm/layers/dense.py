@@ -17,8 +17,8 @@ class DenseLinear(StructuredLinear):
         super().__init__(in_features, out_features, bias)
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
 
-    def matrix_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+    def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, self.weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)  # one fused call: nothing to merge or guide

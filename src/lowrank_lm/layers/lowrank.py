@@ -19,8 +19,8 @@ class LowRankLinear(StructuredLinear):
         self.v = nn.Parameter(torch.empty(rank, in_features))
         self.u = nn.Parameter(torch.empty(out_features, rank))
 
-    def matrix_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.v), self.u)
+    def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(F.linear(x, self.v), self.u, bias)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
