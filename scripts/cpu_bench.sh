@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU efficiency set behind docs/results/efficiency-cpu.md (about 20-25 minutes on 2 cores):
+# The CPU efficiency set behind docs/results/efficiency-cpu.md (about an hour on 2 cores, 35 minutes of it decoding):
 # FFN latency fp32/bf16 (forward, and forward+backward in bf16), pre-merge over 1-4096 tokens,
 # training steps of Transformer-s and the CPU scale-4 model against transformers' GPT-NeoX, and
 # decoding throughput of Transformer-m (dense, GQA) against wide-and-structured-m.

@@ -95,6 +95,23 @@ def test_ffn_bench_under_compile_keeps_its_rows_consistent(capsys):
     assert rows[1]["speedup"] == pytest.approx(rows[0]["median_ms"] / rows[1]["median_ms"])
 
 
+def test_premerge_summary_reports_the_worst_ratio_at_each_end():
+    from lowrank_lm.bench.ffn import ffn_table, premerge_summary
+
+    def row(kind, tokens, ms, premerge=False, path=None):
+        return {"width": 64, "tokens": tokens, "mode": "fwd", "dtype": "fp32", "kind": kind, "fraction": 0.32,
+                "premerge": premerge, "path": path, "median_ms": ms}
+
+    rows = [row("dense", 4, 1.0), row("lowrank", 4, 2.0), row("lowrank", 4, 1.05, True, "merged"),
+            row("blockdense", 4, 2.2), row("blockdense", 4, 1.2, True, "merged"),
+            row("dense", 2048, 9.0), row("lowrank", 2048, 3.0), row("lowrank", 2048, 3.3, True, "factored")]
+    s = premerge_summary(rows)
+    assert s["small_vs_dense"]["ratio"] == pytest.approx(1.2) and s["small_vs_dense"]["kind"] == "blockdense"
+    assert s["large_vs_factored"]["ratio"] == pytest.approx(1.1) and s["large_vs_factored"]["tokens"] == 2048
+    assert "worst 1.200x (blockdense 32%, width 64, 4 tokens, merged path)" in ffn_table(rows)
+    assert premerge_summary([r for r in rows if not r["premerge"]]) is None
+
+
 def test_interrupted_ffn_bench_writes_the_widths_it_finished(capsys, tmp_path, monkeypatch):
     from lowrank_lm.bench import ffn
 
@@ -212,6 +229,17 @@ def test_decode_bench_throughput_is_batch_times_tokens_over_time():
     for s in best:
         mine = [r["tokens_per_s"] for r in rows if (r["config"], r["premerge"]) == (s["config"], s["premerge"])]
         assert s["max_tokens_per_s"] == max(mine)
+
+
+def test_busy_cores_counts_non_idle_time_across_all_cores(monkeypatch):
+    import os
+
+    from lowrank_lm.bench.report import busy_cores
+
+    lines = iter(["cpu  100 0 100 800 0 0 0 0 0 0", "cpu  150 0 150 850 0 0 0 0 0 0"])  # 100 busy of 150
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert busy_cores(0.0, read=lambda: next(lines)) == pytest.approx(4 * 100 / 150)
+    assert busy_cores(0.0, read=lambda: "") is None  # no /proc/stat: unknown
 
 
 def test_tune_malloc_is_idempotent():

@@ -209,8 +209,57 @@ FFN_COLUMNS = [("width", "width"), ("kind", "kind"), ("fraction", "fraction"), (
                ("flop_speedup", "FLOP bound"), ("efficiency", "efficiency"), ("tflops", "TFLOP/s")]
 
 
+PREMERGE_SMALL_TOKENS = 16
+PREMERGE_LARGE_TOKENS = 1024
+
+
+def premerge_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How pre-merge did at its two ends: the worst latency ratio of a pre-merged FFN to dense at
+    <= 16 tokens (where it should match dense) and to its own factored path at >= 1024 tokens (where
+    it should cost nothing). None without pre-merge rows."""
+    def key(r: dict[str, Any]) -> tuple:
+        return r["width"], r["tokens"], r["mode"], r["dtype"]
+
+    dense = {key(r): r["median_ms"] for r in rows if r["kind"] == "dense"}
+    factored = {(*key(r), r["kind"], r["fraction"]): r["median_ms"] for r in rows
+                if r["kind"] != "dense" and not r["premerge"]}
+    merged = [r for r in rows if r["premerge"]]
+    if not merged:
+        return None
+
+    def worst(subset: list[dict[str, Any]], base: Any) -> dict[str, Any] | None:
+        ratios = [(r["median_ms"] / base(r), r) for r in subset]
+        if not ratios:
+            return None
+        ratio, r = max(ratios, key=lambda x: x[0])
+        return {"ratio": ratio, "kind": r["kind"], "fraction": r["fraction"], "width": r["width"],
+                "tokens": r["tokens"], "path": r["path"]}
+
+    return {
+        "small_vs_dense": worst([r for r in merged if r["tokens"] <= PREMERGE_SMALL_TOKENS],
+                                lambda r: dense[key(r)]),
+        "large_vs_factored": worst([r for r in merged if r["tokens"] >= PREMERGE_LARGE_TOKENS],
+                                   lambda r: factored[(*key(r), r["kind"], r["fraction"])]),
+    }
+
+
+def _summary_line(label: str, w: dict[str, Any] | None) -> str:
+    if w is None:
+        return ""
+    return (f"- {label}: worst {w['ratio']:.3f}x ({w['kind']} {w['fraction']:.0%}, width {w['width']}, "
+            f"{w['tokens']} tokens, {w['path']} path)\n")
+
+
 def ffn_table(rows: list[dict[str, Any]]) -> str:
-    return markdown_table(rows, FFN_COLUMNS)
+    text = markdown_table(rows, FFN_COLUMNS)
+    summary = premerge_summary(rows)
+    if summary is not None:
+        text += ("\nPre-merge, latency ratios (1.0 = equal, above 1 = slower):\n\n"
+                 + _summary_line(f"at <= {PREMERGE_SMALL_TOKENS} tokens, pre-merged / dense",
+                                 summary["small_vs_dense"])
+                 + _summary_line(f"at >= {PREMERGE_LARGE_TOKENS} tokens, pre-merged / factored",
+                                 summary["large_vs_factored"]))
+    return text
 
 
 def _series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -11,7 +11,8 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,38 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"{model} ({os.cpu_count()} logical cores)"
+
+
+def _proc_stat_cpu_line() -> str:
+    return Path("/proc/stat").read_text().split("\n", 1)[0]
+
+
+def busy_cores(interval: float = 0.25, read: Callable[[], str] = _proc_stat_cpu_line) -> float | None:
+    """How many cores other processes keep busy right now: /proc/stat sampled over ``interval`` s.
+
+    Called while this process is idle (before a bench starts), it sees only the others. Unlike the
+    load average, it does not remember a process that finished a minute ago (such as the previous
+    stage of a benchmark script). None where /proc/stat is unavailable.
+    """
+    def sample() -> tuple[int, int] | None:
+        try:
+            fields = [int(v) for v in read().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 4:
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    first = sample()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = sample()
+    if second is None or second[0] <= first[0]:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    return (os.cpu_count() or 1) * (total - idle) / total
 
 
 def machine_meta(device: torch.device, dtype: str | None = None) -> dict[str, Any]:

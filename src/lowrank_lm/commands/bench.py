@@ -140,14 +140,16 @@ def _progress(message: str) -> None:
         _warned = True
         import torch
 
+        from lowrank_lm.bench.report import busy_cores
+
         cores = os.cpu_count() or 1
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        if load > 0.5 * cores and not torch.cuda.is_available():
+        busy = busy_cores() if not torch.cuda.is_available() else None
+        if busy is not None and busy > 0.5:
             # Busy cores stall every multi-threaded op at its barrier (up to a scheduler slice each).
             threads = torch.get_num_threads()
             hint = " (--threads 1 avoids the worst stalls)" if threads > 1 else ""
-            print(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU; "
-                  f"timings will be noisy{hint}", file=sys.stderr)
+            print(f"warning: other processes keep {busy:.1f} of {cores} cores busy; timings will be noisy{hint}",
+                  file=sys.stderr)
     print(message, file=sys.stderr, flush=True)
 
 
