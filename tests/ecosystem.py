@@ -43,6 +43,23 @@ def make_tokenizer(path: Path) -> Path:
     return path
 
 
+def make_hub_tokenizer(folder: Path) -> Path:
+    """A LLaMA-style hub tokenizer saved with ``save_pretrained``: a BPE with <unk>, <s> and </s>, eos
+    ``</s>`` and bos ``<s>`` in its tokenizer_config.json (as data dirs keep ``llama`` in ``tokenizer/``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(sentences(400), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(str(folder))
+    return folder
+
+
 def make_run(run_dir: Path, overrides: list[str], tokenizer: Path | None = None, seed: int = 0) -> Transformer:
     """Save a step-1 checkpoint of a small model whose every parameter (norms, biases too) is random.
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.run_tokenizer import TextStream, eos_token_id
+from lowrank_lm.run_tokenizer import TextStream, eos_token, eos_token_id
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -21,12 +21,12 @@ if TYPE_CHECKING:
 
 
 def prompt_ids(tok: Tokenizer, prompt: str, seq_len: int) -> list[int]:
-    """The prompt's token ids; an empty prompt starts from ``<|endoftext|>`` (as a document would)."""
+    """The prompt's token ids; an empty prompt starts from the end-of-text token (as a document would)."""
     ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
     if not ids:
         eos = eos_token_id(tok)
         if eos is None:
-            raise UserError("the prompt is empty and the tokenizer has no <|endoftext|> to start from; "
+            raise UserError(f"the prompt is empty and the tokenizer has no {eos_token(tok)} to start from; "
                             "give a non-empty --prompt")
         ids = [eos]
     if len(ids) >= seq_len:
@@ -41,7 +41,7 @@ def stream_text(model: Transformer, tok: Tokenizer, prompt: str, max_new_tokens:
     """Yield the generated text in pieces, one per token that completes some text.
 
     Sampling runs through ``model.stream`` (KV cache); temperature 0 is greedy. Generation stops at
-    ``max_new_tokens``, at the end of the context, or (``stop_at_eos``) at ``<|endoftext|>``, which
+    ``max_new_tokens``, at the end of the context, or (``stop_at_eos``) at the end-of-text token, which
     is not printed.
     """
     ids = prompt_ids(tok, prompt, model.cfg.seq_len)

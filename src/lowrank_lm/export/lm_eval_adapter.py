@@ -3,8 +3,8 @@
 lm-eval is an optional extra (``pip install 'lowrank-lm[eval]'``). The adapter scores with our own
 forward pass (no transformers involved): log-likelihoods of continuations, rolling log-likelihoods
 of whole documents in windows of the model's context, and greedy or sampled generation with the
-KV cache. Text goes through the run's ``tokenizer.json``; ``<|endoftext|>`` is the prefix token
-for empty contexts and for the first window of a document.
+KV cache. Text goes through the run's ``tokenizer.json``; its end-of-text token (``<|endoftext|>``,
+or ``</s>`` for LLaMA) is the prefix token for empty contexts and for the first window of a document.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.run_tokenizer import EOS_TOKEN, TextStream, eos_token_id
+from lowrank_lm.run_tokenizer import TextStream, eos_token, eos_token_id
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -47,7 +47,7 @@ class LowRankLM(TemplateLM):  # type: ignore[misc,valid-type]
         super().__init__()
         eot = eos_token_id(tokenizer)
         if eot is None:
-            raise UserError(f"the tokenizer has no {EOS_TOKEN}, which lm-eval needs as the prefix token")
+            raise UserError(f"the tokenizer has no {eos_token(tokenizer)}, which lm-eval needs as the prefix token")
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {batch_size}")
         self.model = model.eval()

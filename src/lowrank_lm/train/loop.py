@@ -7,7 +7,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import signal
 import sys
 import threading
@@ -33,6 +32,7 @@ from lowrank_lm.config import Config, config_to_dict, load_config, save_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.faults import crash_point
 from lowrank_lm.model import Transformer
+from lowrank_lm.run_tokenizer import copy_tokenizer
 from lowrank_lm.train import distributed
 from lowrank_lm.train.evaluate import autocast, evaluate
 from lowrank_lm.train.metrics import MetricsLogger
@@ -292,9 +292,7 @@ class Trainer:
         logger = None
         if d.is_main:
             save_config(cfg, self.run_dir.path / "config.yaml")
-            tok = Path(data_dir) / "tokenizer.json"
-            if tok.is_file():
-                shutil.copyfile(tok, self.run_dir.path / "tokenizer.json")
+            copy_tokenizer(Path(data_dir), self.run_dir.path)
             logger = MetricsLogger(self.run_dir.path, st.step if ckpt is not None else None, t.wandb,
                                    config_to_dict(cfg))
         acc = self.acc

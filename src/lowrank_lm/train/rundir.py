@@ -11,7 +11,7 @@ from lowrank_lm.checkpoint import CHECKPOINTS, list_checkpoints
 from lowrank_lm.errors import UserError
 
 # What a run writes; --overwrite removes these and nothing else.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "tokenizer.json", "events")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "tokenizer.json", "tokenizer", "events")
 LOCK = ".lock"
 
 
