@@ -6,12 +6,16 @@ like the bpe-* tokenizers of prepared data dirs; models get a vocabulary just la
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 from pathlib import Path
 
+import pytest
 import torch
 
 from lowrank_lm.checkpoint import save_checkpoint
+from lowrank_lm.cli import main
 from lowrank_lm.model import Transformer
 
 from .conftest import small_config
@@ -76,6 +80,14 @@ def make_run(run_dir: Path, overrides: list[str], tokenizer: Path | None = None,
     if tokenizer is not None:
         (run_dir / "tokenizer.json").write_bytes(tokenizer.read_bytes())
     return model.eval()
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """Run ``lowrank-lm ARGV`` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    return exit_.value.code, out.getvalue(), err.getvalue()
 
 
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:

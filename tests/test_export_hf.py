@@ -7,8 +7,6 @@ structured models the trust_remote_code files written by the exporter.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
@@ -16,9 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowrank_lm.cli import main
-
-from .ecosystem import MODEL_VOCAB, make_run, make_tokenizer, relative_error, sentences
+from .ecosystem import MODEL_VOCAB, cli, make_run, make_tokenizer, relative_error, sentences
 
 transformers = pytest.importorskip("transformers")
 
@@ -46,13 +42,6 @@ CASES = {
     "rmsnorm-gelu-dense": (["model.norm=rmsnorm"], False, "LowRankLMForCausalLM"),
 }
 WITH_TOKENIZER = {"gpt-dense", "lowrank-remote"}
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
-        main(list(argv))
-    return exit_.value.code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -3,28 +3,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 
 import lowrank_lm
-from lowrank_lm.cli import main
 from lowrank_lm.run_tokenizer import copy_tokenizer, eos_token_id
 
 from .conftest import tiny_run_config
-from .ecosystem import MODEL_VOCAB, make_hub_tokenizer, make_run
+from .ecosystem import MODEL_VOCAB, cli, make_hub_tokenizer, make_run
 
 transformers = pytest.importorskip("transformers")
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
-        main(list(argv))
-    return exit_.value.code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
