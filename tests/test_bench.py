@@ -177,6 +177,24 @@ def test_premerge_calibration_is_cached_per_device_and_shape(monkeypatch):
     assert layer.merged is None and layer.premerge_max_tokens == 0  # calibration leaves the layer as it was
 
 
+def test_crossover_search_looks_past_a_few_token_win_of_the_factors(monkeypatch):
+    from lowrank_lm.bench.timer import Timing
+
+    merged_wins = {4, 8, 16, 32}  # the factors win at 1-2 tokens (fewer bytes) and again from 64 on
+    tried = []
+
+    def fake_measure(fns, device, **kwargs):
+        tokens = fns["merged"].__defaults__[0].shape[0]
+        tried.append(tokens)
+        fast, slow = Timing([1.0], 1), Timing([2.0], 1)
+        return {"merged": fast, "factored": slow} if tokens in merged_wins else {"merged": slow, "factored": fast}
+
+    monkeypatch.setattr(premerge, "measure", fake_measure)
+    layer = LowRankLinear(32, 64, rank=8, bias=True)
+    assert premerge.measure_crossover(layer) == 32
+    assert tried == [1, 2, 4, 8, 16, 32, 64, 128]  # stops after two factored wins past 16 tokens
+
+
 def test_apply_premerge_uses_the_config_limit_and_keeps_logits():
     cfg = small_config("model.ffn.kind=lowrank", "model.ffn.rank=16", "model.ffn.premerge_max_tokens=4").model
     torch.manual_seed(0)

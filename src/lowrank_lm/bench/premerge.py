@@ -25,6 +25,11 @@ from lowrank_lm.model import Transformer
 CACHE_ENV = "LOWRANK_LM_CACHE"
 MAX_TOKENS = 4096
 """Largest token count tried; beyond it structured layers win on any device we know."""
+SEARCH_VERSION = 2
+"""Part of the cache key: entries measured by an older search rule are measured again."""
+MIN_SEARCH_TOKENS = 16
+"""Token counts up to this are always tried: at 1-2 tokens the smaller factors can tie with or beat the
+merged weight (fewer bytes to read) while the merged weight still wins at 4-16 (seen on an H200)."""
 
 
 def cache_path() -> Path:
@@ -38,7 +43,7 @@ def layer_key(layer: StructuredLinear, device: torch.device, dtype: torch.dtype)
     shape = f"{layer.in_features}x{layer.out_features}"
     extra = "".join(f",{name}={getattr(layer, name)}" for name in ("rank", "num_blocks") if hasattr(layer, name))
     return (f"{device_name(device)}|threads={torch.get_num_threads()}|torch={torch.__version__}|"
-            f"{str(dtype).removeprefix('torch.')}|{type(layer).__name__}({shape}{extra})")
+            f"{str(dtype).removeprefix('torch.')}|{type(layer).__name__}({shape}{extra})|search={SEARCH_VERSION}")
 
 
 def _read_cache() -> dict[str, int]:
@@ -64,9 +69,11 @@ def _write_cache(entries: dict[str, int]) -> None:
 def measure_crossover(layer: StructuredLinear, max_tokens: int = MAX_TOKENS, rounds: int = 5) -> int:
     """Largest power-of-two token count up to which the merged weight is faster (0: never).
 
-    Token counts 1, 2, 4, ... are tried in order, merged and factored interleaved; the search stops
-    once the factored path has won at two counts in a row, since its advantage only grows with the
-    number of tokens (its FLOPs are a fixed fraction of the merged ones).
+    Token counts 1, 2, 4, ... are tried in order, merged and factored interleaved; past
+    ``MIN_SEARCH_TOKENS`` the search stops once the factored path has won at two counts in a row,
+    since from there its advantage only grows with the number of tokens (its FLOPs are a fixed
+    fraction of the merged ones). A few-token win of the factored path below the largest merged win
+    is overruled: one limit serves all calls, and a tie at 1-2 tokens costs less than losing 4-16.
     """
     p = next(iter(layer.parameters()))
     device, dtype = p.device, p.dtype
@@ -76,7 +83,7 @@ def measure_crossover(layer: StructuredLinear, max_tokens: int = MAX_TOKENS, rou
     merged = layer.merged_weight().to(dtype)
     best, losses, tokens = 0, 0, 1
     try:
-        while tokens <= max_tokens and losses < 2:
+        while tokens <= max_tokens and (losses < 2 or tokens <= MIN_SEARCH_TOKENS):
             x = torch.randn(tokens, layer.in_features, device=device, dtype=dtype)
             t = measure({"merged": lambda x=x: F.linear(x, merged, layer.bias), "factored": lambda x=x: layer(x)},
                         device, rounds=rounds, min_round_s=0.002, warmup=2)
