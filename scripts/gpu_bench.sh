@@ -57,7 +57,7 @@ stage() {  # stage NAME LIMIT ARGS...: run one bench under its time limit, keep 
     shift 2
     [[ " $STAGES " == *" $name "* ]] || return 0
     log "$name: lowrank-lm $* (limit ${limit}s)"
-    if timeout --signal=INT --kill-after=10 "$limit" "${CMD[@]}" "$@" --device "$DEVICE" --out "$OUT/$name" \
+    if timeout --signal=INT --kill-after=30 "$limit" "${CMD[@]}" "$@" --device "$DEVICE" --out "$OUT/$name" \
         > "$OUT/$name.txt" 2>> "$OUT/gpu_bench.log"; then
         log "$name: done"
     else

@@ -87,12 +87,16 @@ def test_ffn_bench_writes_json_markdown_and_plots(capsys, tmp_path):
 
 
 def test_ffn_bench_under_compile_keeps_its_rows_consistent(capsys):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     code, out, _ = run_cli(capsys, "bench", "ffn", "--widths", "32", "--tokens", "16", "--kinds", "dense,lowrank",
                            "--fractions", "0.32", "--compile", "--rounds", "1", "--min-round-s", "0.001",
                            "--threads", "1", "--device", "cpu", "--json")
     rows = json.loads(out)
     assert code == 0 and [r["kind"] for r in rows] == ["dense", "lowrank"] and all(r["compile"] for r in rows)
     assert rows[1]["speedup"] == pytest.approx(rows[0]["median_ms"] / rows[1]["median_ms"])
+    assert counters["stats"]["unique_graphs"] >= 2  # both FFNs really ran compiled, not eager
 
 
 def test_premerge_summary_reports_the_worst_ratio_at_each_end():

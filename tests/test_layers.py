@@ -39,11 +39,26 @@ def test_layer_equals_its_merged_weight(kind, shape):
 def test_bias_inside_the_last_product_has_the_plain_gradient(kind):
     layer = LAYERS[kind](32, 128)
     layer.reset_parameters(0.02, "random")
+    with torch.no_grad():
+        layer.bias.normal_()
     x = torch.randn(6, 32)
     grad = torch.randn(6, 128)
     layer(x).backward(grad)
     torch.testing.assert_close(layer.bias.grad, grad.sum(0))
     torch.testing.assert_close(layer.matrix_forward(x, layer.bias), layer.matrix_forward(x) + layer.bias)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_autocast_output_dtype_is_the_same_on_every_path(kind):
+    layer = LAYERS[kind](32, 128)
+    layer.reset_parameters(0.02, "random")
+    x = torch.randn(6, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+        layer.enable_guide()  # self-guided: guide and structure mixed, bias added after the mix
+        layer.guide_stochastic = False
+        layer.guide_alpha = 0.5
+        assert layer(x).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind", LAYERS)

@@ -57,13 +57,13 @@ def copy_tokenizer(data_dir: Path, run_dir: Path) -> None:
         os.replace(tmp, run_dir / TOKENIZER_DIR)
 
 
-def special_tokens_of(path: Path) -> tuple[str, str | None]:
-    """(eos, bos) token strings for the tokenizer file ``path``: from a ``tokenizer_config.json``
-    beside it (a ``save_pretrained`` folder), else ``<|endoftext|>`` for both."""
+def special_tokens_of(path: Path) -> tuple[str, str | None, str | None]:
+    """(eos, bos, unk) token strings for the tokenizer file ``path``: from a ``tokenizer_config.json``
+    beside it (a ``save_pretrained`` folder), else ``<|endoftext|>`` for eos and bos and no unk."""
     try:
         config = json.loads((path.parent / TOKENIZER_CONFIG).read_text())
     except (OSError, ValueError):
-        return EOS_TOKEN, EOS_TOKEN
+        return EOS_TOKEN, EOS_TOKEN, None
 
     def token(key: str) -> str | None:
         value = config.get(key) if isinstance(config, dict) else None
@@ -71,7 +71,7 @@ def special_tokens_of(path: Path) -> tuple[str, str | None]:
             value = value.get("content")
         return value if isinstance(value, str) else None
 
-    return token("eos_token") or EOS_TOKEN, token("bos_token")
+    return token("eos_token") or EOS_TOKEN, token("bos_token"), token("unk_token")
 
 
 def load_tokenizer(path: Path, vocab_size: int | None = None) -> Tokenizer:
@@ -87,7 +87,7 @@ def load_tokenizer(path: Path, vocab_size: int | None = None) -> Tokenizer:
     if vocab_size is not None and tok.get_vocab_size() > vocab_size:
         raise UserError(f"{path} has {tok.get_vocab_size()} tokens but model.vocab_size={vocab_size}; "
                         "it belongs to another run — copy the right tokenizer.json into the run dir")
-    tok.eos_token, tok.bos_token = special_tokens_of(path)  # plain attributes: the Tokenizer keeps none
+    tok.eos_token, tok.bos_token, tok.unk_token = special_tokens_of(path)  # plain attributes: it keeps none
     return tok
 
 

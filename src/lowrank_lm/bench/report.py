@@ -51,9 +51,10 @@ def _proc_stat_cpu_line() -> str:
 def busy_cores(interval: float = 0.25, read: Callable[[], str] = _proc_stat_cpu_line) -> float | None:
     """How many cores other processes keep busy right now: /proc/stat sampled over ``interval`` s.
 
-    Called while this process is idle (before a bench starts), it sees only the others. Unlike the
-    load average, it does not remember a process that finished a minute ago (such as the previous
-    stage of a benchmark script). None where /proc/stat is unavailable.
+    It counts the whole machine (or the whole host, in a container), this process included, so call it
+    while this process is idle: then it sees the others. Unlike the load average, it does not remember
+    a process that finished a minute ago (such as the previous stage of a benchmark script). None where
+    /proc/stat is unavailable.
     """
     def sample() -> tuple[int, int] | None:
         try:

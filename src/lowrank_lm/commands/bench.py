@@ -144,9 +144,9 @@ def _progress(message: str) -> None:
 
         cores = os.cpu_count() or 1
         busy = busy_cores() if not torch.cuda.is_available() else None
-        if busy is not None and busy > 0.5:
-            # Busy cores stall every multi-threaded op at its barrier (up to a scheduler slice each).
-            threads = torch.get_num_threads()
+        threads = torch.get_num_threads()
+        if busy is not None and busy > 0.5 and busy > cores - threads:
+            # Too few idle cores for our threads: busy cores stall every multi-threaded op at its barrier.
             hint = " (--threads 1 avoids the worst stalls)" if threads > 1 else ""
             print(f"warning: other processes keep {busy:.1f} of {cores} cores busy; timings will be noisy{hint}",
                   file=sys.stderr)

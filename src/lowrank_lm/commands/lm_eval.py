@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> None:
         raise UserError("--tasks is empty; name at least one lm-eval task")
     model = load(args.checkpoint, args.device)
     if model.tokenizer is None:
-        raise UserError(f"no tokenizer.json in the run dir of {model.checkpoint} (nor a tokenizer/ folder holding "
-                        "one); lm-eval scores text, so copy the data dir's tokenizer.json into the run dir")
+        raise UserError(f"no tokenizer.json in the run dir of {model.checkpoint}; lm-eval scores text, so copy "
+                        "the data dir's tokenizer.json, or its whole tokenizer/ folder for llama / hub tokenizers, "
+                        "into the run dir")
     res = run_lm_eval(model, model.tokenizer, tasks, batch_size=args.batch_size, limit=args.limit,
                       num_fewshot=args.num_fewshot, include_path=args.include_path,
                       include_defaults=not args.no_builtin_tasks)

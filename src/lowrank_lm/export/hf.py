@@ -206,8 +206,8 @@ def to_starcoder2(src: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, tor
 CONVERT = {"llama": to_llama, "gpt_neox": to_neox, "starcoder2": to_starcoder2}
 
 
-def stock_config(arch: str, m: ModelConfig, special_id: int | None, dtype: torch.dtype, bos_id: int | None = None):
-    """The transformers config object of ``arch`` for this model (bos = eos = ``special_id`` unless ``bos_id``).
+def stock_config(arch: str, m: ModelConfig, special_id: int | None, dtype: torch.dtype):
+    """The transformers config object of ``arch`` for this model.
 
     RoPE is given in the keyword names that transformers 4.x reads and 5.x converts
     (``rope_theta``; GPT-NeoX: ``rotary_emb_base`` and ``rotary_pct``).
@@ -217,8 +217,8 @@ def stock_config(arch: str, m: ModelConfig, special_id: int | None, dtype: torch
     common = dict(vocab_size=m.vocab_size, hidden_size=m.hidden_dim, intermediate_size=m.resolved_ffn_dim,
                   num_hidden_layers=m.num_layers, num_attention_heads=m.num_q_heads,
                   max_position_embeddings=m.seq_len, initializer_range=m.init_std,
-                  tie_word_embeddings=m.tie_embeddings, bos_token_id=special_id if bos_id is None else bos_id,
-                  eos_token_id=special_id, torch_dtype=dtype, architectures=[STOCK[arch]])
+                  tie_word_embeddings=m.tie_embeddings, bos_token_id=special_id, eos_token_id=special_id,
+                  torch_dtype=dtype, architectures=[STOCK[arch]])
     if arch == "llama":
         return transformers.LlamaConfig(
             **common, num_key_value_heads=m.resolved_kv_heads, head_dim=m.head_dim, hidden_act="silu",
@@ -232,7 +232,7 @@ def stock_config(arch: str, m: ModelConfig, special_id: int | None, dtype: torch
         norm_epsilon=m.norm_eps, rope_theta=m.rope_base, use_bias=m.bias, sliding_window=None)
 
 
-def remote_config(m: ModelConfig, special_id: int | None, dtype: torch.dtype, bos_id: int | None = None):
+def remote_config(m: ModelConfig, special_id: int | None, dtype: torch.dtype):
     """The config of this project's trust_remote_code class, with the auto_map that finds its files."""
     from lowrank_lm.export.remote.configuration_lowrank_lm import LowRankLMConfig
 
@@ -243,8 +243,8 @@ def remote_config(m: ModelConfig, special_id: int | None, dtype: torch.dtype, bo
         head_dim=m.head_dim, max_position_embeddings=m.seq_len, norm=m.norm, norm_eps=m.norm_eps,
         activation=m.activation, bias=m.bias, rope_base=m.rope_base, ffn_kind=f.kind, ffn_rank=f.rank,
         ffn_num_blocks=f.num_blocks, dense_ffn_layers=list(f.keep_dense_layers), initializer_range=m.init_std,
-        tie_word_embeddings=m.tie_embeddings, bos_token_id=special_id if bos_id is None else bos_id,
-        eos_token_id=special_id, torch_dtype=dtype, architectures=[REMOTE_CLASS])
+        tie_word_embeddings=m.tie_embeddings, bos_token_id=special_id, eos_token_id=special_id,
+        torch_dtype=dtype, architectures=[REMOTE_CLASS])
     cfg.auto_map = {"AutoConfig": "configuration_lowrank_lm.LowRankLMConfig",
                     "AutoModelForCausalLM": f"modeling_lowrank_lm.{REMOTE_CLASS}"}
     return cfg
@@ -290,21 +290,25 @@ def _check_out(out: Path, overwrite: bool) -> None:
                             "exports — choose a new folder")
 
 
-def _save_tokenizer(tok_file: Path, out: Path, vocab_size: int, seq_len: int) -> tuple[int | None, int | None, str]:
-    """Wrap tokenizer.json as a PreTrainedTokenizerFast; return (eos id, bos id, eos token).
+def _save_tokenizer(tok_file: Path, out: Path, vocab_size: int, seq_len: int) -> tuple[int | None, str]:
+    """Wrap tokenizer.json as a PreTrainedTokenizerFast; return (eos id, eos token).
 
-    eos and bos are ``<|endoftext|>`` for our bpe / gpt2 tokenizers, or those of the saved hub tokenizer
-    (LLaMA: ``</s>`` and ``<s>``)."""
+    eos = bos = the end-of-text token the model saw between documents: ``<|endoftext|>`` for our bpe /
+    gpt2 tokenizers, the hub tokenizer's own eos for llama / hub ones (LLaMA: ``</s>``; its ``<s>`` never
+    occurs in our training data). Any post-processor that would add special tokens is dropped for the
+    same reason, so ``tokenizer(text)`` gives the ids the model was trained on; ``unk`` is kept."""
     from transformers import PreTrainedTokenizerFast
 
     tok = load_tokenizer(tok_file, vocab_size)
     eos = eos_token(tok)
     eos_id = tok.token_to_id(eos)
-    bos = tok.bos_token if tok.bos_token is not None and tok.token_to_id(tok.bos_token) is not None else eos
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos if eos_id is not None else None,
-                                   eos_token=eos if eos_id is not None else None, model_max_length=seq_len)
+    unk = tok.unk_token if tok.unk_token is not None and tok.token_to_id(tok.unk_token) is not None else None
+    tok.post_processor = None
+    special = eos if eos_id is not None else None
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=special, eos_token=special, unk_token=unk,
+                                   model_max_length=seq_len)
     fast.save_pretrained(str(out))
-    return eos_id, (tok.token_to_id(bos) if eos_id is not None else None), eos
+    return eos_id, eos
 
 
 def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch: str = "auto",
@@ -341,24 +345,25 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
     folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         tok_file = find_tokenizer_file(ckpt, cfg)
-        special_id = bos_id = None
+        special_id = None
         if tok_file is not None:
-            special_id, bos_id, eos = _save_tokenizer(tok_file, folder, m.vocab_size, m.seq_len)
+            special_id, eos = _save_tokenizer(tok_file, folder, m.vocab_size, m.seq_len)
             if special_id is None:
                 notes.append(f"the tokenizer has no {eos}; the export has no eos/bos token")
         else:
-            notes.append(f"no tokenizer.json next to {ckpt} or in its run dir; exported the model without a tokenizer")
+            notes.append(f"no tokenizer.json (or tokenizer/ folder) next to {ckpt} or in its run dir; "
+                         "exported the model without a tokenizer")
 
         torch_dtype = DTYPES[dtype]
         if remote:
-            config = remote_config(m, special_id, torch_dtype, bos_id)
+            config = remote_config(m, special_id, torch_dtype)
             state = {k: v for k, v in model.state_dict().items() if not k.endswith(".guide")}
             weights = {(k if k.startswith("lm_head.") else f"model.{k}"): v for k, v in state.items()}
             for name in REMOTE_FILES:
                 shutil.copy(REMOTE_DIR / name, folder / name)
             architecture = REMOTE_CLASS
         else:
-            config = stock_config(chosen, m, special_id, torch_dtype, bos_id)
+            config = stock_config(chosen, m, special_id, torch_dtype)
             weights = CONVERT[chosen](dense_weights(model), m)
             architecture = STOCK[chosen]
         if not m.tie_embeddings:
@@ -366,7 +371,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
         weights = _check_keys(config, weights)
         config.save_pretrained(str(folder))
         if special_id is not None:
-            transformers.GenerationConfig(bos_token_id=bos_id, eos_token_id=special_id,
+            transformers.GenerationConfig(bos_token_id=special_id, eos_token_id=special_id,
                                           pad_token_id=special_id).save_pretrained(str(folder))
         save_file({k: v.detach().to(torch_dtype).contiguous() for k, v in weights.items()},
                   str(folder / "model.safetensors"), metadata={"format": "pt"})

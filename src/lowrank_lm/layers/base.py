@@ -91,7 +91,7 @@ class StructuredLinear(nn.Module):
                 y = a * F.linear(x, self.guide) + (1.0 - a) * y
                 if self.training:
                     self.guide_tokens += x.numel() // self.in_features
-            return y if self.bias is None else y + self.bias
+            return y if self.bias is None else y + self.bias.to(y.dtype)  # autocast's dtype, as F.linear gives
         return self.matrix_forward(x, self.bias)
 
     def extra_repr(self) -> str:

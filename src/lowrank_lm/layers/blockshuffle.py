@@ -26,7 +26,8 @@ class BlockShuffleLinear(StructuredLinear):
 
     def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         y = blockshuffle_matmul(x, self.blocks_in, self.blocks_out)
-        return y if bias is None else y + bias  # ends in a permutation: no matmul to carry the bias
+        # Ends in a permutation: no matmul to carry the bias. Cast it, so autocast's dtype holds as in F.linear.
+        return y if bias is None else y + bias.to(y.dtype)
 
     def num_matrix_params(self) -> int:
         return self.blocks_in.numel() + self.blocks_out.numel()
