@@ -228,11 +228,10 @@ def premerge_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
 
     def worst(subset: list[dict[str, Any]], base: Any) -> dict[str, Any] | None:
-        ratios = [(r["median_ms"] / base(r), r) for r in subset]
-        if not ratios:
+        if not subset:
             return None
-        ratio, r = max(ratios, key=lambda x: x[0])
-        return {"ratio": ratio, "kind": r["kind"], "fraction": r["fraction"], "width": r["width"],
+        r = max(subset, key=lambda r: r["median_ms"] / base(r))
+        return {"ratio": r["median_ms"] / base(r), "kind": r["kind"], "fraction": r["fraction"], "width": r["width"],
                 "tokens": r["tokens"], "path": r["path"]}
 
     return {

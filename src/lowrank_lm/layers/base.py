@@ -83,16 +83,16 @@ class StructuredLinear(nn.Module):
         small = x.numel() // self.in_features <= self.premerge_max_tokens
         if self.merged is not None and small and not self.training:
             return F.linear(x, self.merged.to(x.dtype), self.bias)
+        y = self.matrix_forward(x, self.bias)
         if self.guide is not None and self.guide_alpha > 0:
             a = self.guide_alpha
-            y = self.matrix_forward(x)
             # reduce_flop: the dense path runs only with probability alpha (expected cost 0.5 T_g).
             if not self.guide_stochastic or not self.training or float(torch.rand(())) < a:
-                y = a * F.linear(x, self.guide) + (1.0 - a) * y
+                # a (W x + b) + (1 - a) (structured x + b): both paths carry the bias inside their matmul
+                y = a * F.linear(x, self.guide, self.bias) + (1.0 - a) * y
                 if self.training:
                     self.guide_tokens += x.numel() // self.in_features
-            return y if self.bias is None else y + self.bias.to(y.dtype)  # autocast's dtype, as F.linear gives
-        return self.matrix_forward(x, self.bias)
+        return y
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"
