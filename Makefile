@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch (on this project's machines it lies on disk). GPU users: install the CUDA
 # build of torch into $(VENV) first (or set TORCH_SPEC); a torch that is already there is kept.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,hf,analysis,tensorboard,eval
+EXTRAS ?= dev,hf,analysis,tensorboard,eval,cluster
 
 .PHONY: setup test demo lint clean-venv
 
