@@ -1,6 +1,6 @@
 import pytest
 
-from lowrank_lm.config import apply_overrides, config_to_dict, load_config, save_config
+from lowrank_lm.config import KIND_INITS, apply_overrides, config_to_dict, load_config, save_config
 from lowrank_lm.errors import ConfigError
 
 from .conftest import small_config
@@ -16,11 +16,47 @@ def test_defaults_are_the_papers():
     assert m.ffn.keep_dense_layers == [0]
 
 
-@pytest.mark.parametrize("kind,init", [("dense", "random"), ("lowrank", "spectral"),
-                                       ("blockshuffle", "orthonormal"), ("blockdense", "orthonormal")])
-def test_default_init_per_kind(kind, init):
-    cfg = small_config(f"model.ffn.kind={kind}", "model.ffn.rank=16", "model.ffn.num_blocks=4")
+@pytest.mark.parametrize("kind,settings,init", [("dense", [], "random"), ("lowrank", ["rank=16"], "spectral"),
+                                                ("blockshuffle", ["num_blocks=4"], "orthonormal"),
+                                                ("blockdense", ["rank=16", "num_blocks=4"], "orthonormal")])
+def test_default_init_per_kind(kind, settings, init):
+    cfg = small_config(f"model.ffn.kind={kind}", *(f"model.ffn.{s}" for s in settings))
     assert cfg.model.ffn.init == init
+
+
+INAPPLICABLE = [
+    (["model.ffn.rank=32"],
+     "model.ffn.rank=32 does not apply to model.ffn.kind=dense (it has no size setting); remove it, or set "
+     "model.ffn.kind to lowrank or blockdense"),
+    (["model.ffn.kind=lowrank", "model.ffn.rank=16", "model.ffn.num_blocks=4"],
+     "model.ffn.num_blocks=4 does not apply to model.ffn.kind=lowrank (it reads model.ffn.rank); remove it, "
+     "or set model.ffn.kind to blockshuffle or blockdense"),
+    (["model.ffn.kind=blockshuffle", "model.ffn.num_blocks=4", "model.ffn.rank=16"],
+     "model.ffn.rank=16 does not apply to model.ffn.kind=blockshuffle (it reads model.ffn.num_blocks)"),
+    (["model.ffn.init=spectral"],
+     "model.ffn.init=spectral does not apply to model.ffn.kind=dense; use random or orthonormal (or leave it "
+     "empty for random)"),
+    (["model.ffn.kind=blockdense", "model.ffn.rank=16", "model.ffn.num_blocks=4", "model.ffn.init=spectral"],
+     "model.ffn.init=spectral does not apply to model.ffn.kind=blockdense; use orthonormal or random"),
+    (["model.ffn.premerge_max_tokens=8"], "model.ffn.premerge_max_tokens does not apply to model.ffn.kind=dense"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", INAPPLICABLE)
+def test_a_setting_the_kind_does_not_read_is_an_error_naming_what_it_reads(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        small_config(*overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_init_a_kind_accepts_builds_and_reloads(tmp_path):
+    for kind, settings in [("dense", []), ("lowrank", ["rank=16"]), ("blockshuffle", ["num_blocks=4"]),
+                           ("blockdense", ["rank=16", "num_blocks=4"])]:
+        for init in KIND_INITS[kind]:
+            cfg = small_config(f"model.ffn.kind={kind}", f"model.ffn.init={init}",
+                               *(f"model.ffn.{s}" for s in settings))
+            save_config(cfg, tmp_path / "c.yaml")
+            assert load_config(tmp_path / "c.yaml") == cfg  # a saved config (init filled in) loads again
 
 
 def test_overrides_and_base_files(tmp_path):

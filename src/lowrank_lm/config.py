@@ -33,6 +33,19 @@ DEFAULT_INIT: dict[str, str] = {
     "blockshuffle": "orthonormal",
     "blockdense": "orthonormal",
 }
+# What each kind reads: its size settings and the inits its layer implements (spectral needs two factors).
+KIND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "dense": (),
+    "lowrank": ("rank",),
+    "blockshuffle": ("num_blocks",),
+    "blockdense": ("rank", "num_blocks"),
+}
+KIND_INITS: dict[str, tuple[str, ...]] = {
+    "dense": ("random", "orthonormal"),
+    "lowrank": ("spectral", "orthonormal", "random"),
+    "blockshuffle": ("orthonormal", "random"),
+    "blockdense": ("orthonormal", "random"),
+}
 
 
 @dataclass
@@ -135,6 +148,10 @@ class SelfGuidedConfig:
     schedule: Literal["cosine", "linear"] = "cosine"
     reduce_flop: bool = True
     """Use the dense guide only with probability alpha per layer and forward (the paper's setting)."""
+    guide_init: Literal["exact", "reference"] = "exact"
+    """Where each guide starts: ``exact`` at the layer's own matrix (the output is continuous at alpha = 1, as the
+    paper describes); ``reference`` as the reference code does, which for BlockShuffle is the product of its two
+    block-diagonal factors without the shuffles (LowRank and BlockDense start exactly either way)."""
 
 
 @dataclass
@@ -372,6 +389,23 @@ def _positive(value: Optional[float], key: str) -> None:
         raise ConfigError(f"{key} must be positive, got {value}")
 
 
+def _check_applicable(f: FFNConfig) -> None:
+    """A setting the FFN kind does not read is an error naming what the kind does read."""
+    uses = KIND_SETTINGS[f.kind]
+    for key in ("rank", "num_blocks"):
+        if getattr(f, key) is not None and key not in uses:
+            reads = f"reads {' and '.join('model.ffn.' + u for u in uses)}" if uses else "has no size setting"
+            users = [k for k, v in KIND_SETTINGS.items() if key in v]
+            raise ConfigError(f"model.ffn.{key}={getattr(f, key)} does not apply to model.ffn.kind={f.kind} "
+                              f"(it {reads}); remove it, or set model.ffn.kind to {' or '.join(users)}")
+    if f.init is not None and f.init not in KIND_INITS[f.kind]:
+        raise ConfigError(f"model.ffn.init={f.init} does not apply to model.ffn.kind={f.kind}; "
+                          f"use {' or '.join(KIND_INITS[f.kind])} (or leave it empty for {DEFAULT_INIT[f.kind]})")
+    if f.premerge_max_tokens is not None and f.kind == "dense":
+        raise ConfigError("model.ffn.premerge_max_tokens does not apply to model.ffn.kind=dense (nothing to "
+                          "merge); remove it, or set a structured model.ffn.kind")
+
+
 def validate(cfg: Config) -> None:
     """Check shapes and combinations; fill the paper's default init. Raises ConfigError."""
     m, f = cfg.model, cfg.model.ffn
@@ -414,6 +448,7 @@ def validate(cfg: Config) -> None:
         if f.kind == "blockdense" and f.rank is not None and f.rank % f.num_blocks:
             raise ConfigError(f"model.ffn.rank={f.rank} is not divisible by num_blocks={f.num_blocks}; "
                               "BlockDense splits the rank across the blocks")
+    _check_applicable(f)
     if f.init is None:
         f.init = DEFAULT_INIT[f.kind]  # type: ignore[assignment]
 
