@@ -1,6 +1,7 @@
 """Self-guided training: a dense guide W beside each structured layer, weighted by alpha decaying 1 -> 0.
 
-o = alpha W x + (1 - alpha) U(V x). W starts as the merged structured weight so the output is continuous;
+o = alpha W x + (1 - alpha) U(V x). W starts as the merged structured weight so the output is continuous
+(``guide_init: reference`` starts BlockShuffle's W as the reference code does, see :func:`reference_guide_start`);
 after ``ratio x steps`` steps the guides leave the model and the optimiser and cost nothing. In fixedflop mode
 the guided steps are appended again at the end, re-reading the first batches, so that the total FLOPs
 match the dense model's (reference section 3.3).
@@ -8,11 +9,27 @@ match the dense model's (reference section 3.3).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from lowrank_lm.config import SelfGuidedConfig
+from lowrank_lm.layers.base import StructuredLinear
+from lowrank_lm.layers.blockshuffle import BlockShuffleLinear
 from lowrank_lm.model import Transformer
 from lowrank_lm.train.schedule import guide_alpha_at
+
+
+@torch.no_grad()
+def reference_guide_start(layer: StructuredLinear) -> torch.Tensor:
+    """The guide the reference code (CLAIRE-Labo/StructuredFFN) starts from, as an (out, in) matrix.
+
+    It multiplies the layer's factors as plain matrices. For LowRank and BlockDense that is the layer's own
+    matrix; for BlockShuffle it is block_diag(second factor) x block_diag(first factor), which leaves out the
+    shuffle between them, so the guide starts block-diagonal instead of at the layer's matrix.
+    """
+    if isinstance(layer, BlockShuffleLinear):
+        return torch.block_diag(*layer.blocks_out) @ torch.block_diag(*layer.blocks_in)
+    return layer.merged_weight()
 
 
 class SelfGuidance:
@@ -40,6 +57,9 @@ class SelfGuidance:
         if self.active(step):
             for layer in model.structured_layers():
                 layer.enable_guide()
+                if self.cfg.guide_init == "reference":  # a resumed run then loads its guides over this start
+                    with torch.no_grad():
+                        layer.guide.copy_(reference_guide_start(layer))
                 layer.guide_stochastic = self.cfg.reduce_flop
 
     def alpha(self, step: int) -> float:
