@@ -1,4 +1,9 @@
-"""The demo job: a dense model and its LowRank twin (R = hidden/4, ~32% of the FFN) on the same tokens."""
+"""The demo job: a dense model and its LowRank twin (R = hidden/4, ~32% of the FFN) on the same tokens.
+
+The demo writes ``results.json`` (the rows of its table) beside the runs; the table it prints is
+:func:`demo_table` of that record, and so is the README's (a test checks it against
+``docs/results/demo.json``, a copy of that file from ``make demo``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lowrank_lm.config import Config
+from lowrank_lm.config import Config, config_to_dict, load_config
+from lowrank_lm.errors import UserError
+
+# Settings that say where and how verbosely a run writes, not what it computes: a finished run whose saved
+# config differs only in these is the same experiment.
+BOOKKEEPING = {"train.out_dir", "train.resume", "train.device", "train.wandb", "train.log_interval",
+               "train.keep_checkpoints", "train.checkpoint_interval", "data.dir", "data.num_workers"}
+# The columns of a demo row, taken from the run's summary.json.
+ROW_KEYS = ("name", "params", "params_ffn", "train_flops", "tokens", "tokens_per_s", "final_val_loss",
+            "final_val_ppl")
 
 
 def twin(cfg: Config, out: Path) -> list[tuple[str, Config]]:
@@ -23,15 +37,46 @@ def twin(cfg: Config, out: Path) -> list[tuple[str, Config]]:
     return [("dense", dense), ("lowrank-32", lowrank)]
 
 
-def _table(rows: list[dict[str, Any]], unigram_ppl: float) -> str:
+def demo_table(record: dict[str, Any]) -> str:
+    """The markdown table of a demo record (``{"rows": [...], "unigram_ppl": x}``, as in results.json)."""
     head = "| model | params | FFN params | training FLOPs | tokens | tokens/s | val loss | val ppl |"
     lines = [head, "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in record["rows"]:
         lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['params_ffn'] / 1e6:.3f}M | "
                      f"{r['train_flops']:.3e} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | "
                      f"{r['final_val_loss']:.4f} | {r['final_val_ppl']:.2f} |")
-    lines.append(f"| unigram baseline | | | | | | {math.log(unigram_ppl):.4f} | {unigram_ppl:.2f} |")
+    unigram = record["unigram_ppl"]
+    lines.append(f"| unigram baseline | | | | | | {math.log(unigram):.4f} | {unigram:.2f} |")
     return "\n".join(lines)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: Config, wanted: Config) -> list[str]:
+    """``key=saved-value`` for each setting (bookkeeping aside) in which ``saved`` differs from ``wanted``."""
+    a, b = _flat(config_to_dict(saved)), _flat(config_to_dict(wanted))
+    return [f"{k}={a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
+            if k not in BOOKKEEPING and a.get(k) != b.get(k)]
+
+
+def _check_reusable(run_dir: Path, cfg: Config) -> None:
+    """Refuse a run folder whose saved config is another experiment than ``cfg``."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    diff = config_differences(load_config(saved_path), cfg)
+    if diff:
+        more = f" and {len(diff) - 2} more" if len(diff) > 2 else ""
+        raise UserError(f"{run_dir} holds a run trained with other settings ({'; '.join(diff[:2])}{more}); "
+                        "pass --overwrite to train it again, or choose another --out")
 
 
 def _plot(out: Path, names: list[str]) -> Path | None:
@@ -63,28 +108,36 @@ def _plot(out: Path, names: list[str]) -> Path | None:
     return path
 
 
-def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> list[dict[str, Any]]:
-    """Prepare the data, train both runs (skipping finished ones), print the table; returns the summaries."""
+def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Prepare the data, train both runs (reusing finished ones of the same config), print the table;
+    returns the record written to ``out/results.json``."""
     from lowrank_lm.data import prepare, unigram_perplexity
     from lowrank_lm.train import run_training
 
+    pairs = twin(cfg, out)
+    if not overwrite:  # before any work: a folder of another experiment is refused at once
+        for _, run_cfg in pairs:
+            _check_reusable(Path(run_cfg.train.out_dir), run_cfg)
     data_dir = prepare(cfg.data)
     rows = []
-    for name, run_cfg in twin(cfg, out):
+    for name, run_cfg in pairs:
         summary_path = Path(run_cfg.train.out_dir) / "summary.json"
         if summary_path.is_file() and not overwrite:
-            print(f"{name}: finished earlier, reusing {summary_path}")
+            print(f"{name}: finished earlier with the same settings, reusing {summary_path}")
             summary = json.loads(summary_path.read_text())
         else:
             print(f"== training {name} ==", flush=True)
             summary = run_training(run_cfg, overwrite=overwrite)
-        rows.append({**summary, "name": name})
-    table = _table(rows, unigram_perplexity(data_dir))
+        summary = {**summary, "name": name}
+        rows.append({k: summary[k] for k in ROW_KEYS})
+    record = {"config": config_to_dict(cfg), "rows": rows, "unigram_ppl": unigram_perplexity(data_dir)}
+    table = demo_table(record)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "results.md").write_text(table + "\n")
     plot = _plot(out, [r["name"] for r in rows])
     print()
     print(table)
     print(f"\nruns: {out}/dense, {out}/lowrank-32 (metrics.jsonl, TensorBoard events, checkpoints)")
-    print(f"table: {out / 'results.md'}" + (f"; plot: {plot}" if plot else ""))
-    return rows
+    print(f"table: {out / 'results.md'} (rows in {out / 'results.json'})" + (f"; plot: {plot}" if plot else ""))
+    return record
