@@ -2,19 +2,21 @@
 
 import json
 import math
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from lowrank_lm.bench import premerge
 from lowrank_lm.bench.decode import DecodeBenchSpec, run_decode_bench, summary
-from lowrank_lm.bench.timer import measure
+from lowrank_lm.bench.timer import Timing, measure
 from lowrank_lm.bench.train import TrainBenchSpec, peer_model, run_train_bench
 from lowrank_lm.bench.variants import structure_for
 from lowrank_lm.cli import main
 from lowrank_lm.layers import LowRankLinear
 from lowrank_lm.model import Transformer
-from lowrank_lm.runtime import tune_malloc
 
 from .conftest import small_config
 
@@ -45,12 +47,50 @@ def test_paper_ranks_and_blocks_from_fractions():
     assert 5 * bd.rank * (1 + 1 / 4) / (8 * 1024) == pytest.approx(0.32, abs=0.03)  # the paper's ratio formula
 
 
-def test_measure_interleaves_and_counts_rounds():
-    calls = []
-    t = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"),
-                rounds=3, min_round_s=1e-4, warmup=1)
-    assert set(t) == {"a", "b"} and all(len(x.samples_ms) == 3 for x in t.values())
-    assert t["a"].min_ms <= t["a"].median_ms <= t["a"].max_ms and t["a"].iqr_ms >= 0
+def test_measure_interleaves_rotates_and_sizes_its_rounds(monkeypatch):
+    """The schedule of measure() on a fake clock: each call advances it by the variant's own cost."""
+    from lowrank_lm.bench import timer
+
+    clock = [0.0]
+    cost_s = {"a": 1e-3, "b": 2e-3, "c": 5e-4}
+    direct_calls = {name: 0 for name in cost_s}
+
+    def variant(name):
+        def fn():
+            clock[0] += cost_s[name]
+            direct_calls[name] += 1
+        return fn
+
+    fns = {name: variant(name) for name in cost_s}
+    name_of = {fn: name for name, fn in fns.items()}
+    blocks: list[tuple[str, int]] = []
+
+    def fake_block(fn, number, device):
+        blocks.append((name_of[fn], number))
+        start = clock[0]
+        for _ in range(number):
+            fn()
+        return (clock[0] - start) / number
+
+    monkeypatch.setattr(timer, "_time_block", fake_block)
+    monkeypatch.setattr(timer, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    t = measure(fns, torch.device("cpu"), rounds=4, min_round_s=0.01, warmup=3)
+    # a round is >= min_round_s: 10 calls of 1 ms, 5 of 2 ms, 20 of 0.5 ms
+    calls = {"a": 10, "b": 5, "c": 20}
+    # round-robin, the starting variant rotating each round
+    assert [name for name, _ in blocks] == list("abc" + "bca" + "cab" + "abc")
+    assert all(number == calls[name] for name, number in blocks)
+    for name, timing in t.items():
+        assert timing.calls_per_round == calls[name]
+        assert timing.samples_ms == pytest.approx([cost_s[name] * 1e3] * 4)
+        assert direct_calls[name] == 3 + 4 * calls[name]  # warm-up calls, then 4 rounds
+
+
+def test_timing_statistics_by_hand():
+    t = Timing([4.0, 1.0, 3.0, 2.0, 10.0], calls_per_round=7)
+    assert (t.median_ms, t.min_ms, t.max_ms) == (3.0, 1.0, 10.0)
+    assert t.iqr_ms == pytest.approx(4.0 - 2.0)  # inclusive quartiles of 1 2 3 4 10
+    assert Timing([5.0], 1).iqr_ms == 0.0
 
 
 def test_ffn_bench_json_rows_are_consistent(capsys):
@@ -264,8 +304,33 @@ def test_busy_cores_counts_non_idle_time_across_all_cores(monkeypatch):
     assert busy_cores(0.0, read=lambda: "") is None  # no /proc/stat: unknown
 
 
-def test_tune_malloc_is_idempotent():
-    assert tune_malloc() == tune_malloc()
+TUNE_MALLOC_PROBE = """
+import ctypes, ctypes.util
+from lowrank_lm.runtime import tune_malloc
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks "
+                                             "fordblks keepcost".split()]
+libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
+libc.malloc.argtypes, libc.free.argtypes = [ctypes.c_size_t], [ctypes.c_void_p]
+def mmapped_blocks_with_64mib_held():
+    p = libc.malloc(64 << 20)
+    n = libc.mallinfo2().hblks
+    libc.free(p)
+    return n
+base = libc.mallinfo2().hblks
+before = mmapped_blocks_with_64mib_held()
+applied = tune_malloc()
+print(before - base, mmapped_blocks_with_64mib_held() - base, applied, tune_malloc())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt and mallinfo2 are glibc's")
+def test_tune_malloc_moves_large_allocations_from_mmap_to_the_heap():
+    # a fresh process: this one may have tuned already
+    proc = subprocess.run([sys.executable, "-c", TUNE_MALLOC_PROBE], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["1", "0", "True", "True"]  # 64 MiB: an mmap before, heap after; applied once
 
 
 def test_gpu_bench_script_parses():

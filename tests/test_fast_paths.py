@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from lowrank_lm.config import load_config
 from lowrank_lm.layers import BlockDenseLinear, BlockShuffleLinear, DenseLinear, LowRankLinear
+from lowrank_lm.layers import blockdiag as blockdiag_module
 from lowrank_lm.layers import fused as fused_module
 from lowrank_lm.layers.blockdiag import blockdiag_matmul, blockshuffle_matmul, shuffle, unshuffle
 from lowrank_lm.layers.fused import gelu_linear
@@ -40,17 +41,44 @@ def test_inplace_blockshuffle_equals_the_composition_of_its_definition(shape):
                              .reshape(15, -1), b).reshape(3, 5, n_out)
         fast = blockshuffle_matmul(x, layer.blocks_in, layer.blocks_out)
     torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)  # autograd path (batched matmul)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)  # the layer with autograd on
 
 
-def test_inplace_blockdiag_equals_batched_matmul():
-    blocks = torch.randn(4, 6, 8, requires_grad=True)
+def _bmm_path(monkeypatch) -> list[int]:
+    """Make the block products take the GPU path (one batched matmul) on CPU; returns a count of its calls."""
+    calls = []
+    bmm = blockdiag_module._blockdiag_bmm
+    monkeypatch.setattr(blockdiag_module, "_cpu_operands", lambda *_: None)
+    monkeypatch.setattr(blockdiag_module, "_blockdiag_bmm", lambda x, b: calls.append(1) or bmm(x, b))
+    return calls
+
+
+def _values_and_grads(fn, x: torch.Tensor, *weights: torch.Tensor) -> list[torch.Tensor]:
+    x, weights = x.clone().requires_grad_(), [w.clone().requires_grad_() for w in weights]
+    y = fn(x, *weights)
+    (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()  # a weighting that tells output columns apart
+    return [y.detach(), x.grad, *(w.grad for w in weights)]
+
+
+@pytest.mark.parametrize("kind", ["blockdiag", "blockshuffle"])
+def test_cpu_block_kernels_equal_the_batched_matmul_gpus_use(kind, monkeypatch):
+    torch.manual_seed(0)
     x = torch.randn(2, 7, 32)
-    slow = blockdiag_matmul(x, blocks)
-    assert slow.requires_grad
-    with torch.no_grad():
-        fast = blockdiag_matmul(x, blocks)
-    torch.testing.assert_close(fast, slow.detach(), rtol=1e-6, atol=1e-6)
+    if kind == "blockdiag":
+        fn, weights = blockdiag_matmul, (torch.randn(4, 6, 8),)
+        # a third path: the dense block-diagonal matrix
+        dense = lambda x, b: x @ torch.block_diag(*b).T  # noqa: E731
+    else:
+        fn, weights = blockshuffle_matmul, (torch.randn(4, 8, 8), torch.randn(4, 12, 8))
+        dense = lambda x, v, u: unshuffle(shuffle(x @ torch.block_diag(*v).T, 4) @ torch.block_diag(*u).T, 4)  # noqa: E731
+    cpu = _values_and_grads(fn, x, *weights)
+    reference = _values_and_grads(dense, x, *weights)
+    calls = _bmm_path(monkeypatch)
+    gpu = _values_and_grads(fn, x, *weights)
+    assert len(calls) == len(weights)  # the batched matmul really ran, once per block-diagonal factor
+    for a, b, c in zip(cpu, gpu, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", LAYERS)

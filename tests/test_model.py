@@ -84,16 +84,46 @@ def test_kv_cache_gives_the_full_forward_logits(kind, style):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+# Hand counts for small_config (vocab 97, width 64, FFN 256, 2 blocks, block 0's FFN dense), weights only.
+# One FFN projection 64 -> 256 (up, gate) and 256 -> 64 (down) of each kind:
+HAND_FFN_WEIGHTS = {
+    "dense": (64 * 256, 256 * 64),
+    "lowrank": (16 * (64 + 256), 16 * (256 + 64)),  # rank 16: V (16, in) and U (out, 16)
+    # 4 blocks around an inner width of min(in, out) = 64: V (4, 16, in/4), U (4, out/4, 16)
+    "blockshuffle": (4 * 16 * 16 + 4 * 64 * 16, 4 * 16 * 64 + 4 * 16 * 16),
+    # rank 32 in 2 blocks: block-diagonal V (2, 16, in/2), then a dense U (out, 32)
+    "blockdense": (2 * 16 * 32 + 256 * 32, 2 * 16 * 128 + 64 * 32),
+}
+
+
+def hand_count(kind: str, style: str) -> tuple[int, int]:
+    """(all parameters, FFN weight matrices) of small_config(KINDS[kind], style), counted from the architecture."""
+    embed = 97 * 64
+    if style == "gpt":  # LayerNorm with bias, biases everywhere, tied head, 4 K/V heads of 16
+        norm, attn = 2 * 64, (64 * 192 + 192) + (64 * 64 + 64)
+        ffn_bias, projections, head = 256 + 64, 1, 0
+    else:  # RMSNorm, no biases, untied head, 2 K/V heads: qkv is 64 -> 64 + 2 x 32
+        norm, attn = 64, 64 * 128 + 64 * 64
+        ffn_bias, projections, head = 0, 2, embed  # gate and up
+
+    def ffn(k: str) -> int:
+        up, down = HAND_FFN_WEIGHTS[k]
+        return projections * up + down
+    ffn_weights = ffn("dense") + ffn(kind)
+    total = embed + head + 2 * (2 * norm + attn + ffn_bias) + ffn_weights + norm
+    return total, ffn_weights
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("style", ["gpt", "llama"])
-def test_accounting_params_equal_the_built_model(kind, style):
+def test_accounting_params_equal_hand_counts(kind, style):
     cfg = small_config(*KINDS[kind], *(LLAMA if style == "llama" else [])).model
-    model = Transformer(cfg)
-    counts = count_model(model)
-    assert counts.params == sum(p.numel() for p in model.parameters())
-    assert counts == count_model(build_meta(cfg))
-    embed = cfg.vocab_size * cfg.hidden_dim * (1 if cfg.tie_embeddings else 2)
-    assert counts.params_non_embedding == counts.params - embed
+    counts = count_model(Transformer(cfg))
+    total, ffn_weights = hand_count(kind, style)
+    assert (counts.params, counts.params_ffn) == (total, ffn_weights)
+    embed = 97 * 64 * (1 if style == "gpt" else 2)
+    assert counts.params_non_embedding == total - embed
+    assert counts == count_model(build_meta(cfg))  # the meta-device count (no memory) agrees
 
 
 def test_loss_is_cross_entropy_of_logits():
@@ -164,6 +194,7 @@ def test_transformer_xl_builds_on_meta_without_memory():
     cfg = load_config("configs/paper/transformer-xl.yaml").model
     model = build_meta(cfg)
     assert all(p.is_meta for p in model.parameters())
+    # the paper gives 1.274B; the exact digits are a regression pin of our own count
     assert sum(p.numel() for p in model.parameters()) == 1_274_138_624
 
 
