@@ -1,6 +1,7 @@
 """The ``lowrank-lm`` command: parses arguments and hands over to one module per verb.
 
-A :class:`~lowrank_lm.errors.UserError` from any verb ends in one line on stderr and exit code 2.
+A :class:`~lowrank_lm.errors.UserError` from any verb ends in one line on stderr and exit code 2. A verb may
+return another exit status (``train``: 75 when it stopped before its budget, resumable).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from lowrank_lm.errors import UserError
+from lowrank_lm.errors import PeerFailed, UserError
 
 # verb -> module under lowrank_lm.commands with add_arguments(parser) and run(args).
 VERBS: dict[str, str] = {
@@ -54,8 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args._run(args)
     except UserError as e:
-        sys.stderr.write(f"lowrank-lm {args.verb}: error: {e}\n")
+        if e.echo:
+            sys.stderr.write(f"lowrank-lm {args.verb}: error: {e}\n")
         raise SystemExit(2) from None
+    except PeerFailed:
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         raise SystemExit(130) from None
