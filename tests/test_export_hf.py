@@ -196,6 +196,36 @@ def test_export_refuses_a_non_empty_folder_unless_it_is_an_export(tmp_path):
     assert cli("export", str(tmp_path / "run"), str(tmp_path / "hf"), "--overwrite")[0] == 0
 
 
+def test_export_overwrite_replaces_only_what_the_earlier_export_wrote(tmp_path):
+    make_run(tmp_path / "run", [])
+    hf_model = tmp_path / "foreign"  # a Hugging Face folder we did not write: config.json is not ours
+    hf_model.mkdir()
+    for name in ("config.json", "pytorch_model.bin"):
+        (hf_model / name).write_text("theirs")
+    code, _, err = cli("export", str(tmp_path / "run"), str(hf_model), "--overwrite")
+    assert code == 2 and f"{hf_model} is not an earlier export (no lowrank_lm_export.json)" in err
+    assert sorted(p.name for p in hf_model.iterdir()) == ["config.json", "pytorch_model.bin"]
+
+    out = tmp_path / "hf"
+    assert cli("export", str(tmp_path / "run"), str(out))[0] == 0
+    ours = set(json.loads((out / "lowrank_lm_export.json").read_text())["files"])
+    assert ours == {p.name for p in out.iterdir()} and "model.safetensors" in ours
+    (out / "README.md").write_text("my notes")
+    (out / "eval-results").mkdir()
+    (out / "eval-results" / "hellaswag.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"stale")
+    assert cli("export", str(tmp_path / "run"), str(out), "--overwrite")[0] == 0
+    assert (out / "README.md").read_text() == "my notes"
+    assert (out / "eval-results" / "hellaswag.json").read_text() == "{}"
+    assert (out / "model.safetensors").read_bytes() != b"stale"
+
+    (out / "lowrank_lm_export.json").write_text(json.dumps({"files": ["config.json"]}))
+    code, _, err = cli("export", str(tmp_path / "run"), str(out), "--overwrite")  # the record disowns them
+    assert code == 2 and f"{out / 'model.safetensors'} was not written by the earlier export" in err
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    assert not list(tmp_path.glob(".hf.tmp-*"))
+
+
 def test_bfloat16_export_loads_in_bfloat16(tmp_path):
     ours = make_run(tmp_path / "run", LOWRANK)
     assert cli("export", str(tmp_path / "run"), str(tmp_path / "hf"), "--merge", "--dtype", "bfloat16")[0] == 0

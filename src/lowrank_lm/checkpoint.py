@@ -9,6 +9,10 @@ Layout of a run directory::
         state.pt                        optimiser, schedule, RNG, loader position (torch.load weights_only)
         meta.json                       step, tokens, written last: its presence marks the folder complete
 
+FSDP runs write a sharded checkpoint instead: ``dcp/`` (torch.distributed.checkpoint, every rank its own
+shards, optimiser included) in place of ``model.safetensors``, and ``state.pt`` without the optimiser (see
+:mod:`lowrank_lm.checkpoint_dcp`). Every reader here takes both formats.
+
 A checkpoint is written into a temporary sibling folder and renamed into place, so a crash never
 leaves a half-written ``step-*`` folder; readers ignore folders without ``meta.json``.
 """
@@ -18,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lowrank_lm.checkpoint_dcp import is_sharded, load_sharded
 from lowrank_lm.config import Config, load_config, save_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.faults import crash_point
 from lowrank_lm.model import Transformer
+from lowrank_lm.permissions import follow_umask, make_temp_dir
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
@@ -51,7 +56,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from a checkpoint path or a run directory (its newest checkpoint)."""
     path = Path(path)
-    if (path / "meta.json").is_file() and (path / "model.safetensors").is_file():
+    if (path / "meta.json").is_file() and ((path / "model.safetensors").is_file() or is_sharded(path)):
         return path
     if not path.exists():
         raise UserError(f"{path} does not exist; give a run directory or a checkpoint folder")
@@ -79,31 +84,39 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: torch.nn.Module | d
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    tmp = make_temp_dir(f".tmp-{final.name}-", root)
     try:
         if isinstance(weights, torch.nn.Module):
             weights = model_state(weights)
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "model.safetensors")
         crash_point("checkpoint.weights")
-        save_config(cfg, tmp / "config.yaml")
-        if state is not None:
-            torch.save(state, tmp / "state.pt")
-        crash_point("checkpoint.state")
-        info = {"step": step, **(meta or {})}
-        (tmp / "meta.json").write_text(json.dumps(info, indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        crash_point("checkpoint.rename")
-        if final.exists():  # only ever our own earlier checkpoint of the same step
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        crash_point("checkpoint.done")
+        complete_checkpoint(tmp, final, step, cfg, state, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def complete_checkpoint(tmp: Path, final: Path, step: int, cfg: Config, state: dict[str, Any] | None,
+                        meta: dict[str, Any] | None) -> None:
+    """Add config, state and meta.json to ``tmp`` (which holds the weights), sync it, rename it to ``final``."""
+    save_config(cfg, tmp / "config.yaml")
+    if state is not None:
+        torch.save(state, tmp / "state.pt")
+    crash_point("checkpoint.state")
+    info = {"step": step, **(meta or {})}
+    (tmp / "meta.json").write_text(json.dumps(info, indent=2))
+    follow_umask(tmp)  # safetensors writes 0600; teammates read runs as the umask says
+    for f in tmp.iterdir():
+        if f.is_file():  # a sharded checkpoint's dcp/ folder was synced by its writers
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    crash_point("checkpoint.rename")
+    if final.exists():  # only ever our own earlier checkpoint of the same step
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    crash_point("checkpoint.done")
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
@@ -131,6 +144,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     ckpt = resolve_checkpoint(path)
     cfg = load_config(ckpt / "config.yaml")
     model = Transformer(cfg.model)
+    if is_sharded(ckpt):
+        load_sharded(ckpt, model.to(device))
+        return model, cfg, ckpt
     try:
         weights = load_file(ckpt / "model.safetensors", device=str(device))
     except (SafetensorError, OSError) as e:

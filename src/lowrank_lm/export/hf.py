@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +29,7 @@ import torch
 from lowrank_lm.checkpoint import load_model
 from lowrank_lm.config import ModelConfig
 from lowrank_lm.errors import UserError
+from lowrank_lm.permissions import follow_umask, make_temp_dir
 from lowrank_lm.run_tokenizer import eos_token, find_tokenizer_file, load_tokenizer
 
 if TYPE_CHECKING:
@@ -278,16 +278,49 @@ def _check_keys(config, weights: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 # ----------------------------------------------------------------------------- the folder
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an OUT that holds anything but an earlier export (replaced only with ``overwrite``)."""
+EXPORT_RECORD = "lowrank_lm_export.json"
+# What exports wrote before their record listed its files: the most an old record can stand for.
+LEGACY_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", EXPORT_RECORD,
+                *REMOTE_FILES)
+
+
+def _check_out(out: Path, overwrite: bool) -> set[str]:
+    """Refuse an OUT that holds anything but an earlier export; return the files that export wrote
+    (the only ones ``overwrite`` may replace or remove)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give a folder for the export")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
-        if not (out / "config.json").is_file():
-            raise UserError(f"{out} is not an earlier export (no config.json); --overwrite only replaces "
-                            "exports — choose a new folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return set()
+    if not overwrite:
+        raise UserError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
+    record = out / EXPORT_RECORD
+    if not record.is_file():
+        raise UserError(f"{out} is not an earlier export (no {EXPORT_RECORD}); --overwrite replaces only what "
+                        "an export wrote — choose a new folder")
+    try:
+        files = json.loads(record.read_text()).get("files") or LEGACY_FILES
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{record} cannot be read; it is not an export record — choose a new folder") from None
+    return {str(f) for f in (*files, EXPORT_RECORD) if (out / str(f)).is_file() and "/" not in str(f)}
+
+
+def _move_into(folder: Path, out: Path, earlier: set[str]) -> None:
+    """Put the files of ``folder`` into ``out`` in place of the earlier export's ``earlier`` files; any other
+    file in ``out`` stays. Each file is renamed (atomic); the record comes last, so it lists what is there."""
+    names = sorted(p.name for p in folder.iterdir())
+    foreign = [n for n in names if (out / n).exists() and n not in earlier]
+    if foreign:
+        raise UserError(f"{out / foreign[0]} was not written by the earlier export and the new one would replace "
+                        "it; move it away or choose a new folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        os.replace(folder, out)  # a new or empty folder: the whole export in one rename
+        return
+    for gone in sorted(earlier - set(names)):
+        (out / gone).unlink()
+    for name in [n for n in names if n != EXPORT_RECORD] + [EXPORT_RECORD]:
+        os.replace(folder / name, out / name)
+    folder.rmdir()
 
 
 def _save_tokenizer(tok_file: Path, out: Path, vocab_size: int, seq_len: int) -> tuple[int | None, str]:
@@ -323,7 +356,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     out = Path(out)
-    _check_out(out, overwrite)
+    earlier = _check_out(out, overwrite)
     model, cfg, ckpt = load_model(checkpoint, "cpu")
     m = model.cfg
     structured = m.ffn.kind != "dense"
@@ -342,7 +375,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
         notes.append(f"no exact stock class ({reason}); written as a trust_remote_code model instead")
     # Written into a hidden sibling folder and renamed into place: a failure leaves no half export.
     out.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    folder = make_temp_dir(f".{out.name}.tmp-", out.parent)
     try:
         tok_file = find_tokenizer_file(ckpt, cfg)
         special_id = None
@@ -376,11 +409,11 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
         save_file({k: v.detach().to(torch_dtype).contiguous() for k, v in weights.items()},
                   str(folder / "model.safetensors"), metadata={"format": "pt"})
         provenance = {"checkpoint": str(ckpt.resolve()), "architecture": architecture, "merged": merge and structured,
-                      "ffn_kind": m.ffn.kind, "dtype": dtype, "tokenizer": tok_file is not None}
-        (folder / "lowrank_lm_export.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        if out.exists():  # empty, or an earlier export that --overwrite replaces (checked above)
-            shutil.rmtree(out)
-        os.replace(folder, out)
+                      "ffn_kind": m.ffn.kind, "dtype": dtype, "tokenizer": tok_file is not None,
+                      "files": sorted([p.name for p in folder.iterdir()] + [EXPORT_RECORD])}
+        (folder / EXPORT_RECORD).write_text(json.dumps(provenance, indent=2) + "\n")
+        follow_umask(folder)  # mkdtemp and safetensors write private modes; an export is for sharing
+        _move_into(folder, out, earlier)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
