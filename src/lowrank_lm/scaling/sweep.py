@@ -17,16 +17,20 @@ A sweep file (YAML)::
       # or a config file per cell: {config: "../paper/structured/transformer-{size}-lowrank-{pct}.yaml",
       #                             fractions: [63, 32]}
     budgets: {tokens: [2000000, 4000000]}   # or {tokens_per_param: [20]}; omit for each size's own budget
+                                      # or {flops: [1e14, 3e14]}: an IsoFLOP design (tokens = budget / FLOPs per token)
     match_dense_tokens: true          # structured runs get the dense model's token budget (the paper's rule)
     rank_multiple: 8                  # solved ranks are multiples of this
+    seeds: [1, 2]                     # training seeds (train.seed): every run once per seed
 
 A *fraction* is the share of a structured FFN layer's weights relative to the dense layer (the paper's
 "63%" is LowRank with R = h/2: 0.625; "32%" is R = h/4: 0.3125). Written as 0.63 or 63. The rank (or
 block count) whose measured fraction is nearest is chosen, counting parameters with the real layer
 classes on the meta device, so the count always agrees with ``lowrank-lm info``.
 
-Each run is named ``<size>-<structure>[-<pct>][-<budget>]`` and belongs to the series
-``<structure>[-<pct>][-<budget>]``: the points of one scaling curve differ only in size.
+Each run is named ``<size>-<structure>[-<pct>][-<budget>][-seed<S>]`` and belongs to the series
+``<structure>[-<pct>][-<budget>]``: the points of one scaling curve differ only in size (and seed). With FLOP
+budgets the series is ``<structure>[-<pct>]``: an IsoFLOP design's points differ in size and budget, and the
+joint law L(N, D) and the IsoFLOP profiles are fitted per structure over all of them.
 """
 
 from __future__ import annotations
@@ -45,13 +49,13 @@ from lowrank_lm.errors import UserError
 
 FFN_KINDS = ("dense", "lowrank", "blockshuffle", "blockdense")
 TOP_KEYS = ("name", "description", "out_dir", "base", "overrides", "sizes", "structures", "budgets",
-            "match_dense_tokens", "rank_multiple")
+            "match_dense_tokens", "rank_multiple", "seeds")
 STRUCTURE_KEYS = ("kind", "fractions", "num_blocks", "rank_multiple", "init", "config", "overrides")
 # Settings that change how a run executes but not what it computes: an existing run folder may differ
 # from the plan in these and still count as the same run.
 RUNTIME_KEYS = {
     "train": ("out_dir", "resume", "device", "compile", "log_interval", "eval_interval", "checkpoint_interval",
-              "keep_checkpoints", "wandb", "micro_batch_size", "max_bad_steps"),
+              "checkpoint_minutes", "keep_checkpoints", "wandb", "micro_batch_size", "max_bad_steps"),
     "data": ("dir", "num_workers"),
 }
 
@@ -72,6 +76,8 @@ class RunSpec:
     budget: str | None
     cfg: Config
     run_dir: Path
+    seed: int | None = None
+    """The training seed (``train.seed``) of this run."""
     params: int = 0
     params_non_embedding: int = 0
     params_ffn: int = 0
@@ -90,7 +96,7 @@ class RunSpec:
                 "fraction": self.fraction, "budget": self.budget, "params": self.params,
                 "params_non_embedding": self.params_non_embedding, "params_ffn": self.params_ffn,
                 "tokens": self.tokens, "steps": self.steps, "flops": self.flops, "flops_6n": self.flops_6n,
-                "out_dir": str(self.run_dir)}
+                "seed": self.seed, "out_dir": str(self.run_dir)}
 
 
 @dataclass
@@ -149,8 +155,11 @@ def pct(fraction: float) -> int:
     return math.floor(fraction * 100 + 0.5)
 
 
-def budget_label(tokens: int | None = None, tokens_per_param: float | None = None) -> str:
-    """A short label: t2M, t2.5M, t500k, t2.2B, or tpp20."""
+def budget_label(tokens: int | None = None, tokens_per_param: float | None = None, flops: float | None = None) -> str:
+    """A short label: t2M, t2.5M, t500k, t2.2B, tpp20, or C3e14 for a FLOP budget."""
+    if flops is not None:
+        mantissa, exponent = f"{flops:.2e}".split("e")
+        return f"C{float(mantissa):g}e{int(exponent)}"
     if tokens_per_param is not None:
         return f"tpp{tokens_per_param:g}"
     assert tokens is not None
@@ -239,6 +248,7 @@ class _Budget:
     label: str | None
     tokens: int | None = None
     tokens_per_param: float | None = None
+    flops: float | None = None
 
 
 def _parse_sizes(path: Path, raw: Any) -> list[_Size]:
@@ -297,8 +307,8 @@ def _parse_structures(path: Path, raw: Any, rank_multiple: int) -> list[_Structu
 def _parse_budgets(path: Path, raw: Any) -> list[_Budget]:
     if raw is None:
         return [_Budget(None)]
-    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("tokens", "tokens_per_param"):
-        raise _err(path, "budgets must be {tokens: [N, ...]} or {tokens_per_param: [X, ...]}")
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("tokens", "tokens_per_param", "flops"):
+        raise _err(path, "budgets must be {tokens: [N, ...]}, {tokens_per_param: [X, ...]} or {flops: [C, ...]}")
     key, values = next(iter(raw.items()))
     if not isinstance(values, list) or not values:
         raise _err(path, f"budgets.{key} must be a non-empty list")
@@ -311,11 +321,23 @@ def _parse_budgets(path: Path, raw: Any) -> list[_Budget]:
                 raise _err(path, f"budgets.{key}: {v!r} is not a number") from None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise _err(path, f"budgets.{key}: {v!r} is not a positive number")
-        out.append(_Budget(None, tokens=int(v)) if key == "tokens" else _Budget(None, tokens_per_param=float(v)))
-    if len(out) > 1:  # a label only when there is more than one budget to tell apart
+        out.append(_Budget(None, tokens=int(v)) if key == "tokens" else _Budget(None, flops=float(v)) if key == "flops"
+                   else _Budget(None, tokens_per_param=float(v)))
+    if len(out) > 1 or key == "flops":  # a label when there are budgets to tell apart (FLOP budgets: always)
         for b in out:
-            b.label = budget_label(b.tokens, b.tokens_per_param)
+            b.label = budget_label(b.tokens, b.tokens_per_param, b.flops)
     return out
+
+
+def _parse_seeds(path: Path, raw: Any) -> list[int | None]:
+    """The ``seeds`` list (distinct whole numbers), or [None]: one run per cell with the config's own seed."""
+    if raw is None:
+        return [None]
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
+        raise _err(path, "seeds must be a non-empty list of whole numbers, e.g. [1, 2]")
+    if len(set(raw)) != len(raw):
+        raise _err(path, f"seeds has a repeated value ({raw}); each seed once")
+    return list(raw)
 
 
 def _load(path: Path, config: Path | None, overrides: list[str]) -> Config:
@@ -352,6 +374,11 @@ def load_sweep(path: str | Path) -> SweepPlan:
     sizes = _parse_sizes(p, raw.get("sizes"))
     structures = _parse_structures(p, raw.get("structures"), rank_multiple)
     budgets = _parse_budgets(p, raw.get("budgets"))
+    seeds = _parse_seeds(p, raw.get("seeds"))
+    isoflop = budgets[0].flops is not None
+    if isoflop and "match_dense_tokens" in raw:
+        raise _err(p, "match_dense_tokens does not apply to FLOP budgets (every run gets the tokens its own "
+                      "model needs to spend the budget); remove it")
 
     runs: list[RunSpec] = []
     notes: list[str] = []
@@ -384,12 +411,17 @@ def load_sweep(path: str | Path) -> SweepPlan:
                             notes.append(f"{size.name}-{st.name}-{label}: the nearest {st.kind} setting holds "
                                          f"{share:.1%} of the FFN weights, not {frac:.0%}")
                     cell_over = size_over + ffn_over + st.overrides
-                for budget in budgets:
-                    run_name = "-".join(str(x) for x in (size.name, st.name, label, budget.label) if x is not None)
-                    series = "-".join(str(x) for x in (st.name, label, budget.label) if x is not None)
+                for budget, seed in ((b, sd) for b in budgets for sd in seeds):
+                    seed_label = f"seed{seed}" if seed is not None and len(seeds) > 1 else None
+                    run_name = "-".join(str(x) for x in (size.name, st.name, label, budget.label, seed_label)
+                                        if x is not None)
+                    series = "-".join(str(x) for x in (st.name, label, None if isoflop else budget.label)
+                                      if x is not None)
                     probe = _load(p, cell_cfg_path, cell_over)
                     kind = probe.model.ffn.kind
-                    if budget.tokens is not None:
+                    if budget.flops is not None:
+                        tokens = round(budget.flops / account(probe).flops_per_token)
+                    elif budget.tokens is not None:
                         tokens = budget.tokens
                     else:
                         own = account(probe)
@@ -400,8 +432,9 @@ def load_sweep(path: str | Path) -> SweepPlan:
                             tokens = dense_acc.tokens_requested if match_dense else own.tokens_requested
                     run_dir = out_dir / run_name
                     # resume=auto: an interrupted run continues from its checkpoints when the sweep runs again
+                    seed_over = [f"train.seed={seed}"] if seed is not None else []
                     cfg = _load(p, cell_cfg_path, [*cell_over, f"train.tokens={tokens}", "train.tokens_per_param=",
-                                                   f"train.out_dir={run_dir}", "train.resume=auto"])
+                                                   *seed_over, f"train.out_dir={run_dir}", "train.resume=auto"])
                     acc = account(cfg)
                     if acc.steps < 1:
                         raise _err(p, f"run {run_name}: {tokens} tokens is less than one step of "
@@ -409,7 +442,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
                     runs.append(RunSpec(
                         name=run_name, series=series, size=size.name, structure=st.name, kind=kind,
                         fraction=frac, ffn_fraction=ffn_fraction(cfg.model) if kind != "dense" else None,
-                        budget=budget.label, cfg=cfg, run_dir=run_dir, params=acc.params,
+                        budget=budget.label, cfg=cfg, run_dir=run_dir, seed=cfg.train.seed, params=acc.params,
                         params_non_embedding=acc.params_non_embedding, params_ffn=acc.params_ffn,
                         tokens=acc.train_tokens, steps=acc.steps + acc.self_guided_extra_steps,
                         flops=acc.train_flops, flops_6n=acc.train_flops_6n))

@@ -21,8 +21,8 @@ from lowrank_lm.errors import UserError
 # Column order of the sweep's results table (fit ignores the ones it does not use).
 RESULT_COLUMNS: tuple[str, ...] = (
     "name", "series", "size", "structure", "fraction", "budget", "params", "params_non_embedding",
-    "params_ffn", "tokens", "epochs", "flops", "flops_6n", "loss", "ppl", "tokens_per_s", "wall_s", "steps",
-    "status", "out_dir",
+    "params_ffn", "tokens", "epochs", "flops", "flops_6n", "seed", "loss", "ppl", "tokens_per_s", "wall_s",
+    "steps", "status", "out_dir",
 )
 
 
