@@ -25,17 +25,20 @@ import fcntl
 import json
 import math
 import os
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from lowrank_lm.config import load_config, save_config
-from lowrank_lm.errors import UserError
+from lowrank_lm.errors import EXIT_STOPPED, UserError
 from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, config_differences, shard_runs
 from lowrank_lm.scaling.table import RESULT_COLUMNS, write_csv, write_json
 
@@ -43,6 +46,8 @@ LOCK_NAME = ".lock"
 """The trainer's run-folder lock file (lowrank_lm.train.rundir.LOCK)."""
 FAILED_MARKER = "sweep-failed.json"
 LOG_NAME = "train.log"
+METRICS_NAME = "metrics.jsonl"
+RESULTS_LOCK = ".results.lock"
 # glibc malloc settings for small CPU models (reference CPU notes): keep big tensors on the heap.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TOP_PAD_": "2147483648",
               "MALLOC_TRIM_THRESHOLD_": "8589934592"}
@@ -58,6 +63,8 @@ class RunState:
     total_steps: int | None = None
     summary: dict[str, Any] | None = None
     error: str | None = None
+    tokens: int | None = None
+    """Tokens trained so far (the newest checkpoint's, or the newest logged step's while running)."""
 
 
 def _locked(run_dir: Path) -> bool:
@@ -91,20 +98,41 @@ def _newest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def _last_logged_step(run_dir: Path) -> dict[str, Any] | None:
+    """The newest training record of metrics.jsonl (read from its end), or None."""
+    try:
+        with (run_dir / METRICS_NAME).open("rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # the first line of the window may be cut, the last one half-written
+        if isinstance(rec, dict) and "step" in rec and "tokens" in rec:
+            return rec
+    return None
+
+
 def run_state(spec: RunSpec) -> RunState:
     """Read the state of one run from its folder."""
     d = spec.run_dir
     summary = d / "summary.json"
     if summary.is_file():
         try:
-            return RunState("done", summary=json.loads(summary.read_text()))
+            s = json.loads(summary.read_text())
         except ValueError:
             return RunState("failed", error=f"{summary} is not valid JSON")
+        return RunState("done", step=s.get("steps"), total_steps=s.get("steps"), summary=s, tokens=s.get("tokens"))
     if _locked(d):
-        return RunState("running")
+        rec = _last_logged_step(d) or {}
+        return RunState("running", step=rec.get("step"), total_steps=spec.steps, tokens=rec.get("tokens"))
     meta = _newest_checkpoint(d) if d.is_dir() else None
     if meta is not None:
-        return RunState("interrupted", step=meta.get("step"), total_steps=meta.get("total_steps") or spec.steps)
+        return RunState("interrupted", step=meta.get("step"), total_steps=meta.get("total_steps") or spec.steps,
+                        tokens=meta.get("tokens"))
     marker = d / FAILED_MARKER
     if marker.is_file():
         try:
@@ -127,12 +155,18 @@ Runner = Callable[[RunSpec], None]
 
 
 class SubprocessRunner:
-    """Train each run in a child process: ``LAUNCHER train RUN/config.yaml``, output teed to RUN/train.log."""
+    """Train each run in a child process: ``LAUNCHER train RUN/config.yaml``, output teed to RUN/train.log.
 
-    def __init__(self, launcher: str | None = None, threads: int | None = None, echo: TextIO | None = None):
+    ``devices`` (e.g. "0" or "2,3") gives the child only those GPUs (CUDA_VISIBLE_DEVICES), so several
+    runners can train side by side on one machine, each on its own GPUs.
+    """
+
+    def __init__(self, launcher: str | None = None, threads: int | None = None, echo: TextIO | None = None,
+                 devices: str | None = None):
         self.launcher = shlex.split(launcher) if launcher else [sys.executable, "-m", "lowrank_lm"]
         self.threads = threads
         self.echo = echo
+        self.devices = devices
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -141,14 +175,19 @@ class SubprocessRunner:
         if self.threads is not None:
             for k in THREAD_ENV:
                 env[k] = str(self.threads)
+        if self.devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.devices
         return env
 
     def __call__(self, spec: RunSpec) -> None:
         cmd = [*self.launcher, "train", str(spec.config_path)]
         log = spec.run_dir / LOG_NAME
+        prefix = "    " if self.devices is None else f"    [{spec.name}] "  # side by side: say whose line it is
         with log.open("a") as fh:
-            fh.write(f"$ {shlex.join(cmd)}\n")
+            gpus = f"CUDA_VISIBLE_DEVICES={self.devices} " if self.devices is not None else ""
+            fh.write(f"$ {gpus}{shlex.join(cmd)}\n")
             fh.flush()
+            start = fh.tell()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                     env=self.env())
             try:
@@ -156,7 +195,7 @@ class SubprocessRunner:
                 for line in proc.stdout:
                     fh.write(line)
                     if self.echo is not None:
-                        self.echo.write(f"    {line}")
+                        self.echo.write(f"{prefix}{line}")
                         self.echo.flush()
                 rc = proc.wait()
             except KeyboardInterrupt:
@@ -167,8 +206,23 @@ class SubprocessRunner:
                     proc.terminate()
                     proc.wait()
                 raise
+        if rc == EXIT_STOPPED:
+            return  # stopped before the end with a checkpoint (a signal): the run resumes next time
         if rc != 0:
-            raise RunFailed(f"`{shlex.join(cmd)}` exited with code {rc}; see {log}")
+            last = last_line(log, start)
+            raise RunFailed(f"`{shlex.join(cmd)}` exited with code {rc}" + (f": {last}" if last else "")
+                            + f"; see {log}")
+
+
+def last_line(log: Path, start: int = 0) -> str | None:
+    """The last non-empty line written to ``log`` after byte ``start``."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(max(start, fh.seek(0, os.SEEK_END) - 8192))
+            lines = [x.strip() for x in fh.read().decode("utf-8", "replace").splitlines() if x.strip()]
+    except OSError:
+        return None
+    return lines[-1] if lines else None
 
 
 class InProcessRunner:
@@ -178,9 +232,11 @@ class InProcessRunner:
         from lowrank_lm.train import run_training  # the trainer is heavy: imported only when a run starts
 
         try:
-            run_training(spec.cfg)
+            summary = run_training(spec.cfg)
         except UserError as e:
             raise RunFailed(str(e)) from None
+        if not summary.finished:  # Ctrl-C or a signal: checkpointed; the sweep stops here
+            raise KeyboardInterrupt
 
 
 # --------------------------------------------------------------------------- results
@@ -216,12 +272,29 @@ def result_row(spec: RunSpec, state: RunState, corpus: dict[str, int | None] | N
 
 
 def write_results(plan: SweepPlan, states: dict[str, RunState]) -> list[dict[str, Any]]:
-    """Write results.csv (finished runs: what ``fit`` reads) and results.json (every run, with status)."""
-    corpus: dict[str, int | None] = {}
-    rows = [result_row(r, states[r.name], corpus) for r in plan.runs]
-    write_csv([r for r in rows if r["status"] == "done"], plan.results_csv, RESULT_COLUMNS)
-    write_json({"sweep": plan.name, "file": str(plan.path), "runs": rows}, plan.results_json)
+    """Write results.csv (finished runs: what ``fit`` reads) and results.json (every run, with status).
+
+    Jobs on a cluster finish at any time and each rewrites the table: one writer at a time (a lock file
+    in the sweep's folder), and a run not yet done in ``states`` is read again, so a writer that looked
+    earlier never drops a run another one has just added.
+    """
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    with (plan.out_dir / RESULTS_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        corpus: dict[str, int | None] = {}
+        fresh = {r.name: states[r.name] if states[r.name].status == "done" else run_state(r) for r in plan.runs}
+        rows = [result_row(r, fresh[r.name], corpus) for r in plan.runs]
+        write_csv([r for r in rows if r["status"] == "done"], plan.results_csv, RESULT_COLUMNS)
+        write_json({"sweep": plan.name, "file": str(plan.path), "runs": rows}, plan.results_json)
     return rows
+
+
+def refresh_results(sweep_file: str | Path) -> None:
+    """Rewrite a sweep's results table from its run folders (what a finishing job calls)."""
+    from lowrank_lm.scaling.sweep import load_sweep
+
+    plan = load_sweep(sweep_file)
+    write_results(plan, {r.name: run_state(r) for r in plan.runs})
 
 
 # --------------------------------------------------------------------------- progress view
@@ -246,12 +319,6 @@ def _fmt_time(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _status_text(state: RunState) -> str:
-    if state.status == "interrupted" and state.step is not None:
-        return f"interrupted {state.step}/{state.total_steps}"
-    return state.status
-
-
 def remaining_seconds(runs: list[RunSpec], states: dict[str, RunState]) -> float | None:
     """A rough estimate for the unfinished ``runs``: their FLOPs at the median FLOP rate of finished runs."""
     rates = sorted(s.summary["train_flops"] / s.summary["wall_s"] for s in states.values()
@@ -271,8 +338,19 @@ def remaining_seconds(runs: list[RunSpec], states: dict[str, RunState]) -> float
     return left / rate
 
 
-def progress_view(plan: SweepPlan, states: dict[str, RunState], mine: list[RunSpec] | None = None) -> str:
-    """The whole sweep at a glance: counts, one line per run, and the estimated time left."""
+def _progress_text(state: RunState) -> str:
+    if state.step is None or state.status == "pending":
+        return ""
+    tokens = f" ({_fmt_count(state.tokens)} tok)" if state.tokens is not None else ""
+    return f"{state.step}/{state.total_steps}{tokens}"
+
+
+def progress_view(plan: SweepPlan, states: dict[str, RunState], mine: list[RunSpec] | None = None,
+                  jobs: tuple[list[str], dict[str, list[str]]] | None = None) -> str:
+    """The whole sweep at a glance: counts, one line per run, failures with their last line, the time left.
+
+    ``jobs``: extra columns from the scheduler (their headers, and the values per run name).
+    """
     counts: dict[str, int] = {}
     for s in states.values():
         counts[s.status] = counts.get(s.status, 0) + 1
@@ -280,21 +358,26 @@ def progress_view(plan: SweepPlan, states: dict[str, RunState], mine: list[RunSp
     head = f"sweep {plan.name} ({plan.path}): {len(plan.runs)} runs, " + ", ".join(
         f"{counts[k]} {k}" for k in order if counts.get(k))
     mine_names = {r.name for r in mine} if mine is not None else None
-    header = ["run", "series", "params", "tokens", "FLOPs", "status", "val loss", "ppl", "tok/s", "wall"]
+    job_header, job_cells = jobs if jobs is not None else ([], {})
+    header = ["run", "series", "params", "tokens", "FLOPs", "status", "progress (steps)", "val loss", "ppl",
+              "tok/s", "wall", *job_header]
     rows = []
     for r in plan.runs:
         st = states[r.name]
         s = st.summary or {}
         mark = "" if mine_names is None or r.name in mine_names else " (other shard)"
         rows.append([r.name, r.series, _fmt_count(r.params), _fmt_count(r.tokens), f"{r.flops:.3g}",
-                     _status_text(st) + mark,
+                     st.status + mark, _progress_text(st),
                      f"{s['final_val_loss']:.4f}" if s.get("final_val_loss") is not None else "",
                      f"{s['final_val_ppl']:.2f}" if s.get("final_val_ppl") is not None else "",
                      _fmt_count(s.get("tokens_per_s")) if s.get("tokens_per_s") else "",
-                     _fmt_time(s.get("wall_s")) if s.get("wall_s") is not None else ""])
+                     _fmt_time(s.get("wall_s")) if s.get("wall_s") is not None else "",
+                     *job_cells.get(r.name, [""] * len(job_header))])
     widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
     lines = [head, "  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(x, widths)).rstrip() for x in rows]
+    lines += [f"  {r.name} failed: {states[r.name].error}" for r in plan.runs
+              if states[r.name].status == "failed" and states[r.name].error]
     left = remaining_seconds(mine if mine is not None else plan.runs, states)
     if left is not None and left > 0:
         lines.append(f"estimated time left{' for this shard' if mine is not None else ''}: about {_fmt_time(left)} "
@@ -342,65 +425,128 @@ def write_run_config(spec: RunSpec) -> None:
         save_config(spec.cfg, spec.config_path)
 
 
-def execute(plan: SweepPlan, runner: Runner, shard: tuple[int, int] = (0, 1), stop_on_error: bool = False,
-            out: TextIO | None = None) -> SweepOutcome:
-    """Run this shard's unfinished runs one after another (smallest first), then write the results table.
+class _Sweep:
+    """One invocation's bookkeeping, shared by the runners when they train side by side."""
 
-    Finished runs are skipped, interrupted ones resume from their checkpoints (the trainer's
-    ``train.resume=auto``), runs another process is training are left to it. The results table is
-    rewritten after every run, so an interrupted sweep still has one.
+    def __init__(self, plan: SweepPlan, states: dict[str, RunState], todo: list[RunSpec], out: TextIO,
+                 stop_on_error: bool):
+        self.plan, self.states, self.todo, self.out = plan, states, todo, out
+        self.stop_on_error = stop_on_error
+        self.outcome = SweepOutcome([], [], [], [])
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        """Set after a failure with stop_on_error, or Ctrl-C: runs not yet started are left alone."""
+        self.interrupted = threading.Event()
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            print(text, file=self.out, flush=True)
+
+    def run_one(self, k: int, spec: RunSpec, runner: Runner) -> None:
+        """Train one run (skipped when finished or trained elsewhere), then rewrite the results table."""
+        tag = f"[{k}/{len(self.todo)}] {spec.name}"
+        st = self.states[spec.name] = run_state(spec)
+        if st.status in ("done", "running"):
+            why = "finished" if st.status == "done" else "being trained by another process"
+            self.say(f"{tag}: skipped ({why})")
+            with self.lock:
+                self.outcome.skipped.append(spec.name)
+            return
+        write_run_config(spec)
+        (spec.run_dir / FAILED_MARKER).unlink(missing_ok=True)
+        how = f"resuming at step {st.step}/{st.total_steps}" if st.status == "interrupted" else "starting"
+        left = remaining_seconds(self.todo[k - 1:], self.states)
+        eta = f"; about {_fmt_time(left)} left in this shard" if left else ""
+        self.say(f"{tag}: {how} ({_fmt_count(spec.tokens)} tokens, {spec.flops:.3g} FLOPs){eta}")
+        t0 = time.monotonic()
+        try:
+            runner(spec)
+        except RunFailed as e:
+            if self.interrupted.is_set():
+                return  # Ctrl-C ended it: interrupted, not failed
+            (spec.run_dir / FAILED_MARKER).write_text(json.dumps({"error": str(e), "time": time.time()}) + "\n")
+            self.states[spec.name] = run_state(spec)
+            self.say(f"{tag}: FAILED: {e}")
+            with self.lock:
+                self.outcome.failed.append(spec.name)
+            write_results(self.plan, self.states)
+            if self.stop_on_error:
+                self.stop.set()
+            return
+        st = self.states[spec.name] = run_state(spec)
+        if st.status == "done":
+            s = st.summary or {}
+            self.say(f"{tag}: done in {_fmt_time(time.monotonic() - t0)}: val loss "
+                     f"{s.get('final_val_loss', math.nan):.4f}, ppl {s.get('final_val_ppl', math.nan):.2f}")
+            with self.lock:
+                self.outcome.finished.append(spec.name)
+        else:
+            self.say(f"{tag}: stopped before the end ({st.status} at {_progress_text(st)}); it resumes next time")
+            with self.lock:
+                self.outcome.unfinished.append(spec.name)
+        write_results(self.plan, self.states)
+
+    def run_side_by_side(self, runners: list[Runner]) -> None:
+        """Each runner trains one run at a time; a run goes to the first runner that is free."""
+        free: queue.Queue[Runner] = queue.Queue()
+        for r in runners:
+            free.put(r)
+
+        def work(k: int, spec: RunSpec) -> None:
+            if self.stop.is_set():
+                return
+            runner = free.get()
+            try:
+                if not self.stop.is_set():
+                    self.run_one(k, spec, runner)
+            finally:
+                free.put(runner)
+
+        pool = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="sweep-run")
+        try:
+            futures = [pool.submit(work, k, spec) for k, spec in enumerate(self.todo, start=1)]
+            for f in futures:
+                f.result()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the trainers too (one process group): they stop, their threads end
+            self.interrupted.set()
+            self.stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def execute(plan: SweepPlan, runner: Runner | list[Runner], shard: tuple[int, int] = (0, 1),
+            stop_on_error: bool = False, out: TextIO | None = None) -> SweepOutcome:
+    """Run this shard's unfinished runs (smallest first), then write the results table.
+
+    One runner trains the runs one after another; a list of runners (e.g. one per GPU) trains as many
+    side by side. Finished runs are skipped, interrupted ones resume from their checkpoints (the
+    trainer's ``train.resume=auto``), runs another process is training are left to it. The results
+    table is rewritten after every run, so an interrupted sweep still has one.
     """
     out = out or sys.stderr
+    runners = runner if isinstance(runner, list) else [runner]
     mine = shard_runs(plan.runs, *shard)
     check_existing(mine)
     states = {r.name: run_state(r) for r in plan.runs}
     print(progress_view(plan, states, mine if shard[1] > 1 else None), file=out)
-    outcome = SweepOutcome([], [], [], [])
-    todo = sorted(mine, key=lambda r: (r.flops, r.name))
+    sweep = _Sweep(plan, states, sorted(mine, key=lambda r: (r.flops, r.name)), out, stop_on_error)
     try:
-        for k, spec in enumerate(todo, start=1):
-            st = run_state(spec)
-            states[spec.name] = st
-            tag = f"[{k}/{len(todo)}] {spec.name}"
-            if st.status in ("done", "running"):
-                why = "finished" if st.status == "done" else "being trained by another process"
-                print(f"{tag}: skipped ({why})", file=out)
-                outcome.skipped.append(spec.name)
-                continue
-            write_run_config(spec)
-            (spec.run_dir / FAILED_MARKER).unlink(missing_ok=True)
-            how = f"resuming at step {st.step}/{st.total_steps}" if st.status == "interrupted" else "starting"
-            left = remaining_seconds([r for r in todo[k - 1:]], states)
-            eta = f"; about {_fmt_time(left)} left in this shard" if left else ""
-            print(f"{tag}: {how} ({_fmt_count(spec.tokens)} tokens, {spec.flops:.3g} FLOPs){eta}", file=out)
-            t0 = time.monotonic()
-            try:
-                runner(spec)
-            except RunFailed as e:
-                (spec.run_dir / FAILED_MARKER).write_text(json.dumps({"error": str(e), "time": time.time()}) + "\n")
-                states[spec.name] = run_state(spec)
-                print(f"{tag}: FAILED: {e}", file=out)
-                outcome.failed.append(spec.name)
-                write_results(plan, states)
-                if stop_on_error:
+        if len(runners) > 1:
+            sweep.run_side_by_side(runners)
+        else:
+            for k, spec in enumerate(sweep.todo, start=1):
+                if sweep.stop.is_set():
                     break
-                continue
-            st = states[spec.name] = run_state(spec)
-            if st.status == "done":
-                s = st.summary or {}
-                print(f"{tag}: done in {_fmt_time(time.monotonic() - t0)}: val loss "
-                      f"{s.get('final_val_loss', math.nan):.4f}, ppl {s.get('final_val_ppl', math.nan):.2f}", file=out)
-                outcome.finished.append(spec.name)
-            else:
-                print(f"{tag}: stopped before the end ({_status_text(st)}); it resumes next time", file=out)
-                outcome.unfinished.append(spec.name)
-            write_results(plan, states)
+                sweep.run_one(k, spec, runners[0])
     except KeyboardInterrupt:
         states = {r.name: run_state(r) for r in plan.runs}
         write_results(plan, states)
         print("sweep interrupted: finished runs are kept, the interrupted one resumes from its last checkpoint "
               "when you run the same command again", file=out)
         raise
+    outcome = sweep.outcome
     states = {r.name: run_state(r) for r in plan.runs}
     write_results(plan, states)
     outcome.unfinished += [r.name for r in mine if states[r.name].status not in ("done", "running")
