@@ -113,6 +113,8 @@ def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
     returns the record written to ``out/results.json``."""
     from lowrank_lm.data import prepare, unigram_perplexity
     from lowrank_lm.train import run_training
+    from lowrank_lm.train.rundir import RunDir
+    from lowrank_lm.train.summary import RunSummary
 
     pairs = twin(cfg, out)
     if not overwrite:  # before any work: a folder of another experiment is refused at once
@@ -121,15 +123,14 @@ def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
     data_dir = prepare(cfg.data)
     rows = []
     for name, run_cfg in pairs:
-        summary_path = Path(run_cfg.train.out_dir) / "summary.json"
+        summary_path = RunDir(run_cfg.train.out_dir).summary
         if summary_path.is_file() and not overwrite:
             print(f"{name}: finished earlier with the same settings, reusing {summary_path}")
-            summary = json.loads(summary_path.read_text())
+            summary = RunSummary.read(summary_path)
         else:
             print(f"== training {name} ==", flush=True)
             summary = run_training(run_cfg, overwrite=overwrite)
-        summary = {**summary, "name": name}
-        rows.append({k: summary[k] for k in ROW_KEYS})
+        rows.append({**{k: getattr(summary, k) for k in ROW_KEYS}, "name": name})
     record = {"config": config_to_dict(cfg), "rows": rows, "unigram_ppl": unigram_perplexity(data_dir)}
     table = demo_table(record)
     out.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from lowrank_lm.config import load_config, save_config
 from lowrank_lm.errors import EXIT_STOPPED, UserError
 from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, config_differences, shard_runs
 from lowrank_lm.scaling.table import RESULT_COLUMNS, write_csv, write_json
+from lowrank_lm.train.summary import RunSummary
 
 LOCK_NAME = ".lock"
 """The trainer's run-folder lock file (lowrank_lm.train.rundir.LOCK)."""
@@ -122,9 +123,9 @@ def run_state(spec: RunSpec) -> RunState:
     summary = d / "summary.json"
     if summary.is_file():
         try:
-            s = json.loads(summary.read_text())
-        except ValueError:
-            return RunState("failed", error=f"{summary} is not valid JSON")
+            s = RunSummary.read(summary).to_dict()  # typed: a missing field is named here, not an empty column
+        except UserError as e:
+            return RunState("failed", error=str(e))
         return RunState("done", step=s.get("steps"), total_steps=s.get("steps"), summary=s, tokens=s.get("tokens"))
     if _locked(d):
         rec = _last_logged_step(d) or {}

@@ -3,9 +3,7 @@ self-guided training, DDP / FSDP2 under torchrun, evaluation, metrics and exact-
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import resource
 import signal
 import sys
@@ -28,10 +26,11 @@ from lowrank_lm.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from lowrank_lm.config import Config, config_to_dict, load_config, save_config
+from lowrank_lm.config import Config, config_to_dict, load_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.faults import crash_point
 from lowrank_lm.model import Transformer
+from lowrank_lm.provenance import collect_provenance
 from lowrank_lm.run_tokenizer import copy_tokenizer
 from lowrank_lm.train import distributed
 from lowrank_lm.train.evaluate import autocast, evaluate
@@ -39,6 +38,7 @@ from lowrank_lm.train.metrics import MetricsLogger
 from lowrank_lm.train.rundir import RunDir
 from lowrank_lm.train.schedule import lr_at
 from lowrank_lm.train.self_guided import SelfGuidance
+from lowrank_lm.train.summary import RunSummary
 
 
 def forward_backward(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
@@ -225,7 +225,7 @@ class Trainer:
         model.load_state_dict(load_file(ckpt / "model.safetensors"), strict=True)
 
     # ------------------------------------------------------------------ the loop
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunSummary | dict[str, Any]:
         data_dir = self._setup_data()  # data problems surface before anything is written to out_dir
         ckpt = self._setup_outputs()
         previous = self._catch_stop_signals()
@@ -249,7 +249,7 @@ class Trainer:
 
         return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
 
-    def _run(self, data_dir: Path, ckpt: Path | None) -> dict[str, Any]:
+    def _run(self, data_dir: Path, ckpt: Path | None) -> RunSummary | dict[str, Any]:
         from lowrank_lm.data import TokenLoader
 
         cfg, t, d = self.cfg, self.cfg.train, self.dist
@@ -291,7 +291,8 @@ class Trainer:
 
         logger = None
         if d.is_main:
-            save_config(cfg, self.run_dir.path / "config.yaml")
+            self.provenance = collect_provenance(data_dir)
+            self.run_dir.write_config(cfg, self.provenance)
             copy_tokenizer(Path(data_dir), self.run_dir.path)
             logger = MetricsLogger(self.run_dir.path, st.step if ckpt is not None else None, t.wandb,
                                    config_to_dict(cfg))
@@ -384,9 +385,7 @@ class Trainer:
             last_eval = self._eval(model, data_dir, logger, st)
         summary = self._summary(model, st, last_eval)
         if d.is_main:
-            tmp = self.run_dir.summary.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, self.run_dir.summary)
+            summary.write(self.run_dir.summary)
             if logger:
                 logger.close()
             self._log(_format_summary(summary))
@@ -416,27 +415,27 @@ class Trainer:
         self._log(f"step {st.step}: val loss {res['loss']:.4f}, ppl {res['ppl']:.2f} ({res['tokens']:,} tokens)")
         return rec
 
-    def _summary(self, model: Transformer, st: _State, last_eval: dict) -> dict[str, Any]:
+    def _summary(self, model: Transformer, st: _State, last_eval: dict) -> RunSummary:
         acc, cfg = self.acc, self.cfg
-        summary: dict[str, Any] = {
-            "name": self.run_dir.path.name, "structure": cfg.model.ffn.kind, "params": acc.params,
-            "params_non_embedding": acc.params_non_embedding, "params_ffn": acc.params_ffn,
-            "tokens": st.tokens, "unique_tokens": acc.train_tokens, "steps": st.step,
-            "train_flops": acc.train_flops, "train_s": st.train_s,
-            "wall_s": st.wall_s + time.perf_counter() - self._session_start,
-            "tokens_per_s": st.tokens / max(st.train_s, 1e-9), "skipped_steps": st.skipped,
-            "peak_memory_mb": _peak_memory_mb(self.device), "device": str(self.device),
-            "world_size": self.dist.world_size, "precision": cfg.train.precision,
-            "final_val_loss": last_eval["val_loss"], "final_val_ppl": last_eval["val_ppl"],
-            "val_tokens": last_eval["val_tokens"],
-        }
+        summary = RunSummary(
+            name=self.run_dir.path.name, structure=cfg.model.ffn.kind, params=acc.params,
+            params_non_embedding=acc.params_non_embedding, params_ffn=acc.params_ffn,
+            tokens=st.tokens, unique_tokens=acc.train_tokens, steps=st.step,
+            train_flops=acc.train_flops, train_s=st.train_s,
+            wall_s=st.wall_s + time.perf_counter() - self._session_start,
+            tokens_per_s=st.tokens / max(st.train_s, 1e-9), skipped_steps=st.skipped,
+            peak_memory_mb=_peak_memory_mb(self.device), device=str(self.device),
+            world_size=self.dist.world_size, precision=cfg.train.precision,
+            final_val_loss=last_eval["val_loss"], final_val_ppl=last_eval["val_ppl"],
+            val_tokens=last_eval["val_tokens"], provenance=getattr(self, "provenance", None),
+        )
         if self.guidance.guided_steps:
             guide_flops = st.guide_flops + SelfGuidance.guide_flops(model)
             struct = self.total_steps * acc.tokens_per_step * acc.flops_per_token
             dense = account(replace(cfg, model=replace(cfg.model, ffn=replace(cfg.model.ffn, kind="dense"))))
-            summary.update({"guided_steps": self.guidance.guided_steps, "guide_flops": guide_flops,
-                            "train_flops": struct + guide_flops,
-                            "flop_ratio_to_dense": (struct + guide_flops) / dense.train_flops})
+            summary = summary.replace(guided_steps=self.guidance.guided_steps, guide_flops=guide_flops,
+                                      train_flops=struct + guide_flops,
+                                      flop_ratio_to_dense=(struct + guide_flops) / dense.train_flops)
         return summary
 
     def _progress(self, start: int, stop: int):
@@ -457,13 +456,14 @@ class Trainer:
                       f"{rec['tokens_per_s']:,.0f} tok/s")
 
 
-def _format_summary(s: dict[str, Any]) -> str:
-    return (f"done: {s['tokens']:,} tokens in {s['wall_s']:.1f}s ({s['tokens_per_s']:,.0f} tok/s in training steps), "
-            f"peak memory {s['peak_memory_mb']:.0f} MB, final val loss {s['final_val_loss']:.4f} "
-            f"ppl {s['final_val_ppl']:.2f}")
+def _format_summary(s: RunSummary) -> str:
+    return (f"done: {s.tokens:,} tokens in {s.wall_s:.1f}s ({s.tokens_per_s:,.0f} tok/s in training steps), "
+            f"peak memory {s.peak_memory_mb:.0f} MB, final val loss {s.final_val_loss:.4f} "
+            f"ppl {s.final_val_ppl:.2f}")
 
 
-def run_training(cfg: Config, *, overwrite: bool = False, max_steps: int | None = None) -> dict[str, Any]:
+def run_training(cfg: Config, *, overwrite: bool = False,
+                 max_steps: int | None = None) -> RunSummary | dict[str, Any]:
     """Train ``cfg`` to the end of its token budget (resuming if asked) and return the run summary.
 
     ``max_steps`` stops early after that many steps in total, with a checkpoint to resume from (for jobs
