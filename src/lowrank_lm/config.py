@@ -183,7 +183,12 @@ class TrainConfig:
     seed: int = 1005
     out_dir: str = "runs/default"
     checkpoint_interval: Optional[int] = None
+    """Steps between checkpoints (besides the one at the end); empty means none by step count."""
+    checkpoint_minutes: Optional[float] = 30.0
+    """Wall-clock minutes after which the next step is checkpointed too (rank 0's clock); empty means none.
+    Together with checkpoint_interval it bounds what a crash loses; keep_checkpoints bounds the disk."""
     keep_checkpoints: int = 2
+    """Newest complete checkpoints kept; older ones are deleted after each new one is written."""
     resume: str = "auto"
     """auto (continue from the newest complete checkpoint) | never | a checkpoint path."""
     device: str = "auto"
@@ -454,7 +459,7 @@ def validate(cfg: Config) -> None:
 
     t = cfg.train
     for key in ("tokens", "tokens_per_param", "global_batch_size", "micro_batch_size", "lr",
-                "eval_interval", "eval_tokens", "log_interval", "checkpoint_interval",
+                "eval_interval", "eval_tokens", "log_interval", "checkpoint_interval", "checkpoint_minutes",
                 "keep_checkpoints", "max_bad_steps"):
         _positive(getattr(t, key), f"train.{key}")
     if t.tokens is not None and t.tokens_per_param is not None:

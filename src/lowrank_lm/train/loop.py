@@ -33,6 +33,7 @@ from lowrank_lm.model import Transformer
 from lowrank_lm.provenance import collect_provenance
 from lowrank_lm.run_tokenizer import copy_tokenizer
 from lowrank_lm.train import distributed
+from lowrank_lm.train.agreement import all_or_none, said_once
 from lowrank_lm.train.evaluate import autocast, evaluate
 from lowrank_lm.train.metrics import MetricsLogger
 from lowrank_lm.train.rundir import RunDir
@@ -127,21 +128,22 @@ class Trainer:
     def _setup_outputs(self) -> Path | None:
         """Lock the run dir, decide where to resume from; returns the checkpoint to resume or None."""
         t = self.cfg.train
-        if self.dist.is_main:
-            self.run_dir.acquire()
-            try:
-                self.run_dir.prepare(t.resume, self.overwrite)
-            except BaseException:
-                self.run_dir.release()
-                raise
-        self.dist.barrier()
+        with all_or_none():  # a locked or finished out_dir ends every rank, not rank 0 alone
+            if self.dist.is_main:
+                self.run_dir.acquire()
+                try:
+                    self.run_dir.prepare(t.resume, self.overwrite)
+                except BaseException:
+                    self.run_dir.release()
+                    raise
         if t.resume == "never":
             return None
         if t.resume == "auto":
             found = list_checkpoints(self.run_dir.path)
             return found[-1] if found else None
         try:
-            return resolve_checkpoint(t.resume)
+            with all_or_none():
+                return resolve_checkpoint(t.resume)
         except BaseException:
             self.run_dir.release()
             raise
@@ -149,12 +151,14 @@ class Trainer:
     def _setup_data(self) -> Path:
         from lowrank_lm.data import check_compatible, load_manifest, prepare, resolve_data_dir
 
-        if self.dist.is_main:
-            data_dir = prepare(self.cfg.data)
-        self.dist.barrier()
-        if not self.dist.is_main:
-            data_dir = resolve_data_dir(self.cfg.data)
-        check_compatible(load_manifest(data_dir), self.cfg.model, self.cfg.data)
+        data_dir: Path | None = None
+        with all_or_none():  # rank 0 prepares while the others wait; its failure ends them all
+            if self.dist.is_main:
+                data_dir = prepare(self.cfg.data)
+        with all_or_none():
+            if data_dir is None:
+                data_dir = resolve_data_dir(self.cfg.data)
+            check_compatible(load_manifest(data_dir), self.cfg.model, self.cfg.data)
         return data_dir
 
     def _build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -198,22 +202,27 @@ class Trainer:
 
     def _save(self, model: Transformer, optimizer: torch.optim.Optimizer, loaders: dict, st: _State) -> None:
         weights, opt_state = self._full_states(model, optimizer)
-        if self.dist.is_main:
-            state = {"optimizer": opt_state, "rng": _rng_state(self.device), "step": st.step, "tokens": st.tokens,
-                     "bad_in_row": st.bad_in_row, "skipped": st.skipped, "train_s": st.train_s,
-                     "wall_s": st.wall_s + time.perf_counter() - self._session_start,
-                     "guide_flops": st.guide_flops + SelfGuidance.guide_flops(model),
-                     "loaders": {k: v.state_dict() for k, v in loaders.items()}}
-            try:
-                save_checkpoint(self.run_dir.path, st.step, weights, self.cfg, state,
-                                meta={"tokens": st.tokens, "total_steps": self.total_steps})
-            except OSError as e:
-                last = list_checkpoints(self.run_dir.path)
-                kept = f"the previous checkpoint {last[-1]} is intact" if last else "no earlier checkpoint exists"
-                raise UserError(f"could not write the checkpoint of step {st.step} ({e.strerror or e}); {kept}; "
-                                "free disk space or fix permissions, then run again to resume") from None
-            prune_checkpoints(self.run_dir.path, self.cfg.train.keep_checkpoints)
-        self.dist.barrier()
+        with all_or_none():  # a failed write (a full disk) ends every rank with its one line
+            if self.dist.is_main:
+                self._write_checkpoint(weights, opt_state, model, loaders, st)
+        self._last_save = time.perf_counter()
+
+    def _write_checkpoint(self, weights: dict, opt_state: dict, model: Transformer, loaders: dict,
+                          st: _State) -> None:
+        state = {"optimizer": opt_state, "rng": _rng_state(self.device), "step": st.step, "tokens": st.tokens,
+                 "bad_in_row": st.bad_in_row, "skipped": st.skipped, "train_s": st.train_s,
+                 "wall_s": st.wall_s + time.perf_counter() - self._session_start,
+                 "guide_flops": st.guide_flops + SelfGuidance.guide_flops(model),
+                 "loaders": {k: v.state_dict() for k, v in loaders.items()}}
+        try:
+            save_checkpoint(self.run_dir.path, st.step, weights, self.cfg, state,
+                            meta={"tokens": st.tokens, "total_steps": self.total_steps})
+        except OSError as e:
+            last = list_checkpoints(self.run_dir.path)
+            kept = f"the previous checkpoint {last[-1]} is intact" if last else "no earlier checkpoint exists"
+            raise UserError(f"could not write the checkpoint of step {st.step} ({e.strerror or e}); {kept}; "
+                            "free disk space or fix permissions, then run again to resume") from None
+        prune_checkpoints(self.run_dir.path, self.cfg.train.keep_checkpoints)
 
     def _load_weights(self, model: Transformer, ckpt: Path) -> None:
         from safetensors.torch import load_file
@@ -238,16 +247,31 @@ class Trainer:
                 self.run_dir.release()
 
     def _catch_stop_signals(self) -> dict[int, Any]:
-        """SIGTERM / SIGUSR1 (what clusters send before preempting a job) finish the current step, write a
-        checkpoint and return; the run then resumes with train.resume=auto. Only from the main thread."""
+        """Ctrl-C (SIGINT), SIGTERM and SIGUSR1 (what clusters send before preempting a job) finish the current
+        step, write a checkpoint and return; ``lowrank-lm train RUN_DIR`` resumes. Only from the main thread.
+
+        A second Ctrl-C aborts at once (KeyboardInterrupt; a checkpoint being written is discarded whole), unless
+        it comes within a second of the first: torchrun forwards the terminal's Ctrl-C to workers that have
+        already received it themselves, and that copy is the same request.
+        """
         self._stop_signal: str | None = None
+        self._stop_time = 0.0
         if threading.current_thread() is not threading.main_thread():
             return {}
 
         def request_stop(signum: int, frame: Any) -> None:
-            self._stop_signal = signal.Signals(signum).name
+            now = time.monotonic()
+            if self._stop_signal is None:
+                self._stop_signal, self._stop_time = signal.Signals(signum).name, now
+            elif signum == signal.SIGINT and now - self._stop_time > 1.0:
+                raise KeyboardInterrupt
 
-        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+
+    def _checkpoint_due(self) -> bool:
+        """train.checkpoint_minutes have passed since the last checkpoint (rank 0's clock decides for all)."""
+        minutes = self.cfg.train.checkpoint_minutes
+        return bool(self.dist.is_main and minutes and time.perf_counter() - self._last_save >= 60 * minutes)
 
     def _run(self, data_dir: Path, ckpt: Path | None) -> RunSummary | dict[str, Any]:
         from lowrank_lm.data import TokenLoader
@@ -258,7 +282,8 @@ class Trainer:
         st = _State()
         state: dict[str, Any] | None = None
         if ckpt is not None:
-            state = load_state(ckpt)
+            with all_or_none():  # an unreadable checkpoint ends every rank alike
+                state = load_state(ckpt)
             st.step, st.tokens = int(state["step"]), int(state["tokens"])
             st.bad_in_row, st.skipped = int(state["bad_in_row"]), int(state["skipped"])
             st.guide_flops = int(state["guide_flops"])
@@ -266,7 +291,8 @@ class Trainer:
             st.wall_s = float(state.get("wall_s", 0.0))
         self.guidance.attach(model, st.step)
         if ckpt is not None:
-            self._load_weights(model, ckpt)
+            with all_or_none():
+                self._load_weights(model, ckpt)
         model.to(self.device)
         if t.distributed == "fsdp" and d.world_size > 1:
             self._shard_fsdp(model)
@@ -306,6 +332,7 @@ class Trainer:
         peak = peak_flops(self.device)
         stop_at = self.total_steps if self.max_steps is None else min(self.total_steps, self.max_steps)
         progress = self._progress(st.step, stop_at)
+        self._stopped_by, self._last_save = "max_steps", time.perf_counter()
         window_tokens, window_time = 0, 0.0
         started = time.perf_counter()
         last_eval: dict[str, Any] | None = None
@@ -322,9 +349,10 @@ class Trainer:
             loss_t = forward_backward(train_model, batches, self.device, t.precision)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                              t.grad_clip if t.grad_clip > 0 else float("inf")))
-            # one collective for the loss and a stop request (SIGTERM on any rank stops all ranks together)
-            loss_sum, stops = distributed.all_reduce_sum([float(loss_t), float(self._stop_signal is not None)],
-                                                         self.device)
+            # one collective for the loss, a stop request (a signal on any rank stops all ranks together) and
+            # rank 0's wall-clock checkpoint cadence
+            loss_sum, stops, due = distributed.all_reduce_sum(
+                [float(loss_t), float(self._stop_signal is not None), float(self._checkpoint_due())], self.device)
             loss = loss_sum / d.world_size
             finite = math.isfinite(loss) and math.isfinite(grad_norm)
             if finite:
@@ -352,8 +380,8 @@ class Trainer:
                 if st.bad_in_row >= t.max_bad_steps:
                     last = list_checkpoints(self.run_dir.path)
                     where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
-                    raise UserError(f"stopped after {st.bad_in_row} non-finite steps in a row at step {st.step}; "
-                                    f"{where}; lower train.lr or check the data")
+                    raise said_once(UserError(f"stopped after {st.bad_in_row} non-finite steps in a row at step "
+                                              f"{st.step}; {where}; lower train.lr or check the data"))
                 continue
             log_now = st.step % t.log_interval == 0 or st.step == stop_at
             if log_now:
@@ -369,9 +397,12 @@ class Trainer:
                 self._show(progress, rec, stop_at)
             if t.eval_interval and st.step % t.eval_interval == 0 and st.step < self.total_steps:
                 last_eval = self._eval(model, data_dir, logger, st)
-            at_interval = t.checkpoint_interval and st.step % t.checkpoint_interval == 0
+            at_interval = (t.checkpoint_interval and st.step % t.checkpoint_interval == 0) or due
             if stops and st.step < stop_at:  # preempted: checkpoint this step and leave, resumable
-                self._log(f"received {self._stop_signal or 'a stop request'}: checkpoint at step {st.step}, exiting")
+                self._stopped_by = self._stop_signal or "a signal on another rank"
+                again = " (Ctrl-C again to abort at once)" if self._stop_signal == "SIGINT" else ""
+                self._log(f"received {self._stop_signal or 'a stop request'}: checkpoint at step {st.step}, "
+                          f"exiting{again}")
                 stop_at = st.step
             if at_interval or st.step == stop_at:
                 self._save(model, optimizer, loaders, st)
@@ -380,7 +411,8 @@ class Trainer:
         if st.step < self.total_steps:  # stopped by max_steps or a signal: resumable, not finished
             if logger:
                 logger.close()
-            return {"finished": False, "steps": st.step}
+            return {"finished": False, "steps": st.step, "total_steps": self.total_steps,
+                    "stopped_by": self._stopped_by, "run_dir": str(self.run_dir.path)}
         if last_eval is None or last_eval.get("step") != st.step:
             last_eval = self._eval(model, data_dir, logger, st)
         summary = self._summary(model, st, last_eval)
@@ -467,9 +499,14 @@ def run_training(cfg: Config, *, overwrite: bool = False,
     """Train ``cfg`` to the end of its token budget (resuming if asked) and return the run summary.
 
     ``max_steps`` stops early after that many steps in total, with a checkpoint to resume from (for jobs
-    with a time limit); the summary then says ``finished: False``.
+    with a time limit); so do Ctrl-C, SIGTERM and SIGUSR1. The result then says ``finished: False``, the
+    step reached, ``total_steps``, ``stopped_by`` (``max_steps`` or the signal's name) and ``run_dir``.
     """
-    trainer = Trainer(cfg, overwrite=overwrite, max_steps=max_steps)
+    try:
+        trainer = Trainer(cfg, overwrite=overwrite, max_steps=max_steps)
+    except UserError as e:  # every rank reads the same config and fails alike: rank 0 says it
+        distributed.teardown()
+        raise said_once(e) from None
     try:
         return trainer.run()
     finally:
