@@ -21,6 +21,7 @@ A sweep file (YAML)::
     match_dense_tokens: true          # structured runs get the dense model's token budget (the paper's rule)
     rank_multiple: 8                  # solved ranks are multiples of this
     seeds: [1, 2]                     # training seeds (train.seed): every run once per seed
+    cluster: {gpus_per_node: 8, time: "24:00:00"}   # --executor submitit: the jobs' resources (docs/cluster.md)
 
 A *fraction* is the share of a structured FFN layer's weights relative to the dense layer (the paper's
 "63%" is LowRank with R = h/2: 0.625; "32%" is R = h/4: 0.3125). Written as 0.63 or 63. The rank (or
@@ -49,7 +50,7 @@ from lowrank_lm.errors import UserError
 
 FFN_KINDS = ("dense", "lowrank", "blockshuffle", "blockdense")
 TOP_KEYS = ("name", "description", "out_dir", "base", "overrides", "sizes", "structures", "budgets",
-            "match_dense_tokens", "rank_multiple", "seeds")
+            "match_dense_tokens", "rank_multiple", "seeds", "cluster")
 STRUCTURE_KEYS = ("kind", "fractions", "num_blocks", "rank_multiple", "init", "config", "overrides")
 # Settings that change how a run executes but not what it computes: an existing run folder may differ
 # from the plan in these and still count as the same run.
@@ -108,6 +109,8 @@ class SweepPlan:
     out_dir: Path
     runs: list[RunSpec]
     notes: list[str] = field(default_factory=list)
+    cluster: dict[str, Any] | None = None
+    """The sweep file's ``cluster:`` section as written (read by lowrank_lm.scaling.cluster)."""
 
     @property
     def results_csv(self) -> Path:
@@ -452,7 +455,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
     dup = [n for n, c in seen.items() if c > 1]
     if dup:
         raise _err(p, f"two runs would share the name {dup[0]}; give sizes and structures distinct names")
-    return SweepPlan(name=name, path=p, out_dir=out_dir, runs=runs, notes=notes)
+    return SweepPlan(name=name, path=p, out_dir=out_dir, runs=runs, notes=notes, cluster=raw.get("cluster"))
 
 
 # --------------------------------------------------------------------------- sharding and config identity
