@@ -25,6 +25,7 @@ VERBS: dict[str, str] = {
     "lm-eval": "lm_eval",
     "fit": "fit",
     "sweep": "sweep",
+    "plan": "plan",
 }
 
 

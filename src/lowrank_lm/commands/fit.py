@@ -1,4 +1,4 @@
-"""Fit L = E + A*C^-alpha per series of a results table (or the paper's points), compare exponents."""
+"""Fit L = E + A*C^-alpha (or the joint law L(N, D)) per series of a results table, compare the series."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import shlex
 import sys
 
 from lowrank_lm.errors import UserError
+
+EXAMPLES = ["lowrank-lm fit runs/sweeps/cpu-mini/results.csv --report runs/sweeps/cpu-mini/fit",
+            "lowrank-lm fit paper --series dense,lowrank-63,lowrank-32"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,11 +22,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         '"comparisons": [...]}')
     p.add_argument("--report", metavar="DIR", default=None,
                    help="write report.md, fit.json, points.csv and scaling.png to DIR")
-    p.add_argument("--x", default="flops", metavar="COLUMN",
-                   help="the compute axis: flops (default), flops_6n, params, params_non_embedding, tokens")
-    p.add_argument("--mode", default="auto", choices=["auto", "free", "shared", "power", "fixed"],
-                   help="E per series (free), one E for all (shared), E = 0 (power), E = --E (fixed); auto picks "
-                        "free with >= 5 points per series, else shared")
+    p.add_argument("--law", default="compute", choices=["compute", "joint"],
+                   help="compute (default): L = E + A C^-alpha per series; joint: L = E + A/N^alpha + B/D^beta per "
+                        "series (Hoffmann et al.), with IsoFLOP profiles when the table holds several sizes per "
+                        "budget; reads series, params, tokens, loss (and flops, budget, seed)")
+    p.add_argument("--params", default=None, choices=["total", "non-embedding"],
+                   help="joint law: N counts all parameters (total, the default) or the non-embedding ones")
+    p.add_argument("--x", default=None, metavar="COLUMN",
+                   help="compute law: the compute axis: flops (default), flops_6n, params, params_non_embedding, "
+                        "tokens")
+    p.add_argument("--mode", default=None, choices=["auto", "free", "shared", "power", "fixed"],
+                   help="compute law: E per series (free), one E for all (shared), E = 0 (power), E = --E (fixed); "
+                        "auto (default) picks free with >= 5 points per series, else shared")
     p.add_argument("--E", type=float, default=None, dest="fixed_E", help="fix the irreducible loss E")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates (default 1000)")
     p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
@@ -34,11 +44,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlay-paper", action="store_true", help="draw the paper's points on the plot too")
 
 
+def _check_law_options(args: argparse.Namespace) -> None:
+    """Options of the other law are errors, not silently ignored."""
+    if args.law == "joint":
+        given = [flag for flag, value in (("--x", args.x), ("--mode", args.mode), ("--E", args.fixed_E),
+                                          ("--baseline", args.baseline), ("--overlay-paper", args.overlay_paper))
+                 if value not in (None, False)]
+        if given:
+            raise UserError(f"{', '.join(given)} apply to the compute law only; drop them or use --law compute")
+        if args.results == "paper":
+            raise UserError("the paper trains each size on one budget, so N and D move together and the joint law "
+                            "cannot separate them; use --law compute for `fit paper`")
+    elif args.params is not None:
+        raise UserError("--params applies to the joint law only; add --law joint (or use --x for the compute law)")
+
+
 def run(args: argparse.Namespace) -> None:
+    _check_law_options(args)
+    if args.law == "joint":
+        _run_joint(args)
+        return
+    args.x = args.x or "flops"
+    args.mode = args.mode or "auto"
     from lowrank_lm.scaling.compare import compare_all
     from lowrank_lm.scaling.fit import FitOptions, Series, fit_all
     from lowrank_lm.scaling.paper_data import paper_points
     from lowrank_lm.scaling.report import format_text, write_report
+    from lowrank_lm.scaling.seeds import average_seeds, has_seeds
     from lowrank_lm.scaling.table import read_points
 
     if args.results == "paper":
@@ -48,19 +80,14 @@ def run(args: argparse.Namespace) -> None:
     else:
         rows, skipped = read_points(args.results, args.x)
         source = args.results
-    if args.series:
-        wanted = [s.strip() for s in args.series.split(",") if s.strip()]
-        unknown = sorted(set(wanted) - {r["series"] for r in rows})
-        if unknown:
-            have = ", ".join(sorted({r["series"] for r in rows}))
-            raise UserError(f"--series: no series named {', '.join(unknown)} (have: {have})")
-        rows = [r for r in rows if r["series"] in wanted]
+    rows = _select(rows, args.series)
+    rows, noise = average_seeds(rows) if has_seeds(rows) else (rows, None)
     series = Series.from_rows(rows)
     if args.baseline is not None and args.baseline not in series:
         raise UserError(f"--baseline {args.baseline}: no such series (have: {', '.join(series)})")
     result = fit_all(series, FitOptions(mode=args.mode, fixed_E=args.fixed_E, n_bootstrap=args.bootstrap,
                                         level=args.level, seed=args.seed))
-    result.settings.update(x=args.x, source=source)
+    result.settings.update(x=args.x, source=source, seed_noise=noise.to_json() if noise else None)
     result.comparisons = compare_all(result, args.baseline, points=series)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
@@ -68,11 +95,55 @@ def run(args: argparse.Namespace) -> None:
         print(format_text(result, source, skipped))
     if args.report:
         overlay = _paper_overlay(args.x, list(series)) if args.overlay_paper else None
-        command = "lowrank-lm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["fit"] \
-            else f"lowrank-lm fit {args.results}"
-        paths = write_report(result, series, rows, args.report, source, command, overlay, skipped)
+        paths = write_report(result, series, rows, args.report, source, _command_line(args), overlay, skipped)
         sys.stdout.flush()
         print(f"report: {paths['report']} (plot {paths['plot'].name}, fit.json, points.csv)", file=sys.stderr)
+
+
+def _select(rows: list[dict], wanted_text: str | None) -> list[dict]:
+    """The rows of the series named by --series (all rows without it)."""
+    if not wanted_text:
+        return rows
+    wanted = [s.strip() for s in wanted_text.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - {r["series"] for r in rows})
+    if unknown:
+        have = ", ".join(sorted({r["series"] for r in rows}))
+        raise UserError(f"--series: no series named {', '.join(unknown)} (have: {have})")
+    return [r for r in rows if r["series"] in wanted]
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    if sys.argv[1:2] == ["fit"]:
+        return "lowrank-lm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return f"lowrank-lm fit {args.results} --law {args.law}"
+
+
+def _run_joint(args: argparse.Namespace) -> None:
+    from lowrank_lm.scaling.isoflop import analyse
+    from lowrank_lm.scaling.joint import N_COLUMNS, JointOptions, fit_joint, series_from_rows
+    from lowrank_lm.scaling.report import format_joint_text, write_joint_report
+    from lowrank_lm.scaling.table import read_points
+
+    params = args.params or "total"
+    rows, skipped = read_points(args.results, N_COLUMNS[params])
+    rows = _select(rows, args.series)
+    series = series_from_rows(rows, args.results)
+    result = fit_joint(series, JointOptions(n_bootstrap=args.bootstrap, level=args.level, seed=args.seed))
+    result.settings.update(params=params, source=args.results)
+    iso, comparisons = analyse(series, result.series, result.noise, args.bootstrap, args.level, args.seed)
+    if args.json:
+        out = result.to_json()
+        out["isoflop"] = {k: v.to_json() for k, v in iso.items()}
+        out["comparisons"] = comparisons
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_joint_text(result, iso, comparisons, args.results, skipped))
+    if args.report:
+        paths = write_joint_report(result, iso, comparisons, series, args.report, args.results, _command_line(args),
+                                   skipped)
+        sys.stdout.flush()
+        print(f"report: {paths['report']} (plots {', '.join(p.name for k, p in paths.items() if k.startswith('plot'))}"
+              ", fit.json)", file=sys.stderr)
 
 
 def _paper_overlay(x_column: str, names: list[str]) -> dict:

@@ -1,5 +1,9 @@
-"""The scaling figure: validation loss against training compute (log x, linear y, as in the paper),
-one colour per series, the fitted curve with its bootstrap band, and optionally the paper's points."""
+"""The scaling figures: validation loss against training compute (log x, linear y, as in the paper), one
+colour per series, the fitted curve with its bootstrap band, and optionally the paper's points; the joint
+law's surfaces (loss vs N at fixed D, vs D at fixed N); IsoFLOP parabolas and the N*(C) lines.
+
+Every curve of a figure gets its own colour (tab10's ten hues, then their light shades, then evenly spaced
+hues), never a repeat."""
 
 from __future__ import annotations
 
@@ -15,11 +19,19 @@ X_LABELS = {"flops": "training FLOPs (paper convention: 3 x forward)", "flops_6n
             "params": "parameters", "params_non_embedding": "non-embedding parameters", "tokens": "tokens"}
 
 
-def _colours(names: list[str]) -> dict[str, Any]:
+def distinct_colours(n: int) -> list[Any]:
+    """``n`` colours, all different: tab20's ten dark hues first (neighbours differ in hue, not shade), then its
+    ten light ones; beyond 20, evenly spaced hues of a cyclic map."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab10"]
-    return {n: cmap(i % 10) for i, n in enumerate(names)}
+    if n <= 20:
+        tab20 = matplotlib.colormaps["tab20"]
+        return [tab20(2 * i if i < 10 else 2 * (i - 10) + 1) for i in range(n)]
+    return [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
+
+
+def _colours(names: list[str]) -> dict[str, Any]:
+    return dict(zip(names, distinct_colours(len(names))))
 
 
 def plot_fit(result: FitResult, series: dict[str, Series], path: str | Path, x_column: str = "flops",
@@ -66,6 +78,123 @@ def plot_fit(result: FitResult, series: dict[str, Series], path: str | Path, x_c
                  fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _levels(values: np.ndarray, most: int = 6) -> np.ndarray:
+    """The distinct values when there are few, else ``most`` geometric quantiles: the slices to draw."""
+    distinct = np.unique(values)
+    if len(distinct) <= most:
+        return distinct
+    return np.exp(np.quantile(np.log(values), np.linspace(0.05, 0.95, 4)))
+
+
+def plot_joint(result: Any, series: dict[str, Any], path: str | Path) -> Path:
+    """Per series, loss vs N at fixed D and loss vs D at fixed N: the runs and the fitted surface's slices.
+
+    With few distinct values of the fixed variable every run lies on a slice. Otherwise (an IsoFLOP design
+    gives every run its own D) each run is drawn on the slice nearest to it in log scale, moved along the
+    fitted surface with its residual kept (a partial-residual plot), and the title says so.
+    """
+    plt = _pyplot()
+    names = [n for n in result.series if n in series]
+    fig, axes = plt.subplots(len(names), 2, figsize=(11, 4.2 * len(names)), dpi=130, squeeze=False)
+    plan = [(name, _levels(series[name].D), _levels(series[name].N)) for name in names]
+    colours = iter(distinct_colours(sum(len(d) + len(n) for _, d, n in plan)))
+    for row, (name, d_levels, n_levels) in enumerate(plan):
+        fit, ser = result.series[name], series[name]
+        for ax, levels, along, across, label in ((axes[row, 0], d_levels, ser.N, ser.D, "D"),
+                                                  (axes[row, 1], n_levels, ser.D, ser.N, "N")):
+            nearest = np.argmin(np.abs(np.log(across)[:, None] - np.log(levels)[None, :]), axis=1)
+            moved = not np.allclose(across, levels[nearest], rtol=1e-9)
+            residual = ser.loss - fit.predict(ser.N, ser.D)
+            grid = np.geomspace(along.min() / 1.5, along.max() * 1.5, 200)
+            for k, level in enumerate(levels):
+                c = next(colours)
+                curve = fit.predict(grid, level) if label == "D" else fit.predict(level, grid)
+                ax.plot(grid, curve, color=c, lw=1.4, label=f"{label} = {level:.3g}")
+                sel = nearest == k
+                on_slice = fit.predict(along[sel], level) if label == "D" else fit.predict(level, along[sel])
+                ax.plot(along[sel], on_slice + residual[sel], "o", color=c, ms=4)
+            ax.set_xscale("log")
+            ax.set_xlabel("parameters N" if label == "D" else "tokens D")
+            ax.set_ylabel("validation loss")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+            note = f"\nruns moved to the nearest {label} slice along the fit, residuals kept" if moved else ""
+            ax.set_title(f"{name}: loss vs {'N at fixed D' if label == 'D' else 'D at fixed N'} "
+                         f"(alpha {fit.alpha:.3g}, beta {fit.beta:.3g}){note}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def plot_isoflop(iso: dict[str, Any], path: str | Path) -> Path:
+    """Left: each budget's runs, its parabola and vertex (with interval); right: N*(C) per series from the
+    IsoFLOP vertices (points, solid line) and from the joint law (dashed)."""
+    plt = _pyplot()
+    markers = "osD^vP*X"
+    n_profiles = sum(len(s.profiles) for s in iso.values())
+    colours = iter(distinct_colours(n_profiles + len(iso)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), dpi=130)
+    for k, (name, s) in enumerate(iso.items()):
+        m = markers[k % len(markers)]
+        for p in s.profiles:
+            c = next(colours)
+            grid = np.geomspace(p.N.min() / 1.3, p.N.max() * 1.3, 200)
+            left.plot(p.N, p.loss, m, color=c, ms=5)
+            left.plot(grid, p.parabola(grid), color=c, lw=1.2, label=f"{name} {p.label}")
+            if p.N_opt is not None and p.L_opt is not None:
+                xerr = None if p.N_opt_ci is None else [[p.N_opt - p.N_opt_ci[0]], [p.N_opt_ci[1] - p.N_opt]]
+                left.errorbar([p.N_opt], [p.L_opt], xerr=xerr, fmt=m, color=c, mfc="white", ms=8, capsize=3)
+    for k, (name, s) in enumerate(iso.items()):
+        c = next(colours)
+        m = markers[k % len(markers)]
+        pts = [p for p in s.profiles if p.N_opt is not None]
+        if pts:
+            C = np.array([p.C for p in pts])
+            N = np.array([p.N_opt for p in pts])
+            err = np.array([[n - p.N_opt_ci[0], p.N_opt_ci[1] - n] if p.N_opt_ci else [0.0, 0.0]
+                            for n, p in zip(N, pts)]).T
+            right.errorbar(C, N, yerr=err, fmt=m, color=c, ms=6, capsize=3)
+            grid = np.geomspace(C.min() / 2, C.max() * 2, 50)
+            law = s.laws.get("N_isoflop")
+            if law is not None:
+                right.plot(grid, law.at(grid), color=c, lw=1.4, label=f"{name}: IsoFLOP, a = {law.exponent:.3g}")
+            joint = s.laws.get("N_joint")
+            if joint is not None:
+                right.plot(grid, joint.at(grid), color=c, lw=1.4, ls="--",
+                           label=f"{name}: joint law, a = {joint.exponent:.3g}")
+    left.set_xscale("log")
+    left.set_xlabel("parameters N")
+    left.set_ylabel("validation loss")
+    left.set_title("IsoFLOP profiles: parabolas in ln N, vertices with intervals (hollow)", fontsize=9)
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("training FLOPs C")
+    right.set_ylabel("compute-optimal parameters N*")
+    right.set_title("N*(C) per structure: IsoFLOP vertices (solid fit) and joint law (dashed)", fontsize=9)
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def _save(fig: Any, path: str | Path, plt: Any) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

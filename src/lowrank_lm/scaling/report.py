@@ -109,6 +109,17 @@ def all_warnings(result: FitResult) -> list[str]:
     return list(seen)
 
 
+def noise_line(settings: dict[str, Any]) -> str:
+    """The measured run-to-run noise, for the reader to hold beside the differences compared."""
+    n = settings.get("seed_noise")
+    if not n:
+        return ("run-to-run noise: not measured (one seed per point); the intervals know only the scatter around "
+                "the fitted curves")
+    return (f"run-to-run noise (seed to seed, pooled over {n['cells']} points, {n['dof']} degrees of freedom): "
+            f"{n['sd_loss']:.3g} in loss ({n['sd_log']:.2%}) for one run; it is a floor on the bootstrap noise of "
+            "each point's mean")
+
+
 def format_text(result: FitResult, source: str, skipped: int = 0) -> str:
     """The console summary of a fit."""
     s = result.settings
@@ -119,7 +130,7 @@ def format_text(result: FitResult, source: str, skipped: int = 0) -> str:
         head += f"\n({skipped} unfinished row(s) skipped)"
     parts = [head, "", _table_text(SERIES_HEADER, series_rows(result))]
     if result.comparisons:
-        parts += ["", comparison_text(result)]
+        parts += ["", noise_line(s), comparison_text(result)]
     warns = all_warnings(result)
     if warns:
         parts += ["", "warnings:"] + [f"  - {w}" for w in warns]
@@ -157,7 +168,7 @@ def write_report(result: FitResult, series: dict[str, Series], rows: list[dict[s
                "otherwise the verdict is *not distinguishable*. The meeting point is where the fitted curve of a "
                "meets the baseline's (an extrapolation when it lies beyond the data). The gap by size is the loss "
                "difference between models of the same size, regressed on the baseline's compute (t interval): the "
-               "paper's own reading of its figure.", "",
+               "paper's own reading of its figure.", "", noise_line(s) + ".", "",
                _table_md(COMPARE_HEADER, comparison_rows(result)), ""]
         notes = [f"- {c['a']} vs {c['b']}: {n}" for c in result.comparisons for n in c.get("notes", [])]
         notes += [f"- {c['a']} vs {c['b']}: {c['crossing']['note']}" for c in result.comparisons if c["crossing"]]
@@ -176,5 +187,148 @@ def write_report(result: FitResult, series: dict[str, Series], rows: list[dict[s
            "the error of reading values off a figure beyond what `loss_err` states.",
            "- Input points (with their source and quality tags when known) are in `points.csv`; all numbers are "
            "in `fit.json`.", ""]
+    paths["report"].write_text("\n".join(md))
+    return paths
+
+
+# --------------------------------------------------------------------------- the joint law and IsoFLOP profiles
+
+JOINT_HEADER = ["series", "runs", "cells", "E [CI]", "A", "alpha [CI]", "B", "beta [CI]", "resid. SE", "N range",
+                "D range"]
+PROFILE_HEADER = ["series", "budget", "C", "sizes", "N* [CI]", "D* [CI]", "L*", "minimum"]
+LAW_HEADER = ["series", "N* ~ C^a: a [CI] (IsoFLOP)", "a [CI] (joint law)", "D* ~ C^b: b [CI] (IsoFLOP)",
+              "b [CI] (joint law)"]
+LAW_KEYS = {"N_isoflop": "N* exponent (IsoFLOP)", "N_joint": "N* exponent (joint law)",
+            "D_isoflop": "D* exponent (IsoFLOP)", "D_joint": "D* exponent (joint law)"}
+
+
+def joint_rows(result: Any) -> list[list[str]]:
+    """One row per joint fit."""
+    rows = []
+    for name, f in result.series.items():
+        rows.append([name, str(f.n_points), str(f.n_cells), _g(f.E) + _ci(f.E_ci), _g(f.A, 3),
+                     _g(f.alpha) + _ci(f.alpha_ci), _g(f.B, 3), _g(f.beta) + _ci(f.beta_ci), _g(f.residual_se, 2),
+                     f"{_g(f.N_range[0], 3)} – {_g(f.N_range[1], 3)}",
+                     f"{_g(f.D_range[0], 3)} – {_g(f.D_range[1], 3)}"])
+    return rows
+
+
+def profile_rows(iso: dict[str, Any]) -> list[list[str]]:
+    """One row per IsoFLOP profile."""
+    rows = []
+    for name, s in iso.items():
+        for p in s.profiles:
+            share = f", {p.share_with_minimum:.0%} of replicates" if p.share_with_minimum is not None else ""
+            where = ("inside the sizes" if p.inside else "outside the sizes") if p.N_opt is not None else "none"
+            rows.append([name, p.label, f"{p.C:.3g}", str(len(p.N)), _g(p.N_opt, 3) + _ci(p.N_opt_ci),
+                         _g(p.D_opt, 3) + _ci(p.D_opt_ci), _g(p.L_opt), where + share])
+    return rows
+
+
+def law_rows(iso: dict[str, Any]) -> list[list[str]]:
+    """One row per series: the exponents of N*(C) and D*(C) from both approaches."""
+    def cell(s: Any, key: str) -> str:
+        law = s.laws.get(key)
+        return "–" if law is None else _g(law.exponent, 3) + _ci(law.exponent_ci)
+
+    return [[name, cell(s, "N_isoflop"), cell(s, "N_joint"), cell(s, "D_isoflop"), cell(s, "D_joint")]
+            for name, s in iso.items()]
+
+
+def optimum_comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    """a vs b on the optimum laws: exponent differences and the ratio of N* per budget."""
+    lines = []
+    for c in comparisons:
+        lines.append(f"{c['a']} vs {c['b']} (a - b):")
+        for key, e in c["exponents"].items():
+            lines.append(f"  {LAW_KEYS[key]:<26} {e['diff']:+.3g}{_ci(e['diff_ci'], 2):<22} {e['verdict']}")
+        for r in c["N_opt_ratio"]:
+            ci = f" [{r['ratio_ci'][0]:.3g}, {r['ratio_ci'][1]:.3g}]" if r["ratio_ci"] else ""
+            lines.append(f"  N* ratio a/b at {r['budget']:<9} {r['ratio']:.3g}{ci:<22} {r['verdict']}")
+        lines += [f"  note: {n}" for n in c["notes"]]
+    return lines
+
+
+def _joint_noise_line(result: Any) -> str:
+    return noise_line({"seed_noise": result.noise.to_json() if result.noise else None})
+
+
+def format_joint_text(result: Any, iso: dict[str, Any], comparisons: list[dict[str, Any]], source: str,
+                      skipped: int = 0) -> str:
+    """The console summary of joint fits and IsoFLOP profiles."""
+    s = result.settings
+    n_runs = sum(f.n_points for f in result.series.values())
+    head = (f"joint fit of {source}: {n_runs} runs in {len(result.series)} series, L = E + A/N^alpha + B/D^beta, "
+            f"N = {s.get('params', 'total')} parameters, Huber delta {s['huber_delta']:g} on log residuals, "
+            f"{s['n_bootstrap']} bootstrap replicates, {s['level']:.0%} intervals, seed {s['seed']}")
+    if skipped:
+        head += f"\n({skipped} unfinished row(s) skipped)"
+    parts = [head, _joint_noise_line(result), "", _table_text(JOINT_HEADER, joint_rows(result))]
+    if iso:
+        parts += ["", "IsoFLOP profiles (parabola in ln N per budget; N*, D* with intervals):",
+                  _table_text(PROFILE_HEADER, profile_rows(iso)), "",
+                  _table_text(LAW_HEADER, law_rows(iso))]
+    else:
+        parts += ["", "no IsoFLOP profiles: no series holds three or more sizes at each of two or more budgets"]
+    if comparisons:
+        parts += ["", *optimum_comparison_lines(comparisons)]
+    warns = list(result.warnings) + [f"{n}: {w}" for n, f in result.series.items() for w in f.warnings]
+    warns += [f"{n}: {w}" for n, x in iso.items() for w in x.warnings]
+    if warns:
+        parts += ["", "warnings:"] + [f"  - {w}" for w in warns]
+    return "\n".join(parts)
+
+
+def write_joint_report(result: Any, iso: dict[str, Any], comparisons: list[dict[str, Any]], series: dict[str, Any],
+                       out_dir: str | Path, source: str, command: str, skipped: int = 0) -> dict[str, Path]:
+    """Write report.md, fit.json and the plots (surface, and IsoFLOP profiles when there are any) to ``out_dir``."""
+    from lowrank_lm.scaling.plots import plot_isoflop, plot_joint
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"report": out / "report.md", "json": out / "fit.json", "plot_joint": out / "joint.png"}
+    data = result.to_json()
+    data["isoflop"] = {k: v.to_json() for k, v in iso.items()}
+    data["comparisons"] = comparisons
+    write_json(data, paths["json"])
+    plot_joint(result, series, paths["plot_joint"])
+    if iso:
+        paths["plot_isoflop"] = out / "isoflop.png"
+        plot_isoflop(iso, paths["plot_isoflop"])
+    s = result.settings
+    md = [f"# Joint scaling fit: {source}", "", f"Command: `{command}`", "",
+          f"{sum(f.n_points for f in result.series.values())} runs in {len(result.series)} series"
+          f"{f'; {skipped} unfinished row(s) skipped' if skipped else ''}. Model L(N, D) = E + A/N^alpha + B/D^beta "
+          f"(N = {s.get('params', 'total')} parameters, D = training tokens), fitted per series on the mean log-loss "
+          f"of each (N, D) cell with a Huber loss (delta {s['huber_delta']:g}) on log residuals from a grid of starts; "
+          f"{s['n_bootstrap']} parametric bootstrap replicates, {s['level']:.0%} percentile intervals, "
+          f"seed {s['seed']}.",
+          "", _joint_noise_line(result) + ".", "", "## Joint law", "", _table_md(JOINT_HEADER, joint_rows(result)), "",
+          "![loss vs N and vs D with the fitted surfaces](joint.png)", ""]
+    if iso:
+        md += ["## IsoFLOP profiles (approach 2)", "",
+               "Per budget, a parabola in ln N through ln L of the sizes; its vertex is the loss-minimising size "
+               "N* and D* the tokens that spend the budget on it. A vertex outside the sizes tried is an "
+               "extrapolation.", "", _table_md(PROFILE_HEADER, profile_rows(iso)), "",
+               "## Compute-optimal sizes N*(C), D*(C)", "",
+               "Exponents of N* ~ C^a and D* ~ C^b, by least squares over the budgets (IsoFLOP) and from the fitted "
+               "surface (joint law), with bootstrap intervals.", "", _table_md(LAW_HEADER, law_rows(iso)), "",
+               "![IsoFLOP profiles and N*(C)](isoflop.png)", ""]
+    if comparisons:
+        md += ["## Between structures", "",
+               "a − b of each exponent and the ratio of N* at each common budget, with intervals from paired "
+               "replicates. A direction is stated only when the interval of the difference excludes 0 and the two "
+               "intervals do not overlap; otherwise *not distinguishable*.", "", "```",
+               *optimum_comparison_lines(comparisons), "```", ""]
+    warns = list(result.warnings) + [f"{n}: {w}" for n, f in result.series.items() for w in f.warnings]
+    warns += [f"{n}: {w}" for n, x in iso.items() for w in x.warnings]
+    if warns:
+        md += ["## Warnings", ""] + [f"- {w}" for w in warns] + [""]
+    md += ["## How to read this", "",
+           "- alpha and beta say how fast the loss falls with parameters and with tokens; their ratio sets how a "
+           "compute-optimal model grows: N* ~ C^(beta/(alpha+beta)) when FLOPs are proportional to N·D.",
+           "- Intervals cover noise around the fitted surface (the residual scatter, or the measured seed-to-seed "
+           "noise when larger). They do not cover a wrong functional form, other hyper-parameters, or the learning-"
+           "rate schedule's dependence on the budget.", ""]
     paths["report"].write_text("\n".join(md))
     return paths

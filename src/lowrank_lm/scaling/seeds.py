@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+CONFIG_KEYS = ("size", "params", "tokens", "budget")
+"""Columns that, with the series and x, identify one configuration (the runs of one cell differ in seed only)."""
+
 
 @dataclass
 class Cells:
@@ -95,15 +98,16 @@ def has_seeds(rows: Sequence[dict[str, Any]]) -> bool:
 def average_seeds(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], SeedNoise | None]:
     """Rows of ``fit``'s compute law with the seeds of one point merged: (one row per point, pooled noise).
 
-    A point is a (series, x) pair. Its loss becomes the geometric mean over seeds and its ``loss_err`` the
-    error of that mean, sqrt(stated error^2 + (noise * loss)^2 / seeds), which the bootstrap uses as a
-    floor; the noise is the pooled seed-to-seed spread over every point of every series.
+    A point is one configuration of a series (the same x, size, parameters, tokens and budget). Its loss
+    becomes the geometric mean over seeds and its ``loss_err`` the error of that mean, sqrt(stated error^2 +
+    (noise * loss)^2 / seeds), which the bootstrap uses as a floor; the noise is the pooled seed-to-seed
+    spread over every point of every series.
     """
     by_series: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_series.setdefault(r["series"], []).append(r)
-    cells = {name: group_cells([r["x"] for r in rs], np.array([r["loss"] for r in rs])) for name, rs in
-             by_series.items()}
+    cells = {name: group_cells([(r["x"], *(str(r.get(k) or "") for k in CONFIG_KEYS)) for r in rs],
+                               np.array([r["loss"] for r in rs])) for name, rs in by_series.items()}
     noise = pooled_noise(list(cells.values()))
     out = []
     for name, rs in by_series.items():

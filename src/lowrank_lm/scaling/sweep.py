@@ -9,6 +9,7 @@ A sweep file (YAML)::
     sizes:                            # name -> config file (relative to this file), or a mapping
       s1: ../cpu/scale-1.yaml
       s2: {config: ../cpu/scale-2.yaml, overrides: [train.tokens=2500000]}
+      # with FLOP budgets, {config, overrides, flops: [1e14]}: the budgets this size trains at (default all)
     structures:                       # name -> how the FFN is built (kind defaults to the name)
       dense: {}
       lowrank: {fractions: [0.63, 0.32]}           # the rank is solved for each size (see below)
@@ -232,6 +233,8 @@ class _Size:
     name: str
     config: Path | None
     overrides: list[str]
+    flops: list[float] | None = None
+    """The FLOP budgets this size trains at (an IsoFLOP design slides its sizes with the budget); None: all."""
 
 
 @dataclass
@@ -262,10 +265,14 @@ def _parse_sizes(path: Path, raw: Any) -> list[_Size]:
         if isinstance(v, str):
             out.append(_Size(str(name), path.parent / v, []))
         elif isinstance(v, dict):
-            _check_keys(path, f"sizes.{name}.", v, ("config", "overrides"))
+            _check_keys(path, f"sizes.{name}.", v, ("config", "overrides", "flops"))
             cfg = v.get("config")
+            flops = v.get("flops")
+            if flops is not None and (not isinstance(flops, list) or not flops):
+                raise _err(path, f"sizes.{name}.flops must be a non-empty list of budgets from budgets.flops")
             out.append(_Size(str(name), path.parent / cfg if cfg else None,
-                             _str_list(path, f"sizes.{name}.overrides", v.get("overrides"))))
+                             _str_list(path, f"sizes.{name}.overrides", v.get("overrides")),
+                             [float(x) for x in flops] if flops is not None else None))
         else:
             raise _err(path, f"sizes.{name} must be a config file or a mapping with config/overrides")
     return out
@@ -379,6 +386,13 @@ def load_sweep(path: str | Path) -> SweepPlan:
     budgets = _parse_budgets(p, raw.get("budgets"))
     seeds = _parse_seeds(p, raw.get("seeds"))
     isoflop = budgets[0].flops is not None
+    for size in sizes:
+        if size.flops is not None and not isoflop:
+            raise _err(p, f"sizes.{size.name}.flops applies to FLOP budgets only; set budgets: {{flops: [...]}} "
+                          "or remove it")
+        unknown = [c for c in size.flops or [] if all(not math.isclose(c, b.flops or 0) for b in budgets)]
+        if unknown:
+            raise _err(p, f"sizes.{size.name}.flops: {unknown[0]:g} is not one of budgets.flops")
     if isoflop and "match_dense_tokens" in raw:
         raise _err(p, "match_dense_tokens does not apply to FLOP budgets (every run gets the tokens its own "
                       "model needs to spend the budget); remove it")
@@ -414,7 +428,9 @@ def load_sweep(path: str | Path) -> SweepPlan:
                             notes.append(f"{size.name}-{st.name}-{label}: the nearest {st.kind} setting holds "
                                          f"{share:.1%} of the FFN weights, not {frac:.0%}")
                     cell_over = size_over + ffn_over + st.overrides
-                for budget, seed in ((b, sd) for b in budgets for sd in seeds):
+                mine = [b for b in budgets
+                        if size.flops is None or any(math.isclose(b.flops or 0, c) for c in size.flops)]
+                for budget, seed in ((b, sd) for b in mine for sd in seeds):
                     seed_label = f"seed{seed}" if seed is not None and len(seeds) > 1 else None
                     run_name = "-".join(str(x) for x in (size.name, st.name, label, budget.label, seed_label)
                                         if x is not None)

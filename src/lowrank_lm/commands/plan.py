@@ -1,0 +1,33 @@
+"""Recommend a structure, fraction and model size for a compute budget from joint-law fits (`fit --law joint`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fits", required=True, metavar="FIT.json",
+                   help="joint-law fits: the output of `lowrank-lm fit RESULTS.csv --law joint --json` (or a "
+                        "report's fit.json)")
+    p.add_argument("--budget-flops", required=True, type=float, metavar="C", help="training FLOPs to spend, e.g. 1e19")
+    p.add_argument("--bench", default=None, metavar="BENCH.json",
+                   help="train.json from `lowrank-lm bench train`: adds each structure's measured speed")
+    p.add_argument("--min-speedup", type=float, default=None, metavar="X",
+                   help="only structures whose bench throughput is at least X times dense's (needs --bench)")
+    p.add_argument("--max-step-ms", type=float, default=None, metavar="MS",
+                   help="only structures whose bench step time is at most MS milliseconds (needs --bench)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level of the predicted loss (default 0.95)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def run(args: argparse.Namespace) -> None:
+    from lowrank_lm.errors import UserError
+    from lowrank_lm.scaling.planner import format_plan, load_bench, load_fits, plan
+
+    if not 0 < args.level < 1:
+        raise UserError(f"--level must be between 0 and 1, got {args.level}")
+    fits = load_fits(args.fits)
+    bench = load_bench(args.bench) if args.bench else None
+    result = plan(fits, args.budget_flops, bench, args.min_speedup, args.max_step_ms, args.level)
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_plan(result))
