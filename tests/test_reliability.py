@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from lowrank_lm.checkpoint import list_checkpoints, load_model, load_state, save_checkpoint
-from lowrank_lm.config import save_config
+from lowrank_lm.config import load_config, save_config
 from lowrank_lm.errors import UserError
-from lowrank_lm.reliability import run_trial, train_subprocess
+from lowrank_lm.reliability import compare_runs, run_trial, train_subprocess
 from lowrank_lm.train import run_training
 from lowrank_lm.train.rundir import RunDir
 
 from .conftest import small_config, tiny_run_config
+from .ecosystem import cli
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tiny_data, tmp_path, mon
     load_model(out)
     assert load_state(list_checkpoints(out)[-1])["step"] == 4
     monkeypatch.setattr(checkpoint, "save_file", real)
-    assert run_training(cfg)["steps"] == 20  # and the run resumes from it
+    assert run_training(cfg).steps == 20  # and the run resumes from it
 
 
 @pytest.mark.slow
@@ -132,35 +133,130 @@ def test_killed_prepare_reruns_to_byte_identical_shards(tmp_path, crash):
     assert manifest_killed == manifest_clean
 
 
+@pytest.fixture(scope="module")
+def long_clean(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
+    """A config of 160 steps (long enough for a signal to land mid-run) and its uninterrupted run."""
+    root = tmp_path_factory.mktemp("long")
+    save_config(tiny_run_config(tiny_data, root / "clean", "train.tokens=40960", "train.checkpoint_interval=50"),
+                root / "clean.yaml")
+    assert train_subprocess(root / "clean.yaml") == 0
+    return root / "clean.yaml", root / "clean"
+
+
 @pytest.mark.slow
-def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(tiny_data, tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_checkpoints_the_current_step_exits_75_and_resumes_exactly(long_clean, tmp_path, sig):
     import signal
     import subprocess
     import sys
     import time
 
+    from lowrank_lm.errors import EXIT_STOPPED
     from lowrank_lm.reliability import compare_runs
     from lowrank_lm.train.metrics import read_metrics
 
-    def config(name: str) -> Path:  # 160 steps: long enough for the signal to land mid-run
-        save_config(tiny_run_config(tiny_data, tmp_path / name, "train.tokens=40960", "train.checkpoint_interval=50"),
-                    tmp_path / f"{name}.yaml")
-        return tmp_path / f"{name}.yaml"
-
-    assert train_subprocess(config("clean")) == 0
+    cfg = load_config(long_clean[0], [f"train.out_dir={tmp_path / 'run'}"])
+    save_config(cfg, tmp_path / "run.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lowrank_lm", "train", str(config("run"))], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "lowrank_lm", "train", str(tmp_path / "run.yaml")], env=env,
                             stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and len(read_metrics(metrics)) >= 5):
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, sig))  # Ctrl-C in a terminal is SIGINT
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == EXIT_STOPPED, err
     step = load_state(list_checkpoints(tmp_path / "run")[-1])["step"]
     assert 5 <= step < 160  # a checkpoint of the step the signal arrived in
-    assert f"received SIGTERM: checkpoint at step {step}, exiting" in err
+    assert f"received {sig}: checkpoint at step {step}, exiting" in err
+    assert err.splitlines()[-1] == (f"stopped at step {step} of 160 ({sig}), checkpoint written; continue with: "
+                                    f"lowrank-lm train {tmp_path / 'run'}")
     assert not (tmp_path / "run" / "summary.json").exists()
     assert train_subprocess(tmp_path / "run.yaml") == 0
-    assert compare_runs(tmp_path / "clean", tmp_path / "run") == []
+    assert compare_runs(long_clean[1], tmp_path / "run") == []
+
+
+def test_a_second_ctrl_c_aborts_at_once_unless_it_is_the_same_press(tiny_data, tmp_path):
+    import signal
+
+    from lowrank_lm.train.loop import Trainer
+
+    trainer = Trainer(tiny_run_config(tiny_data, tmp_path / "run"))
+    previous = trainer._catch_stop_signals()
+    try:
+        handler = signal.getsignal(signal.SIGINT)
+        handler(signal.SIGINT, None)
+        assert trainer._stop_signal == "SIGINT"  # the first Ctrl-C asks for a checkpoint and a clean stop
+        handler(signal.SIGINT, None)  # within a second: torchrun's copy of the same press, ignored
+        trainer._stop_time -= 2.0  # as if the user pressed again two seconds later
+        with pytest.raises(KeyboardInterrupt):
+            handler(signal.SIGINT, None)
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def test_max_steps_exits_75_naming_the_command_and_train_run_dir_finishes_the_run(reference, tmp_path):
+    config, ref_dir = reference
+    save_config(load_config(config, [f"train.out_dir={tmp_path / 'run'}"]), tmp_path / "run.yaml")
+    code, _, err = cli("train", str(tmp_path / "run.yaml"), "--max-steps", "7")
+    assert code == 75, err
+    assert err.splitlines()[-1] == ("stopped at step 7 of 20 (--max-steps), checkpoint written; continue with: "
+                                    f"lowrank-lm train {tmp_path / 'run'}")
+    (tmp_path / "run").rename(tmp_path / "moved")  # the folder is the run: its config.yaml, wherever it is
+    code, _, err = cli("train", str(tmp_path / "moved"))
+    assert code == 0, err
+    assert "resuming at step 7" in err
+    assert compare_runs(ref_dir, tmp_path / "moved") == []
+    code, _, err = cli("train", str(tmp_path), "train.lr=1")
+    assert code == 2 and err.count("\n") == 1 and "without config.yaml" in err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_user_error_on_rank_0_ends_both_ranks_with_one_line_without_torchrun(reference):
+    """srun / mpirun start the ranks without torchrun's agent: nobody else would end rank 1."""
+    import subprocess
+    import sys
+
+    config, _ = reference  # a finished run: rank 0 refuses it while it prepares the out_dir
+    port = _free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "lowrank_lm", "train", str(config)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=60) for p in procs]  # promptly: within 60 s, not the 30-minute timeout
+    assert [p.returncode for p in procs] == [2, 2], outs
+    rank0, rank1 = outs[0][1], outs[1][1]
+    assert rank0.count("\n") == 1 and rank0.startswith("lowrank-lm train: error: ") and \
+        "holds a finished run; pass --overwrite" in rank0
+    assert rank1 == ""  # said once, by rank 0
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(reference, tmp_path_factory) -> tuple[Path, Path]:
+    """The reference config run uninterrupted by two DDP processes."""
+    root = tmp_path_factory.mktemp("ddp")
+    save_config(load_config(reference[0], [f"train.out_dir={root / 'run'}"]), root / "config.yaml")
+    assert train_subprocess(root / "config.yaml", nproc=2) == 0
+    return root / "config.yaml", root / "run"
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_and_the_same_command_resumes_to_the_uninterrupted_weights(ddp_reference,
+                                                                                          tmp_path):
+    config, ref_dir = ddp_reference
+    result = run_trial(config, ref_dir, "train.step:5@1", tmp_path, nproc=2)  # rank 1 dies after step 5
+    assert result.kills == 1 and result.resumes == 1
+    assert result.unreadable_checkpoints == 0
+    assert result.mismatches == []  # losses, weights and AdamW state bit for bit (gloo sums 2 ranks exactly)

@@ -19,7 +19,8 @@ from lowrank_lm.errors import UserError
 # Settings that say where and how verbosely a run writes, not what it computes: a finished run whose saved
 # config differs only in these is the same experiment.
 BOOKKEEPING = {"train.out_dir", "train.resume", "train.device", "train.wandb", "train.log_interval",
-               "train.keep_checkpoints", "train.checkpoint_interval", "data.dir", "data.num_workers"}
+               "train.keep_checkpoints", "train.checkpoint_interval", "train.checkpoint_minutes", "data.dir",
+               "data.num_workers"}
 # The columns of a demo row, taken from the run's summary.json.
 ROW_KEYS = ("name", "params", "params_ffn", "train_flops", "tokens", "tokens_per_s", "final_val_loss",
             "final_val_ppl")
@@ -130,6 +131,8 @@ def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
         else:
             print(f"== training {name} ==", flush=True)
             summary = run_training(run_cfg, overwrite=overwrite)
+            if not summary.finished:  # Ctrl-C: checkpointed; the same command resumes
+                raise KeyboardInterrupt
         rows.append({**{k: getattr(summary, k) for k in ROW_KEYS}, "name": name})
     record = {"config": config_to_dict(cfg), "rows": rows, "unigram_ppl": unigram_perplexity(data_dir)}
     table = demo_table(record)
