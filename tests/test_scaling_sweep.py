@@ -25,6 +25,7 @@ from lowrank_lm.scaling.execute import (
 )
 from lowrank_lm.scaling.sweep import RunSpec, load_sweep, parse_shard, shard_runs
 from lowrank_lm.scaling.table import read_points
+from lowrank_lm.train.summary import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "configs" / "cpu"
@@ -73,10 +74,17 @@ class FakeTrainer:
         write_checkpoint(spec, step=max(1, spec.steps // 2))
         if spec.name == self.interrupt:
             raise KeyboardInterrupt
-        loss = fake_loss(spec)
-        summary = {"final_val_loss": loss, "final_val_ppl": math.exp(loss), "tokens": spec.tokens,
-                   "train_flops": spec.flops, "wall_s": 2.0, "tokens_per_s": spec.tokens / 2.0, "steps": spec.steps}
-        (spec.run_dir / "summary.json").write_text(json.dumps(summary))
+        fake_summary(spec, fake_loss(spec)).write(spec.run_dir / "summary.json")
+
+
+def fake_summary(spec: RunSpec, loss: float, wall_s: float = 2.0) -> RunSummary:
+    """The summary the trainer would write for ``spec``, with a made-up loss and time."""
+    return RunSummary(name=spec.name, structure=spec.kind, params=spec.params,
+                      params_non_embedding=spec.params_non_embedding, params_ffn=spec.params_ffn,
+                      tokens=spec.tokens, unique_tokens=spec.tokens, steps=spec.steps, train_flops=spec.flops,
+                      train_s=wall_s, wall_s=wall_s, tokens_per_s=spec.tokens / wall_s, skipped_steps=0,
+                      peak_memory_mb=100.0, device="cpu", world_size=1, precision="fp32", final_val_loss=loss,
+                      final_val_ppl=math.exp(loss), val_tokens=1024)
 
 
 def write_checkpoint(spec: RunSpec, step: int) -> None:
@@ -309,15 +317,15 @@ out = cfg["train"]["out_dir"]
 print("threads", os.environ.get("OMP_NUM_THREADS"), "malloc", os.environ.get("MALLOC_MMAP_THRESHOLD_"))
 if "lowrank-32" in out:
     sys.exit(3)
-json.dump({"final_val_loss": 3.0, "final_val_ppl": 20.0, "tokens": 1, "wall_s": 1.0, "train_flops": 1.0},
-          open(os.path.join(out, "summary.json"), "w"))
+json.dump(SUMMARY, open(os.path.join(out, "summary.json"), "w"))
 """
 
 
 def test_subprocess_runner_isolates_runs_and_logs(tmp_path):
     plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES.replace("s3:", "#").replace("s4:", "#")))
     script = tmp_path / "fake_train.py"
-    script.write_text(FAKE_TRAIN)
+    # every run gets the same (complete) summary; JSON numbers and strings are Python literals
+    script.write_text(FAKE_TRAIN.replace("SUMMARY", json.dumps(fake_summary(plan.runs[0], 3.0, 1.0).to_dict())))
     runner = SubprocessRunner(f"{sys.executable} {script}", threads=1)
     with open(os.devnull, "w") as sink:
         outcome = execute(plan, runner, out=sink)

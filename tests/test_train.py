@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lowrank_lm
 from lowrank_lm.checkpoint import list_checkpoints, load_model
 from lowrank_lm.cli import main
 from lowrank_lm.config import save_config
@@ -20,6 +22,7 @@ from lowrank_lm.errors import UserError
 from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import read_metrics
 from lowrank_lm.train.schedule import guide_alpha_at
+from lowrank_lm.train.summary import RunSummary
 
 from .conftest import tiny_run_config
 
@@ -44,28 +47,30 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("stop", [3, 8])
 def test_interrupted_run_resumes_to_the_identical_result(data_dir, tmp_path, stop):
     full = run_training(tiny(data_dir, tmp_path / "full", "model.ffn.kind=lowrank", "model.ffn.rank=8"))
-    assert full["steps"] == 20
+    assert full.steps == 20
     cfg = tiny(data_dir, tmp_path / "cut", "model.ffn.kind=lowrank", "model.ffn.rank=8")
     part = run_training(cfg, max_steps=stop)
-    assert part == {"finished": False, "steps": stop}
+    assert not part.finished and part.steps == stop
     resumed = run_training(cfg)
-    assert resumed["steps"] == 20
+    assert resumed.steps == 20
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")  # bitwise: same floats, no step lost/repeated
     a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert resumed["final_val_loss"] == full["final_val_loss"]
+    assert resumed.final_val_loss == full.final_val_loss
 
 
 def test_outputs_of_a_run(data_dir, tmp_path):
     out = tmp_path / "run"
     summary = run_training(tiny(data_dir, out, "train.eval_interval=10"))
-    assert json.loads((out / "summary.json").read_text()) == summary
-    for key in ("tokens", "wall_s", "train_s", "tokens_per_s", "peak_memory_mb", "final_val_ppl", "params",
-                "train_flops"):
-        assert key in summary
-    assert summary["tokens"] == 20 * 8 * 32
+    assert RunSummary.read(out / "summary.json") == summary
+    recorded = json.loads((out / "summary.json").read_text())["provenance"]
+    assert recorded["package_version"] == lowrank_lm.__version__ and recorded["torch_version"] == torch.__version__
+    assert recorded["data_manifest_sha256"] == hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest()
+    assert recorded["command"] == sys.argv
+    assert (out / "config.yaml").read_text().startswith(f"# written by lowrank-lm {lowrank_lm.__version__}")
+    assert summary.tokens == 20 * 8 * 32
     recs = read_metrics(out / "metrics.jsonl")
     steps = [r for r in recs if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 21))
@@ -75,7 +80,7 @@ def test_outputs_of_a_run(data_dir, tmp_path):
     assert (out / "config.yaml").is_file() and (out / "tokenizer.json").is_file()
     assert any((out / "events").iterdir())  # TensorBoard
     assert len(list_checkpoints(out)) == 5  # every 4 steps, keep 10
-    assert math.isclose(summary["final_val_ppl"], math.exp(summary["final_val_loss"]), rel_tol=1e-9)
+    assert math.isclose(summary.final_val_ppl, math.exp(summary.final_val_loss), rel_tol=1e-9)
 
 
 def test_eval_command_prints_json(data_dir, tmp_path, capsys):
@@ -86,7 +91,7 @@ def test_eval_command_prints_json(data_dir, tmp_path, capsys):
     assert code.value.code == 0
     res = json.loads(capsys.readouterr().out)
     assert res["tokens"] == 2048
-    assert res["loss"] == pytest.approx(summary["final_val_loss"], rel=1e-6)
+    assert res["loss"] == pytest.approx(summary.final_val_loss, rel=1e-6)
     assert res["ppl"] == pytest.approx(math.exp(res["loss"]))
 
 
@@ -139,10 +144,10 @@ def test_self_guided_training_follows_its_schedule_and_ends_structured(data_dir,
           "train.self_guided.ratio=0.5", "train.self_guided.mode=fixedflop"]
     out = tmp_path / "sgt"
     cut = run_training(tiny(data_dir, out, *sg), max_steps=6)  # stop mid-guidance, resume below
-    assert cut["steps"] == 6
+    assert cut.steps == 6
     assert any(k.endswith(".guide") for k in final_weights(out))
     summary = run_training(tiny(data_dir, out, *sg))
-    assert summary["steps"] == 30 and summary["guided_steps"] == 10  # 20 unique steps + 10 replayed
+    assert summary.steps == 30 and summary.guided_steps == 10  # 20 unique steps + 10 replayed
     alphas = {r["step"]: r["guide_alpha"] for r in read_metrics(out / "metrics.jsonl") if "guide_alpha" in r}
     assert sorted(alphas) == list(range(1, 11))
     for step, alpha in alphas.items():
@@ -152,8 +157,8 @@ def test_self_guided_training_follows_its_schedule_and_ends_structured(data_dir,
     model, _, _ = load_model(out)
     assert list(model.structured_layers()) and all(m.guide is None for m in model.structured_layers())
     # the guide ran on about half of the guided tokens (reduce_flop); FLOPs reported against dense
-    assert 0.2 < summary["guide_flops"] / (10 * 256 * 6 * 3 * 2 * 32 * 128) < 0.8
-    assert 0.5 < summary["flop_ratio_to_dense"] < 1.5
+    assert 0.2 < summary.guide_flops / (10 * 256 * 6 * 3 * 2 * 32 * 128) < 0.8
+    assert 0.5 < summary.flop_ratio_to_dense < 1.5
 
 
 def test_tiny_model_learns_far_below_the_unigram_baseline(data_dir, tmp_path):
@@ -164,7 +169,7 @@ def test_tiny_model_learns_far_below_the_unigram_baseline(data_dir, tmp_path):
     summary = run_training(tiny(data_dir, tmp_path / "learn", "train.tokens=200000", "model.hidden_dim=64",
                                 "train.global_batch_size=16", "train.micro_batch_size=16",
                                 "train.checkpoint_interval=1000", "train.log_interval=50"))
-    assert summary["final_val_ppl"] < 0.6 * unigram_ppl, (summary["final_val_ppl"], unigram_ppl)
+    assert summary.final_val_ppl < 0.6 * unigram_ppl, (summary.final_val_ppl, unigram_ppl)
 
 
 @pytest.mark.slow

@@ -1,4 +1,17 @@
-"""The run directory: one process at a time (a lock), no silent overwrite, only our own files removed."""
+"""The run directory: its layout, one process at a time (a lock), no silent overwrite, only our own files removed.
+
+Layout of ``train.out_dir`` (everything that reads a run folder takes the names from here)::
+
+    config.yaml      the resolved config, provenance as comments at the top
+    metrics.jsonl    one JSON record per logged step and evaluation
+    summary.json     the finished run's RunSummary (written last: its presence means "finished")
+    tokenizer.json   or tokenizer/ or tokenizer.model: the data's tokenizer, copied
+    events/          TensorBoard
+    checkpoints/     step-N/ folders (lowrank_lm.checkpoint)
+    .lock            held by the training process
+
+This module imports no torch, so the sweep can read run folders cheaply.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +19,22 @@ import fcntl
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lowrank_lm.checkpoint import CHECKPOINTS, list_checkpoints
 from lowrank_lm.errors import UserError
 
-# What a run writes; --overwrite removes these and nothing else.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "tokenizer.json", "tokenizer", "events")
+if TYPE_CHECKING:
+    from lowrank_lm.config import Config
+    from lowrank_lm.provenance import Provenance
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+EVENTS = "events"
+CHECKPOINTS = "checkpoints"  # lowrank_lm.checkpoint.CHECKPOINTS
 LOCK = ".lock"
+# What a run writes; --overwrite removes these and nothing else (tokenizer files: lowrank_lm.data.tokenizer).
+RUN_FILES = (CONFIG, METRICS, SUMMARY, "tokenizer.json", "tokenizer", "tokenizer.model", EVENTS, "loss.png")
 
 
 class RunDir:
@@ -25,11 +47,26 @@ class RunDir:
 
     @property
     def summary(self) -> Path:
-        return self.path / "summary.json"
+        return self.path / SUMMARY
 
     @property
     def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    def write_config(self, cfg: Config, provenance: Provenance) -> None:
+        """Save the resolved config with its provenance as comments above it (loaders skip comments)."""
+        import yaml
+
+        from lowrank_lm.config import config_to_dict
+
+        text = "\n".join(provenance.comment_lines()) + "\n" + yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+        tmp = self.config.with_suffix(".yaml.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config)
 
     def acquire(self) -> None:
         """Create the folder and take its lock; refuse when another process holds it."""
@@ -61,6 +98,8 @@ class RunDir:
 
     def prepare(self, resume: str, overwrite: bool) -> None:
         """Refuse to clobber a finished or existing run unless asked; clear our own files on --overwrite."""
+        from lowrank_lm.checkpoint import list_checkpoints
+
         finished = self.summary.is_file()
         has_checkpoints = bool(list_checkpoints(self.path))
         if overwrite:
