@@ -39,7 +39,7 @@ from lowrank_lm.train.metrics import MetricsLogger
 from lowrank_lm.train.rundir import RunDir
 from lowrank_lm.train.schedule import lr_at
 from lowrank_lm.train.self_guided import SelfGuidance
-from lowrank_lm.train.summary import RunSummary
+from lowrank_lm.train.summary import RunSummary, StoppedRun
 
 
 def forward_backward(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
@@ -411,8 +411,8 @@ class Trainer:
         if st.step < self.total_steps:  # stopped by max_steps or a signal: resumable, not finished
             if logger:
                 logger.close()
-            return {"finished": False, "steps": st.step, "total_steps": self.total_steps,
-                    "stopped_by": self._stopped_by, "run_dir": str(self.run_dir.path)}
+            return StoppedRun(steps=st.step, total_steps=self.total_steps, stopped_by=self._stopped_by,
+                              run_dir=str(self.run_dir.path))
         if last_eval is None or last_eval.get("step") != st.step:
             last_eval = self._eval(model, data_dir, logger, st)
         summary = self._summary(model, st, last_eval)
@@ -495,12 +495,11 @@ def _format_summary(s: RunSummary) -> str:
 
 
 def run_training(cfg: Config, *, overwrite: bool = False,
-                 max_steps: int | None = None) -> RunSummary | dict[str, Any]:
+                 max_steps: int | None = None) -> RunSummary | StoppedRun:
     """Train ``cfg`` to the end of its token budget (resuming if asked) and return the run summary.
 
     ``max_steps`` stops early after that many steps in total, with a checkpoint to resume from (for jobs
-    with a time limit); so do Ctrl-C, SIGTERM and SIGUSR1. The result then says ``finished: False``, the
-    step reached, ``total_steps``, ``stopped_by`` (``max_steps`` or the signal's name) and ``run_dir``.
+    with a time limit); so do Ctrl-C, SIGTERM and SIGUSR1. The result is then a :class:`StoppedRun`.
     """
     try:
         trainer = Trainer(cfg, overwrite=overwrite, max_steps=max_steps)
