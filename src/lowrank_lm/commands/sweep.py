@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+
+EXAMPLES = ["lowrank-lm sweep configs/sweeps/cpu-mini.yaml --dry-run",
+            "lowrank-lm sweep configs/sweeps/cpu-mini.yaml --status"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +26,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train in this process instead of one child process per run (debugging)")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failed run")
     p.add_argument("--quiet", action="store_true", help="do not echo the trainer's output (it is in RUN/train.log)")
+    g = p.add_argument_group("executors", "where the runs train (docs/cluster.md)")
+    g.add_argument("--executor", choices=("local", "submitit"), default=None,
+                   help="local: child processes of this command (default); submitit: one scheduler job per run "
+                        "through submitit (Slurm where srun exists, submitit's local executor elsewhere)")
+    g.add_argument("--gpus", default=None, metavar="0,1,2,3",
+                   help="local: train runs side by side, each on its own GPUs of this list (CUDA_VISIBLE_DEVICES)")
+    g.add_argument("--gpus-per-run", type=int, default=None, metavar="K",
+                   help="local with --gpus: GPUs per run (default 1); above 1 a run starts through torchrun")
+    g.add_argument("--cluster", action="append", default=[], metavar="KEY=VALUE",
+                   help="submitit: set a key of the sweep's cluster section, e.g. --cluster partition=gpu "
+                        "--cluster time=24:00:00 --cluster sizes.xl.nodes=4 --cluster sbatch.constraint=h100")
+    g.add_argument("--detach", action="store_true",
+                   help="submitit on Slurm: submit and return (the jobs rewrite results.csv as they end)")
+    g.add_argument("--cancel", action="store_true", help="cancel the sweep's queued and running jobs")
+    g.add_argument("--poll", type=float, default=None, metavar="S",
+                   help="submitit: seconds between looks at the jobs while following them (Slurm 60, local 0.5)")
 
 
 def _ffn_text(spec) -> str:
@@ -59,35 +79,101 @@ def _plan_text(plan, shard: tuple[int, int]) -> str:
     return "\n".join(lines)
 
 
+def _gpu_slots(args: argparse.Namespace) -> list[str] | None:
+    """--gpus 0,1,2,3 --gpus-per-run 2 -> ["0,1", "2,3"]: the devices of each side-by-side runner."""
+    from lowrank_lm.errors import UserError
+
+    if args.gpus is None:
+        if args.gpus_per_run is not None:
+            raise UserError("--gpus-per-run needs --gpus, the GPUs to share out, e.g. --gpus 0,1,2,3 --gpus-per-run 2")
+        return None
+    ids = [x.strip() for x in args.gpus.split(",") if x.strip()]
+    if not ids or not all(x.isdigit() for x in ids) or len(set(ids)) != len(ids):
+        raise UserError(f"--gpus {args.gpus!r}: give distinct GPU numbers separated by commas, e.g. --gpus 0,1,2,3")
+    k = args.gpus_per_run or 1
+    if k < 1 or len(ids) % k:
+        raise UserError(f"--gpus-per-run {k} does not divide the {len(ids)} GPUs of --gpus into whole groups; "
+                        f"give a divisor of {len(ids)}")
+    if args.in_process:
+        raise UserError("--gpus trains runs side by side in child processes; drop --in-process")
+    return [",".join(ids[i:i + k]) for i in range(0, len(ids), k)]
+
+
+def _check_executor_options(args: argparse.Namespace, executor: str) -> None:
+    """Options that belong to the other executor are errors, not silently ignored."""
+    from lowrank_lm.errors import UserError
+
+    local_only = {"--gpus": args.gpus is not None, "--gpus-per-run": args.gpus_per_run is not None,
+                  "--launcher": args.launcher is not None, "--threads": args.threads is not None,
+                  "--in-process": args.in_process, "--stop-on-error": args.stop_on_error}
+    submitit_only = {"--cluster": bool(args.cluster), "--detach": args.detach, "--poll": args.poll is not None}
+    wrong = [k for k, v in (local_only if executor == "submitit" else submitit_only).items() if v]
+    if wrong:
+        other = "local" if executor == "submitit" else "submitit"
+        raise UserError(f"{wrong[0]} applies to --executor {other}, not {executor}; drop it or change the executor")
+
+
 def run(args: argparse.Namespace) -> int:
-    from lowrank_lm.scaling.execute import (
-        InProcessRunner,
-        SubprocessRunner,
-        execute,
-        progress_view,
-        run_state,
-        write_results,
-    )
-    from lowrank_lm.scaling.sweep import load_sweep, parse_shard, shard_runs
+    from lowrank_lm.scaling.execute import InProcessRunner, SubprocessRunner, execute
+    from lowrank_lm.scaling.sweep import load_sweep, parse_shard
 
     shard = parse_shard(args.shard) if args.shard else (0, 1)
+    executor = args.executor or "local"
+    _check_executor_options(args, executor)
     plan = load_sweep(args.sweep)
     if args.dry_run:
         print(_plan_text(plan, shard))
         return 0
-    if args.status:
-        states = {r.name: run_state(r) for r in plan.runs}
-        print(progress_view(plan, states, shard_runs(plan.runs, *shard) if shard[1] > 1 else None))
-        write_results(plan, states)
-        print(f"results: {plan.results_csv}, {plan.results_json}")
-        return 0
+    if args.status or args.cancel:
+        return _status_or_cancel(args, plan, shard)
+    if executor == "submitit":
+        from lowrank_lm.scaling.cluster import parse_cluster
+        from lowrank_lm.scaling.submit import detect_scheduler, run_jobs
+
+        cluster = parse_cluster(plan.cluster, args.cluster, sorted({r.size for r in plan.runs}),
+                                where=f"{plan.path}: cluster")
+        scheduler = detect_scheduler()
+        poll = args.poll if args.poll is not None else (60.0 if scheduler == "slurm" else 0.5)
+        return run_jobs(plan, cluster, shard, detach=args.detach, poll_s=poll, scheduler=scheduler).exit_code
+    slots = _gpu_slots(args)
     if args.in_process:
         runner = InProcessRunner()
     else:
         threads = args.threads
-        if threads is None and shard[1] > 1 and not os.environ.get("OMP_NUM_THREADS"):
-            # shards on one machine share its cores; oversubscribing them costs far more than it gains
-            threads = max(1, (os.cpu_count() or 1) // shard[1])
-        runner = SubprocessRunner(args.launcher, threads, echo=None if args.quiet else sys.stderr)
+        parallel = shard[1] * (len(slots) if slots else 1)
+        if threads is None and parallel > 1 and not os.environ.get("OMP_NUM_THREADS"):
+            # runs side by side on one machine share its cores; oversubscribing them costs far more than it gains
+            threads = max(1, (os.cpu_count() or 1) // parallel)
+        launcher = args.launcher
+        if launcher is None and slots and args.gpus_per_run and args.gpus_per_run > 1:
+            from lowrank_lm.scaling.cluster import torchrun_command
+
+            launcher = shlex.join([*torchrun_command(), "--standalone", "--nnodes=1",
+                                   f"--nproc-per-node={args.gpus_per_run}", "-m", "lowrank_lm"])
+        echo = None if args.quiet else sys.stderr
+        if slots:
+            runner = [SubprocessRunner(launcher, threads, echo=echo, devices=d) for d in slots]
+        else:
+            runner = SubprocessRunner(launcher, threads, echo=echo)
     outcome = execute(plan, runner, shard, stop_on_error=args.stop_on_error)
     return outcome.exit_code
+
+
+def _status_or_cancel(args: argparse.Namespace, plan, shard: tuple[int, int]) -> int:
+    """--status: the progress view with the jobs' columns, and a fresh results table; --cancel: cancel the jobs."""
+    from lowrank_lm.scaling.execute import progress_view, run_state, write_results
+    from lowrank_lm.scaling.sweep import shard_runs
+
+    if args.cancel:
+        from lowrank_lm.scaling.submit import cancel_jobs
+
+        cancel_jobs(plan, shard, out=sys.stdout)
+        return 0
+    from lowrank_lm.scaling.submit import job_columns
+
+    states = {r.name: run_state(r) for r in plan.runs}
+    print(progress_view(plan, states, shard_runs(plan.runs, *shard) if shard[1] > 1 else None,
+                        jobs=job_columns(plan)))
+    write_results(plan, states)
+    print(f"results: {plan.results_csv}, {plan.results_json}")
+    return 0

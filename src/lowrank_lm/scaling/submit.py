@@ -1,0 +1,264 @@
+"""``sweep --executor submitit``: every run a scheduler job, watched and cancelled from one place.
+
+submitit's AutoExecutor picks Slurm where ``srun`` exists and its local executor elsewhere (jobs as
+local processes: what the tests use). One job per run, each with its own resources (the ``cluster:``
+section, per size), running the trainer or torchrun (lowrank_lm.scaling.cluster) inside a
+:class:`~lowrank_lm.scaling.jobs.TrainJob` that submitit requeues on the scheduler's signal.
+
+The command submits the runs that are neither finished nor already queued, then follows them,
+printing each run as it ends and rewriting results.csv (the jobs rewrite it too when they end, so
+it grows even when nobody follows: ``--detach`` on Slurm). submitit's local executor runs at most
+``max_parallel`` jobs at a time (default 1), submitted as earlier ones end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from lowrank_lm.errors import UserError
+from lowrank_lm.scaling.cluster import ClusterSpec, executor_parameters, launch_line
+from lowrank_lm.scaling.execute import (
+    FAILED_MARKER,
+    SweepOutcome,
+    _fmt_time,
+    check_existing,
+    progress_view,
+    run_state,
+    write_results,
+    write_run_config,
+)
+from lowrank_lm.scaling.job_record import JobRecord
+from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, shard_runs
+
+JOBS_DIR = "jobs"
+"""submitit's folders (job scripts, pickles, job logs) go to OUT_DIR/jobs/<job id>/."""
+# Slurm states of a job that is still the run's (queued, running, being requeued)
+SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+
+
+def require_submitit() -> Any:
+    """The submitit module, or one clear line on how to install it."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--executor submitit needs submitit: pip install 'lowrank-lm[cluster]' (or pip install "
+                        "submitit)") from None
+    return submitit
+
+
+def detect_scheduler() -> str:
+    """"slurm" where srun exists, "local" (submitit's local executor) elsewhere."""
+    return "slurm" if require_submitit().AutoExecutor.which() == "slurm" else "local"
+
+
+# --------------------------------------------------------------------------- the scheduler's view of a job
+
+
+def scheduler_state(record: JobRecord) -> str:
+    """What the scheduler says of a run's job: a Slurm state (PENDING, RUNNING, ...), or running / ended."""
+    if record.scheduler == "slurm":
+        submitit = require_submitit()
+        try:
+            return str(submitit.SlurmJob(folder=record.folder, job_id=record.job_id).state)
+        except Exception as e:  # sacct missing or failing: say so; the run folder still tells the state
+            return f"UNKNOWN ({type(e).__name__})"
+    return "running" if record.job_id.isdigit() and _cmdline_has(int(record.job_id), b"submitit") else "ended"
+
+
+def job_active(record: JobRecord | None, state: str | None = None) -> bool:
+    """True while the run's recorded job is queued or running (so it is not submitted again)."""
+    if record is None or record.state in ("done", "failed", "stopped", "cancelled"):
+        return False
+    state = state if state is not None else scheduler_state(record)
+    if record.scheduler == "slurm":
+        return state.split()[0] in SLURM_ACTIVE or state.startswith("UNKNOWN")
+    return state == "running"
+
+
+def job_columns(plan: SweepPlan) -> tuple[list[str], dict[str, list[str]]] | None:
+    """The --status columns from the jobs: job id, the scheduler's state, requeues, retries (None: no jobs)."""
+    cells: dict[str, list[str]] = {}
+    for r in plan.runs:
+        rec = JobRecord.load(r.run_dir)
+        if rec is None:
+            continue
+        sched = scheduler_state(rec) if rec.state not in ("done", "failed", "cancelled") else rec.state
+        cells[r.name] = [rec.job_id, sched, str(rec.requeues), str(rec.retries)]
+    return (["job", "scheduler", "requeued", "retried"], cells) if cells else None
+
+
+# --------------------------------------------------------------------------- submitting and following
+
+
+@dataclass
+class _Watched:
+    spec: RunSpec
+    job: Any
+    """A submitit Job, or None for a job submitted by an earlier command (followed through its record)."""
+
+
+def _done(w: _Watched) -> bool:
+    if w.job is not None:
+        return bool(w.job.done())
+    return not job_active(JobRecord.load(w.spec.run_dir))
+
+
+def make_executor(plan: SweepPlan, cluster: ClusterSpec, scheduler: str) -> Any:
+    """submitit's AutoExecutor for this sweep: job folders under OUT_DIR/jobs/, timeouts as configured."""
+    submitit = require_submitit()
+    folder = plan.out_dir / JOBS_DIR / "%j"
+    limit = cluster.base.max_timeouts
+    return submitit.AutoExecutor(folder=folder, cluster=scheduler, slurm_max_num_timeout=limit,
+                                 local_max_num_timeout=limit)
+
+
+def submit_run(plan: SweepPlan, spec: RunSpec, cluster: ClusterSpec, scheduler: str) -> Any:
+    """Submit one run as a job (its config written first) and record the job in RUN/job.json."""
+    from lowrank_lm.scaling.jobs import TrainJob
+
+    write_run_config(spec)
+    res = cluster.for_size(spec.size)
+    launch = launch_line(spec.config_path, res)
+    # an executor per job: submitit keeps a parameter that a later update leaves unset, and sizes differ
+    executor = make_executor(plan, cluster, scheduler)
+    executor.update_parameters(**executor_parameters(res, spec.name, launch, scheduler))
+    train = TrainJob(str(spec.run_dir), os.getcwd(), res.retries, stop_timeout_s=max(10, res.signal_delay_s - 10),
+                     sweep_file=str(Path(plan.path).resolve()))
+    job = executor.submit(train)
+    rec = JobRecord.load(spec.run_dir)
+    if rec is None or rec.job_id != str(job.job_id):  # the job may already have written its own record
+        JobRecord(scheduler, str(job.job_id), str(job.paths.folder)).save(spec.run_dir)
+    return job
+
+
+def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0, 1), detach: bool = False,
+             poll_s: float = 30.0, out: TextIO | None = None, scheduler: str | None = None) -> SweepOutcome:
+    """Submit this shard's unfinished runs as jobs and (unless ``detach``) follow them to their end."""
+    out = out or sys.stderr
+    scheduler = scheduler or detect_scheduler()
+    cluster.check_scheduler(scheduler)
+    if detach and scheduler == "local":
+        raise UserError("--detach needs Slurm: without it (no srun here) this command runs the jobs itself; "
+                        "drop --detach")
+    mine = shard_runs(plan.runs, *shard)
+    check_existing(mine)
+    states = {r.name: run_state(r) for r in plan.runs}
+    print(progress_view(plan, states, mine if shard[1] > 1 else None), file=out)
+    outcome = SweepOutcome([], [], [], [])
+    waiting: list[RunSpec] = []
+    watched: list[_Watched] = []
+    for spec in sorted(mine, key=lambda r: (r.flops, r.name)):
+        st = states[spec.name]
+        rec = JobRecord.load(spec.run_dir)
+        if st.status in ("done", "running"):
+            why = "finished" if st.status == "done" else "being trained by another process"
+            print(f"{spec.name}: skipped ({why})", file=out)
+            outcome.skipped.append(spec.name)
+        elif job_active(rec):
+            print(f"{spec.name}: already submitted as job {rec.job_id}", file=out)
+            watched.append(_Watched(spec, None))
+        else:
+            (spec.run_dir / FAILED_MARKER).unlink(missing_ok=True)
+            waiting.append(spec)
+    slots = (cluster.base.max_parallel or 1) if scheduler == "local" else len(waiting) + len(watched)
+    where = "Slurm" if scheduler == "slurm" else "submitit's local executor (no Slurm here)"
+    print(f"{len(waiting)} runs to submit to {where}; job folders in {plan.out_dir / JOBS_DIR}/", file=out)
+    t0 = time.monotonic()
+    try:
+        while waiting or (watched and not detach):
+            while waiting and len(watched) < slots:
+                spec = waiting.pop(0)
+                job = submit_run(plan, spec, cluster, scheduler)
+                print(f"{spec.name}: submitted as job {job.job_id}", file=out, flush=True)
+                watched.append(_Watched(spec, job))
+            if detach:
+                break
+            time.sleep(poll_s)
+            for w in [w for w in watched if _done(w)]:
+                watched.remove(w)
+                _report(w.spec, outcome, out, t0)
+                write_results(plan, {r.name: run_state(r) for r in plan.runs})
+    except KeyboardInterrupt:
+        what = ("the jobs keep running on Slurm" if scheduler == "slurm" else
+                "the local jobs got Ctrl-C too and stop; their runs resume from their checkpoints")
+        print(f"stopped following: {what}; watch with --status, cancel with --cancel", file=out)
+        raise
+    states = {r.name: run_state(r) for r in plan.runs}
+    write_results(plan, states)
+    if detach:
+        outcome.unfinished += [w.spec.name for w in watched]
+        print(f"submitted; watch with: lowrank-lm sweep {plan.path} --status (cancel with --cancel)", file=out)
+        return _Detached(outcome.finished, outcome.skipped, outcome.failed, outcome.unfinished)
+    print(progress_view(plan, states, mine if shard[1] > 1 else None, jobs=job_columns(plan)), file=out)
+    print(f"results: {plan.results_csv} ({sum(s.status == 'done' for s in states.values())} finished runs), "
+          f"{plan.results_json}", file=out)
+    return outcome
+
+
+class _Detached(SweepOutcome):
+    """Submitted and left to the scheduler: success means the jobs are queued."""
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def _report(spec: RunSpec, outcome: SweepOutcome, out: TextIO, t0: float) -> None:
+    """One line for a run whose job has ended."""
+    st = run_state(spec)
+    rec = JobRecord.load(spec.run_dir)
+    requeued = f", requeued {rec.requeues}x" if rec and rec.requeues else ""
+    retried = f", retried {rec.retries}x" if rec and rec.retries else ""
+    if st.status == "done":
+        s = st.summary or {}
+        print(f"{spec.name}: done after {_fmt_time(time.monotonic() - t0)}{requeued}{retried}: val loss "
+              f"{s.get('final_val_loss', float('nan')):.4f}", file=out, flush=True)
+        outcome.finished.append(spec.name)
+    elif st.status == "failed":
+        print(f"{spec.name}: FAILED{requeued}{retried}: {st.error}", file=out, flush=True)
+        outcome.failed.append(spec.name)
+    else:
+        why = rec.message if rec and rec.message else f"the job ended with the run {st.status}"
+        print(f"{spec.name}: not finished ({why}); submit the sweep again to resume it", file=out, flush=True)
+        outcome.unfinished.append(spec.name)
+
+
+def cancel_jobs(plan: SweepPlan, shard: tuple[int, int] = (0, 1), out: TextIO | None = None) -> int:
+    """Cancel the queued or running jobs of this shard's runs; the number cancelled."""
+    out = out or sys.stderr
+    n = 0
+    for spec in shard_runs(plan.runs, *shard):
+        rec = JobRecord.load(spec.run_dir)
+        if not job_active(rec):
+            continue
+        if rec.scheduler == "slurm":
+            require_submitit().SlurmJob(folder=rec.folder, job_id=rec.job_id).cancel(check=False)
+        else:
+            # the trainer stops at once with a checkpoint (SIGTERM); the job's controller gets what submitit's
+            # LocalJob.cancel sends (SIGINT) and ends the job process
+            for pid, sig, mark in ((rec.trainer_pid, signal.SIGTERM, b"lowrank_lm"),
+                                   (int(rec.job_id), signal.SIGINT, b"submitit")):
+                if pid and _cmdline_has(pid, mark):
+                    os.kill(pid, sig)
+        rec.state, rec.message = "cancelled", "cancelled with sweep --cancel"
+        rec.save(spec.run_dir)
+        print(f"{spec.name}: cancelled job {rec.job_id}", file=out)
+        n += 1
+    if n == 0:
+        print("no queued or running jobs to cancel", file=out)
+    return n
+
+
+def _cmdline_has(pid: int, mark: bytes) -> bool:
+    """True while ``pid`` is a live process whose command line contains ``mark`` (not a reused pid)."""
+    try:
+        return mark in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
