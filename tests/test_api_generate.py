@@ -48,7 +48,7 @@ def test_load_a_run_dir_or_a_checkpoint(run_dir):
     assert isinstance(model, Transformer) and not model.training
     assert model.config.model.ffn.kind == "lowrank"
     assert model.checkpoint == ckpt
-    ids = torch.tensor([model.tokenizer.encode("the cat sat on the mat.").ids])
+    ids = torch.tensor([model.tokenizer.encode("the cat sat on the mat.")])
     logits = model(ids)
     assert logits.shape == (1, ids.shape[1], MODEL_VOCAB)
     assert torch.equal(logits, same(ids))
@@ -84,9 +84,9 @@ def test_generate_prints_the_greedy_continuation(run_dir, capsys):
     assert code == 0, err
     model = lowrank_lm.load(run_dir)
     tok = model.tokenizer
-    ids = tok.encode("the dog ran").ids
+    ids = tok.encode("the dog ran")
     new = model.generate(torch.tensor([ids]), 12, temperature=0)[0, len(ids):].tolist()
-    eos = tok.token_to_id("<|endoftext|>")
+    eos = tok.eot_id
     if eos in new:
         new = new[:new.index(eos)]
     assert out == tok.decode(ids + new) + "\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import lowrank_lm
-from lowrank_lm.run_tokenizer import copy_tokenizer, eos_token_id
+from lowrank_lm.data.tokenizer import TransformersTokenizer, copy_tokenizer
 
 from .conftest import tiny_run_config
 from .ecosystem import MODEL_VOCAB, cli, make_hub_tokenizer, make_run
@@ -32,8 +32,8 @@ def hub_run(tmp_path_factory) -> Path:
 def test_load_finds_the_folder_and_its_eos(hub_run):
     model = lowrank_lm.load(hub_run)
     tok = model.tokenizer
-    assert tok is not None and tok.eos_token == "</s>" and tok.bos_token == "<s>"
-    assert eos_token_id(tok) == tok.token_to_id("</s>") == 2
+    assert isinstance(tok, TransformersTokenizer)  # the class that encoded the data
+    assert (tok.eot_token, tok.eot_id, tok.unk_token) == ("</s>", 2, "<unk>")
 
 
 def test_generate_from_an_empty_prompt_starts_at_the_hub_eos(hub_run):
@@ -53,7 +53,7 @@ def test_export_carries_the_hub_eos(hub_run, tmp_path):
     assert (tok.eos_token, tok.bos_token, tok.unk_token) == ("</s>", "</s>", "<unk>")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (config["eos_token_id"], config["bos_token_id"]) == (2, 2)
-    assert tok("the cat sat").input_ids == lowrank_lm.load(hub_run).tokenizer.encode("the cat sat").ids
+    assert tok("the cat sat").input_ids == lowrank_lm.load(hub_run).tokenizer.encode("the cat sat")
 
 
 def test_training_on_a_hub_tokenizer_keeps_it_in_the_run_dir(tmp_path):
@@ -71,4 +71,4 @@ def test_training_on_a_hub_tokenizer_keeps_it_in_the_run_dir(tmp_path):
     run_training(cfg)
     run = tmp_path / "runs"
     assert (run / "tokenizer" / "tokenizer.json").is_file()
-    assert lowrank_lm.load(run).tokenizer.eos_token == "</s>"
+    assert lowrank_lm.load(run).tokenizer.eot_token == "</s>"

@@ -69,8 +69,8 @@ def direct_accuracy(model, tok, docs: list[dict]) -> float:
         scores = []
         for choice in d["choices"]:
             # a causal LM scores the continuation's share of the whole text's tokens
-            ctx = tok.encode(context).ids
-            cont = tok.encode(context + " " + choice).ids[len(ctx):]
+            ctx = tok.encode(context)
+            cont = tok.encode(context + " " + choice)[len(ctx):]
             logp = F.log_softmax(model(torch.tensor([ctx + cont]))[0].float(), dim=-1)
             scores.append(sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
         hits += int(max(range(len(scores)), key=scores.__getitem__) == d["label"])
@@ -109,10 +109,10 @@ def test_rolling_log_likelihood_and_generate_until_match_our_model(run_dir):
     model = load(run_dir)
     tok = model.tokenizer
     lm = LowRankLM(model, tok, batch_size=2)
-    eot = tok.token_to_id("<|endoftext|>")
+    eot = tok.eot_id
 
     text = " ".join(sentences(3, seed=9))
-    ids = tok.encode(text).ids
+    ids = tok.encode(text)
     assert len(ids) < model.cfg.seq_len  # one window: log p(text | <|endoftext|>) from one forward pass
     with torch.no_grad():
         logp = F.log_softmax(model(torch.tensor([[eot, *ids[:-1]]]))[0], dim=-1)
@@ -121,7 +121,7 @@ def test_rolling_log_likelihood_and_generate_until_match_our_model(run_dir):
     assert rolled == pytest.approx(direct, rel=1e-5)
 
     prompt = "the cat sat on"
-    p_ids = tok.encode(prompt).ids
+    p_ids = tok.encode(prompt)
     greedy = model.generate(torch.tensor([p_ids]), 12, temperature=0)[0, len(p_ids):].tolist()
     if eot in greedy:
         greedy = greedy[:greedy.index(eot)]

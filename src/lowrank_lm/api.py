@@ -3,11 +3,12 @@
 Both return a :class:`~lowrank_lm.model.Transformer` (``load`` in eval mode), ready for ``model(input_ids)``
 (logits of shape (B, T, vocab)) and ``model.generate(input_ids, max_new_tokens, ...)``, with two
 attributes added: ``.config`` (the whole :class:`~lowrank_lm.config.Config`) and ``.tokenizer``
-(a ``tokenizers.Tokenizer``, or None when the run has no ``tokenizer.json``)::
+(the run's :class:`~lowrank_lm.data.tokenizer.Tokenizer`, the one its data was encoded with, or None when
+the run has no tokenizer files)::
 
     import lowrank_lm, torch
     model = lowrank_lm.load("runs/tiny")
-    ids = torch.tensor([model.tokenizer.encode("Once upon a time").ids])
+    ids = torch.tensor([model.tokenizer.encode("Once upon a time")])
     out = model.generate(ids, max_new_tokens=20, temperature=0.8, top_k=50)
     print(model.tokenizer.decode(out[0].tolist()))
 """
@@ -38,14 +39,13 @@ def load(path: str | Path, device: str | torch.device = "cpu", premerge: int | N
     small batches of generation); None takes ``model.ffn.premerge_max_tokens`` from the config.
     """
     from lowrank_lm.checkpoint import load_model
-    from lowrank_lm.run_tokenizer import find_tokenizer_file, load_tokenizer
+    from lowrank_lm.data.tokenizer import load_run_tokenizer
 
     model, cfg, ckpt = load_model(path, resolve_device(device))
     model.eval()
     model.premerge(premerge)
-    tok_file = find_tokenizer_file(ckpt, cfg)
     model.config = cfg
-    model.tokenizer = load_tokenizer(tok_file, cfg.model.vocab_size) if tok_file is not None else None
+    model.tokenizer = load_run_tokenizer(ckpt, cfg, cfg.model.vocab_size)
     model.checkpoint = ckpt
     return model
 

@@ -12,23 +12,18 @@ from typing import TYPE_CHECKING
 import torch
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.run_tokenizer import TextStream, eos_token, eos_token_id
+from lowrank_lm.text_stream import TextStream
 
 if TYPE_CHECKING:
-    from tokenizers import Tokenizer
-
+    from lowrank_lm.data.tokenizer import Tokenizer
     from lowrank_lm.model import Transformer
 
 
 def prompt_ids(tok: Tokenizer, prompt: str, seq_len: int) -> list[int]:
     """The prompt's token ids; an empty prompt starts from the end-of-text token (as a document would)."""
-    ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
+    ids = tok.encode(prompt) if prompt else []
     if not ids:
-        eos = eos_token_id(tok)
-        if eos is None:
-            raise UserError(f"the prompt is empty and the tokenizer has no {eos_token(tok)} to start from; "
-                            "give a non-empty --prompt")
-        ids = [eos]
+        ids = [tok.eot_id]
     if len(ids) >= seq_len:
         raise UserError(f"the prompt is {len(ids)} tokens but the model's context is {seq_len} "
                         "(model.seq_len); shorten the prompt")
@@ -50,7 +45,7 @@ def stream_text(model: Transformer, tok: Tokenizer, prompt: str, max_new_tokens:
     if seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-    eos = eos_token_id(tok) if stop_at_eos else None
+    eos = tok.eot_id if stop_at_eos else None
     out = TextStream(tok, ids)
     x = torch.tensor([ids], dtype=torch.long, device=device)
     for token in model.stream(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> None:
         threshold = model.cfg.ffn.premerge_max_tokens or DEFAULT_PREMERGE_TOKENS
     model.premerge(threshold)
     if model.tokenizer is None:
-        raise UserError(f"no tokenizer.json in the run dir of {model.checkpoint}; copy the data dir's "
-                        "tokenizer.json, or its whole tokenizer/ folder for llama / hub tokenizers, into the run dir")
+        from lowrank_lm.data.tokenizer import MISSING_HINT
+
+        raise UserError(f"no tokenizer in the run dir of {model.checkpoint}; {MISSING_HINT}")
     out = sys.stdout
     out.write(args.prompt)
     out.flush()

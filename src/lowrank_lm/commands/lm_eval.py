@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> None:
         raise UserError("--tasks is empty; name at least one lm-eval task")
     model = load(args.checkpoint, args.device)
     if model.tokenizer is None:
-        raise UserError(f"no tokenizer.json in the run dir of {model.checkpoint}; lm-eval scores text, so copy "
-                        "the data dir's tokenizer.json, or its whole tokenizer/ folder for llama / hub tokenizers, "
-                        "into the run dir")
+        from lowrank_lm.data.tokenizer import MISSING_HINT
+
+        raise UserError(f"no tokenizer in the run dir of {model.checkpoint}; lm-eval scores text, so {MISSING_HINT}")
     res = run_lm_eval(model, model.tokenizer, tasks, batch_size=args.batch_size, limit=args.limit,
                       num_fewshot=args.num_fewshot, include_path=args.include_path,
                       include_defaults=not args.no_builtin_tasks)

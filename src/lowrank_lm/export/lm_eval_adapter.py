@@ -3,8 +3,9 @@
 lm-eval is an optional extra (``pip install 'lowrank-lm[eval]'``). The adapter scores with our own
 forward pass (no transformers involved): log-likelihoods of continuations, rolling log-likelihoods
 of whole documents in windows of the model's context, and greedy or sampled generation with the
-KV cache. Text goes through the run's ``tokenizer.json``; its end-of-text token (``<|endoftext|>``,
-or ``</s>`` for LLaMA) is the prefix token for empty contexts and for the first window of a document.
+KV cache. Text goes through the run's own tokenizer (:func:`lowrank_lm.data.tokenizer.load_run_tokenizer`:
+bpe, gpt2, hub and SentencePiece alike); its end-of-text token (``<|endoftext|>``, or ``</s>`` for LLaMA and
+SentencePiece models) is the prefix token for empty contexts and for the first window of a document.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.run_tokenizer import TextStream, eos_token, eos_token_id
+from lowrank_lm.text_stream import TextStream
 
 if TYPE_CHECKING:
-    from tokenizers import Tokenizer
-
+    from lowrank_lm.data.tokenizer import Tokenizer
     from lowrank_lm.model import Transformer
 
 try:
@@ -45,14 +45,11 @@ class LowRankLM(TemplateLM):  # type: ignore[misc,valid-type]
                  max_gen_toks: int = DEFAULT_MAX_GEN_TOKS) -> None:
         require_lm_eval()
         super().__init__()
-        eot = eos_token_id(tokenizer)
-        if eot is None:
-            raise UserError(f"the tokenizer has no {eos_token(tokenizer)}, which lm-eval needs as the prefix token")
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {batch_size}")
         self.model = model.eval()
         self.tok = tokenizer
-        self._eot = eot
+        self._eot = tokenizer.eot_id
         self.batch_size = batch_size
         self.max_gen_toks = max_gen_toks
         self._device = next(model.parameters()).device
@@ -68,7 +65,7 @@ class LowRankLM(TemplateLM):  # type: ignore[misc,valid-type]
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         # Our tokenizers add no special tokens of their own; documents are not prefixed at training either.
-        return self.tok.encode(string, add_special_tokens=False).ids
+        return self.tok.encode(string)
 
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tok.decode(tokens)

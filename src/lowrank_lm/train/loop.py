@@ -27,11 +27,11 @@ from lowrank_lm.checkpoint import (
     save_checkpoint,
 )
 from lowrank_lm.config import Config, config_to_dict, load_config
+from lowrank_lm.data.tokenizer import copy_tokenizer
 from lowrank_lm.errors import UserError
 from lowrank_lm.faults import crash_point
 from lowrank_lm.model import Transformer
 from lowrank_lm.provenance import collect_provenance
-from lowrank_lm.run_tokenizer import copy_tokenizer
 from lowrank_lm.train import distributed
 from lowrank_lm.train.agreement import all_or_none, said_once
 from lowrank_lm.train.evaluate import autocast, evaluate
