@@ -38,7 +38,7 @@ def test_info_text(capsys):
     (["info", "nope.yaml"], "config file not found"),
     (["info", "configs/cpu/tiny.yaml", "model.hiden_dim=3"], "did you mean model.hidden_dim"),
     (["info"], "the following arguments are required"),
-    (["frobnicate"], "invalid choice"),
+    (["frobnicate"], "unknown verb 'frobnicate'; choose one of"),
 ])
 def test_user_errors_are_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)

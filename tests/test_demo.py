@@ -44,3 +44,9 @@ def test_demo_prints_the_table_of_its_json_and_reuses_only_the_same_experiment(t
     assert f"{out / 'dense'} holds a run trained with other settings (train.tokens=5120 there, 2560 here)" in stderr
     assert "pass --overwrite" in stderr
 
+    (out / "dense" / "notes.txt").write_text("mine")  # --overwrite retrains, removing only what runs write
+    code, stdout, _ = cli("demo", fewer, "--out", str(out), "--overwrite")
+    assert code == 0 and stdout.count("== training") == 2
+    assert (out / "dense" / "notes.txt").read_text() == "mine"
+    assert all(r["tokens"] == 2560 for r in json.loads((out / "results.json").read_text())["rows"])
+

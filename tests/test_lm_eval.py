@@ -92,8 +92,11 @@ def test_lm_eval_accuracy_equals_our_log_likelihoods(run_dir, tmp_path):
         main(["lm-eval", str(run_dir), "--tasks", TASK, "--batch-size", "5", "--device", "cpu",
               "--include-path", str(tmp_path / "tasks"), "--no-builtin-tasks"])
     assert exit_.value.code == 0, err.getvalue()[-2000:]
-    saved = sorted((run_dir / "checkpoints").glob("step-*/lm_eval_*.json"))
-    assert [p.name for p in saved] == [f"lm_eval_{TASK}.json"]
+    # beside the checkpoints, not inside one (rotation deletes old checkpoints)
+    assert not list((run_dir / "checkpoints").glob("step-*/lm_eval_*.json"))
+    newest = sorted((run_dir / "checkpoints").glob("step-*"))[-1].name
+    saved = sorted((run_dir / "lm_eval").glob("*.json"))
+    assert [p.name for p in saved] == [f"{newest}_{TASK}.json"]
     record = json.loads(saved[0].read_text())
     acc = record["results"][TASK]["acc,none"]
     model = load(run_dir)
@@ -145,3 +148,51 @@ def test_unknown_task_is_one_line(run_dir, tmp_path, capsys):
     assert exit_.value.code == 2
     assert "unknown lm-eval task 'lowrank_toy_mx' (did you mean lowrank_toy_mc?)" in err
     assert err.count("\n") == 1
+
+
+HUB_TASK_YAML = """\
+task: lowrank_hub_task
+dataset_path: lowrank-lm-tests/no-such-dataset
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{q}}}}"
+doc_to_choice: "{{{{c}}}}"
+doc_to_target: 0
+metric_list:
+  - metric: acc
+metadata:
+  version: 1.0
+"""
+
+
+def test_a_hub_task_without_network_is_one_line_exit_2(run_dir, tmp_path, capsys, monkeypatch):
+    from lowrank_lm.export import hub_access
+
+    monkeypatch.setattr(hub_access, "hub_reachable", lambda timeout=3.0: False)  # whatever this machine has
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "hub.yaml").write_text(HUB_TASK_YAML)
+    with pytest.raises(SystemExit) as exit_:
+        main(["lm-eval", str(run_dir), "--tasks", "lowrank_hub_task", "--include-path", str(tmp_path / "tasks"),
+              "--no-builtin-tasks"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and captured.out == ""
+    assert "lowrank-lm lm-eval: error: the data of --tasks lowrank_hub_task is not in the local cache" in captured.err
+    assert "--include-path examples/lm-eval --no-builtin-tasks --tasks lowrank_lm_tiny_cloze" in captured.err
+    assert captured.err.count("\n") == 1
+    assert not (run_dir / "lm_eval" / "lowrank_hub_task.json").exists()
+
+
+def test_the_shipped_offline_example_task_runs(run_dir, tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the example's data path is relative to the repository root
+    out = tmp_path / "cloze.json"
+    code = None
+    with contextlib.redirect_stdout(io.StringIO()) as printed, pytest.raises(SystemExit) as exit_:
+        main(["lm-eval", str(run_dir), "--include-path", "examples/lm-eval", "--no-builtin-tasks",
+              "--tasks", "lowrank_lm_tiny_cloze", "--output", str(out), "--device", "cpu"])
+    code = exit_.value.code
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["n-samples"]["lowrank_lm_tiny_cloze"]["effective"] == 24
+    assert 0.0 <= record["results"]["lowrank_lm_tiny_cloze"]["acc,none"] <= 1.0
+    assert "lowrank_lm_tiny_cloze: acc " in printed.getvalue()

@@ -7,6 +7,7 @@ return another exit status (``train``: 75 when it stopped before its budget, res
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 
@@ -25,14 +26,46 @@ VERBS: dict[str, str] = {
     "lm-eval": "lm_eval",
     "fit": "fit",
     "sweep": "sweep",
+    "compare": "compare",
+    "config": "config",
     "plan": "plan",
 }
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and examples; adds each option's default to its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and "default" not in text
+        if shown and (action.option_strings or action.nargs in ("?", "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:  # sub-commands (bench ffn...) get the same formatting
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse would print usage first)
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
+
+
+def _examples(module) -> str | None:
+    lines = getattr(module, "EXAMPLES", [])
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines).replace("%", "%%") if lines else None
+
+
+def _unknown_verb(argv: list[str]) -> str | None:
+    """The one-line error for a mistyped verb, with the nearest verb when there is one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None or first in VERBS or argv.index(first) != 0:
+        return None
+    near = difflib.get_close_matches(first, list(VERBS), n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]}?" if near else f"; choose one of {', '.join(VERBS)}"
+    return f"lowrank-lm: error: unknown verb {first!r}{hint} (see lowrank-lm --help)\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     for verb, module_name in VERBS.items():
         module = importlib.import_module(f"lowrank_lm.commands.{module_name}")
-        doc = (module.__doc__ or "").strip().replace("%", "%%")  # argparse formats help with %
-        p = sub.add_parser(verb, help=doc.splitlines()[0] if doc else None, description=doc)
+        doc = (module.__doc__ or "").strip()
+        # argparse %-formats help strings (escape them), not descriptions
+        p = sub.add_parser(verb, help=doc.splitlines()[0].replace("%", "%%") if doc else None,
+                           description=doc, epilog=_examples(module))
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    unknown = _unknown_verb(argv)
+    if unknown:
+        sys.stderr.write(unknown)
+        raise SystemExit(2)
     args = build_parser().parse_args(argv)
     try:
         code = args._run(args)

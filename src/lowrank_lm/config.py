@@ -71,25 +71,37 @@ class ModelConfig:
     """The Transformer: the paper's GPT-style defaults, plus Llama-style options."""
 
     vocab_size: int = 32000
+    """Size of the embedding and output layers; at least the tokenizer's id count."""
     seq_len: int = 1024
+    """Context length in tokens, for training sequences and RoPE."""
     num_layers: int = 12
+    """Transformer blocks."""
     hidden_dim: int = 768
+    """Model width (residual stream)."""
     attn_dim: Optional[int] = None
     """Width of Q and of the attention output; defaults to hidden_dim."""
     ffn_dim: Optional[int] = None
     """FFN intermediate size; defaults to 4 x hidden_dim."""
     num_q_heads: int = 12
+    """Attention (query) heads; must divide attn_dim, with an even head dim."""
     num_kv_heads: Optional[int] = None
     """Key/value heads for grouped-query attention; defaults to num_q_heads (plain multi-head)."""
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    """layernorm (the paper's, pre-norm) | rmsnorm (Llama-style)."""
     norm_eps: float = 1e-5
+    """Epsilon of the normalisation layers."""
     activation: Literal["gelu", "swiglu"] = "gelu"
     """gelu is GELU with the tanh approximation (the paper's); swiglu adds a gate projection."""
     bias: bool = True
+    """Biases in the attention and FFN linear layers (the paper's GPT style has them)."""
     tie_embeddings: bool = True
+    """Share the input embedding and the output layer's weight."""
     rope_base: float = 10000.0
+    """Base of the rotary position embedding's frequencies."""
     init_std: float = 0.02
+    """Standard deviation of the N(0, std) initialisation of every weight (no depth scaling)."""
     ffn: FFNConfig = field(default_factory=FFNConfig)
+    """The feed-forward blocks' parametrisation (model.ffn.*)."""
 
     @property
     def head_dim(self) -> int:
@@ -141,11 +153,13 @@ class SelfGuidedConfig:
     """Self-guided training (companion paper section 3.3): o = a*Wx + (1-a)*U(Vx), a decaying 1 -> 0."""
 
     enabled: bool = False
+    """Train with a dense guide beside each structured FFN layer."""
     ratio: float = 0.5
     """Guided steps as a fraction of the run's steps."""
     mode: Literal["fixedstep", "fixedflop"] = "fixedstep"
     """fixedstep guides within the run; fixedflop appends the guided steps again at the end."""
     schedule: Literal["cosine", "linear"] = "cosine"
+    """How alpha decays from 1 to 0 over the guided steps."""
     reduce_flop: bool = True
     """Use the dense guide only with probability alpha per layer and forward (the paper's setting)."""
     guide_init: Literal["exact", "reference"] = "exact"
@@ -167,21 +181,33 @@ class TrainConfig:
     micro_batch_size: Optional[int] = None
     """Sequences per forward pass and process; gradient accumulation makes up the rest."""
     lr: float = 6e-4
+    """Peak learning rate of AdamW (after warmup)."""
     min_lr_ratio: float = 0.1
+    """The cosine schedule ends at lr x min_lr_ratio."""
     warmup_ratio: float = 0.1
+    """Linear warmup over this fraction of the run's steps."""
     weight_decay: float = 0.1
+    """AdamW weight decay, on every parameter (embeddings, biases and norms too, as the paper)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's (beta1, beta2)."""
     eps: float = 1e-8
+    """AdamW's epsilon."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
     precision: Literal["fp32", "bf16"] = "bf16"
+    """bf16 autocast with fp32 master weights, or fp32 throughout."""
     compile: bool = False
+    """torch.compile the training step."""
     eval_interval: Optional[int] = None
     """Steps between validation passes; empty means only at the end."""
     eval_tokens: Optional[int] = None
     """Validation tokens per pass; empty means the whole validation set."""
     log_interval: int = 10
+    """Steps between training log lines and metrics records."""
     seed: int = 1005
+    """Seed of the initialisation and of the data order."""
     out_dir: str = "runs/default"
+    """The run folder: config, metrics.jsonl, summary.json, checkpoints/, loss.png."""
     checkpoint_interval: Optional[int] = None
     """Steps between checkpoints (besides the one at the end); empty means none by step count."""
     checkpoint_minutes: Optional[float] = 30.0
@@ -192,11 +218,15 @@ class TrainConfig:
     resume: str = "auto"
     """auto (continue from the newest complete checkpoint) | never | a checkpoint path."""
     device: str = "auto"
+    """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
+    """How torchrun's processes share the work: ddp (replicas) or fsdp (FSDP2 shards, sharded checkpoints)."""
     max_bad_steps: int = 5
     """Consecutive non-finite steps after which the run stops."""
     wandb: bool = False
+    """Also log metrics to Weights & Biases (needs wandb installed and logged in)."""
     self_guided: SelfGuidedConfig = field(default_factory=SelfGuidedConfig)
+    """Self-guided training (train.self_guided.*)."""
 
 
 @dataclass

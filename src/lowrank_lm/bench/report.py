@@ -77,6 +77,15 @@ def busy_cores(interval: float = 0.25, read: Callable[[], str] = _proc_stat_cpu_
     return (os.cpu_count() or 1) * (total - idle) / total
 
 
+def contention_warning(busy: float, cores: int, threads: int, consequence: str) -> str | None:
+    """The one-line warning when ``busy`` cores (held by other processes) leave too few idle cores for our
+    ``threads``, or None. Busy cores stall every multi-threaded op at its barrier, not just one thread."""
+    if busy <= 0.5 or busy <= cores - threads:
+        return None
+    hint = " (--threads 1 avoids the worst stalls)" if threads > 1 else ""
+    return f"warning: other processes keep {busy:.1f} of {cores} cores busy; {consequence}{hint}"
+
+
 def machine_meta(device: torch.device, dtype: str | None = None) -> dict[str, Any]:
     """Where and how a measurement ran."""
     meta: dict[str, Any] = {

@@ -14,6 +14,10 @@ from typing import Any
 
 from lowrank_lm.errors import UserError
 
+EXAMPLES = ["lowrank-lm bench ffn --widths 1024 --tokens 4096 --out runs/bench-ffn",
+            "lowrank-lm bench train configs/cpu/tiny.yaml --kinds dense,lowrank --compile off",
+            "lowrank-lm bench decode configs/cpu/tiny.yaml --batches 1,8"]
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -82,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     t.add_argument("--kinds", type=_words, default=["dense", "lowrank"],
                    help="FFN kinds to compare (dense = the config with dense FFNs)")
-    t.add_argument("--fractions", type=_floats, default=[0.32])
+    t.add_argument("--fractions", type=_floats, default=[0.32],
+                   help="parameter fractions of the dense FFN for the structured kinds (ranks / blocks chosen)")
     t.add_argument("--batch", type=int, default=None, help="sequences per step (default: micro_batch_size)")
     t.add_argument("--seq", type=int, default=None, help="sequence length (default: model.seq_len)")
     t.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="autocast dtype (weights fp32)")
@@ -98,9 +103,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "maximum throughput is the best over the batches that fit.")
     d.add_argument("configs", nargs="+", metavar="CONFIG",
                    help="one or more YAML configs, then optional KEY=VALUE overrides for all of them")
-    d.add_argument("--batches", type=_ints, default=[1, 8, 32])
+    d.add_argument("--batches", type=_ints, default=[1, 8, 32], help="batch sizes (sequences decoded at once)")
     d.add_argument("--gen", type=int, default=256, help="tokens generated per sequence")
-    d.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
+    d.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"], help="weights and activations")
     d.add_argument("--premerge", default="on", choices=["on", "off", "both"],
                    help="pre-merged structured FFNs (calibrated) for decoding")
     d.add_argument("--search", action="store_true",
@@ -140,16 +145,13 @@ def _progress(message: str) -> None:
         _warned = True
         import torch
 
-        from lowrank_lm.bench.report import busy_cores
+        from lowrank_lm.bench.report import busy_cores, contention_warning
 
-        cores = os.cpu_count() or 1
         busy = busy_cores() if not torch.cuda.is_available() else None
-        threads = torch.get_num_threads()
-        if busy is not None and busy > 0.5 and busy > cores - threads:
-            # Too few idle cores for our threads: busy cores stall every multi-threaded op at its barrier.
-            hint = " (--threads 1 avoids the worst stalls)" if threads > 1 else ""
-            print(f"warning: other processes keep {busy:.1f} of {cores} cores busy; timings will be noisy{hint}",
-                  file=sys.stderr)
+        warning = None if busy is None else contention_warning(busy, os.cpu_count() or 1, torch.get_num_threads(),
+                                                               "timings will be noisy")
+        if warning:
+            print(warning, file=sys.stderr)
     print(message, file=sys.stderr, flush=True)
 
 

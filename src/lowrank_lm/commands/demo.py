@@ -7,11 +7,16 @@ from pathlib import Path
 
 from lowrank_lm.commands.common import add_config_arguments, config_from_args
 
+EXAMPLES = ["lowrank-lm demo configs/cpu/tiny.yaml",
+            "lowrank-lm demo configs/cpu/tiny.yaml --out runs/demo2"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--out", default="runs/demo", help="folder for both runs, the table and the plot")
-    p.add_argument("--overwrite", action="store_true", help="retrain runs that already finished")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train both runs again (replaces only the files a run writes; needed when --out "
+                        "holds runs of other settings)")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -4,17 +4,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+EXAMPLES = ["lowrank-lm eval runs/demo/lowrank-32",
+            "lowrank-lm eval runs/demo/dense --tokens 16384 --json"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="a run folder (its newest checkpoint) or one checkpoint folder")
     p.add_argument("--data", default=None, help="a prepared data dir (default: the run's own data)")
     p.add_argument("--tokens", type=int, default=None, help="evaluate on the first N validation tokens")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="default: the precision the run trained in")
     p.add_argument("--json", action="store_true", help='print {"loss": ..., "ppl": ..., "tokens": ...}')
+
+
+def _watch(device):
+    """The busy-core check of a CPU evaluation, sampling while the model loads."""
+    import torch
+
+    from lowrank_lm.train.progress import CoreWatch
+
+    return CoreWatch(torch.get_num_threads()) if device.type == "cpu" else None
+
+
+def _progress(watch, total: int, enabled: bool):
+    """Progress lines for a long evaluation, after the busy-core warning when there is one."""
+    from lowrank_lm.train.progress import EvalProgress
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    warning = watch.warning(wait=1.0) if watch is not None and enabled else None
+    if warning:
+        log(warning)
+    return EvalProgress(total, log, enabled=enabled)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -23,14 +49,17 @@ def run(args: argparse.Namespace) -> None:
     from lowrank_lm.checkpoint import load_model
     from lowrank_lm.data import check_compatible, load_manifest, resolve_data_dir
     from lowrank_lm.train.distributed import resolve_device
-    from lowrank_lm.train.evaluate import evaluate
+    from lowrank_lm.train.evaluate import evaluate, validation_size
 
     device = resolve_device(args.device, option="--device")
+    watch = _watch(device)
     model, cfg, ckpt = load_model(args.path, device)
     data_dir = Path(args.data) if args.data else resolve_data_dir(cfg.data)
     check_compatible(load_manifest(data_dir), cfg.model, None if args.data else cfg.data)
+    shown = _progress(watch, validation_size(data_dir, cfg.model.seq_len, args.tokens), True)
     res = evaluate(model, data_dir, cfg.model.seq_len, args.batch_size, device,
-                   args.precision or cfg.train.precision, args.tokens)
+                   args.precision or cfg.train.precision, args.tokens, progress=shown)
+    shown.close()
     if args.json:
         print(json.dumps(res))
     else:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 
+EXAMPLES = ["lowrank-lm export runs/demo/lowrank-32 hf-tiny --merge",
+            "lowrank-lm export runs/demo/lowrank-32 hf-tiny-factors --overwrite"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="a run folder (its newest checkpoint) or one checkpoint folder")
     p.add_argument("out", metavar="OUT", help="folder to write (must be new or empty)")
     p.add_argument("--merge", action="store_true",
                    help="multiply structured FFN factors into dense weights and use a stock class")

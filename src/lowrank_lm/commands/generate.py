@@ -10,10 +10,14 @@ DEFAULT_PREMERGE_TOKENS = 16
 weights: one matrix product instead of two or three small ones; the prompt still uses the factors."""
 
 
+EXAMPLES = ['lowrank-lm generate runs/demo/lowrank-32 --prompt "It was a dark and stormy night" --seed 0']
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="a run folder (its newest checkpoint) or one checkpoint folder")
     p.add_argument("--prompt", required=True, help="text to continue ('' starts a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate after the prompt")
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold, e.g. 0.95")

@@ -7,6 +7,9 @@ import json
 
 from lowrank_lm.commands.common import add_config_arguments, config_from_args
 
+EXAMPLES = ["lowrank-lm info configs/cpu/tiny.yaml",
+            "lowrank-lm info configs/cpu/tiny.yaml model.ffn.kind=lowrank model.ffn.rank=32 --json"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
@@ -15,6 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _m(n: float) -> str:
     return f"{n / 1e6:,.1f}M"
+
+
+def _count(n: int) -> str:
+    """2.2B, 1.999M, 196.6k or 512: four significant digits in the unit that suits the size."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.4g}{unit}"
+    return str(n)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -40,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
                    f"FFN {_m(acc.params_ffn)}, attention {_m(acc.params_attention)})"),
         ("FLOPs / token (paper)", f"{acc.forward_flops_per_token:.4g} forward, {acc.flops_per_token:.4g} train"),
         ("FLOPs / token (6N)", f"{acc.flops_per_token_6n:.4g} train"),
-        ("token budget", f"{acc.train_tokens / 1e9:.4g}B tokens = {acc.steps} steps x {acc.tokens_per_step}"),
+        ("token budget", f"{_count(acc.train_tokens)} tokens = {acc.steps} steps x {acc.tokens_per_step}"),
         ("training FLOPs", f"{acc.train_flops:.3e} (paper), {acc.train_flops_6n:.3e} (6N)"),
     ]
     if acc.self_guided_extra_flops:

@@ -1,11 +1,18 @@
 """Score a checkpoint with lm-evaluation-harness (optional extra 'eval'); results saved as JSON.
 
-The JSON goes into the checkpoint folder (lm_eval_TASKS.json) unless --output says otherwise.
+The JSON goes into RUN/lm_eval/ (outside checkpoints/, which rotation prunes) unless --output says
+otherwise. Without a network, hub tasks (hellaswag...) fail in one line; local tasks still run, e.g.
+the example under examples/lm-eval/.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+EXAMPLES = ["lowrank-lm lm-eval runs/demo/lowrank-32 --tasks hellaswag --batch-size 16",
+            "lowrank-lm lm-eval runs/demo/lowrank-32 --include-path examples/lm-eval --no-builtin-tasks "
+            "--tasks lowrank_lm_tiny_cloze   # offline"]
 
 
 def _limit(text: str) -> float | int:
@@ -16,30 +23,54 @@ def _limit(text: str) -> float | int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="a run folder (its newest checkpoint) or one checkpoint folder")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. hellaswag,piqa")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--limit", type=_limit, default=None,
                    help="examples per task (a number >= 1) or a fraction of each task (< 1)")
-    p.add_argument("--num-fewshot", type=int, default=None)
-    p.add_argument("--include-path", default=None, help="folder of extra task YAMLs")
+    p.add_argument("--num-fewshot", type=int, default=None,
+                   help="examples shown before each question (default: the task's own setting)")
+    p.add_argument("--include-path", default=None, help="folder of extra task YAMLs, e.g. examples/lm-eval")
     p.add_argument("--no-builtin-tasks", action="store_true",
                    help="find tasks only under --include-path (skips indexing lm-eval's own tasks: faster)")
-    p.add_argument("--output", default=None, help="JSON file (default: beside the checkpoint)")
+    p.add_argument("--output", default=None,
+                   help="JSON file (default: RUN/lm_eval/STEP_TASKS.json, beside the run's checkpoints)")
+
+
+def default_output(checkpoint: Path, tasks: list[str]) -> Path:
+    """RUN/lm_eval/step-N_TASKS.json for a checkpoint inside a run; beside any other checkpoint folder."""
+    from lowrank_lm.checkpoint import CHECKPOINTS
+
+    name = f"{'+'.join(tasks)}.json"
+    if checkpoint.parent.name == CHECKPOINTS:
+        return checkpoint.parent.parent / "lm_eval" / f"{checkpoint.name}_{name}"
+    return checkpoint / f"lm_eval_{name}"
+
+
+def _offline_error(tasks: list[str]) -> str:
+    from lowrank_lm.export.hub_access import hub_host, offline_by_setting
+
+    why = "offline mode is set (HF_HUB_OFFLINE)" if offline_by_setting() else f"{hub_host()} cannot be reached"
+    return (f"the data of --tasks {','.join(tasks)} is not in the local cache and {why}; run once with a network "
+            "to cache it, or score a local task such as the offline example: --include-path examples/lm-eval "
+            "--no-builtin-tasks --tasks lowrank_lm_tiny_cloze")
 
 
 def run(args: argparse.Namespace) -> None:
     import json
-    from pathlib import Path
 
     from lowrank_lm.api import load
     from lowrank_lm.errors import UserError
+    from lowrank_lm.export.hub_access import hub_failure, hub_offline, hub_reachable
     from lowrank_lm.export.lm_eval_adapter import require_lm_eval, run_lm_eval
 
     require_lm_eval()
     if args.no_builtin_tasks and not args.include_path:
         raise UserError("--no-builtin-tasks needs --include-path, the folder where the tasks are")
+    if args.include_path and not Path(args.include_path).is_dir():
+        raise UserError(f"--include-path {args.include_path} is not a folder; give the folder of the task YAMLs")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise UserError("--tasks is empty; name at least one lm-eval task")
@@ -48,10 +79,17 @@ def run(args: argparse.Namespace) -> None:
         from lowrank_lm.data.tokenizer import MISSING_HINT
 
         raise UserError(f"no tokenizer in the run dir of {model.checkpoint}; lm-eval scores text, so {MISSING_HINT}")
-    res = run_lm_eval(model, model.tokenizer, tasks, batch_size=args.batch_size, limit=args.limit,
-                      num_fewshot=args.num_fewshot, include_path=args.include_path,
-                      include_defaults=not args.no_builtin_tasks)
-    out = Path(args.output) if args.output else model.checkpoint / f"lm_eval_{'+'.join(tasks)}.json"
+    offline = not hub_reachable()
+    try:
+        with hub_offline(offline):
+            res = run_lm_eval(model, model.tokenizer, tasks, batch_size=args.batch_size, limit=args.limit,
+                              num_fewshot=args.num_fewshot, include_path=args.include_path,
+                              include_defaults=not args.no_builtin_tasks)
+    except Exception as e:
+        if offline and hub_failure(e):
+            raise UserError(_offline_error(tasks)) from None
+        raise
+    out = Path(args.output) if args.output else default_output(model.checkpoint, tasks)
     record = {"checkpoint": str(model.checkpoint), "tasks": tasks, "limit": args.limit,
               "num_fewshot": args.num_fewshot, **res}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+EXAMPLES = ["lowrank-lm plan --fits runs/sweeps/isoflop-cpu/fit/fit.json --budget-flops 1e19",
+            "lowrank-lm plan --fits fit.json --budget-flops 1e19 --bench runs/bench/train.json --min-speedup 1.2"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fits", required=True, metavar="FIT.json",

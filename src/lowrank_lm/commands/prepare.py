@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+EXAMPLES = ["lowrank-lm prepare configs/cpu/tiny.yaml",
+            "lowrank-lm prepare data.source=corpus/ data.tokenizer=gpt2 data.dir=data/corpus --max-tokens 2e8"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", metavar="CONFIG",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data_dir: str | Path, seq_len: int, batch_size: int, device: torch.device,
-             precision: str, max_tokens: int | None = None, rank: int = 0, world_size: int = 1) -> dict:
+             precision: str, max_tokens: int | None = None, rank: int = 0, world_size: int = 1,
+             progress: Callable[[int], None] | None = None) -> dict:
     """Mean token cross-entropy over the validation set (or its first ``max_tokens``): loss, ppl, tokens."""
     from lowrank_lm.data import validation_batches
 
@@ -36,6 +38,8 @@ def evaluate(model: torch.nn.Module, data_dir: str | Path, seq_len: int, batch_s
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
             total += float(loss)
             count += y.numel()
+            if progress is not None:  # tokens scored so far, by all ranks (they move in step)
+                progress(count * world_size)
     finally:
         model.train(was_training)
     total, count = all_reduce_sum([total, float(count)], device)
@@ -43,3 +47,13 @@ def evaluate(model: torch.nn.Module, data_dir: str | Path, seq_len: int, batch_s
         return {"loss": float("nan"), "ppl": float("nan"), "tokens": 0}
     loss = total / count
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": int(count)}
+
+
+def validation_size(data_dir: str | Path, seq_len: int, max_tokens: int | None = None) -> int:
+    """How many tokens :func:`evaluate` scores (all ranks together): whole sequences of the validation split."""
+    from lowrank_lm.data import load_manifest
+
+    sequences = (load_manifest(data_dir).tokens["val"] - 1) // seq_len
+    if max_tokens is not None:
+        sequences = min(sequences, max_tokens // seq_len)
+    return max(0, sequences) * seq_len

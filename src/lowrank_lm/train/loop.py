@@ -32,10 +32,12 @@ from lowrank_lm.errors import UserError
 from lowrank_lm.faults import crash_point
 from lowrank_lm.model import Transformer
 from lowrank_lm.provenance import collect_provenance
+from lowrank_lm.run_compare import write_run_plot
 from lowrank_lm.train import distributed
 from lowrank_lm.train.agreement import all_or_none, said_once
-from lowrank_lm.train.evaluate import autocast, evaluate
+from lowrank_lm.train.evaluate import autocast, evaluate, validation_size
 from lowrank_lm.train.metrics import MetricsLogger
+from lowrank_lm.train.progress import CoreWatch, EvalProgress, TrainProgress
 from lowrank_lm.train.rundir import RunDir
 from lowrank_lm.train.schedule import lr_at
 from lowrank_lm.train.self_guided import SelfGuidance
@@ -421,6 +423,9 @@ class Trainer:
             if logger:
                 logger.close()
             self._log(_format_summary(summary))
+            plot = write_run_plot(self.run_dir.path)  # RUN/loss.png, when matplotlib is installed
+            if plot is not None:
+                self._log(f"loss plot: {plot}")
         return summary
 
     def _end_guidance(self, model: Transformer, optimizer: torch.optim.Optimizer):
@@ -438,8 +443,11 @@ class Trainer:
 
     def _eval(self, model: Transformer, data_dir: Path, logger: MetricsLogger | None, st: _State) -> dict:
         t = self.cfg.train
+        shown = EvalProgress(validation_size(data_dir, self.cfg.model.seq_len, t.eval_tokens), self._log,
+                             enabled=self.dist.is_main)
         res = evaluate(model, data_dir, self.cfg.model.seq_len, self.micro, self.device, t.precision,
-                       t.eval_tokens, self.dist.rank, self.dist.world_size)
+                       t.eval_tokens, self.dist.rank, self.dist.world_size, progress=shown)
+        shown.close()
         rec = {"step": st.step, "tokens": st.tokens, "val_loss": res["loss"], "val_ppl": res["ppl"],
                "val_tokens": res["tokens"]}
         if logger:
@@ -470,23 +478,12 @@ class Trainer:
                                       flop_ratio_to_dense=(struct + guide_flops) / dense.train_flops)
         return summary
 
-    def _progress(self, start: int, stop: int):
-        if not self.dist.is_main or not sys.stderr.isatty():
-            return None
-        from tqdm import tqdm
+    def _progress(self, start: int, stop: int) -> TrainProgress:
+        watch = CoreWatch(torch.get_num_threads()) if self.dist.is_main and self.device.type == "cpu" else None
+        return TrainProgress(start, stop, self._log, enabled=self.dist.is_main, watch=watch)
 
-        return tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
-
-    def _show(self, progress, rec: dict, stop: int) -> None:
-        if not self.dist.is_main:
-            return
-        if progress is not None:
-            progress.n = rec["step"]
-            progress.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}", refresh=True)
-        else:
-            self._log(f"step {rec['step']}/{stop}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
-                      f"{rec['tokens_per_s']:,.0f} tok/s")
-
+    def _show(self, progress: TrainProgress, rec: dict, stop: int) -> None:
+        progress.update(rec)
 
 def _format_summary(s: RunSummary) -> str:
     return (f"done: {s.tokens:,} tokens in {s.wall_s:.1f}s ({s.tokens_per_s:,.0f} tok/s in training steps), "
