@@ -171,7 +171,7 @@ def plan(fits: dict[str, JointFit], budget: float, bench: list[dict[str, Any]] |
     if bench is not None:
         dense = _bench_row(bench, "dense", None)
         for c in cands:
-            row = _bench_row(bench, c.structure, c.fraction)
+            row = _bench_row(bench, c.structure or c.series, c.fraction)  # a table without structure: the name
             if row is None:
                 if min_speedup is not None or max_step_ms is not None:
                     c.excluded = "no bench row of this structure and fraction"
