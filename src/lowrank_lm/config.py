@@ -196,8 +196,12 @@ class TrainConfig:
     """Clip the global gradient norm to this; 0 turns clipping off."""
     precision: Literal["fp32", "bf16"] = "bf16"
     """bf16 autocast with fp32 master weights, or fp32 throughout."""
-    compile: bool = False
-    """torch.compile the training step."""
+    compile: Literal["auto", True, False] = "auto"
+    """torch.compile the training step: true | false | auto (on for CUDA, off on CPU, where compiling
+    measured no faster; docs/results/fast-paths-cpu.md)."""
+    loss_chunk_tokens: int = 0
+    """Compute the output layer and the loss this many tokens at a time, never holding the full logits
+    (0: through the full logits); liger-kernel's fused kernel on CUDA when installed."""
     eval_interval: Optional[int] = None
     """Steps between validation passes; empty means only at the end."""
     eval_tokens: Optional[int] = None
@@ -492,6 +496,8 @@ def validate(cfg: Config) -> None:
                 "eval_interval", "eval_tokens", "log_interval", "checkpoint_interval", "checkpoint_minutes",
                 "keep_checkpoints", "max_bad_steps"):
         _positive(getattr(t, key), f"train.{key}")
+    if t.loss_chunk_tokens < 0:
+        raise ConfigError(f"train.loss_chunk_tokens must be 0 (full logits) or positive, got {t.loss_chunk_tokens}")
     if t.tokens is not None and t.tokens_per_param is not None:
         raise ConfigError("set only one of train.tokens and train.tokens_per_param")
     if t.micro_batch_size is not None and t.global_batch_size % t.micro_batch_size:

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lowrank_lm.config import ModelConfig
 from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear
 from lowrank_lm.layers.fused import gelu_linear
+from lowrank_lm.loss import lm_loss
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -34,22 +36,36 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Rotate ``x`` of shape (B, H, T, hd) for positions start .. start+T-1."""
-        t = x.shape[-2]
-        cos = self.cos[start:start + t].to(x.dtype)
-        sin = self.sin[start:start + t].to(x.dtype)
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` of shape (B, H, T, hd) for positions start .. start+T-1.
+
+        ``start`` may be a 0-dim long tensor (a static decode step, T = 1): the angles are then gathered
+        on the device, so the step has the same shapes and no host value at every position.
+        """
+        if isinstance(start, torch.Tensor):
+            at = start.view(1)
+            cos, sin = self.cos.index_select(0, at).to(x.dtype), self.sin.index_select(0, at).to(x.dtype)
+        else:
+            t = x.shape[-2]
+            cos = self.cos[start:start + t].to(x.dtype)
+            sin = self.sin[start:start + t].to(x.dtype)
         return x * cos + rotate_half(x) * sin
 
 
 class KVCache:
-    """Preallocated keys and values of every layer, (B, n_kv, max_len, hd) each; ``pos`` tokens filled."""
+    """Preallocated keys and values of every layer, (B, n_kv, max_len, hd) each; ``pos`` tokens filled.
+
+    Eager calls (prefill, eager decoding) write at the host position ``pos`` and attend to the filled
+    part. A static decode step (:meth:`Transformer.decode_step`) writes at a position tensor instead
+    and attends to all ``max_len`` slots with a mask, so its shapes never change.
+    """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device,
                  dtype: torch.dtype) -> None:
         shape = (cfg.num_layers, batch, cfg.resolved_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.slots = torch.arange(max_len, device=device)
         self.pos = 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +73,18 @@ class KVCache:
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def write_at(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+                 pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one token's keys and values at slot ``pos`` (0-dim tensor); all slots back."""
+        at = pos.view(1)
+        self.k[layer].index_copy_(2, at, k)
+        self.v[layer].index_copy_(2, at, v)
+        return self.k[layer], self.v[layer]
+
+    def visible(self, pos: torch.Tensor) -> torch.Tensor:
+        """The attention mask of the token at ``pos``: slots 0..pos, shaped to broadcast over (B, H, 1, max_len)."""
+        return (self.slots <= pos).view(1, 1, 1, -1)
 
 
 class Attention(nn.Module):
@@ -70,12 +98,20 @@ class Attention(nn.Module):
         self.out = nn.Linear(a, cfg.hidden_dim, bias=cfg.bias)
         self.split = (a, kv, kv)
 
-    def forward(self, x: torch.Tensor, rope: Rotary, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rotary, cache: KVCache | None, layer: int,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
+        """``pos`` (a 0-dim tensor, with ``cache``) makes this a static decode step of one token."""
         b, t, _ = x.shape
         q, k, v = self.qkv(x).split(self.split, dim=-1)
         q = q.view(b, t, self.num_q, self.head_dim).transpose(1, 2)  # (B, Hq, T, hd)
         k = k.view(b, t, self.num_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = v.view(b, t, self.num_kv, self.head_dim).transpose(1, 2)
+        gqa = self.num_kv != self.num_q
+        if pos is not None and cache is not None:
+            q, k = rope(q, pos), rope(k, pos)
+            k, v = cache.write_at(layer, k, v, pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.visible(pos), enable_gqa=gqa)
+            return self.out(y.transpose(1, 2).reshape(b, t, -1))
         start = cache.pos if cache is not None else 0
         q, k = rope(q, start), rope(k, start)
         if cache is not None:
@@ -84,7 +120,7 @@ class Attention(nn.Module):
         if start > 0 and t > 1:  # a chunk after a prefix: query i sees keys up to start + i
             mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=start == 0 and t > 1,
-                                           enable_gqa=self.num_kv != self.num_q)
+                                           enable_gqa=gqa)
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -119,8 +155,9 @@ class Block(nn.Module):
         self.attn_norm, self.attn = make_norm(cfg), Attention(cfg)
         self.ffn_norm, self.ffn = make_norm(cfg), FeedForward(cfg, dense_ffn)
 
-    def forward(self, x: torch.Tensor, rope: Rotary, cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, cache, layer)
+    def forward(self, x: torch.Tensor, rope: Rotary, cache: KVCache | None, layer: int,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, cache, layer, pos)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -130,6 +167,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        # training forwards keep only each block's input and recompute the rest in backward (less memory)
+        self.activation_checkpointing = False
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_dim)
         keep = set(cfg.ffn.keep_dense_layers)
         self.blocks = nn.ModuleList(Block(cfg, cfg.ffn.kind == "dense" or i in keep)
@@ -137,6 +176,8 @@ class Transformer(nn.Module):
         self.norm = make_norm(cfg)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_dim, cfg.vocab_size, bias=False)
         self.rope = Rotary(cfg.head_dim, cfg.seq_len, cfg.rope_base)
+        self.loss_chunk_tokens = 0
+        """Tokens per chunk of the loss (train.loss_chunk_tokens; 0 = through the full logits)."""
         self._init_weights()
 
     @torch.no_grad()
@@ -157,20 +198,38 @@ class Transformer(nn.Module):
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, reduction: str = "mean") -> torch.Tensor:
+        """Logits (B, T, V), or with ``targets`` (-1: not counted) the loss: their mean or sum (``reduction``).
+
+        The loss goes through :func:`lowrank_lm.loss.lm_loss` in chunks of ``loss_chunk_tokens`` tokens.
+        """
         t = input_ids.shape[1]
         start = cache.pos if cache is not None else 0
         if start + t > self.cfg.seq_len:
             raise ValueError(f"{start + t} positions exceed model.seq_len={self.cfg.seq_len}")
         x = self.embed(input_ids)
+        recompute = self.activation_checkpointing and self.training and cache is None
         for i, block in enumerate(self.blocks):
-            x = block(x, self.rope, cache, i)
+            if recompute:
+                x = checkpoint(block, x, self.rope, cache, i, use_reentrant=False)
+            else:
+                x = block(x, self.rope, cache, i)
         if cache is not None:
             cache.pos += t
-        logits = F.linear(self.norm(x), self.head_weight())
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+            return F.linear(self.norm(x), self.head_weight())
+        return lm_loss(self.norm(x), self.head_weight(), targets, self.loss_chunk_tokens, reduction)
+
+    def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, V) of one token per sequence, ``tokens`` (B, 1), at position ``pos`` (a 0-dim tensor).
+
+        Every shape is fixed by the cache (batch, max_len), whatever the position: the step can be
+        compiled once and captured in a CUDA graph (see :mod:`lowrank_lm.decoding`).
+        """
+        x = self.embed(tokens)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.rope, cache, i, pos)
+        return F.linear(self.norm(x[:, -1]), self.head_weight())
 
     def structured_layers(self) -> Iterator[StructuredLinear]:
         """The FFN linears that are not dense (the ones pre-merge and self-guidance act on)."""
@@ -187,25 +246,30 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def stream(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
-               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-        """Yield (B,) new tokens one at a time, sampling with a KV cache (temperature 0 = greedy)."""
+               generator: torch.Generator | None = None, decode: str = "auto") -> Iterator[torch.Tensor]:
+        """Yield (B,) new tokens one at a time, sampling with a KV cache (temperature 0 = greedy).
+
+        ``decode``: eager (one Python pass per step, the cache sliced to the filled length), static
+        (fixed-shape steps, compiled and on CUDA captured in a CUDA graph; the same tokens) or auto
+        (whichever :func:`lowrank_lm.decoding.resolve_decode` finds faster on this device).
+        """
+        from lowrank_lm.decoding import make_decoder
+
         b, t = input_ids.shape
         total = min(t + max_new_tokens, self.cfg.seq_len)
-        p = next(self.parameters())
-        dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
-        cache = KVCache(self.cfg, b, total, p.device, dtype)
-        logits = self(input_ids, cache=cache)[:, -1]
-        done = torch.zeros(b, dtype=torch.bool, device=p.device)
-        for _ in range(total - t):
+        decoder = make_decoder(self, decode, b, total)
+        logits = decoder.prefill(input_ids)
+        done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        for produced in range(total - t):
             nxt = sample(logits.float(), temperature, top_k, top_p, generator)
             yield nxt
             if eos_token_id is not None:
                 done |= nxt == eos_token_id
                 if bool(done.all()):
                     return
-            if cache.pos >= total:
+            if t + produced + 1 >= total:
                 return
-            logits = self(nxt[:, None], cache=cache)[:, -1]
+            logits = decoder.step(nxt)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:

@@ -8,7 +8,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lowrank_lm.train.distributed import all_reduce_sum
 
@@ -33,9 +32,9 @@ def evaluate(model: torch.nn.Module, data_dir: str | Path, seq_len: int, batch_s
     try:
         for x, y in validation_batches(data_dir, seq_len, batch_size, max_tokens, rank, world_size):
             x, y = x.to(device), y.to(device)
+            # the model's loss: with train.loss_chunk_tokens it never holds the full logits
             with autocast(device, precision):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+                loss = model(x, y, reduction="sum")
             total += float(loss)
             count += y.numel()
             if progress is not None:  # tokens scored so far, by all ranks (they move in step)

@@ -35,6 +35,7 @@ from lowrank_lm.provenance import collect_provenance
 from lowrank_lm.run_compare import write_run_plot
 from lowrank_lm.train import distributed
 from lowrank_lm.train.agreement import all_or_none, said_once
+from lowrank_lm.train.compiling import use_compile
 from lowrank_lm.train.evaluate import autocast, evaluate, validation_size
 from lowrank_lm.train.metrics import MetricsLogger
 from lowrank_lm.train.progress import CoreWatch, EvalProgress, TrainProgress
@@ -178,7 +179,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # a guide may sit out a micro-batch (stochastic FLOP reduction): DDP must tolerate unused params
             wrapped = DDP(model, device_ids=ids, find_unused_parameters=bool(SelfGuidance.guides(model)))
-        if t.compile and not SelfGuidance.guides(model):
+        if use_compile(t.compile, self.device) and not SelfGuidance.guides(model):
             wrapped = torch.compile(wrapped)
         return wrapped
 
@@ -281,6 +282,7 @@ class Trainer:
         cfg, t, d = self.cfg, self.cfg.train, self.dist
         torch.manual_seed(t.seed)
         model = Transformer(cfg.model)
+        model.loss_chunk_tokens = t.loss_chunk_tokens
         st = _State()
         state: dict[str, Any] | None = None
         if ckpt is not None:

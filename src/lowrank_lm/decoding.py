@@ -1,0 +1,173 @@
+"""Decoding with a KV cache: the eager loop, and static steps that are compiled or captured in a CUDA graph.
+
+An eager decode step runs the model's Python code once per token and attends to the cache sliced to
+its filled length, so every step has new shapes. On a GPU the step then costs the time to launch its
+few hundred small kernels, whatever the batch (about 10 ms on an H200). A *static* step
+(:meth:`Transformer.decode_step`) has the same shapes at every position: it writes the new keys and
+values at a position held in a tensor and attends to all slots of a preallocated cache with a mask.
+That step can be
+
+- captured once in a CUDA graph and replayed (CUDA): one launch per token instead of hundreds;
+- compiled by torch.compile (CPU): inductor fuses the small element-wise ops between the matmuls.
+
+The prompt is filled in by the eager forward pass (it has one shape per call anyway). Both paths give
+the same logits up to rounding, hence the same greedy tokens.
+
+The cache is sized to the generation rounded up to :data:`CACHE_STEP` slots (at most the context), so
+that calls of similar length share one compiled step. One static decoder per model is kept for the next
+call of the same batch and length (a CUDA graph holds its memory; a second decoder would double it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from lowrank_lm.errors import UserError
+
+if TYPE_CHECKING:
+    from lowrank_lm.model import KVCache, Transformer
+
+DECODE_MODES = ("auto", "eager", "static")
+CACHE_STEP = 128
+"""Static caches are sized in multiples of this many slots (one compiled step serves each size)."""
+
+
+def _cache_dtype(model: Transformer, device: torch.device) -> torch.dtype:
+    """The dtype keys and values come out in: autocast's when it is on, else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(model.parameters()).dtype
+
+
+def resolve_decode(mode: str, device: torch.device) -> str:
+    """``auto`` is static on CUDA (capturing the graph takes milliseconds) and eager elsewhere: on CPU the
+    static step must be compiled to win, and compiling costs more than a typical generation saves
+    (docs/results/fast-paths-cpu.md); anything else is taken as given."""
+    if mode not in DECODE_MODES:
+        raise UserError(f"decode mode {mode!r} is not one of {', '.join(DECODE_MODES)}")
+    if mode != "auto":
+        return mode
+    return "static" if device.type == "cuda" else "eager"
+
+
+class EagerDecoder:
+    """The plain loop: the model's forward on the new token, the cache sliced to its filled length."""
+
+    def __init__(self, model: Transformer, batch: int, total: int, device: torch.device) -> None:
+        from lowrank_lm.model import KVCache
+
+        self.model = model
+        self.cache = KVCache(model.cfg, batch, total, device, _cache_dtype(model, device))
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) of the last prompt token; the prompt's keys and values go into the cache."""
+        return self.model(input_ids, cache=self.cache)[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after feeding ``tokens`` (B,)."""
+        return self.model(tokens[:, None], cache=self.cache)[:, -1]
+
+
+class StaticDecoder:
+    """Fixed-shape decode steps for one batch size, cache length and dtype.
+
+    ``step`` copies the tokens into a static input buffer, runs the step (a CUDA graph replay on CUDA,
+    the compiled function elsewhere, or eager when ``compiled`` is False) and advances the position
+    tensor on the device. The logits it returns are the graph's output buffer on CUDA: read them
+    before the next step.
+    """
+
+    def __init__(self, model: Transformer, batch: int, max_len: int, device: torch.device,
+                 dtype: torch.dtype, compiled: bool) -> None:
+        from lowrank_lm.model import KVCache
+
+        self.model, self.device = model, device
+        self.key: tuple = ()
+        self.cache: KVCache = KVCache(model.cfg, batch, max_len, device, dtype)
+        self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None
+        self.fn = model.decode_step
+        if compiled and device.type != "cuda":
+            from lowrank_lm.runtime import raise_compile_limits
+
+            raise_compile_limits()
+            self.fn = torch.compile(model.decode_step, dynamic=False, fullgraph=True)
+        self.use_graph = device.type == "cuda"
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) of the last prompt token; earlier contents of the cache are masked from now on."""
+        self.cache.pos = 0
+        logits = self.model(input_ids, cache=self.cache)[:, -1]
+        self.pos.fill_(input_ids.shape[1])
+        return logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after feeding ``tokens`` (B,) at the current position."""
+        self.tokens.copy_(tokens[:, None])
+        if self.use_graph:
+            out = self._replay()
+        else:
+            out = self.fn(self.tokens, self.pos, self.cache)
+        self.pos.add_(1)
+        return out
+
+    def _replay(self) -> torch.Tensor:
+        if self.graph is None:
+            self._capture()
+        assert self.graph is not None and self.out is not None
+        self.graph.replay()
+        return self.out
+
+    def _capture(self) -> None:
+        """Record one step in a CUDA graph (after warm-up steps on a side stream, as CUDA graphs require).
+
+        The warm-up and capture write keys and values at the current position, which the real step
+        then overwrites with the same values.
+        """
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.fn(self.tokens, self.pos, self.cache)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.out = self.fn(self.tokens, self.pos, self.cache)
+        self.graph = graph
+
+
+def static_cache_len(total: int, seq_len: int) -> int:
+    """Slots of a static cache for ``total`` positions: rounded up to CACHE_STEP, at most the context."""
+    return min(seq_len, -(-total // CACHE_STEP) * CACHE_STEP)
+
+
+def _model_state(model: Transformer) -> tuple:
+    """What a captured graph bakes in besides shapes: train/eval mode and which FFN weights pre-merge uses."""
+    return (model.training, tuple((layer.premerge_max_tokens, id(layer.merged), id(layer.guide))
+                                  for layer in model.structured_layers()))
+
+
+def make_decoder(model: Transformer, mode: str, batch: int, total: int,
+                 compiled: bool = True) -> EagerDecoder | StaticDecoder:
+    """A decoder for ``batch`` sequences of up to ``total`` positions; static ones are reused between calls.
+
+    ``compiled=False`` keeps a static step uncompiled on CPU (the same computation, for tests).
+    """
+    device = next(model.parameters()).device
+    if resolve_decode(mode, device) == "eager":
+        return EagerDecoder(model, batch, total, device)
+    dtype = _cache_dtype(model, device)
+    max_len = static_cache_len(total, model.cfg.seq_len)
+    key = (batch, max_len, dtype, device, compiled, _model_state(model))
+    kept: StaticDecoder | None = getattr(model, "_static_decoder", None)
+    if kept is not None and kept.key == key:
+        return kept
+    model._static_decoder = None  # free the old cache (and graph) before allocating the new one
+    decoder = StaticDecoder(model, batch, max_len, device, dtype, compiled)
+    decoder.key = key
+    model._static_decoder = decoder
+    return decoder

@@ -1,0 +1,80 @@
+"""Static decoding (fixed-shape steps over a preallocated cache) gives the eager loop's tokens."""
+
+import pytest
+import torch
+
+from lowrank_lm.decoding import EagerDecoder, StaticDecoder, make_decoder, resolve_decode, static_cache_len
+from lowrank_lm.errors import UserError
+from lowrank_lm.model import Transformer
+
+from .conftest import small_config
+
+STYLES = {
+    "gpt-lowrank": ["model.ffn.kind=lowrank", "model.ffn.rank=16"],
+    "llama-gqa-blockdense": ["model.norm=rmsnorm", "model.activation=swiglu", "model.bias=false",
+                             "model.num_kv_heads=2", "model.ffn.kind=blockdense", "model.ffn.rank=32",
+                             "model.ffn.num_blocks=2"],
+}
+
+
+def _model(style, dtype, premerge):
+    # init_std 0.2: well-separated logits, so rounding differences cannot flip a greedy choice
+    torch.manual_seed(0)
+    model = Transformer(small_config(*STYLES[style], "model.init_std=0.2", "model.seq_len=64").model)
+    model = model.to(dtype).eval()
+    model.premerge(16 if premerge else 0)
+    return model
+
+
+def _greedy(decoder, prompt, n):
+    out, logits = [], []
+    with torch.no_grad():
+        step = decoder.prefill(prompt)
+        for _ in range(n):
+            logits.append(step.float().clone())
+            out.append(step.argmax(-1))
+            step = decoder.step(out[-1])
+    return torch.stack(out, 1), torch.stack(logits, 1)
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("premerge", [False, True])
+def test_static_steps_give_the_eager_tokens_and_logits(style, dtype, premerge):
+    model = _model(style, dtype, premerge)
+    prompt = torch.randint(0, 97, (3, 5), generator=torch.Generator().manual_seed(1))
+    # bf16: SDPA over the masked full cache rounds differently from SDPA over the filled slice (about 2e-3),
+    # which over a long generation can flip a near tie (bf16 logits are often a ulp apart); 12 tokens stay clear
+    n = 40 if dtype == torch.float32 else 12
+    eager_tokens, eager_logits = _greedy(EagerDecoder(model, 3, 45, prompt.device), prompt, n)
+    static = StaticDecoder(model, 3, static_cache_len(45, 64), prompt.device, dtype, compiled=False)
+    assert static.cache.k.shape[3] == 64  # 45 positions round up to the whole context here
+    static_tokens, static_logits = _greedy(static, prompt, n)
+    assert torch.equal(static_tokens, eager_tokens)
+    tol = {"rtol": 2e-2, "atol": 0.07} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}  # bf16: 2 ulps
+    torch.testing.assert_close(static_logits, eager_logits, **tol)
+    # a second prompt reuses the cache: the old keys beyond the new prompt are masked, not read
+    again_tokens, _ = _greedy(static, prompt[:, :2], 10)
+    assert torch.equal(again_tokens, _greedy(EagerDecoder(model, 3, 12, prompt.device), prompt[:, :2], 10)[0])
+
+
+def test_compiled_static_generation_equals_eager_generation():
+    model = _model("gpt-lowrank", torch.float32, premerge=True)
+    prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(2))
+    eager = model.generate(prompt, 20, temperature=0, decode="eager")
+    static = model.generate(prompt, 20, temperature=0, decode="static")
+    assert torch.equal(static, eager)
+    kept = model._static_decoder
+    assert make_decoder(model, "static", 2, 24) is kept  # the next call of the same shape reuses it
+    model.premerge(0)  # a graph would have baked the merged weights in: a new decoder
+    assert make_decoder(model, "static", 2, 24, compiled=False) is not kept
+
+
+def test_decode_modes_resolve_and_refuse_unknown_ones():
+    assert resolve_decode("auto", torch.device("cpu")) == "eager"
+    assert resolve_decode("auto", torch.device("cuda", 0)) == "static"
+    assert resolve_decode("static", torch.device("cpu")) == "static"
+    with pytest.raises(UserError, match="eager, static"):
+        resolve_decode("fast", torch.device("cpu"))
+    assert static_cache_len(3, 1024) == 128 and static_cache_len(129, 1024) == 256
+    assert static_cache_len(1000, 1024) == 1024 and static_cache_len(100, 64) == 64
