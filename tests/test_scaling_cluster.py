@@ -210,8 +210,10 @@ def test_a_user_error_is_not_retried_and_a_crash_is_retried_a_bounded_number_of_
 
 FAKE_SLURM = {
     "srun": "#!/bin/sh\nexit 0\n",
-    # sbatch answers like Slurm and keeps the script it was given
-    "sbatch": "#!/bin/sh\nn=$(cat \"$FAKE_SLURM/next\" 2>/dev/null || echo 4242)\n"
+    # sbatch answers like Slurm (and refuses the partition "nope") and keeps the script it was given
+    "sbatch": "#!/bin/sh\ngrep -q partition=nope \"$1\" && "
+              "{ echo 'sbatch: error: invalid partition specified: nope' >&2; exit 1; }\n"
+              "n=$(cat \"$FAKE_SLURM/next\" 2>/dev/null || echo 4242)\n"
               "echo $((n+1)) > \"$FAKE_SLURM/next\"\ncp \"$1\" \"$FAKE_SLURM/job-$n.sh\"\n"
               "echo \"Submitted batch job $n\"\n",
     "sacct": "#!/bin/sh\necho 'JobID|State|NodeList'\nfor j in $(cat \"$FAKE_SLURM\"/ids 2>/dev/null); do "
@@ -249,6 +251,10 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
 
 def test_slurm_job_scripts_carry_the_resources_and_the_torchrun_line(tmp_path, fake_slurm):
     path = write_sweep(tmp_path, tmp_path / "no-data-needed", "slurm", SLURM_SWEEP)
+    code, _, err = cli("sweep", str(path), "--executor", "submitit", "--detach", "--cluster", "partition=nope")
+    last = err.splitlines()[-1]  # the plan is printed before the first submission
+    assert code == 2 and last.startswith("lowrank-lm sweep: error: the scheduler refused the job of run a-lowrank-50")
+    assert "(sbatch: error: invalid partition specified: nope)" in last and "Traceback" not in err
     code, _, err = cli("sweep", str(path), "--executor", "submitit", "--detach", "--cluster", "qos=high")
     assert code == 0, err
     assert "4 runs to submit to Slurm" in err and "submitted; watch with" in err
@@ -335,3 +341,18 @@ def test_executor_option_errors_are_one_line(tmp_path, monkeypatch):
     code, _, err = cli("sweep", str(path), "--executor", "submitit")
     assert code == 2 and "pip install 'lowrank-lm[cluster]'" in err and err.count("\n") == 1
     assert not (tmp_path / "opts").exists()  # nothing half-written
+
+
+def test_the_paper_slurm_preset_is_the_paper_grid_with_a_valid_cluster_section():
+    from lowrank_lm.scaling.cluster import launch_line
+
+    plan = load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper-slurm.yaml")
+    assert len(plan.runs) == 28 and plan.out_dir == Path("runs/sweeps/paper")  # the same folders as paper.yaml
+    cluster = parse_cluster(plan.cluster, [], ["s", "m", "l", "xl"])
+    cluster.check_scheduler("slurm")
+    s, xl = cluster.for_size("s"), cluster.for_size("xl")
+    assert (s.nodes, s.gpus_per_node, s.time_min) == (1, 8, 240)
+    assert (xl.nodes, xl.processes, xl.time_min, xl.signal_delay_s) == (2, 16, 1440, 300)
+    assert "--nnodes=2 --nproc-per-node=8" in launch_line("runs/sweeps/paper/xl-dense/config.yaml", xl)
+    with pytest.raises(UserError, match=r"cluster\.partition applies to Slurm"):
+        cluster.check_scheduler("local")  # the paper's grid is not started on a machine without Slurm by mistake

@@ -154,12 +154,10 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def _follow(self, run: Path) -> dict[str, Any]:
         """Another node of a multi-node run: run its torchrun agent until the run ends or the job is requeued."""
-        launch = os.environ.get(LAUNCH_ENV, "")
-        while True:
-            self._attempt(run, launch)
-            while not (run / SUMMARY).is_file() and not (run / FAILED_MARKER).is_file():
-                time.sleep(10)  # task 0 decides; a requeue or the job's end stops this process
-            return {"finished": (run / SUMMARY).is_file()}
+        self._attempt(run, os.environ.get(LAUNCH_ENV, ""))
+        while not (run / SUMMARY).is_file() and not (run / FAILED_MARKER).is_file():
+            time.sleep(10)  # task 0 decides; a requeue or the job's end stops this process
+        return {"finished": (run / SUMMARY).is_file()}
 
     # ------------------------------------------------------------------ requeue (submitit calls this)
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:

@@ -13,6 +13,8 @@ it grows even when nobody follows: ``--detach`` on Slurm). submitit's local exec
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import sys
@@ -131,7 +133,13 @@ def submit_run(plan: SweepPlan, spec: RunSpec, cluster: ClusterSpec, scheduler: 
     executor.update_parameters(**executor_parameters(res, spec.name, launch, scheduler))
     train = TrainJob(str(spec.run_dir), os.getcwd(), res.retries, stop_timeout_s=max(10, res.signal_delay_s - 10),
                      sweep_file=str(Path(plan.path).resolve()))
-    job = executor.submit(train)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's complaint; we say it once
+            job = executor.submit(train)
+    except require_submitit().core.utils.FailedJobError as e:
+        why = (str(e).strip().splitlines() or ["no message"])[-1]
+        raise UserError(f"the scheduler refused the job of run {spec.name} ({why}); fix the sweep's cluster "
+                        "section (partition, account, time, sbatch flags) or set it with --cluster") from None
     rec = JobRecord.load(spec.run_dir)
     if rec is None or rec.job_id != str(job.job_id):  # the job may already have written its own record
         JobRecord(scheduler, str(job.job_id), str(job.paths.folder)).save(spec.run_dir)
