@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +15,6 @@ from safetensors.torch import load_file
 import lowrank_lm
 from lowrank_lm.checkpoint import list_checkpoints, load_model
 from lowrank_lm.cli import main
-from lowrank_lm.config import save_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import read_metrics
@@ -156,8 +153,9 @@ def test_self_guided_training_follows_its_schedule_and_ends_structured(data_dir,
     assert not any("guide" in k for k in weights)  # the guide is gone: exactly the structured model
     model, _, _ = load_model(out)
     assert list(model.structured_layers()) and all(m.guide is None for m in model.structured_layers())
-    # the guide ran on about half of the guided tokens (reduce_flop); FLOPs reported against dense
-    assert 0.2 < summary.guide_flops / (10 * 256 * 6 * 3 * 2 * 32 * 128) < 0.8
+    # the guide ran on about half of the guided tokens (reduce_flop: mean alpha 0.55); FLOPs reported against dense
+    every_token = 10 * 256 * sum(6 * m.in_features * m.out_features for m in model.structured_layers())
+    assert 0.3 < summary.guide_flops / every_token < 0.8
     assert 0.5 < summary.flop_ratio_to_dense < 1.5
 
 
@@ -170,24 +168,3 @@ def test_tiny_model_learns_far_below_the_unigram_baseline(data_dir, tmp_path):
                                 "train.global_batch_size=16", "train.micro_batch_size=16",
                                 "train.checkpoint_interval=1000", "train.log_interval=50"))
     assert summary.final_val_ppl < 0.6 * unigram_ppl, (summary.final_val_ppl, unigram_ppl)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_process_run_matches_one_process(data_dir, tmp_path, mode):
-    single = tmp_path / "single"
-    run_training(tiny(data_dir, single, "train.tokens=2560", "train.micro_batch_size=2"))
-    save_config(tiny(data_dir, tmp_path / "ddp", "train.tokens=2560", "train.micro_batch_size=2",
-                     f"train.distributed={mode}"), tmp_path / "ddp.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_port=29517", "-m", "lowrank_lm", "train", str(tmp_path / "ddp.yaml")],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = losses(single), losses(tmp_path / "ddp")
-    assert [s for s, _ in a] == [s for s, _ in b] == [(i + 1) for i in range(10)]
-    for (_, la), (_, lb) in zip(a, b):
-        assert lb == pytest.approx(la, abs=1e-5)
-    wa, wb = final_weights(single), final_weights(tmp_path / "ddp")
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)

@@ -225,6 +225,10 @@ class TrainConfig:
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
     """How torchrun's processes share the work: ddp (replicas) or fsdp (FSDP2 shards, sharded checkpoints)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory, about a third more compute."""
+    peak_tflops: Optional[float] = None
+    """Peak dense TFLOP/s of one device for MFU (CPUs, GPUs missing from the table); empty: the table's."""
     max_bad_steps: int = 5
     """Consecutive non-finite steps after which the run stops."""
     wandb: bool = False
@@ -494,7 +498,7 @@ def validate(cfg: Config) -> None:
     t = cfg.train
     for key in ("tokens", "tokens_per_param", "global_batch_size", "micro_batch_size", "lr",
                 "eval_interval", "eval_tokens", "log_interval", "checkpoint_interval", "checkpoint_minutes",
-                "keep_checkpoints", "max_bad_steps"):
+                "keep_checkpoints", "max_bad_steps", "peak_tflops"):
         _positive(getattr(t, key), f"train.{key}")
     if t.loss_chunk_tokens < 0:
         raise ConfigError(f"train.loss_chunk_tokens must be 0 (full logits) or positive, got {t.loss_chunk_tokens}")

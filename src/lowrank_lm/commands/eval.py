@@ -1,4 +1,5 @@
-"""Validation loss and perplexity of a run's newest checkpoint (or a given one)."""
+"""Validation loss and perplexity of a run's newest checkpoint (or a given one); under torchrun the
+processes share the validation sequences and print the same numbers as one process."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 EXAMPLES = ["lowrank-lm eval runs/demo/lowrank-32",
             "lowrank-lm eval runs/demo/dense --tokens 16384 --json"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT",
@@ -48,18 +50,23 @@ def run(args: argparse.Namespace) -> None:
 
     from lowrank_lm.checkpoint import load_model
     from lowrank_lm.data import check_compatible, load_manifest, resolve_data_dir
-    from lowrank_lm.train.distributed import resolve_device
+    from lowrank_lm.train import distributed
     from lowrank_lm.train.evaluate import evaluate, validation_size
 
-    device = resolve_device(args.device, option="--device")
-    watch = _watch(device)
-    model, cfg, ckpt = load_model(args.path, device)
-    data_dir = Path(args.data) if args.data else resolve_data_dir(cfg.data)
-    check_compatible(load_manifest(data_dir), cfg.model, None if args.data else cfg.data)
-    shown = _progress(watch, validation_size(data_dir, cfg.model.seq_len, args.tokens), True)
-    res = evaluate(model, data_dir, cfg.model.seq_len, args.batch_size, device,
-                   args.precision or cfg.train.precision, args.tokens, progress=shown)
-    shown.close()
+    d = distributed.setup(args.device, option="--device")  # joins torchrun's processes; alone otherwise
+    watch = _watch(d.device) if d.is_main else None
+    try:
+        model, cfg, ckpt = load_model(args.path, d.device)
+        data_dir = Path(args.data) if args.data else resolve_data_dir(cfg.data)
+        check_compatible(load_manifest(data_dir), cfg.model, None if args.data else cfg.data)
+        shown = _progress(watch, validation_size(data_dir, cfg.model.seq_len, args.tokens), d.is_main)
+        res = evaluate(model, data_dir, cfg.model.seq_len, args.batch_size, d.device,
+                       args.precision or cfg.train.precision, args.tokens, d.rank, d.world_size, progress=shown)
+        shown.close()
+    finally:
+        distributed.teardown()
+    if not d.is_main:
+        return
     if args.json:
         print(json.dumps(res))
     else:

@@ -116,16 +116,25 @@ def validation_batches(data_dir: str | Path, seq_len: int, batch_size: int, max_
                        rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed validation set, in order, the same on every call: ``(inputs, targets)`` batches of the
     sequences ``rank, rank + W, ...``. ``max_tokens`` keeps the first ``max_tokens // seq_len`` sequences.
-    The sequence count is rounded down to a multiple of ``world_size`` so that every rank runs the same
-    number of batches (collectives inside a sharded model's forward stay in step)."""
+
+    The ranks together score exactly the sequences one process scores, whatever ``world_size``. Every rank
+    yields the same number of batches (collectives inside a sharded model's forward stay in step): a rank
+    whose share is one sequence short ends with a batch whose targets are all -1, which a loss with
+    ``ignore_index=-1`` skips.
+    """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
     _, stream, count = _open(data_dir, "val", seq_len, verify=True)
     if max_tokens is not None:
         count = min(count, max_tokens // seq_len)
-    count -= count % world_size
     mine = range(rank, count, world_size)
-    for start in range(0, len(mine), batch_size):
-        rows = np.stack([stream.read(i * seq_len, seq_len + 1) for i in mine[start:start + batch_size]])
-        batch = torch.from_numpy(rows)
-        yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+    most = -(-count // world_size)  # the share of rank 0, the largest
+    for start in range(0, most, batch_size):
+        chosen = mine[start:start + batch_size]
+        if len(chosen):
+            rows = np.stack([stream.read(i * seq_len, seq_len + 1) for i in chosen])
+            batch = torch.from_numpy(rows)
+            yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        else:  # keep in step with the ranks that still have a sequence: nothing of this batch is scored
+            first = torch.from_numpy(stream.read(0, seq_len).astype(np.int64))[None]
+            yield first, torch.full_like(first, -1)

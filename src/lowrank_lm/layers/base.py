@@ -27,7 +27,10 @@ class StructuredLinear(nn.Module):
         self.guide: nn.Parameter | None = None
         self.guide_alpha = 0.0
         self.guide_stochastic = True
-        self.guide_tokens = 0  # tokens that went through the guide in training (for the FLOP report)
+        # whether this training forward runs the guide, and the tokens that went through it so far (the FLOP
+        # report): both kept by train.self_guided before each micro-batch, so a recomputation changes neither
+        self.guide_coin = True
+        self.guide_tokens = 0
 
     # -- what a subclass provides ------------------------------------------------------------
     def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,12 +89,11 @@ class StructuredLinear(nn.Module):
         y = self.matrix_forward(x, self.bias)
         if self.guide is not None and self.guide_alpha > 0:
             a = self.guide_alpha
-            # reduce_flop: the dense path runs only with probability alpha (expected cost 0.5 T_g).
-            if not self.guide_stochastic or not self.training or float(torch.rand(())) < a:
+            # reduce_flop: the dense path runs only with probability alpha (expected cost 0.5 T_g); the coin is
+            # flipped before the model's forward (see train.self_guided), so a recomputation reuses it
+            if not self.guide_stochastic or not self.training or self.guide_coin:
                 # a (W x + b) + (1 - a) (structured x + b): both paths carry the bias inside their matmul
                 y = a * F.linear(x, self.guide, self.bias) + (1.0 - a) * y
-                if self.training:
-                    self.guide_tokens += x.numel() // self.in_features
         return y
 
     def extra_repr(self) -> str:

@@ -1,4 +1,4 @@
-"""Process-group setup for torchrun (DDP or FSDP2), and the device to train on."""
+"""Process-group setup for torchrun (DDP or FSDP2), FSDP2 sharding, and the device to train on."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def launched(self) -> bool:
+        """True in a process group (torchrun), even of one process: DDP / FSDP2 then wrap the model."""
+        return dist.is_initialized()
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -54,13 +59,19 @@ def resolve_device(name: str | torch.device, local_rank: int = 0, option: str = 
     return device
 
 
-def setup(device_name: str) -> Dist:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on CUDA)."""
+def under_launcher() -> bool:
+    """Whether a launcher (torchrun, or srun/mpirun exporting the same variables) started this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def setup(device_name: str, option: str = "train.device") -> Dist:
+    """Join the process group when started by torchrun (gloo on CPU, NCCL on CUDA), even with one process
+    (so that ``torchrun --nproc_per_node 1`` really runs DDP / FSDP2); a plain process stays alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
-    if world > 1 and not dist.is_initialized():
+    device = resolve_device(device_name, local_rank, option)
+    if under_launcher() and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
@@ -79,3 +90,27 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_reduce_ints(values: list[int], device: torch.device) -> list[int]:
+    """Sum a few integers (token counts) over all processes exactly, in int64."""
+    if not dist.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return [int(v) for v in t.tolist()]
+
+
+def shard_fsdp(model: torch.nn.Module, precision: str) -> None:
+    """FSDP2 in place: each block is one unit (all-gathered for its forward and backward), then the rest.
+
+    With bf16 the parameters are all-gathered and computed in bf16 while the fp32 shards stay the master
+    weights, and gradients are reduce-scattered in fp32 (FSDP2's ``MixedPrecisionPolicy``).
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if precision == "bf16" else MixedPrecisionPolicy()
+    for block in model.blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)

@@ -23,7 +23,11 @@ def autocast(device: torch.device, precision: str):
 def evaluate(model: torch.nn.Module, data_dir: str | Path, seq_len: int, batch_size: int, device: torch.device,
              precision: str, max_tokens: int | None = None, rank: int = 0, world_size: int = 1,
              progress: Callable[[int], None] | None = None) -> dict:
-    """Mean token cross-entropy over the validation set (or its first ``max_tokens``): loss, ppl, tokens."""
+    """Mean token cross-entropy over the validation set (or its first ``max_tokens``): loss, ppl, tokens.
+
+    With ``world_size`` processes each scores its share of the sequences and the token-weighted sums are
+    all-reduced: the same tokens and, to float rounding, the same loss as one process.
+    """
     from lowrank_lm.data import validation_batches
 
     was_training = model.training
@@ -32,11 +36,12 @@ def evaluate(model: torch.nn.Module, data_dir: str | Path, seq_len: int, batch_s
     try:
         for x, y in validation_batches(data_dir, seq_len, batch_size, max_tokens, rank, world_size):
             x, y = x.to(device), y.to(device)
-            # the model's loss: with train.loss_chunk_tokens it never holds the full logits
+            # -1 marks a batch that only keeps this rank in step with the others (see validation_batches);
+            # the model's loss skips it and, with train.loss_chunk_tokens, never holds the full logits
             with autocast(device, precision):
                 loss = model(x, y, reduction="sum")
             total += float(loss)
-            count += y.numel()
+            count += int((y != -1).sum())
             if progress is not None:  # tokens scored so far, by all ranks (they move in step)
                 progress(count * world_size)
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowrank_lm.accounting import account, peak_flops
+from lowrank_lm.accounting import account
 from lowrank_lm.checkpoint import (
     list_checkpoints,
     load_state,
@@ -26,6 +26,7 @@ from lowrank_lm.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from lowrank_lm.checkpoint_dcp import is_sharded
 from lowrank_lm.config import Config, config_to_dict, load_config
 from lowrank_lm.data.tokenizer import copy_tokenizer
 from lowrank_lm.errors import UserError
@@ -37,7 +38,7 @@ from lowrank_lm.train import distributed
 from lowrank_lm.train.agreement import all_or_none, said_once
 from lowrank_lm.train.compiling import use_compile
 from lowrank_lm.train.evaluate import autocast, evaluate, validation_size
-from lowrank_lm.train.metrics import MetricsLogger
+from lowrank_lm.train.metrics import MetricsLogger, resolve_peak_flops, throughput
 from lowrank_lm.train.progress import CoreWatch, EvalProgress, TrainProgress
 from lowrank_lm.train.rundir import RunDir
 from lowrank_lm.train.schedule import lr_at
@@ -50,11 +51,13 @@ def forward_backward(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
     """Accumulate gradients of the mean loss over equal micro-batches; returns that mean loss (detached).
 
     Each micro-batch loss is divided by their number, so k micro-batches give the gradient of one batch k
-    times larger. DDP synchronises gradients only on the last micro-batch.
+    times larger. DDP all-reduces and FSDP2 reduce-scatters gradients only on the last micro-batch.
     """
     n = len(batches)
     total = torch.zeros((), device=device)
     for i, (x, y) in enumerate(batches):
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: earlier micro-batches keep unsharded grads
+            model.set_requires_gradient_sync(i == n - 1)
         sync = nullcontext() if i == n - 1 or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, precision):
@@ -114,11 +117,13 @@ class Trainer:
         self.accum = t.global_batch_size // (self.micro * world)
         if t.distributed == "fsdp" and t.self_guided.enabled:
             raise UserError("self-guided training is supported with train.distributed=ddp only; switch to ddp")
+        # FSDP2 shards whenever there is a process group (torchrun), one process included
+        self.sharded = t.distributed == "fsdp" and self.dist.launched
         self.acc = account(cfg)
         if self.acc.steps < 1:
             raise UserError(f"the token budget ({self.acc.tokens_requested} tokens) is less than one step of "
                             f"{self.acc.tokens_per_step} tokens; raise train.tokens or lower global_batch_size")
-        self.guidance = SelfGuidance(t.self_guided, self.acc.steps)
+        self.guidance = SelfGuidance(t.self_guided, self.acc.steps, seed=t.seed, rank=self.dist.rank)
         self.total_steps = self.guidance.total_steps
         self.run_dir = RunDir(t.out_dir)
         self._session_start = time.perf_counter()
@@ -173,7 +178,7 @@ class Trainer:
     def _wrap(self, model: Transformer) -> nn.Module:
         t = self.cfg.train
         wrapped: nn.Module = model
-        if self.dist.world_size > 1 and t.distributed == "ddp":
+        if self.dist.launched and t.distributed == "ddp":
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -183,43 +188,33 @@ class Trainer:
             wrapped = torch.compile(wrapped)
         return wrapped
 
-    def _shard_fsdp(self, model: Transformer) -> None:
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model.blocks:
-            fully_shard(block)
-        fully_shard(model)
-
     # ------------------------------------------------------------------ checkpoints
-    def _full_states(self, model: Transformer, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-        if self.cfg.train.distributed == "fsdp" and self.dist.world_size > 1:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                get_model_state_dict,
-                get_optimizer_state_dict,
-            )
-
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
-        return model_state(model), optimizer.state_dict()
-
     def _save(self, model: Transformer, optimizer: torch.optim.Optimizer, loaders: dict, st: _State) -> None:
-        weights, opt_state = self._full_states(model, optimizer)
-        with all_or_none():  # a failed write (a full disk) ends every rank with its one line
-            if self.dist.is_main:
-                self._write_checkpoint(weights, opt_state, model, loaders, st)
-        self._last_save = time.perf_counter()
-
-    def _write_checkpoint(self, weights: dict, opt_state: dict, model: Transformer, loaders: dict,
-                          st: _State) -> None:
-        state = {"optimizer": opt_state, "rng": _rng_state(self.device), "step": st.step, "tokens": st.tokens,
+        state = {"rng": _rng_state(self.device), "step": st.step, "tokens": st.tokens,
                  "bad_in_row": st.bad_in_row, "skipped": st.skipped, "train_s": st.train_s,
                  "wall_s": st.wall_s + time.perf_counter() - self._session_start,
-                 "guide_flops": st.guide_flops + SelfGuidance.guide_flops(model),
+                 "guide_flops": self._guide_flops(model, st),  # collective: every rank gets here
+                 # the global stream position: the same on every rank, and valid for any number of ranks
                  "loaders": {k: v.state_dict() for k, v in loaders.items()}}
+        meta = {"tokens": st.tokens, "total_steps": self.total_steps, "world_size": self.dist.world_size}
+        if self.sharded:  # FSDP: every rank writes its own shards (torch.distributed.checkpoint)
+            from lowrank_lm.checkpoint_dcp import save_sharded_checkpoint
+
+            save_sharded_checkpoint(self.run_dir.path, st.step, model, optimizer, self.cfg, state, meta,
+                                    agree=all_or_none)
+            with all_or_none():
+                if self.dist.is_main:
+                    prune_checkpoints(self.run_dir.path, self.cfg.train.keep_checkpoints)
+        else:
+            with all_or_none():  # a failed write (a full disk) ends every rank with its one line
+                if self.dist.is_main:
+                    self._write_checkpoint(model_state(model), {**state, "optimizer": optimizer.state_dict()},
+                                           meta, st)
+        self._last_save = time.perf_counter()
+
+    def _write_checkpoint(self, weights: dict, state: dict, meta: dict, st: _State) -> None:
         try:
-            save_checkpoint(self.run_dir.path, st.step, weights, self.cfg, state,
-                            meta={"tokens": st.tokens, "total_steps": self.total_steps})
+            save_checkpoint(self.run_dir.path, st.step, weights, self.cfg, state, meta=meta)
         except OSError as e:
             last = list_checkpoints(self.run_dir.path)
             kept = f"the previous checkpoint {last[-1]} is intact" if last else "no earlier checkpoint exists"
@@ -227,14 +222,39 @@ class Trainer:
                             "free disk space or fix permissions, then run again to resume") from None
         prune_checkpoints(self.run_dir.path, self.cfg.train.keep_checkpoints)
 
-    def _load_weights(self, model: Transformer, ckpt: Path) -> None:
-        from safetensors.torch import load_file
+    def _guide_flops(self, model: Transformer, st: _State) -> int:
+        """Guide FLOPs of the whole run so far, summed over all ranks (each counts its own tokens)."""
+        layers = list(model.structured_layers())
+        tokens = distributed.all_reduce_ints([layer.guide_tokens for layer in layers], self.device)
+        return st.guide_flops + SelfGuidance.guide_flops(model, tokens)
 
+    def _check_model_config(self, ckpt: Path) -> None:
         saved = load_config(ckpt / "config.yaml")
         if saved.model != self.cfg.model:
             raise UserError(f"checkpoint {ckpt} was trained with another model config; use the same model "
                             "settings, train.resume=never, or another train.out_dir")
+
+    def _load_weights(self, model: Transformer, ckpt: Path) -> None:
+        """Weights of an unsharded checkpoint, into the model before it is wrapped or sharded."""
+        from safetensors.torch import load_file
+
         model.load_state_dict(load_file(ckpt / "model.safetensors"), strict=True)
+
+    def _load_optimizer(self, model: Transformer, optimizer: torch.optim.Optimizer, ckpt: Path,
+                        state: dict[str, Any]) -> None:
+        """Optimiser state (from a sharded checkpoint the weights too), whatever the world size either side."""
+        from lowrank_lm.checkpoint_dcp import load_sharded, optimizer_state_by_name
+
+        if is_sharded(ckpt):
+            load_sharded(ckpt, model, optimizer)
+        elif self.sharded or isinstance(next(iter(state["optimizer"]["state"]), 0), str):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            # a full state (one process, DDP, or FSDP before sharded checkpoints), sharded as it loads
+            set_optimizer_state_dict(model, optimizer, optimizer_state_by_name(model, state["optimizer"]),
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> RunSummary | dict[str, Any]:
@@ -296,10 +316,13 @@ class Trainer:
         self.guidance.attach(model, st.step)
         if ckpt is not None:
             with all_or_none():
-                self._load_weights(model, ckpt)
+                self._check_model_config(ckpt)
+                if not is_sharded(ckpt):
+                    self._load_weights(model, ckpt)
         model.to(self.device)
-        if t.distributed == "fsdp" and d.world_size > 1:
-            self._shard_fsdp(model)
+        model.activation_checkpointing = t.activation_checkpointing
+        if self.sharded:
+            distributed.shard_fsdp(model, t.precision)
         optimizer = self._build_optimizer(list(model.parameters()))
         loaders = {
             "train": TokenLoader(data_dir, "train", cfg.model.seq_len, self.micro, t.seed, d.rank, d.world_size),
@@ -307,13 +330,8 @@ class Trainer:
             "replay": TokenLoader(data_dir, "train", cfg.model.seq_len, self.micro, t.seed, d.rank, d.world_size),
         }
         if state is not None:
-            if t.distributed == "fsdp" and d.world_size > 1:
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-                set_optimizer_state_dict(model, optimizer, state["optimizer"],
-                                         options=StateDictOptions(full_state_dict=True))
-            else:
-                optimizer.load_state_dict(state["optimizer"])
+            with all_or_none():  # a sharded checkpoint's weights come in here too (collective)
+                self._load_optimizer(model, optimizer, ckpt, state)
             for k, v in loaders.items():
                 v.load_state_dict(state["loaders"][k])
             _set_rng_state(state["rng"], self.device)
@@ -333,7 +351,7 @@ class Trainer:
                   + f", {acc.train_flops:.3e} training FLOPs (paper convention); micro-batch {self.micro} x "
                   f"{self.accum} accumulation; {t.precision}" + (f"; resuming at step {st.step}" if ckpt else ""))
 
-        peak = peak_flops(self.device)
+        peak = resolve_peak_flops(self.device, t.peak_tflops)
         stop_at = self.total_steps if self.max_steps is None else min(self.total_steps, self.max_steps)
         progress = self._progress(st.step, stop_at)
         self._stopped_by, self._last_save = "max_steps", time.perf_counter()
@@ -389,9 +407,8 @@ class Trainer:
                 continue
             log_now = st.step % t.log_interval == 0 or st.step == stop_at
             if log_now:
-                tps = window_tokens / max(window_time, 1e-9)
                 rec = {"step": st.step, "tokens": st.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                       "tokens_per_s": tps, "mfu": (acc.flops_per_token * tps / peak) if peak else "unknown",
+                       **throughput(window_tokens, window_time, d.world_size, acc.flops_per_token, peak),
                        "elapsed_s": time.perf_counter() - started}
                 if self.guidance.active(step):
                     rec["guide_alpha"] = self.guidance.alpha(step)
@@ -433,7 +450,7 @@ class Trainer:
     def _end_guidance(self, model: Transformer, optimizer: torch.optim.Optimizer):
         """Guidance over: drop the guides from the model and the optimiser (and re-wrap for DDP)."""
         guides = {id(p) for p in SelfGuidance.guides(model)}
-        SelfGuidance.detach(model)
+        self.guidance.detach(model)
         kept = [p for p in model.parameters()]
         fresh = self._build_optimizer(kept)
         for p in kept:
@@ -472,7 +489,7 @@ class Trainer:
             val_tokens=last_eval["val_tokens"], provenance=getattr(self, "provenance", None),
         )
         if self.guidance.guided_steps:
-            guide_flops = st.guide_flops + SelfGuidance.guide_flops(model)
+            guide_flops = self._guide_flops(model, st)  # collective: every rank computes the summary
             struct = self.total_steps * acc.tokens_per_step * acc.flops_per_token
             dense = account(replace(cfg, model=replace(cfg.model, ffn=replace(cfg.model.ffn, kind="dense"))))
             summary = summary.replace(guided_steps=self.guidance.guided_steps, guide_flops=guide_flops,

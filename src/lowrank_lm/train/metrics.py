@@ -8,6 +8,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
+FLOP_CONVENTION = "paper: 3 x forward, full-context attention, no embeddings"
+"""How ``mfu`` counts FLOPs (see :mod:`lowrank_lm.accounting`); named in every record that carries an MFU."""
+
+
+def resolve_peak_flops(device: torch.device, peak_tflops: float | None) -> float | None:
+    """Peak FLOP/s of one device: ``train.peak_tflops`` when set (any device, CPUs included), else the
+    table of known GPUs (:func:`lowrank_lm.accounting.peak_flops`), else None (MFU "unknown")."""
+    from lowrank_lm.accounting import peak_flops
+
+    return peak_tflops * 1e12 if peak_tflops is not None else peak_flops(device)
+
+
+def throughput(tokens: int, seconds: float, world_size: int, flops_per_token: int,
+               peak: float | None) -> dict[str, Any]:
+    """Tokens/s of all processes and of one, and MFU of one device against its own peak.
+
+    ``tokens`` were processed by ``world_size`` devices together in ``seconds``; each device did its share,
+    so its model FLOP/s is ``flops_per_token x tokens / seconds / world_size``.
+    """
+    global_tps = tokens / max(seconds, 1e-9)
+    per_device = global_tps / world_size
+    return {"tokens_per_s": global_tps, "tokens_per_s_per_device": per_device,
+            "mfu": flops_per_token * per_device / peak if peak else "unknown", "mfu_flops": FLOP_CONVENTION}
+
 
 class MetricsLogger:
     """Appends one JSON object per record to ``metrics.jsonl``; mirrors scalars to TensorBoard / W&B."""

@@ -5,10 +5,17 @@ o = alpha W x + (1 - alpha) U(V x). W starts as the merged structured weight so 
 after ``ratio x steps`` steps the guides leave the model and the optimiser and cost nothing. In fixedflop mode
 the guided steps are appended again at the end, re-reading the first batches, so that the total FLOPs
 match the dense model's (reference section 3.3).
+
+With ``reduce_flop`` the dense path of each structured layer runs with probability alpha: one coin per layer
+and micro-batch, drawn before the model's forward from a generator seeded by (seed, rank, step). Each rank
+thus flips its own coins (independent across ranks, as independent micro-batches of one process would be),
+a resumed run flips the same coins as an uninterrupted one, and activation checkpointing's recomputation
+reuses the coin of its forward.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,11 +42,14 @@ def reference_guide_start(layer: StructuredLinear) -> torch.Tensor:
 class SelfGuidance:
     """Drives the guides of a model over a run of ``steps`` (unique-data) steps."""
 
-    def __init__(self, cfg: SelfGuidedConfig, steps: int) -> None:
+    def __init__(self, cfg: SelfGuidedConfig, steps: int, seed: int = 0, rank: int = 0) -> None:
         self.cfg = cfg
         self.guided_steps = int(cfg.ratio * steps) if cfg.enabled else 0
         self.extra_steps = self.guided_steps if cfg.enabled and cfg.mode == "fixedflop" else 0
         self.unique_steps = steps
+        self.seed, self.rank = seed, rank
+        self._coins = torch.Generator()
+        self._hook = None
 
     @property
     def total_steps(self) -> int:
@@ -61,6 +71,7 @@ class SelfGuidance:
                     with torch.no_grad():
                         layer.guide.copy_(reference_guide_start(layer))
                 layer.guide_stochastic = self.cfg.reduce_flop
+            self._hook = model.register_forward_pre_hook(self._before_forward)
 
     def alpha(self, step: int) -> float:
         return guide_alpha_at(step, self.guided_steps, self.cfg.schedule)
@@ -70,18 +81,42 @@ class SelfGuidance:
         for layer in model.structured_layers():
             if layer.guide is not None:
                 layer.guide_alpha = a
+        self._coins.manual_seed(coin_seed(self.seed, self.rank, step))
+
+    def _before_forward(self, model: Transformer, args: tuple) -> None:
+        """Before each training forward (one micro-batch): does each layer's dense path run this time? Count
+        the tokens that go through it here, once, rather than in the layer, whose forward may be recomputed."""
+        if not model.training:
+            return
+        tokens = args[0].numel()
+        for layer in model.structured_layers():
+            if layer.guide is not None and layer.guide_alpha > 0:
+                if layer.guide_stochastic:
+                    layer.guide_coin = float(torch.rand((), generator=self._coins)) < layer.guide_alpha
+                if layer.guide_coin:  # always True without reduce_flop
+                    layer.guide_tokens += tokens
 
     @staticmethod
     def guides(model: Transformer) -> list[nn.Parameter]:
         return [layer.guide for layer in model.structured_layers() if layer.guide is not None]
 
     @staticmethod
-    def guide_flops(model: Transformer) -> int:
-        """Training FLOPs spent in the guides so far (3 x 2 x in x out per guided token)."""
-        return sum(6 * layer.in_features * layer.out_features * layer.guide_tokens
-                   for layer in model.structured_layers())
+    def guide_flops(model: Transformer, tokens: list[int] | None = None) -> int:
+        """Training FLOPs spent in the guides (3 x 2 x in x out per guided token): of this process, or of
+        ``tokens`` guided tokens per structured layer (e.g. summed over all ranks)."""
+        layers = list(model.structured_layers())
+        counts = tokens if tokens is not None else [layer.guide_tokens for layer in layers]
+        return sum(6 * layer.in_features * layer.out_features * n for layer, n in zip(layers, counts, strict=True))
 
-    @staticmethod
-    def detach(model: Transformer) -> None:
+    def detach(self, model: Transformer) -> None:
+        """Guidance over: the guides leave every layer and the coins stop."""
         for layer in model.structured_layers():
             layer.drop_guide()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+
+def coin_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of a rank's guide coins at one step: independent streams for every (seed, rank, step)."""
+    return int(np.random.SeedSequence([seed & 0xFFFF_FFFF, rank, step]).generate_state(1, np.uint64)[0] >> 1)
