@@ -114,3 +114,12 @@ def test_generate_user_errors_are_one_line(run_dir, capsys, argv, message):
         pytest.skip("this machine has a cuda:7")
     code, _, err = generate_cli(capsys, str(run_dir), "--prompt", "the", *argv)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_generate_with_static_decoding_prints_the_eager_text(run_dir, capsys):
+    argv = (str(run_dir), "--prompt", "the cat", "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu")
+    code, eager, err = generate_cli(capsys, *argv, "--decode", "eager")
+    assert code == 0, err
+    code, static, err = generate_cli(capsys, *argv, "--decode", "static")
+    assert code == 0, err
+    assert static == eager and len(eager) > len("the cat\n")

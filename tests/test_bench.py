@@ -338,3 +338,23 @@ def test_gpu_bench_script_parses():
 
     proc = subprocess.run(["bash", "-n", "scripts/gpu_bench.sh"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_train_bench_times_each_loss_chunk_size_of_ours():
+    spec = TrainBenchSpec(model=small_config().model, kinds=["dense"], fractions=[], batch=2, seq=16,
+                          dtype="fp32", compile=(False,), peer=False, rounds=1, loss_chunks=(0, 8))
+    rows, _ = run_train_bench(spec, torch.device("cpu"))
+    assert [(r["variant"], r["loss_chunk_tokens"]) for r in rows] == [("dense", 0), ("dense loss-chunk 8", 8)]
+    assert rows[1]["speedup"] == pytest.approx(rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"])
+
+
+def test_decode_bench_compares_eager_and_static_decoding(capsys):
+    code, out, err = run_cli(capsys, "bench", "decode", "configs/cpu/tiny.yaml", "model.num_layers=1",
+                             "--batches", "2", "--gen", "4", "--dtype", "fp32", "--decode", "eager,static",
+                             "--device", "cpu", "--threads", "1", "--rounds", "1", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [(r["decode"], r["batch"], r["status"]) for r in rows] == [("eager", 2, "ok"), ("static", 2, "ok")]
+    assert all(r["first_call_s"] > 0 for r in rows)
+    code, _, err = run_cli(capsys, "bench", "decode", "configs/cpu/tiny.yaml", "--decode", "graph")
+    assert code == 2 and "--decode graph: use eager, static" in err

@@ -32,10 +32,11 @@ def prompt_ids(tok: Tokenizer, prompt: str, seq_len: int) -> list[int]:
 
 def stream_text(model: Transformer, tok: Tokenizer, prompt: str, max_new_tokens: int,
                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                seed: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:
+                seed: int | None = None, stop_at_eos: bool = True, decode: str = "auto") -> Iterator[str]:
     """Yield the generated text in pieces, one per token that completes some text.
 
-    Sampling runs through ``model.stream`` (KV cache); temperature 0 is greedy. Generation stops at
+    Sampling runs through ``model.stream`` (KV cache, ``decode`` path: auto, eager or static); temperature
+    0 is greedy. Generation stops at
     ``max_new_tokens``, at the end of the context, or (``stop_at_eos``) at the end-of-text token, which
     is not printed.
     """
@@ -49,7 +50,7 @@ def stream_text(model: Transformer, tok: Tokenizer, prompt: str, max_new_tokens:
     out = TextStream(tok, ids)
     x = torch.tensor([ids], dtype=torch.long, device=device)
     for token in model.stream(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              eos_token_id=eos, generator=generator):
+                              eos_token_id=eos, generator=generator, decode=decode):
         t = int(token[0])
         if t == eos:
             break

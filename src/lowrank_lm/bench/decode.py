@@ -5,15 +5,18 @@ and reports batch x 256 / time. Our models need one token to start from, so the 
 token per sequence. At each batch size the configs are timed interleaved; on a GPU ``search``
 keeps doubling the batch past the given list until it runs out of memory (then tries one size
 half-way back), and "maximum throughput" is the best tokens/s over the batches that fit.
-Structured FFNs decode with pre-merge (calibrated on the device, or the config's limit).
+Structured FFNs decode with pre-merge (calibrated on the device, or the config's limit). Each model
+decodes eagerly and/or with static steps (``decoding``: a CUDA graph on CUDA, compiled on CPU); the
+first call of each (compilation, graph capture) is reported apart and not timed.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,6 +47,8 @@ class DecodeBenchSpec:
     max_batch: int = 8192
     rounds: int = 3
     seed: int = 0
+    decode: list[str] = field(default_factory=lambda: ["eager"])
+    """Decoding paths to time: eager and/or static (see lowrank_lm.decoding)."""
 
 
 @dataclass
@@ -53,6 +58,7 @@ class DecodeVariant:
     model: Transformer
     premerge: bool
     params: int
+    decode: str = "eager"
     oom_at: int | None = None
 
 
@@ -77,13 +83,13 @@ def build_variants(spec: DecodeBenchSpec, device: torch.device) -> list[DecodeVa
             if merged:
                 m = copy.deepcopy(model) if len(modes) > 1 else model
                 apply_premerge(m)
-            out.append(DecodeVariant(name, cfg, m, merged, params))
+            out.extend(DecodeVariant(name, cfg, m, merged, params, mode) for mode in spec.decode)
     return out
 
 
 def _generate(v: DecodeVariant, batch: int, gen: int, device: torch.device) -> Callable[[], object]:
     prompt = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    return lambda: v.model.generate(prompt, max_new_tokens=gen, temperature=0)
+    return lambda: v.model.generate(prompt, max_new_tokens=gen, temperature=0, decode=v.decode)
 
 
 def _measure_batch(variants: list[DecodeVariant], batch: int, spec: DecodeBenchSpec,
@@ -91,6 +97,7 @@ def _measure_batch(variants: list[DecodeVariant], batch: int, spec: DecodeBenchS
     """Time every variant that still fits at this batch size, interleaved."""
     fns: dict[str, Callable[[], object]] = {}
     peaks: dict[str, int | None] = {}
+    first: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     for i, v in enumerate(variants):
         if v.oom_at is not None and batch >= v.oom_at:
@@ -98,7 +105,9 @@ def _measure_batch(variants: list[DecodeVariant], batch: int, spec: DecodeBenchS
         fn = _generate(v, batch, spec.gen, device)
         oom = False
         try:
-            peaks[str(i)] = peak_bytes_during(fn, device)  # also the warm-up call
+            t0 = time.perf_counter()
+            peaks[str(i)] = peak_bytes_during(fn, device)  # also the warm-up call (compiles, captures)
+            first[str(i)] = time.perf_counter() - t0
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -107,24 +116,26 @@ def _measure_batch(variants: list[DecodeVariant], batch: int, spec: DecodeBenchS
             gc.collect()
             torch.cuda.empty_cache()
             v.oom_at = batch if v.oom_at is None else min(v.oom_at, batch)
-            rows.append(_row(v, batch, spec, None, None))
+            rows.append(_row(v, batch, spec, None, None, None))
             continue
         fns[str(i)] = fn
     if fns:
         timings = measure(fns, device, rounds=spec.rounds, min_round_s=0.0, warmup=0)
         for key, t in timings.items():
-            rows.append(_row(variants[int(key)], batch, spec, t, peaks[key]))
+            rows.append(_row(variants[int(key)], batch, spec, t, peaks[key], first[key]))
     return rows
 
 
-def _row(v: DecodeVariant, batch: int, spec: DecodeBenchSpec, t: Any, peak: int | None) -> dict[str, Any]:
+def _row(v: DecodeVariant, batch: int, spec: DecodeBenchSpec, t: Any, peak: int | None,
+         first_s: float | None) -> dict[str, Any]:
     weights = sum(p.numel() * p.element_size() for p in v.model.parameters())
     merged = sum(m.merged.numel() * m.merged.element_size() for m in v.model.structured_layers()
                  if m.merged is not None)
     return {
         "config": v.name, "kind": v.cfg.ffn.kind, "rank": v.cfg.ffn.rank, "attn_dim": v.cfg.resolved_attn_dim,
         "kv_heads": v.cfg.resolved_kv_heads, "ffn_dim": v.cfg.resolved_ffn_dim, "params": v.params,
-        "premerge": v.premerge, "batch": batch, "gen": spec.gen, "dtype": spec.dtype,
+        "premerge": v.premerge, "decode": v.decode, "batch": batch, "gen": spec.gen, "dtype": spec.dtype,
+        "first_call_s": first_s,
         "status": "ok" if t is not None else "out of memory",
         **(t.to_dict() if t is not None else {}),
         "tokens_per_s": batch * spec.gen / (t.median_ms / 1e3) if t is not None else None,
@@ -151,7 +162,7 @@ def run_decode_bench(spec: DecodeBenchSpec, device: torch.device,
     order = {name: i for i, (name, _) in enumerate(spec.configs)}  # keep the command line's order
 
     def ordered() -> list[dict[str, Any]]:
-        return sorted(rows, key=lambda r: (r["batch"], order[r["config"]], r["premerge"]))
+        return sorted(rows, key=lambda r: (r["batch"], order[r["config"]], r["premerge"], r["decode"]))
 
     try:
         for b in batches:
@@ -173,18 +184,18 @@ def run_decode_bench(spec: DecodeBenchSpec, device: torch.device,
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Maximum throughput per (config, pre-merge) over the batches that fit; ratio to the first config."""
-    best: dict[tuple[str, bool], dict[str, Any]] = {}
+    """Maximum throughput per (config, pre-merge, decode path) over the batches that fit; ratio to the first."""
+    best: dict[tuple[str, bool, str], dict[str, Any]] = {}
     for r in rows:
         if r["tokens_per_s"] is None:
             continue
-        key = (r["config"], r["premerge"])
+        key = (r["config"], r["premerge"], r["decode"])
         if key not in best or r["tokens_per_s"] > best[key]["tokens_per_s"]:
             best[key] = r
-    out = [{"config": c, "premerge": m, "kind": r["kind"], "params": r["params"], "best_batch": r["batch"],
-            "max_tokens_per_s": r["tokens_per_s"]} for (c, m), r in best.items()]
+    out = [{"config": c, "premerge": m, "decode": d, "kind": r["kind"], "params": r["params"],
+            "best_batch": r["batch"], "max_tokens_per_s": r["tokens_per_s"]} for (c, m, d), r in best.items()]
     order = list(dict.fromkeys(r["config"] for r in rows))
-    out.sort(key=lambda s: (order.index(s["config"]), s["premerge"]))
+    out.sort(key=lambda s: (order.index(s["config"]), s["premerge"], s["decode"]))
     if out:
         base = out[0]["max_tokens_per_s"]
         for s in out:
@@ -193,9 +204,11 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 DECODE_COLUMNS = [("config", "config"), ("kind", "FFN"), ("kv_heads", "KV heads"), ("params", "params"),
-                  ("premerge", "pre-merge"), ("batch", "batch"), ("median_ms", "median ms"), ("iqr_ms", "IQR ms"),
-                  ("tokens_per_s", "tokens/s"), ("peak_mem_mb", "peak MiB"), ("status", "status")]
+                  ("premerge", "pre-merge"), ("decode", "decode"), ("batch", "batch"), ("median_ms", "median ms"),
+                  ("iqr_ms", "IQR ms"), ("tokens_per_s", "tokens/s"), ("first_call_s", "first call s"),
+                  ("peak_mem_mb", "peak MiB"), ("status", "status")]
 SUMMARY_COLUMNS = [("config", "config"), ("kind", "FFN"), ("params", "params"), ("premerge", "pre-merge"),
+                   ("decode", "decode"),
                    ("best_batch", "best batch"), ("max_tokens_per_s", "max tokens/s"), ("vs_first", "vs first")]
 
 
@@ -210,9 +223,9 @@ def plot_decode(rows: list[dict[str, Any]], out: Any) -> list[Any]:
     if plt is None or len({r["batch"] for r in ok}) < 2:
         return []
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in dict.fromkeys((r["config"], r["premerge"]) for r in ok):
-        pts = sorted((r["batch"], r["tokens_per_s"]) for r in ok if (r["config"], r["premerge"]) == key)
-        ax.plot(*zip(*pts), marker="o", label=key[0] + (" +pre-merge" if key[1] else ""))
+    for key in dict.fromkeys((r["config"], r["premerge"], r["decode"]) for r in ok):
+        pts = sorted((r["batch"], r["tokens_per_s"]) for r in ok if (r["config"], r["premerge"], r["decode"]) == key)
+        ax.plot(*zip(*pts), marker="o", label=key[0] + (" +pre-merge" if key[1] else "") + f" ({key[2]})")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("generated tokens/s")

@@ -48,6 +48,8 @@ class TrainBenchSpec:
     peer: bool = True
     peer_compile: bool = False
     """Time the peer compiled too (compiling it costs as much as compiling ours)."""
+    loss_chunks: tuple[int, ...] = (0,)
+    """train.loss_chunk_tokens values to time our models at (0: full logits); the peer keeps its full logits."""
     rounds: int = 5
     min_round_s: float = 0.0
     seed: int = 0
@@ -108,8 +110,12 @@ def peer_model(m: ModelConfig) -> tuple[nn.Module | None, str]:
 
 
 def make_step(model: nn.Module, ours: bool, compiled: bool, inputs: torch.Tensor, targets: torch.Tensor,
-              dtype: str, device: torch.device) -> tuple[Callable[[], object], torch.optim.Optimizer]:
-    """One training step of ``model`` (ours or the peer) on a fixed batch: the timed call."""
+              dtype: str, device: torch.device,
+              loss_chunk: int = 0) -> tuple[Callable[[], object], torch.optim.Optimizer]:
+    """One training step of ``model`` (ours or the peer) on a fixed batch: the timed call.
+
+    ``loss_chunk``: our model's train.loss_chunk_tokens for this step (models are shared between variants).
+    """
     # fused AdamW on GPUs (one kernel per step; what a GPU trainer uses), the default foreach on CPUs
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda" or None)
     run = torch.compile(model) if compiled else model
@@ -119,6 +125,7 @@ def make_step(model: nn.Module, ours: bool, compiled: bool, inputs: torch.Tensor
         opt.zero_grad(set_to_none=True)
         with autocast:
             if ours:
+                model.loss_chunk_tokens = loss_chunk
                 loss = run(inputs, targets)
             else:  # the same loss call as Transformer.forward, on the peer's logits
                 logits = run(input_ids=inputs).logits
@@ -174,16 +181,18 @@ def run_train_bench(spec: TrainBenchSpec, device: torch.device,
         for label, s, model, ours, flops in built:
             if compiled and not ours and not spec.peer_compile:
                 continue
-            key = label + (" +compile" if compiled else "")
-            if progress:
-                progress(f"train: preparing {key}")
-            step, opt = make_step(model, ours, compiled, inputs, targets, spec.dtype, device)
-            step()  # first step: compilation, lazy optimizer state
-            transient = peak_bytes_during(step, device)
-            peak = None if transient is None else transient + _state_bytes(model, opt)
-            steps[key] = step
-            info[key] = {"label": label, "structure": s, "compiled": compiled, "ours": ours, "flops": flops,
-                         "params": sum(p.numel() for p in model.parameters()), "peak": peak}
+            for chunk in spec.loss_chunks if ours else (0,):
+                key = label + (f" loss-chunk {chunk}" if chunk else "") + (" +compile" if compiled else "")
+                if progress:
+                    progress(f"train: preparing {key}")
+                step, opt = make_step(model, ours, compiled, inputs, targets, spec.dtype, device, chunk)
+                step()  # first step: compilation, lazy optimizer state
+                transient = peak_bytes_during(step, device)
+                peak = None if transient is None else transient + _state_bytes(model, opt)
+                steps[key] = step
+                info[key] = {"label": label, "structure": s, "compiled": compiled, "ours": ours, "flops": flops,
+                             "params": sum(p.numel() for p in model.parameters()), "peak": peak,
+                             "loss_chunk": chunk}
     if progress:
         progress(f"train: timing {len(steps)} variants x {spec.rounds} rounds")
     timings = measure(steps, device, rounds=spec.rounds, min_round_s=spec.min_round_s, warmup=1)
@@ -200,6 +209,7 @@ def run_train_bench(spec: TrainBenchSpec, device: torch.device,
             "variant": key, "model": "ours" if i["ours"] else "peer", "kind": s.kind if s else "dense",
             "fraction": s.fraction if s else 1.0, "rank": s.rank if s else None,
             "num_blocks": s.num_blocks if s else None, "compile": i["compiled"], "params": i["params"],
+            "loss_chunk_tokens": i["loss_chunk"],
             "batch": spec.batch, "seq": spec.seq, "dtype": spec.dtype, "tokens_per_step": tokens,
             **t.to_dict(), "tokens_per_s": tps, "flops_per_token": i["flops"], "tflops": tflops,
             "mfu": tflops * 1e12 / peak_device if peak_device else None,

@@ -29,6 +29,16 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 0, got {text!r}")
+    return values
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -91,7 +101,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch", type=int, default=None, help="sequences per step (default: micro_batch_size)")
     t.add_argument("--seq", type=int, default=None, help="sequence length (default: model.seq_len)")
     t.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="autocast dtype (weights fp32)")
-    t.add_argument("--compile", type=_words, default=["off", "on"], help="off, on, or off,on")
+    t.add_argument("--compile", type=_words, default=["off", "on"],
+                   help="off, on, off,on, or auto (what train.compile's default picks on this device)")
+    t.add_argument("--loss-chunk-tokens", type=_counts, default=None, metavar="N[,N...]",
+                   help="our models' train.loss_chunk_tokens, one variant each, e.g. 0,4096 "
+                        "(0: full logits; default: the config's)")
     t.add_argument("--no-peer", action="store_true", help="skip the transformers peer")
     t.add_argument("--peer-compile", action="store_true",
                    help="also time the peer under torch.compile (default: eager only, to save compile time)")
@@ -111,6 +125,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--search", action="store_true",
                    help="GPU: keep doubling the batch past the list until out of memory (the paper's protocol)")
     d.add_argument("--max-batch", type=int, default=8192, help="stop the --search here")
+    d.add_argument("--decode", type=_words, default=["auto"], metavar="MODE[,MODE...]",
+                   help="eager, static (fixed-shape steps: compiled on CPU, a CUDA graph on CUDA), "
+                        "auto (static on CUDA, eager on CPU), or eager,static to compare")
     _common(d)
 
 
@@ -207,12 +224,14 @@ def _run_ffn(args: argparse.Namespace, device: Any) -> None:
     _finish(args, "ffn", machine_meta(device, args.dtype), rows, ffn_table(rows), plot_ffn, interrupted)
 
 
-def _compile_modes(words: list[str]) -> tuple[bool, ...]:
-    modes = {"off": False, "on": True}
+def _compile_modes(words: list[str], device: Any) -> tuple[bool, ...]:
+    from lowrank_lm.train.compiling import use_compile
+
+    modes = {"off": False, "on": True, "auto": "auto"}
     bad = [w for w in words if w not in modes]
     if bad or not words:
-        raise UserError(f"--compile {','.join(words)}: use off, on, or off,on")
-    return tuple(dict.fromkeys(modes[w] for w in words))
+        raise UserError(f"--compile {','.join(words)}: use off, on, auto (train.compile's default), or off,on")
+    return tuple(dict.fromkeys(use_compile(modes[w], device) for w in words))
 
 
 def _run_train(args: argparse.Namespace, device: Any) -> None:
@@ -223,8 +242,11 @@ def _run_train(args: argparse.Namespace, device: Any) -> None:
     cfg = load_config(args.config, args.overrides)
     spec = TrainBenchSpec(model=cfg.model, kinds=args.kinds, fractions=args.fractions,
                           batch=args.batch or cfg.train.micro_batch_size or cfg.train.global_batch_size,
-                          seq=args.seq or cfg.model.seq_len, dtype=args.dtype, compile=_compile_modes(args.compile),
-                          peer=not args.no_peer, peer_compile=args.peer_compile, rounds=args.rounds)
+                          seq=args.seq or cfg.model.seq_len, dtype=args.dtype,
+                          compile=_compile_modes(args.compile, device), peer=not args.no_peer,
+                          peer_compile=args.peer_compile, rounds=args.rounds,
+                          loss_chunks=tuple(args.loss_chunk_tokens if args.loss_chunk_tokens is not None
+                                            else [cfg.train.loss_chunk_tokens]))
     if spec.seq > cfg.model.seq_len:
         raise UserError(f"--seq {spec.seq} exceeds model.seq_len={cfg.model.seq_len}; lower it")
     rows, notes = run_train_bench(spec, device, _progress)
@@ -232,6 +254,15 @@ def _run_train(args: argparse.Namespace, device: Any) -> None:
         _progress("note: " + n)
     meta = {**machine_meta(device, args.dtype), "config": args.config, "overrides": args.overrides, "notes": notes}
     _finish(args, "train", meta, rows, train_table(rows, notes), plot_train)
+
+
+def _decode_modes(words: list[str], device: Any) -> list[str]:
+    from lowrank_lm.decoding import DECODE_MODES, resolve_decode
+
+    bad = [w for w in words if w not in DECODE_MODES]
+    if bad or not words:
+        raise UserError(f"--decode {','.join(words)}: use eager, static, auto, or eager,static")
+    return list(dict.fromkeys(resolve_decode(w, device) for w in words))
 
 
 def _run_decode(args: argparse.Namespace, device: Any) -> None:
@@ -250,7 +281,7 @@ def _run_decode(args: argparse.Namespace, device: Any) -> None:
     configs = [(n, load_config(p, overrides).model) for n, p in zip(names, paths)]
     spec = DecodeBenchSpec(configs=configs, batches=args.batches, gen=args.gen, dtype=args.dtype,
                            premerge=args.premerge, search=args.search, max_batch=args.max_batch,
-                           rounds=args.rounds)
+                           rounds=args.rounds, decode=_decode_modes(args.decode, device))
     rows, interrupted = _collect(lambda: run_decode_bench(spec, device, _progress))
     meta = {**machine_meta(device, args.dtype), "configs": paths, "overrides": overrides}
     _finish(args, "decode", meta, rows, decode_table(rows), plot_decode, interrupted)

@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold, e.g. 0.95")
     p.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--decode", default="auto", choices=["auto", "eager", "static"],
+                   help="decoding steps: static (fixed shapes; a CUDA graph on CUDA, compiled on CPU, which "
+                        "takes seconds to compile), eager, or auto (static on CUDA, eager on CPU)")
     p.add_argument("--premerge-tokens", type=int, default=None,
                    help=f"pre-merge threshold in tokens per call (default: model.ffn.premerge_max_tokens, "
                         f"else {DEFAULT_PREMERGE_TOKENS}; 0 turns pre-merge off)")
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> None:
     out.write(args.prompt)
     out.flush()
     for piece in stream_text(model, model.tokenizer, args.prompt, args.max_new_tokens, args.temperature,
-                             args.top_k or None, args.top_p, args.seed):
+                             args.top_k or None, args.top_p, args.seed, decode=args.decode):
         out.write(piece)
         out.flush()
     out.write("\n")
