@@ -12,8 +12,8 @@ from lowrank_lm.scaling.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "configs" / "cpu"
-EMBEDDED_TRAIN_TOKENS = 1_576_668
-"""Training tokens of the embedded corpus with bpe-8192 (docs/scaling.md), for the epochs of the CPU preset."""
+EMBEDDED_TRAIN_TOKENS = 1_576_672
+"""Training tokens of the embedded corpus with bpe-8192 (its manifest), for the epochs of the CPU preset."""
 
 
 def write_sweep(tmp_path: Path, body: str) -> Path:
