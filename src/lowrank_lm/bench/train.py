@@ -12,6 +12,7 @@ parameter count, fed the same batch, its loss computed by the same cross-entropy
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -186,13 +187,15 @@ def run_train_bench(spec: TrainBenchSpec, device: torch.device,
                 if progress:
                     progress(f"train: preparing {key}")
                 step, opt = make_step(model, ours, compiled, inputs, targets, spec.dtype, device, chunk)
+                t0 = time.perf_counter()
                 step()  # first step: compilation, lazy optimizer state
+                first_s = time.perf_counter() - t0
                 transient = peak_bytes_during(step, device)
                 peak = None if transient is None else transient + _state_bytes(model, opt)
                 steps[key] = step
                 info[key] = {"label": label, "structure": s, "compiled": compiled, "ours": ours, "flops": flops,
                              "params": sum(p.numel() for p in model.parameters()), "peak": peak,
-                             "loss_chunk": chunk}
+                             "loss_chunk": chunk, "first_s": first_s}
     if progress:
         progress(f"train: timing {len(steps)} variants x {spec.rounds} rounds")
     timings = measure(steps, device, rounds=spec.rounds, min_round_s=spec.min_round_s, warmup=1)
@@ -209,7 +212,7 @@ def run_train_bench(spec: TrainBenchSpec, device: torch.device,
             "variant": key, "model": "ours" if i["ours"] else "peer", "kind": s.kind if s else "dense",
             "fraction": s.fraction if s else 1.0, "rank": s.rank if s else None,
             "num_blocks": s.num_blocks if s else None, "compile": i["compiled"], "params": i["params"],
-            "loss_chunk_tokens": i["loss_chunk"],
+            "loss_chunk_tokens": i["loss_chunk"], "first_step_s": i["first_s"],
             "batch": spec.batch, "seq": spec.seq, "dtype": spec.dtype, "tokens_per_step": tokens,
             **t.to_dict(), "tokens_per_s": tps, "flops_per_token": i["flops"], "tflops": tflops,
             "mfu": tflops * 1e12 / peak_device if peak_device else None,
@@ -233,7 +236,8 @@ def _add_ratios(rows: list[dict[str, Any]], dense_flops: int | None) -> None:
 
 TRAIN_COLUMNS = [("variant", "variant"), ("params", "params"), ("batch", "batch"), ("seq", "seq"),
                  ("median_ms", "step ms"), ("iqr_ms", "IQR ms"), ("tokens_per_s", "tokens/s"),
-                 ("tflops", "TFLOP/s"), ("mfu", "MFU"), ("peak_mem_mb", "peak MiB"), ("speedup", "speed-up"),
+                 ("tflops", "TFLOP/s"), ("mfu", "MFU"), ("peak_mem_mb", "peak MiB"), ("first_step_s", "first step s"),
+                 ("speedup", "speed-up"),
                  ("flop_speedup", "FLOP bound"), ("vs_peer", "vs peer")]
 
 
