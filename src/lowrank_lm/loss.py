@@ -91,9 +91,10 @@ def _liger_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
     except ImportError:
         return None
-    fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction=reduction)
+    fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX)  # mean: what every release supports
     with torch.autocast("cuda", enabled=False):  # liger wants one dtype for both operands: autocast's
-        return fn(weight.to(dtype), hidden.to(dtype), targets).float()
+        mean = fn(weight.to(dtype), hidden.to(dtype), targets).float()
+    return mean if reduction == "mean" else mean * (targets != IGNORE_INDEX).sum()
 
 
 @torch.compiler.disable  # its own kernels; under torch.compile the model around it stays compiled
