@@ -6,7 +6,13 @@
 #   3. Transformer-s training tokens/s: dense vs LowRank 32% + the transformers peer (eager), then
 #      dense vs LowRank 32% under torch.compile (a stage of its own: compiling is the slow part);
 #   4. decoding throughput (256 tokens, batch doubled up to out-of-memory or --max-batch): Transformer-m
-#      GQA vs wide-and-structured-m vs dense Transformer-m (paper Table 2 "TP").
+#      GQA vs wide-and-structured-m vs dense Transformer-m (paper Table 2 "TP");
+#   5. train-scale: the real trainer on Transformer-m (bf16, compile) for SCALE_STEPS (300) steps of 32 x 1024
+#      tokens (2 micro-batches of 16) under torchrun with one process, FSDP2 then DDP: tokens/s, MFU and
+#      peak memory (medians over the second half of the run, compilation excluded). Data: the embedded
+#      corpus with a bpe-8192 tokenizer (prepared offline in OUT/data; SCALE_DATA="data.dir=... ..." to
+#      use other prepared data; PEAK_TFLOPS=... for a GPU missing from the peak table). Its table:
+#      OUT/train-scale.txt.
 # Each stage has its own time limit (seconds, overridable) so one slow stage cannot eat the others';
 # the limit sends SIGINT, on which the FFN and decode benches still write the sets they finished.
 # Results: OUT/<stage>/ (JSON, markdown, PNG) and OUT/<stage>.txt, the log in OUT/gpu_bench.log.
@@ -32,8 +38,12 @@ else
     CMD=(python3 -m lowrank_lm)
 fi
 T_FFN=${T_FFN:-45} T_FFN_COMPILE=${T_FFN_COMPILE:-75} T_TOKENS=${T_TOKENS:-60} T_TRAIN=${T_TRAIN:-45}
-T_COMPILE=${T_COMPILE:-110} T_DECODE=${T_DECODE:-170}
-STAGES=${STAGES:-ffn ffn-compile ffn-tokens train train-compile decode}
+T_COMPILE=${T_COMPILE:-110} T_DECODE=${T_DECODE:-170} T_SCALE=${T_SCALE:-300}
+STAGES=${STAGES:-ffn ffn-compile ffn-tokens train train-compile decode train-scale}
+# the trainer under torchrun needs the Python that runs lowrank_lm
+if [ -n "${PY:-}" ]; then :
+elif [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"
+else PY=python3; fi
 
 if [ "${SMALL:-0}" = 1 ]; then  # toy sizes: checks the commands, not the GPU
     WIDTHS=64,128 TOKENS=256 TOKEN_WIDTHS=64 TOKEN_LIST=1,16,256 COMPILE_WIDTHS=64
@@ -41,6 +51,7 @@ if [ "${SMALL:-0}" = 1 ]; then  # toy sizes: checks the commands, not the GPU
     DECODE=(configs/paper/transformer-m-gqa.yaml configs/paper/wide-structured-m.yaml configs/paper/transformer-m.yaml
             model.num_layers=2 model.vocab_size=512 --batches 1,2 --gen 8)
     ROUNDS=(--rounds 2) FAST=(--rounds 2) DECODE_ROUNDS=(--rounds 2)
+    SCALE_CONFIG=configs/cpu/tiny.yaml SCALE_BATCH=8 SCALE_MICRO=4 SCALE_SEQ=256 SCALE_STEPS=${SCALE_STEPS:-20}
 else
     WIDTHS=1536,2048,3072,4096,5120,6144 TOKENS=30720 TOKEN_WIDTHS=2048,5120,6144 COMPILE_WIDTHS=2048,5120
     TOKEN_LIST=1,16,128,256,512,1024,1536,2048,4096
@@ -48,6 +59,8 @@ else
     DECODE=(configs/paper/transformer-m-gqa.yaml configs/paper/wide-structured-m.yaml configs/paper/transformer-m.yaml
             --batches 256 --search --max-batch 4096 --gen 256)
     ROUNDS=() FAST=(--rounds 5 --min-round-s 0.02) DECODE_ROUNDS=(--rounds 1)
+    SCALE_CONFIG=configs/paper/transformer-m.yaml SCALE_BATCH=32 SCALE_MICRO=16 SCALE_SEQ=1024
+    SCALE_STEPS=${SCALE_STEPS:-300}
 fi
 
 mkdir -p "$OUT"
@@ -79,5 +92,53 @@ stage train "$T_TRAIN" bench train "${TRAIN[@]}" --kinds dense,lowrank --fractio
 stage train-compile "$T_COMPILE" bench train "${TRAIN[@]}" --kinds dense,lowrank --fractions 0.32 --dtype bf16 \
     --compile on --no-peer "${ROUNDS[@]}"
 stage decode "$T_DECODE" bench decode "${DECODE[@]}" --dtype bf16 "${DECODE_ROUNDS[@]}"
+
+scale_run() {  # scale_run MODE: the trainer, one process under torchrun, train.distributed=MODE
+    local mode=$1
+    log "train-scale: $mode, $SCALE_CONFIG, $SCALE_STEPS steps of $SCALE_BATCH x $SCALE_SEQ tokens (limit ${T_SCALE}s)"
+    # shellcheck disable=SC2086  # SCALE_DATA is a list of overrides
+    if timeout --signal=INT --kill-after=60 "$T_SCALE" "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 \
+        -m lowrank_lm train "$SCALE_CONFIG" "train.distributed=$mode" train.precision=bf16 train.compile=true \
+        "train.global_batch_size=$SCALE_BATCH" "train.micro_batch_size=$SCALE_MICRO" "model.seq_len=$SCALE_SEQ" \
+        "train.tokens=$((SCALE_STEPS * SCALE_BATCH * SCALE_SEQ))" train.log_interval=10 train.eval_tokens=32768 \
+        train.resume=never train.checkpoint_interval=100000 "train.device=$DEVICE" "train.out_dir=$OUT/train-scale/$mode" \
+        ${PEAK_TFLOPS:+"train.peak_tflops=$PEAK_TFLOPS"} \
+        ${SCALE_DATA:-data.source=embedded data.tokenizer=bpe-8192 data.val_tokens=65536 "data.dir=$OUT/data"} \
+        >> "$OUT/gpu_bench.log" 2>&1; then
+        log "train-scale: $mode done"
+    else
+        log "train-scale: $mode FAILED or timed out (exit $?)"
+    fi
+}
+if [[ " $STAGES " == *" train-scale "* ]]; then
+    scale_run fsdp
+    scale_run ddp
+    "$PY" - "$OUT/train-scale" > "$OUT/train-scale.txt" 2>> "$OUT/gpu_bench.log" <<'PYEOF'
+import json, statistics, sys
+from pathlib import Path
+
+from lowrank_lm.train.metrics import FLOP_CONVENTION
+
+root = Path(sys.argv[1])
+print("| mode | steps | tokens/s | tokens/s per device | MFU | peak memory (MB) |")
+print("|---|---|---|---|---|---|")
+for mode in ("fsdp", "ddp"):
+    run = root / mode
+    if not (run / "summary.json").is_file():
+        print(f"| {mode} | did not finish (see gpu_bench.log) | | | | |")
+        continue
+    summary = json.loads((run / "summary.json").read_text())
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    late = [r for r in recs if "tokens_per_s" in r][len(recs) // 2:]  # the second half: compiled and warm
+    med = lambda key: statistics.median(r[key] for r in late)  # noqa: E731
+    mfu = "unknown" if any(r["mfu"] == "unknown" for r in late) else f"{med('mfu'):.1%}"
+    print(f"| {mode} | {summary['steps']} | {med('tokens_per_s'):,.0f} | {med('tokens_per_s_per_device'):,.0f} "
+          f"| {mfu} | {summary['peak_memory_mb']:,.0f} |")
+print(f"\nMFU per device against its peak; FLOPs: {FLOP_CONVENTION}; medians over the second half of the steps")
+PYEOF
+    log "train-scale: table in $OUT/train-scale.txt"
+    cat "$OUT/train-scale.txt" >> "$OUT/gpu_bench.log"
+fi
+
 
 log "all stages finished; tables: $OUT/*.txt, JSON/markdown/PNG: $OUT/*/"

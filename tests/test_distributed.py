@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import lowrank_lm
 from lowrank_lm.accounting import account
@@ -142,7 +143,7 @@ def test_two_processes_train_like_one_in_bf16(runs, run, reference):
 
 
 @pytest.mark.slow
-def test_fsdp_writes_sharded_checkpoints_that_one_process_reads(runs, capsys):
+def test_fsdp_writes_sharded_checkpoints_that_one_process_reads(runs, capsys, tmp_path):
     ckpt = list_checkpoints(runs["fsdp-blockshuffle"])[-1]
     assert is_sharded(ckpt) and not (ckpt / "model.safetensors").exists()
     assert sorted(p.name for p in (ckpt / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
@@ -155,6 +156,17 @@ def test_fsdp_writes_sharded_checkpoints_that_one_process_reads(runs, capsys):
     res, trained = json.loads(capsys.readouterr().out), summary(runs["fsdp-blockshuffle"])
     assert res["tokens"] == trained["val_tokens"] == 2048
     assert res["loss"] == pytest.approx(trained["final_val_loss"], rel=1e-6)
+    # generate and export read it too; the export holds the sharded checkpoint's weights
+    with pytest.raises(SystemExit) as code:
+        main(["generate", str(ckpt), "--prompt", "The", "--max-new-tokens", "5", "--temperature", "0",
+              "--device", "cpu"])
+    assert code.value.code == 0 and capsys.readouterr().out.strip()
+    with pytest.raises(SystemExit) as code:
+        main(["export", str(ckpt), str(tmp_path / "hf"), "--merge"])
+    assert code.value.code == 0
+    exported = load_file(tmp_path / "hf" / "model.safetensors")
+    embedding = next(v for k, v in exported.items() if "embed" in k)
+    torch.testing.assert_close(embedding, final_weights(runs["fsdp-blockshuffle"])["embed.weight"], rtol=0, atol=0)
 
 
 @pytest.mark.slow
