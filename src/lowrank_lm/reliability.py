@@ -25,6 +25,7 @@ from lowrank_lm.checkpoint import list_checkpoints, load_model, load_state
 from lowrank_lm.checkpoint_dcp import DCP_DIR, is_sharded
 from lowrank_lm.config import load_config, save_config
 from lowrank_lm.train.metrics import read_metrics
+from lowrank_lm.train.rundir import RunDir
 
 CRASH_POINTS = ("train.step", "checkpoint.weights", "checkpoint.state", "checkpoint.rename", "checkpoint.done")
 KILLED = -9
@@ -83,7 +84,7 @@ def _readable(run_dir: Path) -> int:
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    return [(r["step"], r["loss"]) for r in read_metrics(RunDir(run_dir).metrics) if "loss" in r]
 
 
 def final_state(ckpt: Path) -> dict[str, Any]:
@@ -136,7 +137,7 @@ def run_trial(config: Path, reference: Path, crash: str, workdir: Path, max_resu
     code = train_subprocess(path, crash, nproc=nproc)
     result.kills += code == KILLED
     result.unreadable_checkpoints += _readable(run_dir)
-    while not (run_dir / "summary.json").is_file():
+    while not RunDir(run_dir).summary.is_file():
         if result.resumes >= max_resumes:
             result.mismatches.append("run did not finish")
             return result
