@@ -41,13 +41,13 @@ from lowrank_lm.config import load_config, save_config
 from lowrank_lm.errors import EXIT_STOPPED, UserError
 from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, config_differences, shard_runs
 from lowrank_lm.scaling.table import RESULT_COLUMNS, write_csv, write_json
+from lowrank_lm.train.rundir import LOCK as LOCK_NAME  # the run-folder layout is the trainer's (no torch)
+from lowrank_lm.train.rundir import METRICS as METRICS_NAME
+from lowrank_lm.train.rundir import SUMMARY
 from lowrank_lm.train.summary import RunSummary
 
-LOCK_NAME = ".lock"
-"""The trainer's run-folder lock file (lowrank_lm.train.rundir.LOCK)."""
 FAILED_MARKER = "sweep-failed.json"
 LOG_NAME = "train.log"
-METRICS_NAME = "metrics.jsonl"
 RESULTS_LOCK = ".results.lock"
 # glibc malloc settings for small CPU models (reference CPU notes): keep big tensors on the heap.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TOP_PAD_": "2147483648",
@@ -120,7 +120,7 @@ def _last_logged_step(run_dir: Path) -> dict[str, Any] | None:
 def run_state(spec: RunSpec) -> RunState:
     """Read the state of one run from its folder."""
     d = spec.run_dir
-    summary = d / "summary.json"
+    summary = d / SUMMARY
     if summary.is_file():
         try:
             s = RunSummary.read(summary).to_dict()  # typed: a missing field is named here, not an empty column
