@@ -248,3 +248,20 @@ def test_joint_fit_round_trips_through_json():
     again = JointFit.from_json("s", json.loads(json.dumps(result.series["s"].to_json())))
     np.testing.assert_allclose(again.predict(3e6, 4e8), result.series["s"].predict(3e6, 4e8))
     assert again.ok_samples().shape == result.series["s"].ok_samples().shape
+
+
+def test_one_budget_gives_an_isoflop_profile_but_no_joint_fit(tmp_path, capsys):
+    full = isoflop_series("dense", TRUTH, 1.6)
+    first = np.array([b == full.budgets[0] for b in full.budgets])
+    one = JointSeries("dense", full.N[first], full.D[first], full.loss[first], C=full.C[first],
+                      budgets=[b for b, k in zip(full.budgets, first) if k])
+    csv_path = tmp_path / "results.csv"
+    write_results(csv_path, {"dense": one})
+    with pytest.raises(SystemExit) as e:
+        main(["fit", str(csv_path), "--law", "joint", "--json", "--bootstrap", "100"])
+    assert e.value.code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["series"] == {} and "N and D move together" in out["warnings"][0]
+    (profile,) = out["isoflop"]["dense"]["profiles"]
+    assert abs(math.log(profile["N_opt"] / true_optimum(one.C[0], TRUTH))) < math.log(1.6)
+    assert out["isoflop"]["dense"]["laws"] == {}  # one budget: no N*(C)

@@ -128,9 +128,13 @@ def _run_joint(args: argparse.Namespace) -> None:
     rows, skipped = read_points(args.results, N_COLUMNS[params])
     rows = _select(rows, args.series)
     series = series_from_rows(rows, args.results)
-    result = fit_joint(series, JointOptions(n_bootstrap=args.bootstrap, level=args.level, seed=args.seed))
+    result = fit_joint(series, JointOptions(n_bootstrap=args.bootstrap, level=args.level, seed=args.seed),
+                       skip_unfit=True)
     result.settings.update(params=params, source=args.results)
     iso, comparisons = analyse(series, result.series, result.noise, args.bootstrap, args.level, args.seed)
+    if not result.series and not iso:
+        raise UserError(f"{result.warnings[0].removesuffix(': no joint fit')}, and no budget holds three sizes for "
+                        "an IsoFLOP profile; run more sizes or budgets")
     if args.json:
         out = result.to_json()
         out["isoflop"] = {k: v.to_json() for k, v in iso.items()}

@@ -133,11 +133,10 @@ def _budget_groups(ser: JointSeries) -> dict[str, np.ndarray]:
 
 
 def is_isoflop(ser: JointSeries) -> bool:
-    """True when the series holds at least two budgets with three or more sizes each."""
+    """True when the series holds three or more sizes at some budget (two such budgets give N*(C))."""
     if ser.C is None:
         return False
-    groups = _budget_groups(ser)
-    return sum(len(np.unique(ser.N[idx])) >= MIN_SIZES for idx in groups.values()) >= 2
+    return any(len(np.unique(ser.N[idx])) >= MIN_SIZES for idx in _budget_groups(ser).values())
 
 
 def _profiles(ser: JointSeries) -> list[BudgetProfile]:

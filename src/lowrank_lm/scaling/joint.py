@@ -12,7 +12,7 @@ How the fit works, and why:
   E = exp(e), A = exp(a + alpha ln N0), B = exp(b + beta ln D0). Bounds: 0 <= alpha, beta <= 3 and E below
   the smallest observed loss.
 * **Many starts.** The surface has long valleys (E trades off against A and alpha). A grid of starting points
-  (E, alpha, beta and the split of the reducible loss between the N and D terms; 256 points) is scored in one
+  (E, alpha, beta and the split of the reducible loss between the N and D terms; 128 points) is scored in one
   vectorised evaluation of the objective, and the solver runs from the best of them; the lowest optimum wins.
 * **Seeds.** Runs of one cell (same N and D, different seeds) are fitted through their mean log-loss; the
   pooled seed-to-seed spread (see :mod:`seeds`) is a floor on the bootstrap noise of each cell mean.
@@ -308,8 +308,10 @@ class _Problem:
         there too are NaN.
         """
         R = Y.shape[0]
-        lo, hi = self.bounds(Y.min(axis=0))
-        P = np.tile(np.clip(p0, lo, hi), (R, 1))
+        lo, hi = self.bounds(Y[0])
+        hi = np.tile(hi, (R, 1))
+        hi[:, 0] = Y.min(axis=1) - 1e-6  # each replicate's E stays below its own smallest loss
+        P = np.clip(np.tile(p0, (R, 1)), lo, hi)
         m, J = self.batch_model(P)
         cost = self.huber(m - Y)
         lam = np.full(R, 1e-3)
@@ -326,7 +328,7 @@ class _Problem:
             g = np.einsum("rni,rn,rn->ri", Ja, w, r)
             damp = lam[act, None, None] * (H * eye + 1e-12 * eye)
             step = np.linalg.solve(H + damp, -g[..., None])[..., 0]
-            P_new = np.clip(P[act] + step, lo, hi)
+            P_new = np.clip(P[act] + step, lo, hi[act])
             m_new, J_new = self.batch_model(P_new)
             cost_new = self.huber(m_new - Y[act])
             better = cost_new <= cost[act]
@@ -367,20 +369,32 @@ def flops_per_token(ser: JointSeries) -> FlopsPerToken | None:
     return FlopsPerToken(float(log_k), float(gamma))
 
 
+def unfit_reason(ser: JointSeries) -> str | None:
+    """Why the joint law cannot be fitted to ``ser`` (None when it can)."""
+    cells = ser.cells()
+    if len(cells.keys) < MIN_CELLS:
+        return (f"series {ser.name}: {len(cells.keys)} distinct (N, D) points; the joint law has 5 parameters and "
+                f"needs at least {MIN_CELLS} (sizes x budgets)")
+    if len(np.unique(ser.N)) < 2 or len(np.unique(ser.D)) < 2:
+        return (f"series {ser.name}: N or D takes a single value, so its exponent cannot be fitted; the joint law "
+                "needs several sizes and several token budgets")
+    if len(np.unique(ser.C if ser.C is not None else ser.N * ser.D)) < 2:
+        return (f"series {ser.name}: every run has the same compute, so N and D move together and the joint law "
+                "cannot separate them; add budgets")
+    return None
+
+
 def fit_series(ser: JointSeries, opts: JointOptions, noise: SeedNoise | None, rng: np.random.Generator,
                starts_kept: int = 6) -> JointFit:
     """Fit and bootstrap one series (see the module docstring)."""
+    reason = unfit_reason(ser)
+    if reason is not None:
+        raise UserError(f"{reason}; or drop the series with --series")
     cells = ser.cells()
     n_cells = len(cells.keys)
-    if n_cells < MIN_CELLS:
-        raise UserError(f"series {ser.name}: {n_cells} distinct (N, D) points; the joint law has 5 parameters and "
-                        f"needs at least {MIN_CELLS} (sizes x budgets), or drop the series with --series")
     N_cell = np.array([k[0] for k in cells.keys])  # type: ignore[index]
     D_cell = np.array([k[1] for k in cells.keys])  # type: ignore[index]
     lnN, lnD = np.log(N_cell), np.log(D_cell)
-    if len(np.unique(lnN)) < 2 or len(np.unique(lnD)) < 2:
-        raise UserError(f"series {ser.name}: N or D takes a single value, so its exponent cannot be fitted; the "
-                        "joint law needs several sizes and several token budgets")
     prob = _Problem(lnN - lnN.mean(), lnD - lnD.mean(), float(lnN.mean()), float(lnD.mean()), opts.huber_delta)
     y = cells.mean_log
     grid = prob.grid(y)
@@ -440,8 +454,13 @@ def _bootstrap(fit: JointFit, prob: _Problem, y: np.ndarray, p_hat: np.ndarray, 
     fit.E_ci = _interval(samples[:, 0], opts.level)
 
 
-def fit_joint(series: dict[str, JointSeries], opts: JointOptions | None = None) -> JointResult:
-    """Fit L(N, D) per series, with the run-to-run noise pooled over every series entering each bootstrap."""
+def fit_joint(series: dict[str, JointSeries], opts: JointOptions | None = None,
+              skip_unfit: bool = False) -> JointResult:
+    """Fit L(N, D) per series, with the run-to-run noise pooled over every series entering each bootstrap.
+
+    A series the law cannot be fitted to is an error, or with ``skip_unfit`` a warning (its IsoFLOP profiles
+    and its seeds' noise still count).
+    """
     opts = opts or JointOptions()
     if not 0 < opts.level < 1:
         raise UserError(f"the interval level must be between 0 and 1, got {opts.level}")
@@ -449,9 +468,14 @@ def fit_joint(series: dict[str, JointSeries], opts: JointOptions | None = None) 
         raise UserError("the number of bootstrap replicates cannot be negative")
     noise = pooled_noise([s.cells() for s in series.values()])
     fits = {}
+    warnings = []
     for k, (name, ser) in enumerate(series.items()):
+        reason = unfit_reason(ser)
+        if reason is not None and skip_unfit:
+            warnings.append(f"{reason}: no joint fit")
+            continue
         rng = np.random.default_rng([opts.seed, k])
         fits[name] = fit_series(ser, opts, noise, rng)
     settings = {"law": "joint", "n_bootstrap": opts.n_bootstrap, "level": opts.level, "seed": opts.seed,
                 "huber_delta": opts.huber_delta}
-    return JointResult(series=fits, noise=noise, settings=settings)
+    return JointResult(series=fits, noise=noise, warnings=warnings, settings=settings)

@@ -269,9 +269,9 @@ def format_joint_text(result: Any, iso: dict[str, Any], comparisons: list[dict[s
                   _table_text(PROFILE_HEADER, profile_rows(iso)), "",
                   _table_text(LAW_HEADER, law_rows(iso))]
     else:
-        parts += ["", "no IsoFLOP profiles: no series holds three or more sizes at each of two or more budgets"]
+        parts += ["", "no IsoFLOP profiles: no series holds three or more sizes at one budget"]
     if comparisons:
-        parts += ["", *optimum_comparison_lines(comparisons)]
+        parts += ["", _joint_noise_line(result), *optimum_comparison_lines(comparisons)]
     warns = list(result.warnings) + [f"{n}: {w}" for n, f in result.series.items() for w in f.warnings]
     warns += [f"{n}: {w}" for n, x in iso.items() for w in x.warnings]
     if warns:
@@ -286,12 +286,14 @@ def write_joint_report(result: Any, iso: dict[str, Any], comparisons: list[dict[
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"report": out / "report.md", "json": out / "fit.json", "plot_joint": out / "joint.png"}
+    paths = {"report": out / "report.md", "json": out / "fit.json"}
     data = result.to_json()
     data["isoflop"] = {k: v.to_json() for k, v in iso.items()}
     data["comparisons"] = comparisons
     write_json(data, paths["json"])
-    plot_joint(result, series, paths["plot_joint"])
+    if result.series:
+        paths["plot_joint"] = out / "joint.png"
+        plot_joint(result, series, paths["plot_joint"])
     if iso:
         paths["plot_isoflop"] = out / "isoflop.png"
         plot_isoflop(iso, paths["plot_isoflop"])
@@ -303,8 +305,9 @@ def write_joint_report(result: Any, iso: dict[str, Any], comparisons: list[dict[
           f"of each (N, D) cell with a Huber loss (delta {s['huber_delta']:g}) on log residuals from a grid of starts; "
           f"{s['n_bootstrap']} parametric bootstrap replicates, {s['level']:.0%} percentile intervals, "
           f"seed {s['seed']}.",
-          "", _joint_noise_line(result) + ".", "", "## Joint law", "", _table_md(JOINT_HEADER, joint_rows(result)), "",
-          "![loss vs N and vs D with the fitted surfaces](joint.png)", ""]
+          "", _joint_noise_line(result) + ".", "", "## Joint law", "", _table_md(JOINT_HEADER, joint_rows(result)), ""]
+    if result.series:
+        md += ["![loss vs N and vs D with the fitted surfaces](joint.png)", ""]
     if iso:
         md += ["## IsoFLOP profiles (approach 2)", "",
                "Per budget, a parabola in ln N through ln L of the sizes; its vertex is the loss-minimising size "
@@ -318,7 +321,8 @@ def write_joint_report(result: Any, iso: dict[str, Any], comparisons: list[dict[
         md += ["## Between structures", "",
                "a − b of each exponent and the ratio of N* at each common budget, with intervals from paired "
                "replicates. A direction is stated only when the interval of the difference excludes 0 and the two "
-               "intervals do not overlap; otherwise *not distinguishable*.", "", "```",
+               "intervals do not overlap; otherwise *not distinguishable*.", "", _joint_noise_line(result) + ".", "",
+               "```",
                *optimum_comparison_lines(comparisons), "```", ""]
     warns = list(result.warnings) + [f"{n}: {w}" for n, f in result.series.items() for w in f.warnings]
     warns += [f"{n}: {w}" for n, x in iso.items() for w in x.warnings]
