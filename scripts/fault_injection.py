@@ -30,8 +30,14 @@ CHECKPOINT_INTERVAL = 3
 
 
 def draw_crash(rng: random.Random, procs: int, distributed: str) -> str:
-    """A kill point ``point:count[@rank]`` that the run reaches: a step, or a phase of a checkpoint write."""
-    point = rng.choice(CRASH_POINTS)
+    """A kill point ``point:count[@rank]`` that the run reaches: a step, or a phase of a checkpoint write.
+
+    One process: the five points alike. Several: half the kills at a step (on any rank), half inside a write.
+    """
+    if procs == 1:
+        point = rng.choice(CRASH_POINTS)
+    else:
+        point = "train.step" if rng.random() < 0.5 else rng.choice(CRASH_POINTS[1:])
     writes = STEPS // CHECKPOINT_INTERVAL + 1  # periodic checkpoints and the final one
     crash = f"{point}:{rng.randint(1, STEPS - 1) if point == 'train.step' else rng.randint(1, writes)}"
     if procs == 1:

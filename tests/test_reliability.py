@@ -260,3 +260,14 @@ def test_a_killed_rank_ends_the_job_and_the_same_command_resumes_to_the_uninterr
     assert result.kills == 1 and result.resumes == 1
     assert result.unreadable_checkpoints == 0
     assert result.mismatches == []  # losses, weights and AdamW state bit for bit (gloo sums 2 ranks exactly)
+
+
+def test_checkpoint_minutes_checkpoint_by_wall_clock_and_off_means_the_end_only(tiny_data, tmp_path):
+    every_step = tiny_run_config(tiny_data, tmp_path / "clock", "train.checkpoint_interval=null",
+                                 "train.checkpoint_minutes=1e-9", "train.keep_checkpoints=100", "train.tokens=2560")
+    run_training(every_step)  # a step takes longer than 60 ns: each one is due
+    assert [load_state(c)["step"] for c in list_checkpoints(tmp_path / "clock")] == list(range(1, 11))
+    end_only = tiny_run_config(tiny_data, tmp_path / "off", "train.checkpoint_interval=null",
+                               "train.checkpoint_minutes=null", "train.keep_checkpoints=100", "train.tokens=2560")
+    run_training(end_only)
+    assert [c.name for c in list_checkpoints(tmp_path / "off")] == ["step-00000010"]
