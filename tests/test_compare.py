@@ -84,7 +84,16 @@ def test_compare_refuses_a_foreign_out_folder_and_non_runs(runs, tmp_path):
 
 
 def test_without_matplotlib_compare_writes_the_tables_and_says_so(runs, tmp_path, monkeypatch):
+    assert cli("compare", str(runs[0]), "--out", str(tmp_path / "cmp"))[0] == 0  # with plots
+    (tmp_path / "cmp" / "loss_vs_flops.png").unlink()
+    (tmp_path / "cmp" / "loss_vs_flops.png").write_bytes(b"a plot of my own")
+    record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    record["files"].remove("loss_vs_flops.png")  # as if an earlier compare had not written it
+    (tmp_path / "cmp" / "compare.json").write_text(json.dumps(record))
     monkeypatch.setattr(run_compare, "_pyplot", lambda: None)
-    code, _, err = cli("compare", str(runs[0]), "--out", str(tmp_path / "cmp"))
+    code, _, err = cli("compare", str(runs[1]), "--out", str(tmp_path / "cmp"))
     assert code == 0 and "plots skipped (pip install 'lowrank-lm[analysis]'" in err
-    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["compare.json", "compare.md"]
+    # our stale loss-vs-tokens plot (of other runs) is gone; the file compare did not write stays
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["compare.json", "compare.md",
+                                                                     "loss_vs_flops.png"]
+    assert (tmp_path / "cmp" / "loss_vs_flops.png").read_bytes() == b"a plot of my own"

@@ -4,6 +4,7 @@ and the README's demo table is the one `make demo` recorded in docs/results/demo
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from lowrank_lm.config import save_config
@@ -49,4 +50,16 @@ def test_demo_prints_the_table_of_its_json_and_reuses_only_the_same_experiment(t
     assert code == 0 and stdout.count("== training") == 2
     assert (out / "dense" / "notes.txt").read_text() == "mine"
     assert all(r["tokens"] == 2560 for r in json.loads((out / "results.json").read_text())["rows"])
+
+
+def test_the_readme_demo_table_is_the_recorded_demo_output():
+    record = json.loads((ROOT / "docs/results/demo.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"^\| model \| params \|.*?(?=\n\n)", readme, flags=re.S | re.M)
+    assert found, "the README has no demo table"
+    assert found.group(0) == demo_table(record), (
+        "README's demo table is not docs/results/demo.json's: after `make demo`, copy runs/demo/results.json "
+        "there and run python scripts/readme_demo_table.py")
+    assert record["config"]["train"]["tokens"] == 2_000_000 and record["config"]["model"]["hidden_dim"] == 128
+    assert [r["name"] for r in record["rows"]] == ["dense", "lowrank-32"]
 

@@ -171,8 +171,17 @@ def prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _earlier_files(out: Path) -> set[str]:
+    """The files an earlier compare wrote into ``out`` (its record lists them)."""
+    try:
+        return set(json.loads((out / RECORD).read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
 def write_comparison(runs: list[Run], out: Path) -> list[Path]:
     """compare.json, compare.md and the two loss plots (when matplotlib is there) under ``out``."""
+    earlier = _earlier_files(out)
     prepare_out(out)
     written = [out / "compare.md"]
     (out / "compare.md").write_text(markdown_table(runs))
@@ -181,7 +190,7 @@ def write_comparison(runs: list[Run], out: Path) -> list[Path]:
         made = plot_losses(runs, target, x)
         if made is not None:
             written.append(made)
-        elif target.is_file():  # ours from an earlier compare: it would now show other runs
+        elif target.name in earlier and target.is_file():  # ours from an earlier compare, of other runs
             target.unlink()
     record = {"runs": table_rows(runs), "files": [*sorted(p.name for p in written), RECORD]}
     (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")

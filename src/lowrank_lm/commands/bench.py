@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from lowrank_lm.errors import UserError
@@ -204,7 +205,26 @@ def _finish(args: argparse.Namespace, name: str, meta: dict, rows: list[dict], t
         raise KeyboardInterrupt
 
 
+def _check_out(out: str | None, name: str) -> None:
+    """Before measuring: --out may hold an earlier NAME.json / NAME.md of bench (replaced), nothing else of
+    those names (a file bench did not write is never replaced)."""
+    if out is None:
+        return
+    json_path, md_path = Path(out) / f"{name}.json", Path(out) / f"{name}.md"
+    if json_path.is_file():
+        try:
+            ours = set(json.loads(json_path.read_text())) == {"meta", "rows"}
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise UserError(f"{json_path} is not a bench result, and bench would replace it; choose another --out")
+    elif md_path.exists():
+        raise UserError(f"{md_path} was not written by bench (no {name}.json beside it), and bench would replace "
+                        "it; choose another --out")
+
+
 def run(args: argparse.Namespace) -> None:
+    _check_out(args.out, args.bench)
     device = _setup(args)
     {"ffn": _run_ffn, "train": _run_train, "decode": _run_decode}[args.bench](args, device)
 

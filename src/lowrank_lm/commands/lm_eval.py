@@ -49,6 +49,23 @@ def default_output(checkpoint: Path, tasks: list[str]) -> Path:
     return checkpoint / f"lm_eval_{name}"
 
 
+def _check_output(out: Path) -> None:
+    """--output may name a new file or an earlier lm-eval record (replaced), nothing else."""
+    import json
+
+    from lowrank_lm.errors import UserError
+
+    if not out.exists():
+        return
+    try:
+        ours = {"tasks", "results"} <= set(json.loads(out.read_text()))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise UserError(f"--output {out} exists and is not an lm-eval record, which it would replace; "
+                        "give a new file name")
+
+
 def _offline_error(tasks: list[str]) -> str:
     from lowrank_lm.export.hub_access import hub_host, offline_by_setting
 
@@ -74,6 +91,8 @@ def run(args: argparse.Namespace) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise UserError("--tasks is empty; name at least one lm-eval task")
+    if args.output:
+        _check_output(Path(args.output))
     model = load(args.checkpoint, args.device)
     if model.tokenizer is None:
         from lowrank_lm.data.tokenizer import MISSING_HINT
