@@ -149,3 +149,30 @@ def test_cpu_block_kernels_follow_autocast_like_the_batched_matmul(kind):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
     with torch.no_grad():
         torch.testing.assert_close(y.float(), layer(x), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("kind", ["dense", "lowrank", "blockdense"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cublaslt_epilogue_path_equals_gelu_of_the_layer(kind, dtype):
+    # The CUDA path run on CPU: the same operands and bias, the CPU kernel's GELU flavour (exact, not tanh)
+    layer = _layer(kind, 64, 96).to(dtype)
+    x = torch.randn(3, 7, 64, dtype=dtype)
+    with torch.no_grad():
+        fused = fused_module.epilogue_gelu_linear(layer, x)
+        plain = F.gelu(layer(x), approximate=fused_module.EPILOGUE_GELU["cpu"])
+    assert fused.shape == plain.shape == (3, 7, 96)
+    tol = {"rtol": 1.6e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(fused, plain, **tol)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: bf16 like F.linear
+        assert fused_module.epilogue_gelu_linear(layer.float(), x.float()).dtype == torch.bfloat16
+    layer.premerge(64)  # pre-merged: the merged weight is the tail
+    with torch.no_grad():
+        torch.testing.assert_close(fused_module.epilogue_gelu_linear(layer, x), plain, **tol)
+
+
+def test_blockshuffle_has_no_epilogue_path_and_cpu_never_takes_it():
+    layer = _layer("blockshuffle", 64, 96)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        assert fused_module.epilogue_gelu_linear(layer, x) is None
+        assert not fused_module._can_fuse_cuda(_layer("dense", 64, 96), x)  # CUDA only

@@ -3,9 +3,12 @@
 An eager decode step runs the model's Python code once per token and attends to the cache sliced to
 its filled length, so every step has new shapes. On a GPU the step then costs the time to launch its
 few hundred small kernels, whatever the batch (about 10 ms on an H200). A *static* step
-(:meth:`Transformer.decode_step`) has the same shapes at every position: it writes the new keys and
-values at a position held in a tensor and attends to all slots of a preallocated cache with a mask.
-That step can be
+(:meth:`Transformer.decode_step`) has the same shapes at every position of a span: it writes the new
+keys and values at a position held in a tensor and attends, with a mask, to the first ``span`` slots of
+a preallocated cache, the span being the position rounded up to :data:`SPAN_STEP` (so a step reads at
+most SPAN_STEP - 1 slots more than the eager one; attending to the whole cache would double the
+key/value reads of a generation from a short prompt, which is what bounds decoding at large batches).
+Each span's step can be
 
 - captured once in a CUDA graph and replayed (CUDA): one launch per token instead of hundreds;
 - compiled by torch.compile (CPU): inductor fuses the small element-wise ops between the matmuls.
@@ -14,8 +17,9 @@ The prompt is filled in by the eager forward pass (it has one shape per call any
 the same logits up to rounding, hence the same greedy tokens.
 
 The cache is sized to the generation rounded up to :data:`CACHE_STEP` slots (at most the context), so
-that calls of similar length share one compiled step. One static decoder per model is kept for the next
-call of the same batch and length (a CUDA graph holds its memory; a second decoder would double it).
+that calls of similar length share their compiled steps or graphs (one per span). One static decoder per
+model is kept for the next call of the same batch and length (its graphs hold their memory; a second
+decoder would double it).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ if TYPE_CHECKING:
 DECODE_MODES = ("auto", "eager", "static")
 CACHE_STEP = 128
 """Static caches are sized in multiples of this many slots (one compiled step serves each size)."""
+SPAN_STEP = 64
+"""A static step attends to the filled slots rounded up to a multiple of this (one graph per span)."""
 
 
 def _cache_dtype(model: Transformer, device: torch.device) -> torch.dtype:
@@ -88,8 +94,8 @@ class StaticDecoder:
         self.cache: KVCache = KVCache(model.cfg, batch, max_len, device, dtype)
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.pos = torch.zeros((), dtype=torch.long, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.out: torch.Tensor | None = None
+        self.host_pos = 0  # the position on the host too: it picks the span (no device sync needed)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.fn = model.decode_step
         if compiled and device.type != "cuda":
             from lowrank_lm.runtime import raise_compile_limits
@@ -102,27 +108,31 @@ class StaticDecoder:
         """Logits (B, V) of the last prompt token; earlier contents of the cache are masked from now on."""
         self.cache.pos = 0
         logits = self.model(input_ids, cache=self.cache)[:, -1]
-        self.pos.fill_(input_ids.shape[1])
+        self.host_pos = input_ids.shape[1]
+        self.pos.fill_(self.host_pos)
         return logits
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (B, V) after feeding ``tokens`` (B,) at the current position."""
         self.tokens.copy_(tokens[:, None])
+        max_len = self.cache.slots.shape[0]
+        self.cache.span = min(max_len, (self.host_pos // SPAN_STEP + 1) * SPAN_STEP)
         if self.use_graph:
-            out = self._replay()
+            out = self._replay(self.cache.span)
         else:
             out = self.fn(self.tokens, self.pos, self.cache)
         self.pos.add_(1)
+        self.host_pos += 1
         return out
 
-    def _replay(self) -> torch.Tensor:
-        if self.graph is None:
-            self._capture()
-        assert self.graph is not None and self.out is not None
-        self.graph.replay()
-        return self.out
+    def _replay(self, span: int) -> torch.Tensor:
+        if span not in self.graphs:
+            self.graphs[span] = self._capture()
+        graph, out = self.graphs[span]
+        graph.replay()
+        return out
 
-    def _capture(self) -> None:
+    def _capture(self) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Record one step in a CUDA graph (after warm-up steps on a side stream, as CUDA graphs require).
 
         The warm-up and capture write keys and values at the current position, which the real step
@@ -135,9 +145,10 @@ class StaticDecoder:
                 self.fn(self.tokens, self.pos, self.cache)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.out = self.fn(self.tokens, self.pos, self.cache)
-        self.graph = graph
+        pool = next(iter(self.graphs.values()))[0].pool() if self.graphs else None  # spans share one pool
+        with torch.cuda.graph(graph, pool=pool):
+            out = self.fn(self.tokens, self.pos, self.cache)
+        return graph, out
 
 
 def static_cache_len(total: int, seq_len: int) -> int:

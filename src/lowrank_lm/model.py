@@ -57,34 +57,38 @@ class KVCache:
 
     Eager calls (prefill, eager decoding) write at the host position ``pos`` and attend to the filled
     part. A static decode step (:meth:`Transformer.decode_step`) writes at a position tensor instead
-    and attends to all ``max_len`` slots with a mask, so its shapes never change.
+    and attends to the first ``span`` slots (a multiple of a bucket size set by the decoder) with a
+    mask, so its shapes change only when the span does.
     """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device,
                  dtype: torch.dtype) -> None:
-        shape = (cfg.num_layers, batch, cfg.resolved_kv_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch, cfg.resolved_kv_heads, max_len, cfg.head_dim)
+        # one tensor per layer, not views of one: a compiled step then updates each in place (a write into
+        # a view of a graph input makes torch.compile copy the whole base tensor back)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.slots = torch.arange(max_len, device=device)
         self.pos = 0
+        self.span = max_len
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.pos + k.shape[-2]
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def write_at(self, layer: int, k: torch.Tensor, v: torch.Tensor,
                  pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store one token's keys and values at slot ``pos`` (0-dim tensor); all slots back."""
+        """Store one token's keys and values at slot ``pos`` (0-dim tensor); the first ``span`` slots back."""
         at = pos.view(1)
         self.k[layer].index_copy_(2, at, k)
         self.v[layer].index_copy_(2, at, v)
-        return self.k[layer], self.v[layer]
+        return self.k[layer][:, :, :self.span], self.v[layer][:, :, :self.span]
 
     def visible(self, pos: torch.Tensor) -> torch.Tensor:
-        """The attention mask of the token at ``pos``: slots 0..pos, shaped to broadcast over (B, H, 1, max_len)."""
-        return (self.slots <= pos).view(1, 1, 1, -1)
+        """The attention mask of the token at ``pos``: slots 0..pos of the span, broadcast over (B, H, 1, span)."""
+        return (self.slots[:self.span] <= pos).view(1, 1, 1, -1)
 
 
 class Attention(nn.Module):
@@ -223,7 +227,7 @@ class Transformer(nn.Module):
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, V) of one token per sequence, ``tokens`` (B, 1), at position ``pos`` (a 0-dim tensor).
 
-        Every shape is fixed by the cache (batch, max_len), whatever the position: the step can be
+        Every shape is fixed by the cache (batch, span), whatever the position: the step can be
         compiled once and captured in a CUDA graph (see :mod:`lowrank_lm.decoding`).
         """
         x = self.embed(tokens)

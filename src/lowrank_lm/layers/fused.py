@@ -1,11 +1,13 @@
-"""GELU after an FFN linear, fused into its last matmul for CPU inference.
+"""GELU after an FFN linear, fused into its last matmul for inference (CPU: oneDNN; CUDA: cuBLASLt).
 
 In a GPT-style FFN, ``gelu(up(x))`` costs the matmul plus a separate pass over the 4 x width
 activations; on a 2-core CPU in bf16 that pass (and the bias add before it) is a fifth of a LowRank
 FFN's time, so it caps the speed-up that the saved FLOPs could give. oneDNN can apply bias and
 GELU-tanh to the matmul's output tiles while they are still in cache (the GPU recipes of the paper
-fuse bias-GELU the same way). It has no backward, so training and anything under autograd keep the
-plain path; the fused path gives the same values up to rounding.
+fuse bias-GELU the same way). On CUDA, ``torch._addmm_activation`` runs cuBLASLt's GELU_BIAS epilogue
+(GELU-tanh) on the layer's last dense matrix: dense, LowRank and BlockDense alike; BlockShuffle ends
+in a permutation and keeps the separate pass there. Neither fused op has a backward, so training and
+anything under autograd keep the plain path; the fused paths give the same values up to rounding.
 """
 
 from __future__ import annotations
@@ -80,8 +82,41 @@ def _blockshuffle_gelu(layer: BlockShuffleLinear, x: torch.Tensor) -> torch.Tens
     return torch.cat(chunks, dim=-1).view(*x.shape[:-1], layer.out_features)
 
 
+EPILOGUE_GELU = {"cuda": "tanh", "cpu": "none"}
+"""Which GELU ``torch._addmm_activation`` applies on each device: cuBLASLt's epilogue (and PyTorch's CUDA
+fallback) use the tanh approximation, the model's GELU; its CPU kernel uses the exact GELU. So on CPU it
+can check the plumbing of :func:`epilogue_gelu_linear` (tests), but only CUDA uses it for the model."""
+
+
+def _can_fuse_cuda(layer: StructuredLinear, x: torch.Tensor) -> bool:
+    if x.device.type != "cuda" or torch.compiler.is_compiling():
+        return False  # torch.compile fuses bias + GELU itself
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters())):
+        return False  # _addmm_activation has no backward
+    return layer.guide is None
+
+
+def epilogue_gelu_linear(layer: StructuredLinear, x: torch.Tensor) -> torch.Tensor | None:
+    """GELU of ``layer(x)`` with bias + GELU in the epilogue of the last matmul (``torch._addmm_activation``),
+    or None for a layer without a final dense matrix (BlockShuffle). Follows autocast like F.linear."""
+    tail = _dense_tail(layer, x)
+    if tail is None:
+        return None
+    h, weight = tail
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else weight.dtype
+    h2 = h.reshape(-1, h.shape[-1]).to(dtype)
+    bias = layer.bias.to(dtype) if layer.bias is not None else h2.new_zeros(layer.out_features)
+    with torch.autocast(x.device.type, enabled=False):  # operands already in autocast's dtype
+        y = torch._addmm_activation(bias, h2, weight.to(dtype).t(), use_gelu=True)
+    return y.view(*x.shape[:-1], layer.out_features)
+
+
 def gelu_linear(layer: StructuredLinear, x: torch.Tensor) -> torch.Tensor:
     """GELU (tanh approximation) of ``layer(x)``; one fused matmul + bias + GELU call where possible."""
+    if _can_fuse_cuda(layer, x):
+        y = epilogue_gelu_linear(layer, x)
+        if y is not None:
+            return y
     tokens = x.numel() // layer.in_features
     if tokens >= MIN_TOKENS and _can_fuse(layer, x):
         tail = _dense_tail(layer, x)
