@@ -275,9 +275,11 @@ class _Problem:
         for p0 in starts:
             p0 = np.clip(p0, lo + 1e-9 * (1 + abs(lo)), hi - 1e-9 * (1 + abs(hi)))
             try:
-                res = least_squares(lambda p: self.model(p) - y, p0, jac=self.jac, bounds=(lo, hi), method="trf",
-                                    loss="huber", f_scale=self.delta, x_scale="jac", ftol=1e-10, xtol=1e-10,
-                                    gtol=1e-10, max_nfev=300)
+                # a trial step far out can overflow exp(); the solver rejects such steps, so no warning is due
+                with np.errstate(over="ignore", invalid="ignore"):
+                    res = least_squares(lambda p: self.model(p) - y, p0, jac=self.jac, bounds=(lo, hi),
+                                        method="trf", loss="huber", f_scale=self.delta, x_scale="jac", ftol=1e-10,
+                                        xtol=1e-10, gtol=1e-10, max_nfev=300)
             except (ValueError, np.linalg.LinAlgError):
                 continue
             if res.status > 0 and np.isfinite(res.cost) and (best is None or res.cost < best.cost):
@@ -317,29 +319,31 @@ class _Problem:
         lam = np.full(R, 1e-3)
         done = np.zeros(R, bool)
         eye = np.eye(5)
-        for _ in range(iterations):
-            act = ~done
-            if not act.any():
-                break
-            r = m[act] - Y[act]
-            w = np.where(np.abs(r) <= self.delta, 1.0, self.delta / np.maximum(np.abs(r), 1e-300))
-            Ja = J[act]
-            H = np.einsum("rni,rn,rnj->rij", Ja, w, Ja)
-            g = np.einsum("rni,rn,rn->ri", Ja, w, r)
-            damp = lam[act, None, None] * (H * eye + 1e-12 * eye)
-            step = np.linalg.solve(H + damp, -g[..., None])[..., 0]
-            P_new = np.clip(P[act] + step, lo, hi[act])
-            m_new, J_new = self.batch_model(P_new)
-            cost_new = self.huber(m_new - Y[act])
-            better = cost_new <= cost[act]
-            idx = np.flatnonzero(act)
-            gain = (cost[act] - cost_new) / np.maximum(cost[act], 1e-300)
-            moved = np.abs(P_new - P[act]).max(axis=1)
-            acc = idx[better]
-            P[acc], m[acc], J[acc], cost[acc] = P_new[better], m_new[better], J_new[better], cost_new[better]
-            lam[acc] = np.maximum(lam[acc] / 3, 1e-12)
-            lam[idx[~better]] *= 4
-            done[idx[(better & ((gain < 1e-10) | (moved < 1e-8))) | (lam[idx] > 1e10)]] = True
+        # a step far out can overflow exp(); its cost is then NaN and the step is rejected
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(iterations):
+                act = ~done
+                if not act.any():
+                    break
+                r = m[act] - Y[act]
+                w = np.where(np.abs(r) <= self.delta, 1.0, self.delta / np.maximum(np.abs(r), 1e-300))
+                Ja = J[act]
+                H = np.einsum("rni,rn,rnj->rij", Ja, w, Ja)
+                g = np.einsum("rni,rn,rn->ri", Ja, w, r)
+                damp = lam[act, None, None] * (H * eye + 1e-12 * eye)
+                step = np.linalg.solve(H + damp, -g[..., None])[..., 0]
+                P_new = np.clip(P[act] + step, lo, hi[act])
+                m_new, J_new = self.batch_model(P_new)
+                cost_new = self.huber(m_new - Y[act])
+                better = cost_new <= cost[act]
+                idx = np.flatnonzero(act)
+                gain = (cost[act] - cost_new) / np.maximum(cost[act], 1e-300)
+                moved = np.abs(P_new - P[act]).max(axis=1)
+                acc = idx[better]
+                P[acc], m[acc], J[acc], cost[acc] = P_new[better], m_new[better], J_new[better], cost_new[better]
+                lam[acc] = np.maximum(lam[acc] / 3, 1e-12)
+                lam[idx[~better]] *= 4
+                done[idx[(better & ((gain < 1e-10) | (moved < 1e-8))) | (lam[idx] > 1e10)]] = True
         for r in np.flatnonzero(~done):  # the few slow ones (residuals hovering at delta): scipy, one by one
             res = self.solve(Y[r], [P[r]])
             P[r] = res.x if res is not None else np.nan
