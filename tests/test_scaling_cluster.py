@@ -251,6 +251,9 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
 
 def test_slurm_job_scripts_carry_the_resources_and_the_torchrun_line(tmp_path, fake_slurm):
     path = write_sweep(tmp_path, tmp_path / "no-data-needed", "slurm", SLURM_SWEEP)
+    code, out, _ = cli("sweep", str(path), "--dry-run", "--executor", "submitit")
+    assert code == 0 and "  b: 2 nodes x 8 GPUs, 64 CPUs, 480 GB, time 2160 min, partition gpu, account lowrank" in out
+    assert not (tmp_path / "slurm").exists()  # a dry run submits and writes nothing
     code, _, err = cli("sweep", str(path), "--executor", "submitit", "--detach", "--cluster", "partition=nope")
     last = err.splitlines()[-1]  # the plan is printed before the first submission
     assert code == 2 and last.startswith("lowrank-lm sweep: error: the scheduler refused the job of run a-lowrank-50")

@@ -79,6 +79,24 @@ def _plan_text(plan, shard: tuple[int, int]) -> str:
     return "\n".join(lines)
 
 
+def _jobs_text(plan, overrides: list[str]) -> str:
+    """What each size's jobs ask for and run (--dry-run with --executor submitit)."""
+    from lowrank_lm.scaling.cluster import launch_line, parse_cluster
+
+    sizes = list(dict.fromkeys(r.size for r in plan.runs))
+    cluster = parse_cluster(plan.cluster, overrides, sizes, where=f"{plan.path}: cluster")
+    lines = ["jobs: one per run; resources per size, then the line each job runs"]
+    for size in sizes:
+        res = cluster.for_size(size)
+        ask = [f"{res.nodes} node{'s' if res.nodes > 1 else ''} x {res.gpus_per_node} GPUs",
+               f"{res.cpus_per_task} CPUs" if res.cpus_per_task else "", f"{res.mem_gb:g} GB" if res.mem_gb else "",
+               f"time {res.time_min} min" if res.time_min else "no time limit set",
+               *(f"{k} {getattr(res, k)}" for k in ("partition", "account", "qos") if getattr(res, k))]
+        lines.append(f"  {size}: {', '.join(a for a in ask if a)}")
+        lines.append(f"    {launch_line('RUN/config.yaml', res)}")
+    return "\n".join(lines)
+
+
 def _gpu_slots(args: argparse.Namespace) -> list[str] | None:
     """--gpus 0,1,2,3 --gpus-per-run 2 -> ["0,1", "2,3"]: the devices of each side-by-side runner."""
     from lowrank_lm.errors import UserError
@@ -123,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     plan = load_sweep(args.sweep)
     if args.dry_run:
         print(_plan_text(plan, shard))
+        if executor == "submitit":
+            print(_jobs_text(plan, args.cluster))
         return 0
     if args.status or args.cancel:
         return _status_or_cancel(args, plan, shard)

@@ -100,6 +100,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         launch = os.environ.get(LAUNCH_ENV)
         if not launch:
             raise JobFailed(f"the job script exports no {LAUNCH_ENV}; submit the run with lowrank-lm sweep")
+        if (JobRecord.load(run) or JobRecord("", "", "")).state == "cancelled":  # cancelled before it started
+            return {"finished": False}
         self._record(run, env, state="running", message=None)
         rc, start = self._attempt(run, launch)
         if (run / SUMMARY).is_file():
@@ -109,6 +111,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         if rc == EXIT_USER_ERROR or error:
             self._fail(run, env, error or last_line(log, start) or f"exit status {rc}")
         if rc == EXIT_STOPPED:
+            if (JobRecord.load(run) or JobRecord("", "", "")).state == "cancelled":  # sweep --cancel said why
+                return {"finished": False}
             self._record(run, env, state="stopped", message="stopped before the end (SIGTERM without the "
                          "scheduler's requeue signal); the checkpoint is kept: submit the sweep again to resume")
             return {"finished": False}
@@ -141,8 +145,8 @@ class TrainJob(submitit.helpers.Checkpointable):
                 exited.set()
 
             threading.Thread(target=reap, daemon=True).start()
-            record = JobRecord.load(run)
-            if record is not None:
+            record = JobRecord.load(run) if submitit.JobEnvironment().global_rank == 0 else None
+            if record is not None:  # task 0's trainer (or torchrun): what --cancel stops on a local executor
                 record.trainer_pid = proc.pid
                 record.save(run)
             try:
@@ -167,8 +171,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         if (run / SUMMARY).is_file():
             return None  # finished meanwhile: nothing to requeue (submitit ends the job)
-        if rc == EXIT_USER_ERROR:
-            self._record(run, env, state="failed", message=last_line(run / LOG_NAME) or "exit status 2")
+        if rc == EXIT_USER_ERROR:  # e.g. no room for the checkpoint: requeued, it would fail the same way
+            why = last_line(run / LOG_NAME) or "exit status 2"
+            (run / FAILED_MARKER).write_text(json.dumps({"error": why, "time": time.time()}) + "\n")
+            self._record(run, env, state="failed", message=why)
             return None
         if not self._retrying:
             self.requeues += 1

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -104,6 +104,7 @@ class _Watched:
     spec: RunSpec
     job: Any
     """A submitit Job, or None for a job submitted by an earlier command (followed through its record)."""
+    since: float = field(default_factory=time.monotonic)
 
 
 def _done(w: _Watched) -> bool:
@@ -178,7 +179,6 @@ def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0,
     slots = (cluster.base.max_parallel or 1) if scheduler == "local" else len(waiting) + len(watched)
     where = "Slurm" if scheduler == "slurm" else "submitit's local executor (no Slurm here)"
     print(f"{len(waiting)} runs to submit to {where}; job folders in {plan.out_dir / JOBS_DIR}/", file=out)
-    t0 = time.monotonic()
     try:
         while waiting or (watched and not detach):
             while waiting and len(watched) < slots:
@@ -191,7 +191,7 @@ def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0,
             time.sleep(poll_s)
             for w in [w for w in watched if _done(w)]:
                 watched.remove(w)
-                _report(w.spec, outcome, out, t0)
+                _report(w.spec, outcome, out, w.since)
                 write_results(plan, {r.name: run_state(r) for r in plan.runs})
     except KeyboardInterrupt:
         what = ("the jobs keep running on Slurm" if scheduler == "slurm" else
@@ -218,7 +218,7 @@ class _Detached(SweepOutcome):
         return 1 if self.failed else 0
 
 
-def _report(spec: RunSpec, outcome: SweepOutcome, out: TextIO, t0: float) -> None:
+def _report(spec: RunSpec, outcome: SweepOutcome, out: TextIO, since: float) -> None:
     """One line for a run whose job has ended."""
     st = run_state(spec)
     rec = JobRecord.load(spec.run_dir)
@@ -226,7 +226,7 @@ def _report(spec: RunSpec, outcome: SweepOutcome, out: TextIO, t0: float) -> Non
     retried = f", retried {rec.retries}x" if rec and rec.retries else ""
     if st.status == "done":
         s = st.summary or {}
-        print(f"{spec.name}: done after {_fmt_time(time.monotonic() - t0)}{requeued}{retried}: val loss "
+        print(f"{spec.name}: done {_fmt_time(time.monotonic() - since)} after submission{requeued}{retried}: val loss "
               f"{s.get('final_val_loss', float('nan')):.4f}", file=out, flush=True)
         outcome.finished.append(spec.name)
     elif st.status == "failed":
@@ -246,17 +246,15 @@ def cancel_jobs(plan: SweepPlan, shard: tuple[int, int] = (0, 1), out: TextIO | 
         rec = JobRecord.load(spec.run_dir)
         if not job_active(rec):
             continue
+        rec.state, rec.message = "cancelled", "cancelled with sweep --cancel"
+        rec.save(spec.run_dir)  # first: the job reads it when its trainer stops
         if rec.scheduler == "slurm":
             require_submitit().SlurmJob(folder=rec.folder, job_id=rec.job_id).cancel(check=False)
-        else:
-            # the trainer stops at once with a checkpoint (SIGTERM); the job's controller gets what submitit's
-            # LocalJob.cancel sends (SIGINT) and ends the job process
-            for pid, sig, mark in ((rec.trainer_pid, signal.SIGTERM, b"lowrank_lm"),
-                                   (int(rec.job_id), signal.SIGINT, b"submitit")):
-                if pid and _cmdline_has(pid, mark):
-                    os.kill(pid, sig)
-        rec.state, rec.message = "cancelled", "cancelled with sweep --cancel"
-        rec.save(spec.run_dir)
+        elif rec.trainer_pid and _cmdline_has(rec.trainer_pid, b"lowrank_lm"):
+            # submitit's local executor: the trainer checkpoints and stops (SIGTERM); its job, seeing the record,
+            # ends without a requeue (SIGINT, what submitit's LocalJob.cancel sends, is ignored by jobs that
+            # were started in the background)
+            os.kill(rec.trainer_pid, signal.SIGTERM)
         print(f"{spec.name}: cancelled job {rec.job_id}", file=out)
         n += 1
     if n == 0:
