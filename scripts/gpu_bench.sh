@@ -13,6 +13,14 @@
 #      corpus with a bpe-8192 tokenizer (prepared offline in OUT/data; SCALE_DATA="data.dir=... ..." to
 #      use other prepared data; PEAK_TFLOPS=... for a GPU missing from the peak table). Its table:
 #      OUT/train-scale.txt.
+# Issue 13 (fast paths), each a stage of its own:
+#   decode-static: decoding step time over batch 1-256, eager vs static (CUDA graph) on Transformer-m: the
+#      host bound (about 10 ms a step at every batch, eager) gone;
+#   table2-m / table2-l: paper Table 2 throughput with static decoding at the largest batch that fits
+#      (--search): Transformer-m GQA vs wide-structured-m, Transformer-l GQA vs wide-structured-l;
+#   mfu-m: Transformer-m dense training MFU compiled, full-logits loss vs chunked loss;
+#   ffn-5120: LowRank 32% FFN efficiency eager at width 5120 (bias + GELU in cuBLASLt's epilogue);
+#   train-xl (not in the default STAGES): Transformer-xl dense vs LowRank 32% training speed-up, compiled.
 # Each stage has its own time limit (seconds, overridable) so one slow stage cannot eat the others';
 # the limit sends SIGINT, on which the FFN and decode benches still write the sets they finished.
 # Results: OUT/<stage>/ (JSON, markdown, PNG) and OUT/<stage>.txt, the log in OUT/gpu_bench.log.
@@ -39,7 +47,9 @@ else
 fi
 T_FFN=${T_FFN:-45} T_FFN_COMPILE=${T_FFN_COMPILE:-75} T_TOKENS=${T_TOKENS:-60} T_TRAIN=${T_TRAIN:-45}
 T_COMPILE=${T_COMPILE:-110} T_DECODE=${T_DECODE:-170} T_SCALE=${T_SCALE:-300}
-STAGES=${STAGES:-ffn ffn-compile ffn-tokens train train-compile decode train-scale}
+T_DSTATIC=${T_DSTATIC:-120} T_TABLE2=${T_TABLE2:-170} T_MFU=${T_MFU:-150} T_FFN5120=${T_FFN5120:-45}
+T_XL=${T_XL:-240}
+STAGES=${STAGES:-ffn ffn-compile ffn-tokens train train-compile decode train-scale decode-static table2-m table2-l mfu-m ffn-5120}
 # the trainer under torchrun needs the Python that runs lowrank_lm
 if [ -n "${PY:-}" ]; then :
 elif [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"
@@ -52,6 +62,10 @@ if [ "${SMALL:-0}" = 1 ]; then  # toy sizes: checks the commands, not the GPU
             model.num_layers=2 model.vocab_size=512 --batches 1,2 --gen 8)
     ROUNDS=(--rounds 2) FAST=(--rounds 2) DECODE_ROUNDS=(--rounds 2)
     SCALE_CONFIG=configs/cpu/tiny.yaml SCALE_BATCH=8 SCALE_MICRO=4 SCALE_SEQ=256 SCALE_STEPS=${SCALE_STEPS:-20}
+    TOY=(model.num_layers=2 model.vocab_size=512)
+    DSTATIC=(configs/paper/transformer-m.yaml "${TOY[@]}" --batches 1,2 --gen 8)
+    SEARCH=(--batches 1,2 --gen 8) MFU=(configs/cpu/tiny.yaml --batch 2 --seq 64) FFN5120=(--widths 64 --tokens 256)
+    XL=(configs/cpu/tiny.yaml --batch 2 --seq 64)
 else
     WIDTHS=1536,2048,3072,4096,5120,6144 TOKENS=30720 TOKEN_WIDTHS=2048,5120,6144 COMPILE_WIDTHS=2048,5120
     TOKEN_LIST=1,16,128,256,512,1024,1536,2048,4096
@@ -60,6 +74,10 @@ else
             --batches 256 --search --max-batch 4096 --gen 256)
     ROUNDS=() FAST=(--rounds 5 --min-round-s 0.02) DECODE_ROUNDS=(--rounds 1)
     SCALE_CONFIG=configs/paper/transformer-m.yaml SCALE_BATCH=32 SCALE_MICRO=16 SCALE_SEQ=1024
+    TOY=()
+    DSTATIC=(configs/paper/transformer-m.yaml --batches 1,16,64,256 --gen 128)
+    SEARCH=(--batches 256 --search --max-batch 8192 --gen 256) MFU=(configs/paper/transformer-m.yaml --batch 16 --seq 1024)
+    FFN5120=(--widths 5120 --tokens 30720) XL=(configs/paper/transformer-xl.yaml --batch 4 --seq 1024)
     SCALE_STEPS=${SCALE_STEPS:-300}
 fi
 
@@ -92,6 +110,17 @@ stage train "$T_TRAIN" bench train "${TRAIN[@]}" --kinds dense,lowrank --fractio
 stage train-compile "$T_COMPILE" bench train "${TRAIN[@]}" --kinds dense,lowrank --fractions 0.32 --dtype bf16 \
     --compile on --no-peer "${ROUNDS[@]}"
 stage decode "$T_DECODE" bench decode "${DECODE[@]}" --dtype bf16 "${DECODE_ROUNDS[@]}"
+stage decode-static "$T_DSTATIC" bench decode "${DSTATIC[@]}" --decode eager,static --dtype bf16 "${DECODE_ROUNDS[@]}"
+stage table2-m "$T_TABLE2" bench decode configs/paper/transformer-m-gqa.yaml configs/paper/wide-structured-m.yaml \
+    ${TOY[@]+"${TOY[@]}"} "${SEARCH[@]}" --decode static --dtype bf16 "${DECODE_ROUNDS[@]}"
+stage table2-l "$T_TABLE2" bench decode configs/paper/transformer-l-gqa.yaml configs/paper/wide-structured-l.yaml \
+    ${TOY[@]+"${TOY[@]}"} "${SEARCH[@]}" --decode static --dtype bf16 "${DECODE_ROUNDS[@]}"
+stage mfu-m "$T_MFU" bench train "${MFU[@]}" --kinds dense --compile on --no-peer --loss-chunk-tokens 0,4096 \
+    --dtype bf16 "${ROUNDS[@]}"
+stage ffn-5120 "$T_FFN5120" bench ffn "${FFN5120[@]}" --kinds dense,lowrank --fractions 0.32 --mode fwd --dtype bf16 \
+    "${ROUNDS[@]}"
+stage train-xl "$T_XL" bench train "${XL[@]}" --kinds dense,lowrank --fractions 0.32 --compile on --no-peer \
+    --dtype bf16 "${ROUNDS[@]}"
 
 scale_run() {  # scale_run MODE: the trainer, one process under torchrun, train.distributed=MODE
     local mode=$1
@@ -139,6 +168,5 @@ PYEOF
     log "train-scale: table in $OUT/train-scale.txt"
     cat "$OUT/train-scale.txt" >> "$OUT/gpu_bench.log"
 fi
-
 
 log "all stages finished; tables: $OUT/*.txt, JSON/markdown/PNG: $OUT/*/"

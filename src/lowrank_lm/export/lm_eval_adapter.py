@@ -3,7 +3,8 @@
 lm-eval is an optional extra (``pip install 'lowrank-lm[eval]'``). The adapter scores with our own
 forward pass (no transformers involved): log-likelihoods of continuations, rolling log-likelihoods
 of whole documents in windows of the model's context, and greedy or sampled generation with the
-KV cache. Text goes through the run's own tokenizer (:func:`lowrank_lm.data.tokenizer.load_run_tokenizer`:
+KV cache (``decode="auto"``: static steps in CUDA graphs on CUDA, the eager loop on CPU). Text goes
+through the run's own tokenizer (:func:`lowrank_lm.data.tokenizer.load_run_tokenizer`:
 bpe, gpt2, hub and SentencePiece alike); its end-of-text token (``<|endoftext|>``, or ``</s>`` for LLaMA and
 SentencePiece models) is the prefix token for empty contexts and for the first window of a document.
 """
