@@ -79,6 +79,7 @@ TWO_PROCESS = {
     "ddp-lowrank-bf16": (["train.distributed=ddp", *LOWRANK, "train.precision=bf16"], None),
     "fsdp-blockshuffle-bf16": (["train.distributed=fsdp", *BLOCKSHUFFLE, "train.precision=bf16"], None),
     "ddp-guided": (["train.distributed=ddp", *GUIDED], None),
+    "ddp-guided-coins": (["train.distributed=ddp", *GUIDED, "train.self_guided.reduce_flop=true"], None),
     "ddp-2to1": (["train.distributed=ddp", *LOWRANK], 4),
     "fsdp-2to1": (["train.distributed=fsdp", *BLOCKSHUFFLE], 4),
     "ddp-1to2": (["train.distributed=ddp", *LOWRANK], None),  # resumes a one-process checkpoint of step 4
@@ -199,6 +200,10 @@ def test_guide_flops_are_summed_over_ranks(runs):
     assert two["train_flops"] == one["train_flops"]
     assert two["flop_ratio_to_dense"] == one["flop_ratio_to_dense"]
     assert_same_run(runs["guided"], runs["ddp-guided"])
+    # reduce_flop: each rank flips its own coins (a guide may run on one rank and not the other in the same
+    # micro-batch, which DDP's unused-parameter search handles); the ranks' guided tokens still add up
+    coins = summary(runs["ddp-guided-coins"])
+    assert 0 < coins["guide_flops"] < one["guide_flops"] and coins["steps"] == 10
 
 
 # ----------------------------------------------------------------------------- resume on another world size
