@@ -99,7 +99,7 @@ def test_finished_run_is_not_overwritten_without_asking(data_dir, tmp_path):
         run_training(tiny(data_dir, out, "train.tokens=1024"))
     (out / "notes.txt").write_text("mine")
     again = run_training(tiny(data_dir, out, "train.tokens=1024"), overwrite=True)
-    assert again["steps"] == 4
+    assert again.steps == 4
     assert (out / "notes.txt").read_text() == "mine"  # never deletes what it did not create
 
 
