@@ -38,3 +38,19 @@ def test_lm_eval_refuses_an_output_file_it_did_not_write(tmp_path):
     code, _, err = cli("lm-eval", str(tmp_path / "no-run"), "--tasks", "x", "--output", str(target))
     assert code == 2 and f"--output {target} exists and is not an lm-eval record" in err
     assert target.read_text() == '{"my": "data"}'
+
+
+def test_prepare_force_replaces_only_what_prepare_wrote(tmp_path):
+    from .ecosystem import sentences
+
+    source = tmp_path / "text.txt"
+    source.write_text("\n\n".join(" ".join(sentences(12, seed=i)) for i in range(40)))
+    data = tmp_path / "data"
+    common = [f"data.source={source}", "data.tokenizer=bpe-300", f"data.dir={data}", "data.num_workers=1"]
+    assert cli("prepare", *common, "data.val_tokens=400", "--quiet")[0] == 0
+    (data / "notes.txt").write_text("mine")
+    code, _, err = cli("prepare", *common, "data.val_tokens=300", "--quiet")
+    assert code == 2 and "--force" in err  # other settings in a prepared folder: refused without --force
+    assert cli("prepare", *common, "data.val_tokens=300", "--quiet", "--force")[0] == 0
+    assert json.loads((data / "manifest.json").read_text())["tokens"]["val"] == 300
+    assert (data / "notes.txt").read_text() == "mine"
