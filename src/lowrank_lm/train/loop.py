@@ -184,7 +184,10 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # a guide may sit out a micro-batch (stochastic FLOP reduction): DDP must tolerate unused params
             wrapped = DDP(model, device_ids=ids, find_unused_parameters=bool(SelfGuidance.guides(model)))
-        if use_compile(t.compile, self.device) and not SelfGuidance.guides(model):
+        # guides with reduce_flop flip a Python coin per layer and micro-batch, on which dynamo specialises:
+        # a new graph nearly every step (docs/results/fast-paths-cpu.md), so those guided steps stay eager
+        coins = bool(SelfGuidance.guides(model)) and t.self_guided.reduce_flop
+        if use_compile(t.compile, self.device) and not coins:
             wrapped = torch.compile(wrapped)
         return wrapped
 

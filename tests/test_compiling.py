@@ -1,0 +1,31 @@
+"""train.compile: auto resolves per device; compile stays on through guidance unless the coins would recompile it."""
+
+import pytest
+import torch
+
+from lowrank_lm.model import Transformer
+from lowrank_lm.train.compiling import use_compile
+from lowrank_lm.train.loop import Trainer
+
+from .conftest import small_config
+
+
+def test_auto_compiles_on_cuda_only():
+    assert use_compile("auto", torch.device("cuda", 0))
+    assert not use_compile("auto", torch.device("cpu"))
+    assert use_compile(True, torch.device("cpu")) and not use_compile(False, torch.device("cuda", 0))
+
+
+@pytest.mark.parametrize("reduce_flop,compiled", [(False, True), (True, False)])
+def test_guided_model_is_compiled_unless_its_guides_flip_coins(tmp_path, reduce_flop, compiled):
+    cfg = small_config("model.ffn.kind=lowrank", "model.ffn.rank=16", "train.self_guided.enabled=true",
+                       f"train.self_guided.reduce_flop={str(reduce_flop).lower()}", "train.compile=true",
+                       "train.tokens=4096", "train.global_batch_size=4", "train.device=cpu",
+                       f"train.out_dir={tmp_path}")
+    trainer = Trainer(cfg)
+    model = Transformer(cfg.model)
+    trainer.guidance.attach(model, 0)
+    wrapped = trainer._wrap(model)  # torch.compile wraps lazily: nothing is compiled here
+    assert (wrapped is not model) == compiled
+    trainer.guidance.detach(model)
+    assert trainer._wrap(model) is not model  # guidance over: compiled either way
