@@ -271,3 +271,17 @@ def test_checkpoint_minutes_checkpoint_by_wall_clock_and_off_means_the_end_only(
                                "train.checkpoint_minutes=null", "train.keep_checkpoints=100", "train.tokens=2560")
     run_training(end_only)
     assert [c.name for c in list_checkpoints(tmp_path / "off")] == ["step-00000010"]
+
+
+def test_the_continue_command_follows_the_launcher(monkeypatch):
+    from lowrank_lm.commands.train import continue_command
+
+    for var in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert continue_command("runs/a b") == "lowrank-lm train 'runs/a b'"
+    monkeypatch.setenv("WORLD_SIZE", "4")  # started by srun or mpirun
+    assert continue_command("runs/x") == "this job's launcher (srun, mpirun) running lowrank-lm train runs/x"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun, 2 nodes x 2 processes
+    assert continue_command("runs/x") == ("torchrun --nproc_per_node=2 --nnodes=2 (and this job's rendezvous "
+                                          "options) -m lowrank_lm train runs/x")

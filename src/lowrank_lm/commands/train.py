@@ -51,6 +51,8 @@ def continue_command(run_dir: str) -> str:
     """The command that continues a run in ``run_dir`` the way this process was launched."""
     tail = f"train {shlex.quote(run_dir)}"
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # not under torchrun
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # srun, mpirun: their command line is not ours to know
+            return f"this job's launcher (srun, mpirun) running lowrank-lm {tail}"
         return f"lowrank-lm {tail}"
     nproc = os.environ.get("LOCAL_WORLD_SIZE", "1")
     nodes = int(os.environ.get("WORLD_SIZE", nproc)) // max(1, int(nproc))
