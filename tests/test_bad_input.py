@@ -166,7 +166,7 @@ CASES: list[Case] = [
     Case("an empty data file", lambda d, t: ["prepare", TINY, f"data.source={t / 'empty.txt'}",
                                              f"data.dir={t / 'out'}"], "empty",
          lambda d, t: _write(t / "empty.txt", "")),
-    Case("an unknown verb", lambda d, t: ["trian"], "invalid choice"),
+    Case("an unknown verb", lambda d, t: ["trian"], "did you mean train?"),
 ]
 
 

@@ -207,3 +207,17 @@ def test_missing_columns_and_bad_values_are_one_line_errors(tmp_path, capsys):
         read_points(neg)
     code, _, err = _run_cli(capsys, "fit", "paper", "--series", "nope")
     assert code == 2 and "no series named nope" in err
+
+
+def test_report_survives_a_reader_that_closes_the_pipe(tmp_path):
+    """`fit ... --report DIR | head -1`: the report is written before the text that head cuts off."""
+    import subprocess
+    import sys
+
+    rep = tmp_path / "rep"
+    cmd = (f"{sys.executable} -m lowrank_lm fit paper --series dense,lowrank-32 --bootstrap 50 "
+           f"--report {rep} | head -n 1")
+    done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.count("\n") == 1, done.stderr
+    for name in ("report.md", "fit.json", "points.csv", "scaling.png"):
+        assert (rep / name).stat().st_size > 0

@@ -350,7 +350,8 @@ def test_cli_dry_run_status_and_errors(tmp_path, capsys):
     assert code == 0 and "s4-lowrank-32" in out and "lowrank R=64 (31.2%)" in out and "shard 0/2" in out
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
     code, out, _ = _run_cli(capsys, "sweep", str(path), "--status")
-    assert code == 0 and "12 pending" in out and (tmp_path / "runs" / "results.json").is_file()
+    assert code == 0 and "12 pending" in out and "no run has started" in out
+    assert not (tmp_path / "runs").exists()  # nothing has run: --status writes no results file
     code, out, err = _run_cli(capsys, "sweep", str(path), "--shard", "2/2")
     assert code == 2 and "--shard" in err and err.count("\n") == 1
     code, out, err = _run_cli(capsys, "sweep", str(tmp_path / "missing.yaml"))

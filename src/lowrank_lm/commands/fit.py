@@ -89,13 +89,16 @@ def run(args: argparse.Namespace) -> None:
                                         level=args.level, seed=args.seed))
     result.settings.update(x=args.x, source=source, seed_noise=noise.to_json() if noise else None)
     result.comparisons = compare_all(result, args.baseline, points=series)
+    # The report is written before anything is printed: `fit ... --report DIR | head` closes the pipe early.
+    paths = None
+    if args.report:
+        overlay = _paper_overlay(args.x, list(series)) if args.overlay_paper else None
+        paths = write_report(result, series, rows, args.report, source, _command_line(args), overlay, skipped)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(format_text(result, source, skipped))
-    if args.report:
-        overlay = _paper_overlay(args.x, list(series)) if args.overlay_paper else None
-        paths = write_report(result, series, rows, args.report, source, _command_line(args), overlay, skipped)
+    if paths:
         sys.stdout.flush()
         print(f"report: {paths['report']} (plot {paths['plot'].name}, fit.json, points.csv)", file=sys.stderr)
 
@@ -135,6 +138,10 @@ def _run_joint(args: argparse.Namespace) -> None:
     if not result.series and not iso:
         raise UserError(f"{result.warnings[0].removesuffix(': no joint fit')}, and no budget holds three sizes for "
                         "an IsoFLOP profile; run more sizes or budgets")
+    paths = None
+    if args.report:  # before printing, as for the compute law
+        paths = write_joint_report(result, iso, comparisons, series, args.report, args.results, _command_line(args),
+                                   skipped)
     if args.json:
         out = result.to_json()
         out["isoflop"] = {k: v.to_json() for k, v in iso.items()}
@@ -142,9 +149,7 @@ def _run_joint(args: argparse.Namespace) -> None:
         print(json.dumps(out, indent=2))
     else:
         print(format_joint_text(result, iso, comparisons, args.results, skipped))
-    if args.report:
-        paths = write_joint_report(result, iso, comparisons, series, args.report, args.results, _command_line(args),
-                                   skipped)
+    if paths:
         sys.stdout.flush()
         print(f"report: {paths['report']} (plots {', '.join(p.name for k, p in paths.items() if k.startswith('plot'))}"
               ", fit.json)", file=sys.stderr)

@@ -194,6 +194,10 @@ def _status_or_cancel(args: argparse.Namespace, plan, shard: tuple[int, int]) ->
     states = {r.name: run_state(r) for r in plan.runs}
     print(progress_view(plan, states, shard_runs(plan.runs, *shard) if shard[1] > 1 else None,
                         jobs=job_columns(plan)))
+    if all(s.status == "pending" for s in states.values()):
+        # Nothing has run: a status look creates no sweep folder and no empty table.
+        print("results: none yet (no run has started)")
+        return 0
     write_results(plan, states)
     print(f"results: {plan.results_csv}, {plan.results_json}")
     return 0
