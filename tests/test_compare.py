@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lowrank_lm import run_compare
+from lowrank_lm.train.summary import RunSummary
 
 from .ecosystem import cli
 
@@ -20,11 +21,11 @@ def make_run(folder: Path, params: int, loss: float, tokens: int = 4096, finishe
     records.append({"step": 8, "tokens": tokens, "val_loss": loss, "val_ppl": 2.718 ** loss, "val_tokens": 1024})
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if finished:
-        summary = {"name": folder.name, "structure": "lowrank" if params < 2_000_000 else "dense", "params": params,
-                   "params_ffn": params // 4, "tokens": tokens, "train_flops": 6.0 * params * tokens,
-                   "tokens_per_s": 1234.5, "final_val_loss": loss, "final_val_ppl": 2.718 ** loss,
-                   "wall_s": 125.0, "steps": 8}
-        (folder / "summary.json").write_text(json.dumps(summary))
+        RunSummary(name=folder.name, structure="lowrank" if params < 2_000_000 else "dense", params=params,
+                   params_non_embedding=params // 2, params_ffn=params // 4, tokens=tokens, unique_tokens=tokens,
+                   steps=8, train_flops=6.0 * params * tokens, train_s=120.0, wall_s=125.0, tokens_per_s=1234.5,
+                   skipped_steps=0, peak_memory_mb=100.0, device="cpu", world_size=1, precision="fp32",
+                   final_val_loss=loss, final_val_ppl=2.718 ** loss, val_tokens=1024).write(folder / "summary.json")
     return folder
 
 

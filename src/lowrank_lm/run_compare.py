@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from lowrank_lm.errors import UserError
+from lowrank_lm.train.rundir import CONFIG, METRICS, SUMMARY
+from lowrank_lm.train.summary import RunSummary
 
-SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
 # What compare writes into --out; the record (compare.json) marks a folder as ours for the next time.
 RECORD = "compare.json"
 OUTPUTS = (RECORD, "compare.md", "loss_vs_tokens.png", "loss_vs_flops.png")
-# Summary keys the table needs.
-NEEDED = ("params", "params_ffn", "tokens", "train_flops", "tokens_per_s", "final_val_loss", "final_val_ppl",
-          "wall_s")
+# The summary fields the table shows.
+SHOWN = ("params", "params_ffn", "tokens", "train_flops", "tokens_per_s", "final_val_loss", "final_val_ppl",
+         "wall_s")
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Run:
 
     label: str
     path: Path
-    summary: dict[str, Any]
+    summary: RunSummary
 
     def curves(self) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
         """(tokens, training loss) and (tokens, validation loss) points from metrics.jsonl (empty without it)."""
@@ -44,18 +44,7 @@ class Run:
 
     @property
     def flops_per_token(self) -> float:
-        return self.summary["train_flops"] / max(self.summary["tokens"], 1)
-
-
-def _read_summary(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({e}); it is not a run summary") from None
-    missing = [k for k in NEEDED if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}; it is not a finished lowrank-lm run's summary")
-    return data
+        return self.summary.train_flops / max(self.summary.tokens, 1)
 
 
 def find_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
@@ -67,16 +56,16 @@ def find_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
         if not p.is_dir():
             raise UserError(f"{p} is not a folder; give run folders or folders of runs (e.g. a sweep's output)")
         if (p / SUMMARY).is_file():
-            runs.append(Run(p.name, p, _read_summary(p / SUMMARY)))
+            runs.append(Run(p.name, p, RunSummary.read(p / SUMMARY)))
             continue
         found = sorted(d for d in p.iterdir() if d.is_dir() and (d / SUMMARY).is_file())
         unfinished = sorted(d.name for d in p.iterdir() if d.is_dir() and not (d / SUMMARY).is_file()
-                            and (d / "config.yaml").is_file())
+                            and (d / CONFIG).is_file())
         if not found:
             hint = f" ({len(unfinished)} unfinished)" if unfinished else ""
             raise UserError(f"{p} holds no finished run{hint}: no {SUMMARY} in it or its sub-folders; "
                             "give a run folder or a folder of runs")
-        runs += [Run(f"{p.name}/{d.name}", d, _read_summary(d / SUMMARY)) for d in found]
+        runs += [Run(f"{p.name}/{d.name}", d, RunSummary.read(d / SUMMARY)) for d in found]
         if unfinished:
             notes.append(f"{p}: skipped {len(unfinished)} unfinished run(s): {', '.join(unfinished)}")
     labels = [r.label for r in runs]
@@ -101,22 +90,22 @@ def _duration(seconds: float) -> str:
 
 def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """One plain row per run: the numbers of the table, for JSON."""
-    return [{"run": r.label, "path": str(r.path), **{k: r.summary[k] for k in NEEDED},
-             "structure": r.summary.get("structure")} for r in runs]
+    return [{"run": r.label, "path": str(r.path), **{k: getattr(r.summary, k) for k in SHOWN},
+             "structure": r.summary.structure} for r in runs]
 
 
 def markdown_table(runs: list[Run]) -> str:
     """The comparison table, best validation loss marked."""
-    best = min(r.summary["final_val_loss"] for r in runs)
+    best = min(r.summary.final_val_loss for r in runs)
     head = ["run", "FFN", "params", "FFN params", "tokens", "training FLOPs", "tokens/s", "val loss", "val ppl",
             "wall time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         s = r.summary
-        loss = f"{s['final_val_loss']:.4f}" + (" (best)" if s["final_val_loss"] == best and len(runs) > 1 else "")
-        lines.append(f"| {r.label} | {s.get('structure', '?')} | {_count(s['params'])} | {_count(s['params_ffn'])} | "
-                     f"{s['tokens']:,} | {s['train_flops']:.3e} | {s['tokens_per_s']:,.0f} | {loss} | "
-                     f"{s['final_val_ppl']:.2f} | {_duration(s['wall_s'])} |")
+        loss = f"{s.final_val_loss:.4f}" + (" (best)" if s.final_val_loss == best and len(runs) > 1 else "")
+        lines.append(f"| {r.label} | {s.structure} | {_count(s.params)} | {_count(s.params_ffn)} | "
+                     f"{s.tokens:,} | {s.train_flops:.3e} | {s.tokens_per_s:,.0f} | {loss} | "
+                     f"{s.final_val_ppl:.2f} | {_duration(s.wall_s)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +135,7 @@ def plot_losses(runs: list[Run], path: Path, x: str = "tokens") -> Path | None:
             ax.plot([t * scale for t, _ in train], [v for _, v in train], lw=1, alpha=0.5, color=colour)
         if val:
             ax.plot([t * scale for t, _ in val], [v for _, v in val], "o-", ms=3, color=colour,
-                    label=f"{run.label} (val {run.summary['final_val_loss']:.3f})")
+                    label=f"{run.label} (val {run.summary.final_val_loss:.3f})")
         elif train:
             ax.lines[-1].set_label(run.label)
     ax.set_xlabel("training FLOPs (paper convention)" if x == "flops" else "tokens")
@@ -199,5 +188,5 @@ def write_comparison(runs: list[Run], out: Path) -> list[Path]:
 
 def write_run_plot(run_dir: Path) -> Path | None:
     """RUN/loss.png (training and validation loss against tokens) of a finished run; None without matplotlib."""
-    run = Run(run_dir.name, run_dir, _read_summary(run_dir / SUMMARY))
+    run = Run(run_dir.name, run_dir, RunSummary.read(run_dir / SUMMARY))
     return plot_losses([run], run_dir / "loss.png")

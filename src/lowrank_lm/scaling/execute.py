@@ -62,7 +62,8 @@ class RunState:
     status: str
     step: int | None = None
     total_steps: int | None = None
-    summary: dict[str, Any] | None = None
+    summary: RunSummary | None = None
+    """The finished run's record (status done)."""
     error: str | None = None
     tokens: int | None = None
     """Tokens trained so far (the newest checkpoint's, or the newest logged step's while running)."""
@@ -123,10 +124,10 @@ def run_state(spec: RunSpec) -> RunState:
     summary = d / SUMMARY
     if summary.is_file():
         try:
-            s = RunSummary.read(summary).to_dict()  # typed: a missing field is named here, not an empty column
+            s = RunSummary.read(summary)  # typed: a missing field is named here, not an empty column
         except UserError as e:
             return RunState("failed", error=str(e))
-        return RunState("done", step=s.get("steps"), total_steps=s.get("steps"), summary=s, tokens=s.get("tokens"))
+        return RunState("done", step=s.steps, total_steps=s.steps, summary=s, tokens=s.tokens)
     if _locked(d):
         rec = _last_logged_step(d) or {}
         return RunState("running", step=rec.get("step"), total_steps=spec.steps, tokens=rec.get("tokens"))
@@ -261,12 +262,12 @@ def result_row(spec: RunSpec, state: RunState, corpus: dict[str, int | None] | N
     """The results-table row of one run: the plan, and what the finished run measured."""
     row = spec.row()
     row["status"] = state.status
-    s = state.summary or {}
-    if state.status == "done":
-        row.update(loss=s.get("final_val_loss"), ppl=s.get("final_val_ppl"), tokens=s.get("tokens", spec.tokens),
-                   tokens_per_s=s.get("tokens_per_s"), wall_s=s.get("wall_s"), steps=s.get("steps", spec.steps))
-        if s.get("train_flops"):
-            row["flops"] = s["train_flops"]  # includes self-guided guide FLOPs when there are any
+    s = state.summary
+    if state.status == "done" and s is not None:
+        row.update(loss=s.final_val_loss, ppl=s.final_val_ppl, tokens=s.tokens, tokens_per_s=s.tokens_per_s,
+                   wall_s=s.wall_s, steps=s.steps)
+        if s.train_flops:
+            row["flops"] = s.train_flops  # includes self-guided guide FLOPs when there are any
     n = _corpus_train_tokens(spec, corpus if corpus is not None else {})
     row["epochs"] = round(row["tokens"] / n, 3) if n else None
     return row
@@ -322,8 +323,8 @@ def _fmt_time(seconds: float | None) -> str:
 
 def remaining_seconds(runs: list[RunSpec], states: dict[str, RunState]) -> float | None:
     """A rough estimate for the unfinished ``runs``: their FLOPs at the median FLOP rate of finished runs."""
-    rates = sorted(s.summary["train_flops"] / s.summary["wall_s"] for s in states.values()
-                   if s.status == "done" and s.summary and s.summary.get("train_flops") and s.summary.get("wall_s"))
+    rates = sorted(s.summary.train_flops / s.summary.wall_s for s in states.values()
+                   if s.summary is not None and s.summary.train_flops and s.summary.wall_s)
     if not rates:
         return None
     rate = rates[len(rates) // 2]
@@ -365,14 +366,14 @@ def progress_view(plan: SweepPlan, states: dict[str, RunState], mine: list[RunSp
     rows = []
     for r in plan.runs:
         st = states[r.name]
-        s = st.summary or {}
+        s = st.summary
         mark = "" if mine_names is None or r.name in mine_names else " (other shard)"
         rows.append([r.name, r.series, _fmt_count(r.params), _fmt_count(r.tokens), f"{r.flops:.3g}",
                      st.status + mark, _progress_text(st),
-                     f"{s['final_val_loss']:.4f}" if s.get("final_val_loss") is not None else "",
-                     f"{s['final_val_ppl']:.2f}" if s.get("final_val_ppl") is not None else "",
-                     _fmt_count(s.get("tokens_per_s")) if s.get("tokens_per_s") else "",
-                     _fmt_time(s.get("wall_s")) if s.get("wall_s") is not None else "",
+                     f"{s.final_val_loss:.4f}" if s else "",
+                     f"{s.final_val_ppl:.2f}" if s else "",
+                     _fmt_count(s.tokens_per_s) if s else "",
+                     _fmt_time(s.wall_s) if s else "",
                      *job_cells.get(r.name, [""] * len(job_header))])
     widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
     lines = [head, "  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
@@ -476,9 +477,9 @@ class _Sweep:
             return
         st = self.states[spec.name] = run_state(spec)
         if st.status == "done":
-            s = st.summary or {}
+            s = st.summary
             self.say(f"{tag}: done in {_fmt_time(time.monotonic() - t0)}: val loss "
-                     f"{s.get('final_val_loss', math.nan):.4f}, ppl {s.get('final_val_ppl', math.nan):.2f}")
+                     f"{s.final_val_loss:.4f}, ppl {s.final_val_ppl:.2f}")
             with self.lock:
                 self.outcome.finished.append(spec.name)
         else:

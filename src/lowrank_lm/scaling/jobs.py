@@ -39,8 +39,9 @@ from lowrank_lm.errors import EXIT_STOPPED
 from lowrank_lm.scaling.cluster import LAUNCH_ENV
 from lowrank_lm.scaling.execute import FAILED_MARKER, LOG_NAME, last_line
 from lowrank_lm.scaling.job_record import JobRecord
+from lowrank_lm.train.rundir import SUMMARY
+from lowrank_lm.train.summary import RunSummary
 
-SUMMARY = "summary.json"
 EXIT_USER_ERROR = 2
 USER_ERROR_MARK = "lowrank-lm train: error:"
 """How the CLI's one line for a user error starts (lowrank_lm.cli.main); torchrun exits 1 around it."""
@@ -210,7 +211,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         record.save(run)
 
     def _finish(self, run: Path, env: Any) -> dict[str, Any]:
-        summary = json.loads((run / SUMMARY).read_text())
+        summary = RunSummary.read(run / SUMMARY).to_dict()  # submitit pickles what a job returns: plain data
         self._record(run, env, state="done", message=None)
         self._refresh_results()
         return summary

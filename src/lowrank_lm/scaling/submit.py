@@ -225,9 +225,8 @@ def _report(spec: RunSpec, outcome: SweepOutcome, out: TextIO, since: float) -> 
     requeued = f", requeued {rec.requeues}x" if rec and rec.requeues else ""
     retried = f", retried {rec.retries}x" if rec and rec.retries else ""
     if st.status == "done":
-        s = st.summary or {}
         print(f"{spec.name}: done {_fmt_time(time.monotonic() - since)} after submission{requeued}{retried}: val loss "
-              f"{s.get('final_val_loss', float('nan')):.4f}", file=out, flush=True)
+              f"{st.summary.final_val_loss:.4f}", file=out, flush=True)
         outcome.finished.append(spec.name)
     elif st.status == "failed":
         print(f"{spec.name}: FAILED{requeued}{retried}: {st.error}", file=out, flush=True)
