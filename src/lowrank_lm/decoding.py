@@ -138,15 +138,18 @@ class StaticDecoder:
         The warm-up and capture write keys and values at the current position, which the real step
         then overwrites with the same values.
         """
+        # autocast's cache of cast weights must be off while capturing (its tensors would be freed under the graph)
+        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False,
+                                  enabled=torch.is_autocast_enabled("cuda"))
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), autocast:
             for _ in range(2):
                 self.fn(self.tokens, self.pos, self.cache)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         pool = next(iter(self.graphs.values()))[0].pool() if self.graphs else None  # spans share one pool
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=pool), autocast:
             out = self.fn(self.tokens, self.pos, self.cache)
         return graph, out
 
