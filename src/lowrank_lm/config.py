@@ -374,21 +374,41 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} has no '='; write it as section.key=value")
         dotted, text = item.split("=", 1)
-        try:
-            value = yaml.safe_load(text) if text != "" else None
-        except yaml.YAMLError:
-            value = text
-        node = raw
-        parts = dotted.strip().split(".")
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {dotted}: {p} is not a section")
-            node = nxt
-        node[parts[-1]] = value
+        set_dotted(raw, dotted.strip(), parse_value(text), f"override {dotted}")
     return raw
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML reads it (``3`` -> 3, ``[1, 2]`` -> a list); text YAML cannot parse stays text."""
+    try:
+        return yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError:
+        return text
+
+
+def set_dotted(raw: dict, dotted: str, value: Any, what: str) -> None:
+    """Set ``a.b.c`` in a nested mapping, creating missing sections; ``what`` names the setting in errors."""
+    node = raw
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{what}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"a.b.c": value}``, the dotted keys overrides use."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def config_from_dict(raw: dict) -> Config:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lowrank_lm.config import Config, config_to_dict, load_config
+from lowrank_lm.config import Config, config_to_dict, flatten, load_config
 from lowrank_lm.errors import UserError
 
 # Settings that say where and how verbosely a run writes, not what it computes: a finished run whose saved
@@ -51,19 +51,9 @@ def demo_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(saved: Config, wanted: Config) -> list[str]:
     """``key=saved-value`` for each setting (bookkeeping aside) in which ``saved`` differs from ``wanted``."""
-    a, b = _flat(config_to_dict(saved)), _flat(config_to_dict(wanted))
+    a, b = flatten(config_to_dict(saved)), flatten(config_to_dict(wanted))
     return [f"{k}={a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
             if k not in BOOKKEEPING and a.get(k) != b.get(k)]
 

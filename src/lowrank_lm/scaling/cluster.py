@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from lowrank_lm.config import parse_value, set_dotted
 from lowrank_lm.errors import UserError
 
 LAUNCH_ENV = "LOWRANK_LM_LAUNCH"
@@ -207,20 +208,7 @@ def _apply_override(raw: dict[str, Any], text: str) -> None:
     if not sep or not key:
         raise UserError(f"--cluster {text!r}: write KEY=VALUE, e.g. --cluster partition=gpu or "
                         "--cluster sizes.xl.nodes=4")
-    try:
-        parsed = yaml.safe_load(value) if value != "" else None
-    except yaml.YAMLError:
-        parsed = value
-    node = raw
-    parts = key.split(".")
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            raise UserError(f"--cluster {text!r}: {p} is not a section")
-        node = nxt
-    node[parts[-1]] = parsed
+    set_dotted(raw, key, parse_value(value), f"--cluster {text!r}")
 
 
 def parse_cluster(raw: Any, overrides: list[str], sizes: list[str], where: str = "cluster") -> ClusterSpec:

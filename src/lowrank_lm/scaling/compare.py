@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.scaling.fit import FitResult, Series, SeriesFit, _interval
+from lowrank_lm.scaling.fit import FitResult, Series, SeriesFit, quantile_interval
 
 NOT_DISTINGUISHABLE = "not distinguishable"
 CROSSING_FACTOR = 1e6
@@ -158,7 +158,7 @@ def compare_pair(fa: SeriesFit, fb: SeriesFit, level: float, meet: bool,
     for (key, label, va, sa, ca), (_, _, vb, sb, cb) in zip(_measures(fa), _measures(fb)):
         assert va is not None and vb is not None
         diff = va - vb
-        diff_ci = _interval(sa - sb, level) if sa is not None and sb is not None else None
+        diff_ci = quantile_interval(sa - sb, level) if sa is not None and sb is not None else None
         overlap = _overlap(ca, cb)
         verdict, steeper, note = _verdict(fa.name, fb.name, diff, diff_ci, overlap, label)
         prefix = "" if key == "alpha" else f"{key}_"

@@ -298,7 +298,8 @@ class _Group:
         return best
 
 
-def _interval(samples: np.ndarray, level: float) -> tuple[float, float] | None:
+def quantile_interval(samples: np.ndarray, level: float) -> tuple[float, float] | None:
+    """The central ``level`` interval of the finite bootstrap samples; None with fewer than 10 of them."""
     ok = samples[np.isfinite(samples)]
     if len(ok) < 10:
         return None
@@ -387,16 +388,16 @@ def _fit_group(group: _Group, mode: str, opts: FitOptions,
             b_s, a_s = (samples[:, 1 + k], samples[:, 1 + group.k + k]) if group.free_E \
                 else (samples[:, k], samples[:, group.k + k])
             fit.samples = np.column_stack([e_s, b_s + a_s * group.c0, a_s])
-            fit.alpha_ci = _interval(a_s, opts.level)
-            fit.E_ci = _interval(e_s, opts.level) if group.free_E else None
+            fit.alpha_ci = quantile_interval(a_s, opts.level)
+            fit.E_ci = quantile_interval(e_s, opts.level) if group.free_E else None
             # The replicate slopes scatter around the slope of the fitted curve; their deviations from it,
             # added to the observed slope, give the slope's interval.
             curve_slope = _ols_slopes(group.lnx[sel], fitted[None, sel])[0]
             fit.slope_samples = fit.slope + (slopes[:, k] - curve_slope)
-            fit.slope_ci = _interval(fit.slope_samples, opts.level)
+            fit.slope_ci = quantile_interval(fit.slope_samples, opts.level)
             curve_per_decade = _ols_slopes(log10x[sel], np.exp(fitted[None, sel]))[0]
             fit.per_decade_samples = fit.loss_per_decade + (per_decade[:, k] - curve_per_decade)
-            fit.loss_per_decade_ci = _interval(fit.per_decade_samples, opts.level)
+            fit.loss_per_decade_ci = quantile_interval(fit.per_decade_samples, opts.level)
         if fit.alpha_ci is not None and fit.alpha_ci[1] - fit.alpha_ci[0] > fit.alpha:
             fit.warnings.append("alpha is poorly determined: its interval is wider than its value")
         decades = math.log10(ser.x.max() / ser.x.min())

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.scaling.joint import JointFit, JointSeries, _interval, surface
+from lowrank_lm.scaling.fit import quantile_interval
+from lowrank_lm.scaling.joint import JointFit, JointSeries, surface
 from lowrank_lm.scaling.seeds import SeedNoise, group_cells
 
 MIN_SIZES = 3
@@ -180,7 +181,7 @@ def _law(what: str, approach: str, lnC: np.ndarray, point: np.ndarray, reps: np.
         ok = np.isfinite(reps).all(axis=1)
         s_a, s_g = _power_law(lnC, reps[ok])
         law.samples = np.column_stack([s_a, s_g])
-        law.exponent_ci = _interval(s_a, level)
+        law.exponent_ci = quantile_interval(s_a, level)
     return law
 
 
@@ -220,10 +221,10 @@ def profile_series(ser: JointSeries, noise: SeedNoise | None, n_bootstrap: int, 
             vx_s = _vertex(coefs)
             p.samples = vx_s + p.x0
             p.share_with_minimum = float(np.isfinite(vx_s).mean())
-            lo_hi = _interval(p.samples, level)
+            lo_hi = quantile_interval(p.samples, level)
             if lo_hi is not None and p.N_opt is not None:
                 p.N_opt_ci = (math.exp(lo_hi[0]), math.exp(lo_hi[1]))
-                d = _interval(np.log(p.D_at(p.samples[np.isfinite(p.samples)])), level)
+                d = quantile_interval(np.log(p.D_at(p.samples[np.isfinite(p.samples)])), level)
                 p.D_opt_ci = (math.exp(d[0]), math.exp(d[1])) if d else None
     usable = [p for p in profiles if p.N_opt is not None]
     if len(usable) >= 2:
@@ -284,7 +285,7 @@ def compare_optima(a: IsoflopSeries, b: IsoflopSeries, level: float) -> dict[str
         ci = None
         if la.samples is not None and lb.samples is not None:
             n = min(len(la.samples), len(lb.samples))
-            ci = _interval(la.samples[:n, 0] - lb.samples[:n, 0], level)
+            ci = quantile_interval(la.samples[:n, 0] - lb.samples[:n, 0], level)
         verdict, _, note = _verdict(a.name, b.name, diff, ci, _overlap(la.exponent_ci, lb.exponent_ci),
                                     f"{key} exponent")
         verdict = verdict.replace("steeper than", "grows faster than")
@@ -302,7 +303,7 @@ def compare_optima(a: IsoflopSeries, b: IsoflopSeries, level: float) -> dict[str
         entry: dict[str, Any] = {"budget": label, "ratio": x.N_opt / y.N_opt, "ratio_ci": None,
                                  "verdict": "not distinguishable"}
         if x.samples is not None and y.samples is not None:
-            ci = _interval(x.samples - y.samples, level)
+            ci = quantile_interval(x.samples - y.samples, level)
             if ci is not None:
                 entry["ratio_ci"] = [math.exp(ci[0]), math.exp(ci[1])]
                 if ci[0] > 0 or ci[1] < 0:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
+from lowrank_lm.scaling.fit import quantile_interval
 from lowrank_lm.scaling.seeds import Cells, SeedNoise, group_cells, pooled_noise
 
 EXPONENT_MAX = 3.0
@@ -356,15 +357,6 @@ class _Problem:
         return np.array([math.exp(e), a + al * self.lnN0, al, b + be * self.lnD0, be])
 
 
-def _interval(values: np.ndarray, level: float) -> tuple[float, float] | None:
-    ok = values[np.isfinite(values)]
-    if len(ok) < 10:
-        return None
-    q = (1 - level) / 2
-    lo, hi = np.quantile(ok, [q, 1 - q])
-    return float(lo), float(hi)
-
-
 def flops_per_token(ser: JointSeries) -> FlopsPerToken | None:
     """C / D = k N^gamma by least squares in logs (None without FLOPs or with a single model size)."""
     if ser.C is None or len(np.unique(ser.N)) < 2:
@@ -453,9 +445,9 @@ def _bootstrap(fit: JointFit, prob: _Problem, y: np.ndarray, p_hat: np.ndarray, 
     if failed > 0.05 * B:
         fit.warnings.append(f"{failed} of {B} bootstrap refits failed; the intervals rest on the rest")
     fit.samples = samples
-    fit.alpha_ci = _interval(samples[:, 2], opts.level)
-    fit.beta_ci = _interval(samples[:, 4], opts.level)
-    fit.E_ci = _interval(samples[:, 0], opts.level)
+    fit.alpha_ci = quantile_interval(samples[:, 2], opts.level)
+    fit.beta_ci = quantile_interval(samples[:, 4], opts.level)
+    fit.E_ci = quantile_interval(samples[:, 0], opts.level)
 
 
 def fit_joint(series: dict[str, JointSeries], opts: JointOptions | None = None,

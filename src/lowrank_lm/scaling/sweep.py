@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from lowrank_lm.config import Config, ModelConfig, config_to_dict, load_config
+from lowrank_lm.config import Config, ModelConfig, config_to_dict, flatten, load_config
 from lowrank_lm.errors import UserError
 
 FFN_KINDS = ("dense", "lowrank", "blockshuffle", "blockdense")
@@ -515,15 +515,5 @@ def result_affecting(cfg: Config) -> dict[str, Any]:
 
 def config_differences(a: Config, b: Config) -> list[str]:
     """Dotted keys whose values differ between two configs, ignoring runtime-only keys."""
-
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    fa, fb = flat(result_affecting(a)), flat(result_affecting(b))
+    fa, fb = flatten(result_affecting(a)), flatten(result_affecting(b))
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
