@@ -22,30 +22,17 @@ from typing import Any, Literal, Optional
 import yaml
 
 from lowrank_lm.errors import ConfigError
+from lowrank_lm.layers import registry
 
-FFNKind = Literal["dense", "lowrank", "blockshuffle", "blockdense"]
+FFNKind = Literal[registry.kinds()]  # type: ignore[valid-type]
 FFNInit = Literal["spectral", "random", "orthonormal"]
 
+# All three read from the structure registry (layers/): each structure module declares them.
 # The paper's default initialisation for each FFN parametrisation (section 3.1 of the reference).
-DEFAULT_INIT: dict[str, str] = {
-    "dense": "random",
-    "lowrank": "spectral",
-    "blockshuffle": "orthonormal",
-    "blockdense": "orthonormal",
-}
+DEFAULT_INIT: dict[str, str] = {k: s.default_init for k, s in registry.REGISTRY.items()}
 # What each kind reads: its size settings and the inits its layer implements (spectral needs two factors).
-KIND_SETTINGS: dict[str, tuple[str, ...]] = {
-    "dense": (),
-    "lowrank": ("rank",),
-    "blockshuffle": ("num_blocks",),
-    "blockdense": ("rank", "num_blocks"),
-}
-KIND_INITS: dict[str, tuple[str, ...]] = {
-    "dense": ("random", "orthonormal"),
-    "lowrank": ("spectral", "orthonormal", "random"),
-    "blockshuffle": ("orthonormal", "random"),
-    "blockdense": ("orthonormal", "random"),
-}
+KIND_SETTINGS: dict[str, tuple[str, ...]] = {k: s.settings for k, s in registry.REGISTRY.items()}
+KIND_INITS: dict[str, tuple[str, ...]] = {k: s.inits for k, s in registry.REGISTRY.items()}
 
 
 @dataclass
@@ -58,6 +45,9 @@ class FFNConfig:
     """Bottleneck size R for lowrank and blockdense."""
     num_blocks: Optional[int] = None
     """Number of diagonal blocks B for blockshuffle and blockdense."""
+    fraction: Optional[float] = None
+    """Share of the dense FFN's weights (e.g. 0.32): picks the kind's rank or block count, the nearest share
+    counted on the layers themselves; replaces the solved setting in the resolved config."""
     init: Optional[FFNInit] = None
     """spectral | random | orthonormal; empty means the paper's default for the kind."""
     keep_dense_layers: list[int] = field(default_factory=lambda: [0])
@@ -455,17 +445,17 @@ def _positive(value: Optional[float], key: str) -> None:
 def _check_applicable(f: FFNConfig) -> None:
     """A setting the FFN kind does not read is an error naming what the kind does read."""
     uses = KIND_SETTINGS[f.kind]
-    for key in ("rank", "num_blocks"):
+    for key in registry.SIZE_SETTINGS:
         if getattr(f, key) is not None and key not in uses:
             reads = f"reads {' and '.join('model.ffn.' + u for u in uses)}" if uses else "has no size setting"
-            users = [k for k, v in KIND_SETTINGS.items() if key in v]
+            users = registry.readers(key)
             raise ConfigError(f"model.ffn.{key}={getattr(f, key)} does not apply to model.ffn.kind={f.kind} "
                               f"(it {reads}); remove it, or set model.ffn.kind to {' or '.join(users)}")
     if f.init is not None and f.init not in KIND_INITS[f.kind]:
         raise ConfigError(f"model.ffn.init={f.init} does not apply to model.ffn.kind={f.kind}; "
                           f"use {' or '.join(KIND_INITS[f.kind])} (or leave it empty for {DEFAULT_INIT[f.kind]})")
-    if f.premerge_max_tokens is not None and f.kind == "dense":
-        raise ConfigError("model.ffn.premerge_max_tokens does not apply to model.ffn.kind=dense (nothing to "
+    if f.premerge_max_tokens is not None and not registry.get(f.kind).structured:
+        raise ConfigError(f"model.ffn.premerge_max_tokens does not apply to model.ffn.kind={f.kind} (nothing to "
                           "merge); remove it, or set a structured model.ffn.kind")
 
 
@@ -493,24 +483,10 @@ def validate(cfg: Config) -> None:
     _positive(f.rank, "model.ffn.rank")
     _positive(f.num_blocks, "model.ffn.num_blocks")
     _positive(f.premerge_max_tokens, "model.ffn.premerge_max_tokens")
-    if f.kind in ("lowrank", "blockdense"):
-        if f.rank is None:
-            raise ConfigError(f"model.ffn.rank is required for kind {f.kind}; set e.g. "
-                              f"model.ffn.rank={h // 4} (32%) or {h // 2} (63%)")
-        if f.rank > min(h, ff):
-            raise ConfigError(f"model.ffn.rank={f.rank} is larger than min(hidden_dim, ffn_dim)="
-                              f"{min(h, ff)}; a rank above that saves nothing — lower it")
-    if f.kind in ("blockshuffle", "blockdense"):
-        if f.num_blocks is None:
-            raise ConfigError(f"model.ffn.num_blocks is required for kind {f.kind}; set e.g. "
-                              "model.ffn.num_blocks=4")
-        for dim, name in ((h, "hidden_dim"), (ff, "ffn_dim")):
-            if dim % f.num_blocks:
-                raise ConfigError(f"model.ffn.num_blocks={f.num_blocks} does not divide "
-                                  f"model.{name}={dim}; pick a block count that divides it")
-        if f.kind == "blockdense" and f.rank is not None and f.rank % f.num_blocks:
-            raise ConfigError(f"model.ffn.rank={f.rank} is not divisible by num_blocks={f.num_blocks}; "
-                              "BlockDense splits the rank across the blocks")
+    if f.fraction is not None:
+        _check_applicable(f)  # a setting the kind does not read is named before the fraction is solved
+        registry.resolve_fraction(f, m)
+    registry.get(f.kind).check(f, h, ff)
     _check_applicable(f)
     if f.init is None:
         f.init = DEFAULT_INIT[f.kind]  # type: ignore[assignment]
@@ -534,9 +510,9 @@ def validate(cfg: Config) -> None:
     sg = t.self_guided
     if sg.enabled and not 0 < sg.ratio <= 1:
         raise ConfigError(f"train.self_guided.ratio must be in (0, 1], got {sg.ratio}")
-    if sg.enabled and f.kind == "dense":
+    if sg.enabled and not registry.get(f.kind).structured:
         raise ConfigError("train.self_guided needs a structured FFN; set model.ffn.kind "
-                          "(lowrank, blockdense or blockshuffle) or disable self-guided training")
+                          f"({', '.join(registry.structured_kinds())}) or disable self-guided training")
     if t.resume not in ("auto", "never") and not t.resume:
         raise ConfigError("train.resume must be auto, never or a checkpoint path")
     _positive(cfg.data.val_tokens, "data.val_tokens")

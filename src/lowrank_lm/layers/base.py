@@ -49,6 +49,13 @@ class StructuredLinear(nn.Module):
         """Initialise the weights (``init`` is spectral, random or orthonormal)."""
         raise NotImplementedError
 
+    def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(h, W) with ``matrix_forward(x) = h W^T`` for a layer whose last factor is a plain matrix, else None.
+
+        The fused bias + GELU paths (:mod:`lowrank_lm.layers.fused`) put their epilogue on that matmul.
+        """
+        return None
+
     # -- shared behaviour --------------------------------------------------------------------
     def flops_per_token(self) -> int:
         """Forward FLOPs per token of the matrix products (2 per multiply-accumulate)."""

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowrank_lm.errors import ConfigError
 from lowrank_lm.layers.base import StructuredLinear
 from lowrank_lm.layers.blockdiag import blockdiag_matmul
 from lowrank_lm.layers.init import normal_, orthonormal_
+from lowrank_lm.layers.structure import Structure, check_blocks, check_rank
+
+if TYPE_CHECKING:
+    from lowrank_lm.config import FFNConfig
 
 
 class BlockDenseLinear(StructuredLinear):
@@ -27,6 +35,9 @@ class BlockDenseLinear(StructuredLinear):
     def num_matrix_params(self) -> int:
         return self.blocks.numel() + self.u.numel()
 
+    def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return blockdiag_matmul(x, self.blocks), self.u
+
     def reset_parameters(self, std: float, init: str) -> None:
         fill = normal_ if init == "random" else orthonormal_
         fill(self.blocks, std)
@@ -34,3 +45,26 @@ class BlockDenseLinear(StructuredLinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", rank={self.rank}, num_blocks={self.num_blocks}"
+
+
+def _check(f: FFNConfig, h: int, ff: int) -> None:
+    check_rank(f, h, ff)
+    check_blocks(f, h, ff)
+    assert f.rank is not None and f.num_blocks is not None
+    if f.rank % f.num_blocks:
+        raise ConfigError(f"model.ffn.rank={f.rank} is not divisible by num_blocks={f.num_blocks}; "
+                          "BlockDense splits the rank across the blocks")
+
+
+def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict[str, int]]:
+    assert num_blocks is not None
+    unit = math.lcm(step, num_blocks)
+    return [{"rank": r, "num_blocks": num_blocks} for r in range(unit, min(h, ff) + 1, unit)]
+
+
+SPEC = Structure(
+    name="blockdense", summary="a block-diagonal matrix down to R, then a dense R -> out matrix",
+    settings=("rank", "num_blocks"), inits=("orthonormal", "random"),
+    build=lambda n_in, n_out, cfg, bias: BlockDenseLinear(n_in, n_out, cfg.rank, cfg.num_blocks, bias),
+    check=_check, candidates=_candidates, solved=("rank",),
+    defaults={"num_blocks": 4})  # the paper's block count at widths 1024 and 2048

@@ -8,6 +8,7 @@ from torch import nn
 from lowrank_lm.layers.base import StructuredLinear
 from lowrank_lm.layers.blockdiag import blockshuffle_matmul
 from lowrank_lm.layers.init import normal_, orthonormal_
+from lowrank_lm.layers.structure import Structure, check_blocks
 
 
 class BlockShuffleLinear(StructuredLinear):
@@ -39,3 +40,15 @@ class BlockShuffleLinear(StructuredLinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_blocks={self.num_blocks}"
+
+
+def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict[str, int]]:
+    inner = min(h, ff)
+    return [{"num_blocks": b} for b in range(2, inner + 1) if h % b == 0 and ff % b == 0 and inner % b == 0]
+
+
+SPEC = Structure(
+    name="blockshuffle", summary="two block-diagonal matrices around a shuffle (Monarch-like)",
+    settings=("num_blocks",), inits=("orthonormal", "random"),
+    build=lambda n_in, n_out, cfg, bias: BlockShuffleLinear(n_in, n_out, cfg.num_blocks, bias),
+    check=check_blocks, candidates=_candidates, solved=("num_blocks",))

@@ -8,6 +8,7 @@ from torch import nn
 
 from lowrank_lm.layers.base import StructuredLinear
 from lowrank_lm.layers.init import normal_, orthonormal_
+from lowrank_lm.layers.structure import DENSE, Structure
 
 
 class DenseLinear(StructuredLinear):
@@ -26,8 +27,16 @@ class DenseLinear(StructuredLinear):
     def merged_weight(self) -> torch.Tensor:
         return self.weight.detach()
 
+    def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, self.weight
+
     def num_matrix_params(self) -> int:
         return self.in_features * self.out_features
 
     def reset_parameters(self, std: float, init: str) -> None:
         (orthonormal_ if init == "orthonormal" else normal_)(self.weight, std)
+
+
+SPEC = Structure(
+    name=DENSE, summary="a plain (out, in) matrix: the baseline", settings=(), inits=("random", "orthonormal"),
+    build=lambda n_in, n_out, cfg, bias: DenseLinear(n_in, n_out, bias))

@@ -16,11 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from lowrank_lm.layers.base import StructuredLinear
-from lowrank_lm.layers.blockdense import BlockDenseLinear
 from lowrank_lm.layers.blockdiag import blockdiag_matmul, shuffle, unshuffled_chunks
 from lowrank_lm.layers.blockshuffle import BlockShuffleLinear
-from lowrank_lm.layers.dense import DenseLinear
-from lowrank_lm.layers.lowrank import LowRankLinear
 
 _FUSABLE_DTYPES = (torch.float32, torch.bfloat16)
 # Below these token counts the activation pass that fusion saves is smaller than the oneDNN call's own
@@ -56,13 +53,7 @@ def _dense_tail(layer: StructuredLinear, x: torch.Tensor) -> tuple[torch.Tensor,
     small = x.numel() // layer.in_features <= layer.premerge_max_tokens
     if layer.merged is not None and small and not layer.training:
         return x, layer.merged.to(x.dtype)
-    if isinstance(layer, DenseLinear):
-        return x, layer.weight
-    if isinstance(layer, LowRankLinear):
-        return F.linear(x, layer.v), layer.u
-    if isinstance(layer, BlockDenseLinear):
-        return blockdiag_matmul(x, layer.blocks), layer.u
-    return None  # BlockShuffle ends in a permutation, not a dense matrix: see _blockshuffle_gelu
+    return layer.dense_tail(x)  # None for BlockShuffle, which ends in a permutation: see _blockshuffle_gelu
 
 
 def _blockshuffle_gelu(layer: BlockShuffleLinear, x: torch.Tensor) -> torch.Tensor | None:

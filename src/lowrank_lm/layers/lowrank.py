@@ -8,6 +8,7 @@ from torch import nn
 
 from lowrank_lm.layers.base import StructuredLinear
 from lowrank_lm.layers.init import normal_, orthonormal_, spectral_
+from lowrank_lm.layers.structure import Structure, check_rank
 
 
 class LowRankLinear(StructuredLinear):
@@ -29,6 +30,9 @@ class LowRankLinear(StructuredLinear):
     def num_matrix_params(self) -> int:
         return (self.in_features + self.out_features) * self.rank
 
+    def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.linear(x, self.v), self.u
+
     def reset_parameters(self, std: float, init: str) -> None:
         if init == "spectral":
             spectral_(self.u, self.v, std)
@@ -41,3 +45,12 @@ class LowRankLinear(StructuredLinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", rank={self.rank}"
+
+
+SPEC = Structure(
+    name="lowrank", summary="U (V x) with a bottleneck of size R", settings=("rank",),
+    inits=("spectral", "orthonormal", "random"),
+    build=lambda n_in, n_out, cfg, bias: LowRankLinear(n_in, n_out, cfg.rank, bias),
+    check=check_rank,
+    candidates=lambda h, ff, step, blocks: [{"rank": r} for r in range(step, min(h, ff) + 1, step)],
+    solved=("rank",))
