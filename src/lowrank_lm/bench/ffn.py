@@ -30,6 +30,7 @@ from lowrank_lm.bench.variants import (
 )
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import StructuredLinear
+from lowrank_lm.layers.registry import DENSE
 from lowrank_lm.model import FeedForward
 from lowrank_lm.runtime import raise_compile_limits
 
@@ -62,9 +63,9 @@ class FFNBenchSpec:
 
 def structures(spec: FFNBenchSpec, width: int) -> list[Structure]:
     """Dense first, then each structured kind at each fraction (or at the given ranks / blocks)."""
-    out = [Structure("dense", 1.0)]
+    out = [Structure(DENSE, 1.0)]
     for kind in spec.kinds:
-        if kind == "dense":
+        if kind == DENSE:
             continue
         given = explicit_structures(kind, list(spec.ranks), list(spec.blocks), spec.blockdense_blocks)
         if given:
@@ -80,7 +81,7 @@ def build_ffn(width: int, structure: Structure, device: torch.device, dtype: tor
     # Built on the meta device and filled with N(0, std): latency does not depend on the values, and
     # the spectral / orthonormal initialisers' SVDs would take longer than the measurement at width 6144.
     with torch.device("meta"):
-        ffn = FeedForward(cfg, dense=structure.kind == "dense")
+        ffn = FeedForward(cfg, dense=structure.kind == DENSE)
     ffn = ffn.to_empty(device=device)
     with torch.no_grad():
         for p in ffn.parameters():
@@ -170,7 +171,7 @@ def _measure_widths(spec: FFNBenchSpec, device: torch.device, dtype: torch.dtype
         for s in structures(spec, width):
             ffn = build_ffn(width, s, device, dtype)
             variants.append((s, False, ffn, None))
-            if spec.premerge and s.kind != "dense":
+            if spec.premerge and s.kind != DENSE:
                 merged, limit = premerged_copy(ffn, spec.premerge_max_tokens)
                 variants.append((s, True, merged, limit))
         dense_params, dense_flops = ffn_params(variants[0][2]), ffn_flops_per_token(variants[0][2])
@@ -220,9 +221,9 @@ def premerge_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     def key(r: dict[str, Any]) -> tuple:
         return r["width"], r["tokens"], r["mode"], r["dtype"]
 
-    dense = {key(r): r["median_ms"] for r in rows if r["kind"] == "dense"}
+    dense = {key(r): r["median_ms"] for r in rows if r["kind"] == DENSE}
     factored = {(*key(r), r["kind"], r["fraction"]): r["median_ms"] for r in rows
-                if r["kind"] != "dense" and not r["premerge"]}
+                if r["kind"] != DENSE and not r["premerge"]}
     merged = [r for r in rows if r["premerge"]]
     if not merged:
         return None
@@ -265,7 +266,7 @@ def _series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Rows grouped by variant label (kind, fraction, pre-merge)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        label = "dense" if r["kind"] == "dense" else f"{r['kind']} {r['fraction']:.0%}"
+        label = DENSE if r["kind"] == DENSE else f"{r['kind']} {r['fraction']:.0%}"
         out.setdefault(label + (" +pre-merge" if r["premerge"] else ""), []).append(r)
     return out
 

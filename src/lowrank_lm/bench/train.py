@@ -28,6 +28,7 @@ from lowrank_lm.bench.timer import measure
 from lowrank_lm.bench.variants import Structure, structure_for, with_structure
 from lowrank_lm.config import ModelConfig
 from lowrank_lm.errors import UserError
+from lowrank_lm.layers.registry import DENSE
 from lowrank_lm.model import Transformer
 from lowrank_lm.runtime import raise_compile_limits
 
@@ -70,7 +71,7 @@ def model_variants(spec: TrainBenchSpec) -> list[tuple[str, Structure, ModelConf
     m = spec.model
     out: list[tuple[str, Structure, ModelConfig]] = []
     for kind in spec.kinds:
-        fractions = [1.0] if kind == "dense" else spec.fractions
+        fractions = [1.0] if kind == DENSE else spec.fractions
         for fr in fractions:
             s = structure_for(kind, m.hidden_dim, m.resolved_ffn_dim, fr)
             out.append((s.label, s, with_structure(m, s)))
@@ -163,14 +164,14 @@ def run_train_bench(spec: TrainBenchSpec, device: torch.device,
     for label, s, mcfg in model_variants(replace(spec, model=base)):
         model = Transformer(mcfg).to(device).train()
         built.append((label, s, model, True, count_model(model).flops_per_token))
-    dense_flops = next((f for lb, s, _, _, f in built if s is not None and s.kind == "dense"), None)
+    dense_flops = next((f for lb, s, _, _, f in built if s is not None and s.kind == DENSE), None)
     if spec.peer:
         peer, name = peer_model(base)
         if peer is None:
             notes.append(f"peer: {name}")
         else:
             peer = peer.to(device).train()
-            dense = count_model(build_meta(with_structure(base, Structure("dense", 1.0))))
+            dense = count_model(build_meta(with_structure(base, Structure(DENSE, 1.0))))
             peer_params = sum(p.numel() for p in peer.parameters())
             if peer_params != dense.params:  # the same dimensions must give the same count
                 notes.append(f"peer {name} has {peer_params:,} parameters, our dense model {dense.params:,}")
@@ -209,7 +210,7 @@ def run_train_bench(spec: TrainBenchSpec, device: torch.device,
         tps = tokens / (t.median_ms / 1e3)
         tflops = i["flops"] * tps / 1e12
         rows.append({
-            "variant": key, "model": "ours" if i["ours"] else "peer", "kind": s.kind if s else "dense",
+            "variant": key, "model": "ours" if i["ours"] else "peer", "kind": s.kind if s else DENSE,
             "fraction": s.fraction if s else 1.0, "rank": s.rank if s else None,
             "num_blocks": s.num_blocks if s else None, "compile": i["compiled"], "params": i["params"],
             "loss_chunk_tokens": i["loss_chunk"], "first_step_s": i["first_s"],
@@ -226,7 +227,7 @@ def _add_ratios(rows: list[dict[str, Any]], dense_flops: int | None) -> None:
     """speedup over our dense model and throughput relative to the peer, at the same compile setting."""
     for compiled in (False, True):
         group = [r for r in rows if r["compile"] == compiled]
-        dense = next((r for r in group if r["model"] == "ours" and r["kind"] == "dense"), None)
+        dense = next((r for r in group if r["model"] == "ours" and r["kind"] == DENSE), None)
         peer = next((r for r in group if r["model"] == "peer"), None)
         for r in group:
             r["speedup"] = r["tokens_per_s"] / dense["tokens_per_s"] if dense else None

@@ -2,8 +2,9 @@
 
 Per FFN linear pair (hidden h -> ffn f -> h), the dense parameter count is 2hf and (reference
 section 3.1) the two matrices keep 2(h+f)R weights with LowRank, R(h+f)(1+1/B) with BlockDense and
-2 min(h,f)(h+f)/B with BlockShuffle. Solving each for a target fraction and rounding gives the paper's choices at f=4h:
-63% -> R=h/2 or B=2, 32% -> R=h/4 or B=4 (BlockDense B=4: R=384 at h=1024, as in the paper).
+2 min(h,f)(h+f)/B with BlockShuffle. The registry's solver (layers/registry.py) counts these on the
+layers themselves and picks the nearest share, which gives the paper's choices at f=4h: 63% -> R=h/2
+or B=2, 32% -> R=h/4 or B=4.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from dataclasses import dataclass
 
 from lowrank_lm.config import Config, FFNConfig, ModelConfig, validate
 from lowrank_lm.errors import UserError
+from lowrank_lm.layers import registry
 
-KINDS = ("dense", "lowrank", "blockdense", "blockshuffle")
+KINDS = registry.kinds()
 BLOCKDENSE_BLOCKS = 4
-"""BlockDense block count when only a fraction is given (the paper's choice at widths 1024 and 2048)."""
+"""Block count of a kind that also has a rank (BlockDense) when only a fraction is given (the paper's
+choice at widths 1024 and 2048)."""
 
 
 @dataclass(frozen=True)
@@ -29,55 +32,53 @@ class Structure:
 
     @property
     def label(self) -> str:
-        if self.kind == "dense":
-            return "dense"
-        bits = [f"R={self.rank}" if self.rank else "", f"B={self.num_blocks}" if self.num_blocks else ""]
-        return f"{self.kind} {self.fraction:.0%} ({', '.join(b for b in bits if b)})"
+        if not registry.get(self.kind).structured:
+            return self.kind
+        return f"{self.kind} {self.fraction:.0%} ({registry.describe(self.kind, self.rank, self.num_blocks)})"
 
     def ffn_config(self) -> FFNConfig:
         return FFNConfig(kind=self.kind, rank=self.rank, num_blocks=self.num_blocks,  # type: ignore[arg-type]
                          keep_dense_layers=[])
 
 
-def _round_rank(target: float, hidden: int, multiple_of: int = 1) -> int:
-    """Round to a multiple of width/16 (so the paper's h/2 and h/4 come out exactly), at least one step."""
+def _rank_step(hidden: int, multiple_of: int = 1) -> int:
+    """Ranks come in multiples of width/16 (so the paper's h/2 and h/4 come out exactly)."""
     step = max(1, hidden // 16)
     while step % multiple_of:
         step += 1
-    return max(step, round(target / step) * step)
+    return step
+
+
+def _fixed_blocks(kind: str, blockdense_blocks: int) -> int | None:
+    """The block count a kind keeps fixed while its rank is solved (BlockDense), else None."""
+    spec = registry.get(kind)
+    return blockdense_blocks if "num_blocks" in spec.settings and "num_blocks" not in spec.solved else None
 
 
 def structure_for(kind: str, hidden: int, ffn_dim: int, fraction: float,
                   blockdense_blocks: int = BLOCKDENSE_BLOCKS) -> Structure:
-    """The rank / block count giving about ``fraction`` of the dense FFN's weights at these dims."""
-    if kind not in KINDS:
-        raise UserError(f"unknown FFN kind {kind!r}; use one of {', '.join(KINDS)}")
-    if kind == "dense":
-        return Structure("dense", 1.0)
+    """The rank / block count giving about ``fraction`` of the dense FFN's weights at these dims.
+
+    Solved by the registry's one solver (the share counted on the layers, nearest wins); ranks are
+    multiples of width/16.
+    """
+    spec = registry.get(kind)  # a UserError naming the known kinds
+    if not spec.structured:
+        return Structure(kind, 1.0)
     if not 0 < fraction < 1:
         raise UserError(f"fraction {fraction} must be between 0 and 1 (e.g. 0.63 or 0.32)")
-    h, f = hidden, ffn_dim
-    if kind == "lowrank":
-        return Structure(kind, fraction, rank=_round_rank(fraction * h * f / (h + f), h))
-    if kind == "blockdense":
-        b = blockdense_blocks
-        return Structure(kind, fraction, rank=_round_rank(2 * fraction * h * f / ((h + f) * (1 + 1 / b)), h, b),
-                         num_blocks=b)
-    ideal = min(h, f) * (h + f) / (fraction * h * f)
-    divisors = [b for b in range(1, min(h, f) + 1) if h % b == 0 and f % b == 0]
-    return Structure(kind, fraction, num_blocks=min(divisors, key=lambda b: (abs(b - ideal), b)))
+    blocks = _fixed_blocks(kind, blockdense_blocks)
+    model = ModelConfig(hidden_dim=hidden, ffn_dim=ffn_dim, num_q_heads=1, num_layers=1,
+                        ffn=FFNConfig(keep_dense_layers=[]))
+    settings, _ = registry.solve(model, kind, fraction, _rank_step(hidden, blocks or 1), blocks)
+    return Structure(kind, fraction, rank=settings.get("rank"), num_blocks=settings.get("num_blocks"))
 
 
 def explicit_structures(kind: str, ranks: list[int], blocks: list[int],
                         blockdense_blocks: int = BLOCKDENSE_BLOCKS) -> list[Structure]:
-    """Structures from given ranks (lowrank, blockdense) or block counts (blockshuffle); fraction filled later."""
-    if kind == "lowrank":
-        return [Structure(kind, 0.0, rank=r) for r in ranks]
-    if kind == "blockdense":
-        return [Structure(kind, 0.0, rank=r, num_blocks=blockdense_blocks) for r in ranks]
-    if kind == "blockshuffle":
-        return [Structure(kind, 0.0, num_blocks=b) for b in blocks]
-    return []
+    """Structures from given ranks (kinds with a rank) or block counts (the others); fraction filled later."""
+    return [Structure(kind, 0.0, rank=s.get("rank"), num_blocks=s.get("num_blocks"))
+            for s in registry.with_setting(kind, ranks, blocks, _fixed_blocks(kind, blockdense_blocks))]
 
 
 def ffn_model_config(hidden: int, structure: Structure, ffn_dim: int | None = None) -> ModelConfig:

@@ -61,6 +61,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lowrank_lm.layers import registry  # the kinds the defaults name
+
     sub = p.add_subparsers(dest="bench", required=True, parser_class=type(p))
 
     f = sub.add_parser("ffn", help="latency of the FFN block alone: dense vs structured vs pre-merged",
@@ -68,13 +70,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "each width, structure and token count; speed-up over dense and "
                                    "efficiency against the FLOP bound.")
     f.add_argument("--widths", type=_ints, default=[1024, 2048], help="model widths (FFN = 4 x width)")
-    f.add_argument("--kinds", type=_words, default=["dense", "lowrank", "blockdense", "blockshuffle"],
+    f.add_argument("--kinds", type=_words, default=list(registry.kinds()),
                    help="FFN parametrisations; dense is always measured as the baseline")
     f.add_argument("--fractions", type=_floats, default=[0.63, 0.32],
                    help="parameter fractions of the dense FFN (ranks / blocks chosen per width)")
-    f.add_argument("--ranks", type=_ints, default=[], help="explicit ranks for lowrank and blockdense")
-    f.add_argument("--blocks", type=_ints, default=[], help="explicit block counts for blockshuffle")
-    f.add_argument("--blockdense-blocks", type=int, default=4, help="BlockDense's block count")
+    f.add_argument("--ranks", type=_ints, default=[],
+                   help=f"explicit ranks for {' and '.join(registry.readers('rank'))}")
+    f.add_argument("--blocks", type=_ints, default=[],
+                   help="explicit block counts for the kinds without a rank")
+    f.add_argument("--blockdense-blocks", type=int, default=4,
+                   help="block count of a kind with both a rank and blocks (BlockDense)")
     f.add_argument("--tokens", type=_ints, default=[4096], help="tokens per call (batch x sequence)")
     f.add_argument("--mode", default="fwd", choices=["fwd", "fwdbwd"],
                    help="fwd: no-grad inference forward; fwdbwd: forward + backward in train mode")
@@ -95,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "the same dimensions.")
     t.add_argument("config", metavar="CONFIG", help="YAML config (see configs/)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
-    t.add_argument("--kinds", type=_words, default=["dense", "lowrank"],
+    t.add_argument("--kinds", type=_words, default=[registry.DENSE, registry.structured_kinds()[0]],
                    help="FFN kinds to compare (dense = the config with dense FFNs)")
     t.add_argument("--fractions", type=_floats, default=[0.32],
                    help="parameter fractions of the dense FFN for the structured kinds (ranks / blocks chosen)")

@@ -30,6 +30,7 @@ def _count(n: int) -> str:
 
 def run(args: argparse.Namespace) -> None:
     from lowrank_lm.accounting import account
+    from lowrank_lm.layers import registry
 
     cfg = config_from_args(args)
     acc = account(cfg)
@@ -38,8 +39,8 @@ def run(args: argparse.Namespace) -> None:
         return
     m, f = cfg.model, cfg.model.ffn
     structure = f.kind
-    if f.kind != "dense":
-        bits = [f"R={f.rank}" if f.rank else "", f"B={f.num_blocks}" if f.num_blocks else "", f"init={f.init}"]
+    if registry.get(f.kind).structured:
+        bits = [registry.describe(f.kind, f.rank, f.num_blocks), f"init={f.init}"]
         structure += " (" + ", ".join(b for b in bits if b) + f"; dense blocks {f.keep_dense_layers})"
     rows = [
         ("layers / hidden / attn / ffn", f"{m.num_layers} / {m.hidden_dim} / {m.resolved_attn_dim} / "

@@ -45,10 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _ffn_text(spec) -> str:
+    from lowrank_lm.layers import registry
+
     f = spec.cfg.model.ffn
-    if f.kind == "dense":
-        return "dense"
-    bits = [f"R={f.rank}" if f.rank else "", f"B={f.num_blocks}" if f.num_blocks else ""]
+    if not registry.get(f.kind).structured:
+        return f.kind
+    bits = [registry.describe(f.kind, f.rank, f.num_blocks).replace(",", "")]
     share = f" ({spec.ffn_fraction:.1%})" if spec.ffn_fraction is not None else ""
     return f"{f.kind} {' '.join(b for b in bits if b)}{share}"
 

@@ -30,6 +30,7 @@ from lowrank_lm.checkpoint import load_model
 from lowrank_lm.config import Config, ModelConfig
 from lowrank_lm.data.tokenizer import MISSING_HINT, load_run_tokenizer
 from lowrank_lm.errors import UserError
+from lowrank_lm.layers import registry
 from lowrank_lm.permissions import follow_umask, make_temp_dir
 
 if TYPE_CHECKING:
@@ -352,7 +353,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
     earlier = _check_out(out, overwrite)
     model, cfg, ckpt = load_model(checkpoint, "cpu")
     m = model.cfg
-    structured = m.ffn.kind != "dense"
+    structured = registry.get(m.ffn.kind).structured
     chosen, reason = choose_architecture(m, arch)
     notes: list[str] = []
     if arch != "auto" and chosen is None:

@@ -37,7 +37,6 @@ joint law L(N, D) and the IsoFLOP profiles are fitted per structure over all of 
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -46,10 +45,11 @@ from typing import Any
 
 import yaml
 
-from lowrank_lm.config import Config, ModelConfig, config_to_dict, flatten, load_config
+from lowrank_lm.config import Config, config_to_dict, flatten, load_config
 from lowrank_lm.errors import UserError
+from lowrank_lm.layers import registry
 
-FFN_KINDS = ("dense", "lowrank", "blockshuffle", "blockdense")
+FFN_KINDS = registry.kinds()
 TOP_KEYS = ("name", "description", "out_dir", "base", "overrides", "sizes", "structures", "budgets",
             "match_dense_tokens", "rank_multiple", "seeds", "cluster")
 STRUCTURE_KEYS = ("kind", "fractions", "num_blocks", "rank_multiple", "init", "config", "overrides")
@@ -176,53 +176,8 @@ def budget_label(tokens: int | None = None, tokens_per_param: float | None = Non
 # --------------------------------------------------------------------------- structure solving
 
 
-def ffn_fraction(model: ModelConfig) -> float:
-    """Weights of one structured FFN block relative to the dense block, counted on the real layers."""
-    import torch
-
-    from lowrank_lm.layers import StructuredLinear
-    from lowrank_lm.model import FeedForward
-
-    with torch.device("meta"):
-        structured = FeedForward(model, dense=False)
-        dense = FeedForward(model, dense=True)
-
-    def count(m: torch.nn.Module) -> int:
-        return sum(x.num_matrix_params() for x in m.modules() if isinstance(x, StructuredLinear))
-
-    return count(structured) / count(dense)
-
-
-def solve_ffn(model: ModelConfig, kind: str, fraction: float, num_blocks: int | None,
-              rank_multiple: int) -> tuple[dict[str, Any], float]:
-    """The FFN settings of ``kind`` whose weight share is nearest ``fraction``: (settings, measured share).
-
-    lowrank: the rank, a multiple of ``rank_multiple``; blockdense: the rank for the given block count (a
-    multiple of both); blockshuffle: the block count, among those dividing the widths.
-    """
-    h, f = model.hidden_dim, model.resolved_ffn_dim
-    candidates: list[dict[str, Any]] = []
-    if kind == "lowrank":
-        candidates = [{"rank": r} for r in range(rank_multiple, min(h, f) + 1, rank_multiple)]
-    elif kind == "blockdense":
-        assert num_blocks is not None
-        step = math.lcm(rank_multiple, num_blocks)
-        candidates = [{"rank": r, "num_blocks": num_blocks} for r in range(step, min(h, f) + 1, step)]
-    elif kind == "blockshuffle":
-        inner = min(h, f)
-        candidates = [{"num_blocks": b} for b in range(2, inner + 1) if h % b == 0 and f % b == 0 and inner % b == 0]
-    if not candidates:
-        raise UserError(f"no {kind} setting fits width {h} / FFN {f} (rank_multiple {rank_multiple}); lower "
-                        "rank_multiple or choose another structure")
-    best: tuple[float, dict[str, Any], float] | None = None
-    for cand in candidates:
-        ffn = dataclasses.replace(model.ffn, kind=kind, rank=cand.get("rank"), num_blocks=cand.get("num_blocks"))
-        share = ffn_fraction(dataclasses.replace(model, ffn=ffn))
-        gap = abs(share - fraction)
-        if best is None or gap < best[0] - 1e-12:  # ties: the smaller (earlier) candidate
-            best = (gap, cand, share)
-    assert best is not None
-    return best[1], best[2]
+# The one solver and the share it measures live in the structure registry (layers/registry.py).
+ffn_fraction = registry.ffn_fraction
 
 
 # --------------------------------------------------------------------------- expansion
@@ -295,17 +250,19 @@ def _parse_structures(path: Path, raw: Any, rank_multiple: int) -> list[_Structu
         if kind is not None and kind not in FFN_KINDS:
             raise _err(path, f"structures.{name}.kind: {kind!r} is not one of {', '.join(FFN_KINDS)}")
         fr = v.get("fractions")
-        if kind == "dense" and fr:
-            raise _err(path, f"structures.{name}: a dense FFN has no fraction; remove fractions")
-        if kind not in (None, "dense") and not fr:
+        spec = registry.get(kind) if kind is not None else None
+        if spec is not None and not spec.structured and fr:
+            raise _err(path, f"structures.{name}: a {kind} FFN has no fraction; remove fractions")
+        if spec is not None and spec.structured and not fr:
             raise _err(path, f"structures.{name}: give fractions, e.g. [0.63, 0.32]")
         if fr is not None and not isinstance(fr, list):
             raise _err(path, f"structures.{name}.fractions must be a list, e.g. [0.63, 0.32]")
         fractions: list[float | None] = [_fraction(path, f"structures.{name}.fractions", x) for x in fr] if fr \
             else [None]
         blocks = v.get("num_blocks")
-        if kind == "blockdense" and template is None and not isinstance(blocks, int):
-            raise _err(path, f"structures.{name}: blockdense needs num_blocks (the paper uses 2 or 4)")
+        fixed = [s for s in spec.settings if s not in spec.solved] if spec is not None else []
+        if "num_blocks" in fixed and template is None and not isinstance(blocks, int):
+            raise _err(path, f"structures.{name}: {kind} needs num_blocks (the paper uses 2 or 4)")
         rm = v.get("rank_multiple", rank_multiple)
         if not isinstance(rm, int) or rm < 1:
             raise _err(path, f"structures.{name}.rank_multiple must be a positive whole number")
@@ -405,7 +362,8 @@ def load_sweep(path: str | Path) -> SweepPlan:
             raise _err(p, f"sizes.{size.name} names no config file and the sweep has no base; add one of them")
         size_over = overrides + size.overrides
         # The dense twin: its parameters set tokens_per_param budgets, its budget the structured runs' one.
-        dense_over = ["model.ffn.kind=dense", "model.ffn.rank=", "model.ffn.num_blocks=", "model.ffn.init="]
+        dense_over = [f"model.ffn.kind={registry.DENSE}", "model.ffn.rank=", "model.ffn.num_blocks=",
+                      "model.ffn.init="]
         dense_cfg = _load(p, size_cfg, size_over + dense_over)
         dense_acc = account(dense_cfg)
         for st in structures:
@@ -419,10 +377,11 @@ def load_sweep(path: str | Path) -> SweepPlan:
                     cell_cfg_path = size_cfg
                     ffn_over = [f"model.ffn.kind={st.kind}", "model.ffn.rank=", "model.ffn.num_blocks=",
                                 f"model.ffn.init={st.init or ''}"]
-                    if st.kind != "dense":
-                        assert frac is not None and st.kind is not None
-                        settings, share = solve_ffn(dense_cfg.model, st.kind, frac, st.num_blocks,
-                                                    st.rank_multiple)
+                    assert st.kind is not None
+                    if registry.get(st.kind).structured:
+                        assert frac is not None
+                        settings, share = registry.solve(dense_cfg.model, st.kind, frac, st.rank_multiple,
+                                                         st.num_blocks)
                         ffn_over += [f"model.ffn.{k}={v}" for k, v in settings.items()]
                         if abs(share - frac) > 0.05:
                             notes.append(f"{size.name}-{st.name}-{label}: the nearest {st.kind} setting holds "
@@ -460,7 +419,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
                                       f"{acc.tokens_per_step}; raise the budget")
                     runs.append(RunSpec(
                         name=run_name, series=series, size=size.name, structure=st.name, kind=kind,
-                        fraction=frac, ffn_fraction=ffn_fraction(cfg.model) if kind != "dense" else None,
+                        fraction=frac, ffn_fraction=ffn_fraction(cfg.model) if registry.get(kind).structured else None,
                         budget=budget.label, cfg=cfg, run_dir=run_dir, seed=cfg.train.seed, params=acc.params,
                         params_non_embedding=acc.params_non_embedding, params_ffn=acc.params_ffn,
                         tokens=acc.train_tokens, steps=acc.steps + acc.self_guided_extra_steps,

@@ -31,6 +31,7 @@ from lowrank_lm.config import Config, config_to_dict, load_config
 from lowrank_lm.data.tokenizer import copy_tokenizer
 from lowrank_lm.errors import UserError
 from lowrank_lm.faults import crash_point
+from lowrank_lm.layers import registry
 from lowrank_lm.model import Transformer
 from lowrank_lm.provenance import collect_provenance
 from lowrank_lm.run_compare import write_run_plot
@@ -494,7 +495,7 @@ class Trainer:
         if self.guidance.guided_steps:
             guide_flops = self._guide_flops(model, st)  # collective: every rank computes the summary
             struct = self.total_steps * acc.tokens_per_step * acc.flops_per_token
-            dense = account(replace(cfg, model=replace(cfg.model, ffn=replace(cfg.model.ffn, kind="dense"))))
+            dense = account(replace(cfg, model=replace(cfg.model, ffn=replace(cfg.model.ffn, kind=registry.DENSE))))
             summary = summary.replace(guided_steps=self.guidance.guided_steps, guide_flops=guide_flops,
                                       train_flops=struct + guide_flops,
                                       flop_ratio_to_dense=(struct + guide_flops) / dense.train_flops)
