@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lowrank_lm.errors import ConfigError, UserError
-from lowrank_lm.layers.structure import DENSE, SIZE_SETTINGS, Structure
+from lowrank_lm.layers.structure import DENSE, SIZE_SETTINGS, Structure, check_blocks
 
 if TYPE_CHECKING:
     from lowrank_lm.config import FFNConfig, ModelConfig
@@ -135,8 +135,8 @@ def resolve_fraction(f: FFNConfig, model: ModelConfig) -> None:
             raise ConfigError(f"model.ffn.{key}={getattr(f, key)} and model.ffn.fraction={f.fraction} both size "
                               f"the {f.kind} FFN; remove one of them")
     fixed = f.num_blocks if "num_blocks" not in spec.solved else None
-    if fixed is not None:
-        spec.check(replace(f, rank=None), model.hidden_dim, model.resolved_ffn_dim)
+    if fixed is not None:  # a block count the user gave must fit before ranks are tried with it
+        check_blocks(f, model.hidden_dim, model.resolved_ffn_dim)
     try:
         settings, _ = solve(model, f.kind, f.fraction, num_blocks=fixed)
     except UserError as e:

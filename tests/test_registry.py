@@ -1,0 +1,126 @@
+"""The structure registry: every registered kind builds, counts, merges and solves a fraction.
+
+The hand counts below are written per kind on purpose: a new structure fails ``test_every_kind_has_a_hand_count``
+until its test adds one, so no kind enters the registry without its accounting checked.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lowrank_lm.cli import main
+from lowrank_lm.config import FFNConfig, ModelConfig, load_config
+from lowrank_lm.errors import ConfigError
+from lowrank_lm.layers import registry
+
+SCALE3 = "configs/cpu/scale-3.yaml"
+H, F = 192, 768  # scale-3's widths
+SETTINGS = {"dense": {}, "lowrank": {"rank": 16}, "blockshuffle": {"num_blocks": 4},
+            "blockdense": {"rank": 16, "num_blocks": 4}}
+# Weights of one (n_in -> n_out) layer, from the structures' definitions (reference section 3.1).
+HAND_PARAMS = {
+    "dense": lambda i, o, s: i * o,
+    "lowrank": lambda i, o, s: (i + o) * s["rank"],
+    "blockshuffle": lambda i, o, s: min(i, o) * (i + o) // s["num_blocks"],
+    "blockdense": lambda i, o, s: s["rank"] * (i // s["num_blocks"] + o),
+}
+# The FFN weight share of each candidate setting at widths h, f (up + down against 2hf), ranks in steps of 8.
+HAND_SHARES = {
+    "lowrank": lambda h, f: [(h + f) * r / (h * f) for r in range(8, min(h, f) + 1, 8)],
+    "blockshuffle": lambda h, f: [min(h, f) * (h + f) / (b * h * f) for b in range(2, min(h, f) + 1)
+                                  if h % b == 0 and f % b == 0],
+    "blockdense": lambda h, f: [r * (h + f) * (1 + 1 / 4) / (2 * h * f) for r in range(8, min(h, f) + 1, 8)],
+}
+
+
+def _layer(kind: str, n_in: int, n_out: int, bias: bool = True):
+    cfg = FFNConfig(kind=kind, **SETTINGS[kind])
+    return registry.build(n_in, n_out, cfg, bias, std=0.02)
+
+
+def test_every_kind_has_a_hand_count():
+    assert set(HAND_PARAMS) == set(registry.kinds())
+    assert set(HAND_SHARES) == set(registry.structured_kinds())
+
+
+@pytest.mark.parametrize("kind", registry.kinds())
+@pytest.mark.parametrize("shape", [(32, 128), (128, 32)])
+def test_params_and_flops_match_hand_counts(kind, shape):
+    layer = _layer(kind, *shape, bias=False)
+    weights = sum(p.numel() for p in layer.parameters())
+    assert layer.num_matrix_params() == weights == HAND_PARAMS[kind](*shape, SETTINGS[kind])
+    tokens = 64
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        layer(torch.randn(tokens, shape[0]))
+    assert counter.get_total_flops() == tokens * layer.flops_per_token()
+
+
+@pytest.mark.parametrize("kind", registry.structured_kinds())
+def test_merged_weight_is_the_layers_product(kind):
+    layer = _layer(kind, 32, 128).double()
+    with torch.no_grad():
+        layer.bias.normal_()
+        x = torch.randn(5, 32, dtype=torch.float64)
+        expected = layer(x) - layer.bias
+        assert torch.allclose(x @ layer.merged_weight().T, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", registry.structured_kinds())
+def test_solve_picks_the_nearest_hand_share(kind):
+    model = ModelConfig(hidden_dim=H, ffn_dim=F, num_q_heads=1, num_layers=1, ffn=FFNConfig(keep_dense_layers=[]))
+    settings, share = registry.solve(model, kind, 0.32)
+    nearest = min(HAND_SHARES[kind](H, F), key=lambda s: abs(s - 0.32))
+    assert share == pytest.approx(nearest)
+    cfg = load_config(SCALE3, [f"model.ffn.kind={kind}", "model.ffn.fraction=0.32"])
+    assert cfg.model.ffn.fraction is None  # resolved into the settings themselves
+    assert {k: getattr(cfg.model.ffn, k) for k in settings} == settings
+
+
+def _info(capsys, *overrides: str) -> tuple[int, str, str]:
+    """``lowrank-lm info SCALE3 OVERRIDES --json``: (exit code, stdout, stderr)."""
+    try:
+        main(["info", SCALE3, *overrides, "--json"])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_info_fraction_for_every_kind(capsys):
+    """`info ... model.ffn.kind=K model.ffn.fraction=0.32` for each kind: the FFN holds the hand-nearest share."""
+    bare = ["model.ffn.keep_dense_layers=[]", "model.bias=false"]  # FFN params = the matrices alone
+    dense = json.loads(_info(capsys, *bare)[1])["params_ffn"]
+    for kind in registry.structured_kinds():
+        code, out, err = _info(capsys, f"model.ffn.kind={kind}", "model.ffn.fraction=0.32", *bare)
+        assert code == 0, err
+        share = json.loads(out)["params_ffn"] / dense
+        nearest = min(HAND_SHARES[kind](H, F), key=lambda s: abs(s - 0.32))
+        assert math.isclose(share, nearest), kind
+        assert abs(share - 0.32) < 0.05, kind
+    code, out, err = _info(capsys, "model.ffn.kind=dense", "model.ffn.fraction=0.32")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "does not apply to model.ffn.kind=dense" in err
+    assert all(k in err for k in registry.structured_kinds())
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.ffn.kind=lowrank", "model.ffn.fraction=0.32", "model.ffn.rank=48"], "remove one of them"),
+    (["model.ffn.kind=blockshuffle", "model.ffn.fraction=0.32", "model.ffn.rank=48"],
+     "does not apply to model.ffn.kind=blockshuffle"),
+    (["model.ffn.kind=lowrank", "model.ffn.fraction=1.5"], "between 0 and 1"),
+    (["model.ffn.kind=blockdense", "model.ffn.fraction=0.32", "model.ffn.num_blocks=5"], "does not divide"),
+])
+def test_fraction_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SCALE3, overrides)
+
+
+def test_fraction_keeps_a_given_block_count_and_explicit_settings_still_work():
+    cfg = load_config(SCALE3, ["model.ffn.kind=blockdense", "model.ffn.fraction=0.32", "model.ffn.num_blocks=2"])
+    assert cfg.model.ffn.num_blocks == 2 and cfg.model.ffn.rank % 2 == 0
+    cfg = load_config(SCALE3, ["model.ffn.kind=lowrank", "model.ffn.rank=40"])
+    assert cfg.model.ffn.rank == 40
