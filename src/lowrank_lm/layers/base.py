@@ -56,6 +56,14 @@ class StructuredLinear(nn.Module):
         """
         return None
 
+    @torch.no_grad()
+    def reference_guide_start(self) -> torch.Tensor:
+        """The self-guided guide the reference code (CLAIRE-Labo/StructuredFFN) starts from, as (out, in).
+
+        It multiplies the factors as plain matrices; for most structures that is :meth:`merged_weight`.
+        """
+        return self.merged_weight()
+
     # -- shared behaviour --------------------------------------------------------------------
     def flops_per_token(self) -> int:
         """Forward FLOPs per token of the matrix products (2 per multiply-accumulate)."""

@@ -38,6 +38,12 @@ class BlockShuffleLinear(StructuredLinear):
         fill(self.blocks_in, std)
         fill(self.blocks_out, std)
 
+    @torch.no_grad()
+    def reference_guide_start(self) -> torch.Tensor:
+        """block_diag(second factor) x block_diag(first factor): the reference code leaves out the shuffle
+        between them, so its guide starts block-diagonal instead of at this layer's matrix."""
+        return torch.block_diag(*self.blocks_out) @ torch.block_diag(*self.blocks_in)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_blocks={self.num_blocks}"
 

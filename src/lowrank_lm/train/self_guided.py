@@ -21,7 +21,6 @@ from torch import nn
 
 from lowrank_lm.config import SelfGuidedConfig
 from lowrank_lm.layers.base import StructuredLinear
-from lowrank_lm.layers.blockshuffle import BlockShuffleLinear
 from lowrank_lm.model import Transformer
 from lowrank_lm.train.schedule import guide_alpha_at
 
@@ -34,9 +33,7 @@ def reference_guide_start(layer: StructuredLinear) -> torch.Tensor:
     matrix; for BlockShuffle it is block_diag(second factor) x block_diag(first factor), which leaves out the
     shuffle between them, so the guide starts block-diagonal instead of at the layer's matrix.
     """
-    if isinstance(layer, BlockShuffleLinear):
-        return torch.block_diag(*layer.blocks_out) @ torch.block_diag(*layer.blocks_in)
-    return layer.merged_weight()
+    return layer.reference_guide_start()  # each structure module says what its factors multiply to
 
 
 class SelfGuidance:
