@@ -363,7 +363,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
         size_over = overrides + size.overrides
         # The dense twin: its parameters set tokens_per_param budgets, its budget the structured runs' one.
         dense_over = [f"model.ffn.kind={registry.DENSE}", "model.ffn.rank=", "model.ffn.num_blocks=",
-                      "model.ffn.init="]
+                      "model.ffn.fraction=", "model.ffn.init="]
         dense_cfg = _load(p, size_cfg, size_over + dense_over)
         dense_acc = account(dense_cfg)
         for st in structures:
@@ -376,7 +376,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
                 else:
                     cell_cfg_path = size_cfg
                     ffn_over = [f"model.ffn.kind={st.kind}", "model.ffn.rank=", "model.ffn.num_blocks=",
-                                f"model.ffn.init={st.init or ''}"]
+                                "model.ffn.fraction=", f"model.ffn.init={st.init or ''}"]
                     assert st.kind is not None
                     if registry.get(st.kind).structured:
                         assert frac is not None
