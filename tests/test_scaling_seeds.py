@@ -10,16 +10,12 @@ from lowrank_lm.errors import UserError
 from lowrank_lm.scaling.execute import RunState, result_row
 from lowrank_lm.scaling.sweep import load_sweep
 
+from .test_scaling_sweep import write_sweep
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "configs" / "cpu"
 EMBEDDED_TRAIN_TOKENS = 1_576_672
 """Training tokens of the embedded corpus with bpe-8192 (its manifest), for the epochs of the CPU preset."""
-
-
-def write_sweep(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "sweep.yaml"
-    path.write_text(f"out_dir: {tmp_path / 'runs'}\n" + body)
-    return path
 
 
 ISOFLOP = f"""
