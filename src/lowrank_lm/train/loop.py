@@ -33,7 +33,7 @@ from lowrank_lm.errors import UserError
 from lowrank_lm.faults import crash_point
 from lowrank_lm.layers import registry
 from lowrank_lm.model import Transformer
-from lowrank_lm.provenance import collect_provenance
+from lowrank_lm.provenance import Provenance, collect_provenance
 from lowrank_lm.run_compare import write_run_plot
 from lowrank_lm.train import distributed
 from lowrank_lm.train.agreement import all_or_none, said_once
@@ -107,6 +107,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, overwrite: bool = False, max_steps: int | None = None) -> None:
         self.cfg, self.overwrite, self.max_steps = cfg, overwrite, max_steps
+        self.provenance: Provenance | None = None  # collected by rank 0, the rank that writes the records
         t = cfg.train
         self.dist = distributed.setup(t.device)
         self.device = self.dist.device
@@ -261,7 +262,7 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
 
     # ------------------------------------------------------------------ the loop
-    def run(self) -> RunSummary | dict[str, Any]:
+    def run(self) -> RunSummary | StoppedRun:
         data_dir = self._setup_data()  # data problems surface before anything is written to out_dir
         ckpt = self._setup_outputs()
         previous = self._catch_stop_signals()
@@ -300,7 +301,7 @@ class Trainer:
         minutes = self.cfg.train.checkpoint_minutes
         return bool(self.dist.is_main and minutes and time.perf_counter() - self._last_save >= 60 * minutes)
 
-    def _run(self, data_dir: Path, ckpt: Path | None) -> RunSummary | dict[str, Any]:
+    def _run(self, data_dir: Path, ckpt: Path | None) -> RunSummary | StoppedRun:
         from lowrank_lm.data import TokenLoader
 
         cfg, t, d = self.cfg, self.cfg.train, self.dist
@@ -490,7 +491,7 @@ class Trainer:
             peak_memory_mb=_peak_memory_mb(self.device), device=str(self.device),
             world_size=self.dist.world_size, precision=cfg.train.precision,
             final_val_loss=last_eval["val_loss"], final_val_ppl=last_eval["val_ppl"],
-            val_tokens=last_eval["val_tokens"], provenance=getattr(self, "provenance", None),
+            val_tokens=last_eval["val_tokens"], provenance=self.provenance,
         )
         if self.guidance.guided_steps:
             guide_flops = self._guide_flops(model, st)  # collective: every rank computes the summary
