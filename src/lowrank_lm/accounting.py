@@ -1,8 +1,8 @@
 """Parameters and FLOPs from the real layer shapes, in the paper's convention and the usual 6N one.
 
 The paper's convention (reference section 4.2): training FLOPs = 3 x forward FLOPs, where the
-forward pass of T tokens with context S costs, per layer, 2 x (Q, K, V, O matmul weights) x T plus
-2 x 2 x T x S x attn_dim for the attention scores and values (full S^2, no causal halving), plus
+forward pass of T tokens with context S costs, per layer, 2 x (Q, K, V, O matmul weights, structured
+or not) x T plus 2 x 2 x T x S x attn_dim for the attention scores and values (full S^2, no causal halving), plus
 2 x (FFN weight parameters) x T, plus 2 x T x vocab x hidden for the logits. Biases, norms and the
 softmax are ignored. The run length is int(tokens / (global_batch x seq_len)) steps.
 
@@ -84,9 +84,8 @@ def count_model(model: Transformer) -> ModelCounts:
     ffn = attn = ffn_flops = attn_flops = guide = 0
     for m in model.modules():
         if isinstance(m, Attention):
-            matrices = m.qkv.weight.numel() + m.out.weight.numel()
             attn += sum(p.numel() for p in m.parameters())
-            attn_flops += 2 * matrices + 2 * 2 * cfg.seq_len * cfg.resolved_attn_dim
+            attn_flops += 2 * m.num_matrix_params() + 2 * 2 * cfg.seq_len * cfg.resolved_attn_dim
         elif isinstance(m, FeedForward):
             layers = [x for x in m.modules() if isinstance(x, StructuredLinear)]
             ffn += sum(x.num_matrix_params() for x in layers)

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 
@@ -39,6 +39,7 @@ KIND_INITS: dict[str, tuple[str, ...]] = {k: s.inits for k, s in registry.REGIST
 class FFNConfig:
     """How the two (or three, for SwiGLU) linear layers of each feed-forward block are parametrised."""
 
+    section: ClassVar[str] = "model.ffn"  # where these settings live, for error messages
     kind: FFNKind = "dense"
     """dense | lowrank (U(Vx)) | blockshuffle (two block-diagonals with a shuffle) | blockdense."""
     rank: Optional[int] = None
@@ -53,7 +54,26 @@ class FFNConfig:
     keep_dense_layers: list[int] = field(default_factory=lambda: [0])
     """Indices of Transformer blocks whose FFN stays dense (the paper keeps block 0 dense)."""
     premerge_max_tokens: Optional[int] = None
-    """In eval mode, calls with at most this many tokens use the merged dense weight (pre-merge)."""
+    """In eval mode, calls with at most this many tokens use the merged dense weight (pre-merge); it applies to
+    every structured linear, structured attention (model.attn) included."""
+
+
+@dataclass
+class AttnConfig:
+    """How each attention block's fused q/k/v projection and output projection are parametrised."""
+
+    section: ClassVar[str] = "model.attn"  # where these settings live, for error messages
+    kind: FFNKind = "dense"
+    """The structure of both projections, any model.ffn.kind; dense keeps plain nn.Linear layers."""
+    rank: Optional[int] = None
+    """Bottleneck size R for the kinds that read a rank (as model.ffn.rank)."""
+    num_blocks: Optional[int] = None
+    """Number of diagonal blocks B for the kinds that read one (as model.ffn.num_blocks)."""
+    fraction: Optional[float] = None
+    """Share of the dense projections' weights (e.g. 0.32): picks the kind's rank or block count as
+    model.ffn.fraction does, counted on the attention's own layers."""
+    init: Optional[FFNInit] = None
+    """spectral | random | orthonormal; empty means the kind's default (std = model.init_std)."""
 
 
 @dataclass
@@ -92,6 +112,8 @@ class ModelConfig:
     """Standard deviation of the N(0, std) initialisation of every weight (no depth scaling)."""
     ffn: FFNConfig = field(default_factory=FFNConfig)
     """The feed-forward blocks' parametrisation (model.ffn.*)."""
+    attn: AttnConfig = field(default_factory=AttnConfig)
+    """The attention projections' parametrisation (model.attn.*); every block's, block 0 included."""
 
     @property
     def head_dim(self) -> int:
@@ -442,21 +464,31 @@ def _positive(value: Optional[float], key: str) -> None:
         raise ConfigError(f"{key} must be positive, got {value}")
 
 
-def _check_applicable(f: FFNConfig) -> None:
-    """A setting the FFN kind does not read is an error naming what the kind does read."""
-    uses = KIND_SETTINGS[f.kind]
+def _check_applicable(f: FFNConfig | AttnConfig) -> None:
+    """A setting the kind does not read is an error naming what the kind does read."""
+    uses, s = KIND_SETTINGS[f.kind], f.section
     for key in registry.SIZE_SETTINGS:
         if getattr(f, key) is not None and key not in uses:
-            reads = f"reads {' and '.join('model.ffn.' + u for u in uses)}" if uses else "has no size setting"
+            reads = f"reads {' and '.join(f'{s}.{u}' for u in uses)}" if uses else "has no size setting"
             users = registry.readers(key)
-            raise ConfigError(f"model.ffn.{key}={getattr(f, key)} does not apply to model.ffn.kind={f.kind} "
-                              f"(it {reads}); remove it, or set model.ffn.kind to {' or '.join(users)}")
+            raise ConfigError(f"{s}.{key}={getattr(f, key)} does not apply to {s}.kind={f.kind} "
+                              f"(it {reads}); remove it, or set {s}.kind to {' or '.join(users)}")
     if f.init is not None and f.init not in KIND_INITS[f.kind]:
-        raise ConfigError(f"model.ffn.init={f.init} does not apply to model.ffn.kind={f.kind}; "
+        raise ConfigError(f"{s}.init={f.init} does not apply to {s}.kind={f.kind}; "
                           f"use {' or '.join(KIND_INITS[f.kind])} (or leave it empty for {DEFAULT_INIT[f.kind]})")
-    if f.premerge_max_tokens is not None and not registry.get(f.kind).structured:
-        raise ConfigError(f"model.ffn.premerge_max_tokens does not apply to model.ffn.kind={f.kind} (nothing to "
-                          "merge); remove it, or set a structured model.ffn.kind")
+
+
+def _check_structure(f: FFNConfig | AttnConfig, m: ModelConfig) -> None:
+    """The size settings, fraction and init of model.ffn or model.attn; fills the kind's default init."""
+    _positive(f.rank, f"{f.section}.rank")
+    _positive(f.num_blocks, f"{f.section}.num_blocks")
+    if f.fraction is not None:
+        _check_applicable(f)  # a setting the kind does not read is named before the fraction is solved
+        registry.resolve_fraction(f, m)
+    registry.check_fit(f, m)
+    _check_applicable(f)
+    if f.init is None:
+        f.init = DEFAULT_INIT[f.kind]  # type: ignore[assignment]
 
 
 def validate(cfg: Config) -> None:
@@ -479,17 +511,14 @@ def validate(cfg: Config) -> None:
         if not 0 <= i < m.num_layers:
             raise ConfigError(f"model.ffn.keep_dense_layers: {i} is not a block index "
                               f"(0..{m.num_layers - 1}); remove it")
-    h, ff = m.hidden_dim, m.resolved_ffn_dim
-    _positive(f.rank, "model.ffn.rank")
-    _positive(f.num_blocks, "model.ffn.num_blocks")
     _positive(f.premerge_max_tokens, "model.ffn.premerge_max_tokens")
-    if f.fraction is not None:
-        _check_applicable(f)  # a setting the kind does not read is named before the fraction is solved
-        registry.resolve_fraction(f, m)
-    registry.get(f.kind).check(f, h, ff)
-    _check_applicable(f)
-    if f.init is None:
-        f.init = DEFAULT_INIT[f.kind]  # type: ignore[assignment]
+    _check_structure(f, m)
+    _check_structure(m.attn, m)
+    structured = registry.get(f.kind).structured or registry.get(m.attn.kind).structured
+    if f.premerge_max_tokens is not None and not structured:
+        raise ConfigError(f"model.ffn.premerge_max_tokens does not apply to model.ffn.kind={f.kind} with "
+                          f"model.attn.kind={m.attn.kind} (nothing to merge); remove it, or set a structured "
+                          "model.ffn.kind")
 
     t = cfg.train
     for key in ("tokens", "tokens_per_param", "global_batch_size", "micro_batch_size", "lr",
@@ -510,9 +539,10 @@ def validate(cfg: Config) -> None:
     sg = t.self_guided
     if sg.enabled and not 0 < sg.ratio <= 1:
         raise ConfigError(f"train.self_guided.ratio must be in (0, 1], got {sg.ratio}")
-    if sg.enabled and not registry.get(f.kind).structured:
-        raise ConfigError("train.self_guided needs a structured FFN; set model.ffn.kind "
-                          f"({', '.join(registry.structured_kinds())}) or disable self-guided training")
+    if sg.enabled and not structured:
+        raise ConfigError("train.self_guided needs a structured FFN or attention; set model.ffn.kind or "
+                          f"model.attn.kind ({', '.join(registry.structured_kinds())}) or disable self-guided "
+                          "training")
     if t.resume not in ("auto", "never") and not t.resume:
         raise ConfigError("train.resume must be auto, never or a checkpoint path")
     _positive(cfg.data.val_tokens, "data.val_tokens")

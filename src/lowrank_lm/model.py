@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lowrank_lm.config import ModelConfig
-from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear
+from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear, registry
 from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.loss import lm_loss
 
@@ -91,16 +91,33 @@ class KVCache:
         return (self.slots[:self.span] <= pos).view(1, 1, 1, -1)
 
 
-class Attention(nn.Module):
-    """Causal self-attention with grouped-query heads; attn_dim may differ from hidden_dim."""
+def matrix_params(layer: nn.Module) -> int:
+    """Weights of a linear layer, biases excluded (also its multiply-accumulates per token)."""
+    return layer.num_matrix_params() if isinstance(layer, StructuredLinear) else layer.weight.numel()
 
-    def __init__(self, cfg: ModelConfig) -> None:
+
+class Attention(nn.Module):
+    """Causal self-attention with grouped-query heads; attn_dim may differ from hidden_dim.
+
+    The projections take model.attn's structure. Dense ones (or ``dense=True``) are plain nn.Linear layers,
+    initialised with the model as before structured attention existed: same seeds, same checkpoint keys.
+    """
+
+    def __init__(self, cfg: ModelConfig, dense: bool = False) -> None:
         super().__init__()
         self.num_q, self.num_kv, self.head_dim = cfg.num_q_heads, cfg.resolved_kv_heads, cfg.head_dim
-        a, kv = cfg.resolved_attn_dim, cfg.kv_dim
-        self.qkv = nn.Linear(cfg.hidden_dim, a + 2 * kv, bias=cfg.bias)  # fused: one matmul for q, k, v
-        self.out = nn.Linear(a, cfg.hidden_dim, bias=cfg.bias)
+        h, a, kv = cfg.hidden_dim, cfg.resolved_attn_dim, cfg.kv_dim
+        if dense or not registry.get(cfg.attn.kind).structured:
+            self.qkv = nn.Linear(h, a + 2 * kv, bias=cfg.bias)  # fused: one matmul for q, k, v
+            self.out = nn.Linear(a, h, bias=cfg.bias)
+        else:
+            self.qkv = build_linear(h, a + 2 * kv, cfg.attn, cfg.bias, cfg.init_std)
+            self.out = build_linear(a, h, cfg.attn, cfg.bias, cfg.init_std)
         self.split = (a, kv, kv)
+
+    def num_matrix_params(self) -> int:
+        """Weights of the projections, biases excluded."""
+        return matrix_params(self.qkv) + matrix_params(self.out)
 
     def forward(self, x: torch.Tensor, rope: Rotary, cache: KVCache | None, layer: int,
                 pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,6 +155,10 @@ class FeedForward(nn.Module):
         self.up = build_linear(h, f, cfg.ffn, cfg.bias, std, dense)
         self.gate = build_linear(h, f, cfg.ffn, cfg.bias, std, dense) if self.swiglu else None
         self.down = build_linear(f, h, cfg.ffn, cfg.bias, std, dense)
+
+    def num_matrix_params(self) -> int:
+        """Weights of the linears, biases excluded."""
+        return sum(matrix_params(x) for x in (self.up, self.gate, self.down) if x is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate is not None:
@@ -187,7 +208,7 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def _init_weights(self) -> None:
         # N(0, init_std) everywhere, biases 0, no depth scaling (the paper's recipe).
-        # FFN layers initialise themselves (spectral / orthonormal / Gaussian) when built.
+        # FFN layers and structured attention initialise themselves (spectral / orthonormal / Gaussian) when built.
         if self.embed.weight.is_meta:
             return
         std = self.cfg.init_std
@@ -236,7 +257,7 @@ class Transformer(nn.Module):
         return F.linear(self.norm(x[:, -1]), self.head_weight())
 
     def structured_layers(self) -> Iterator[StructuredLinear]:
-        """The FFN linears that are not dense (the ones pre-merge and self-guidance act on)."""
+        """The linears that are not dense, FFN and attention (the ones pre-merge and self-guidance act on)."""
         for m in self.modules():
             if isinstance(m, StructuredLinear) and not isinstance(m, DenseLinear):
                 yield m

@@ -8,7 +8,8 @@ import json
 from lowrank_lm.commands.common import add_config_arguments, config_from_args
 
 EXAMPLES = ["lowrank-lm info configs/cpu/tiny.yaml",
-            "lowrank-lm info configs/cpu/tiny.yaml model.ffn.kind=lowrank model.ffn.rank=32 --json"]
+            "lowrank-lm info configs/cpu/tiny.yaml model.ffn.kind=lowrank model.ffn.rank=32 --json",
+            "lowrank-lm info configs/cpu/scale-3.yaml model.attn.kind=lowrank model.attn.fraction=0.32"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,17 +38,22 @@ def run(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(acc.to_dict(), indent=2))
         return
-    m, f = cfg.model, cfg.model.ffn
+    m, f, a = cfg.model, cfg.model.ffn, cfg.model.attn
     structure = f.kind
     if registry.get(f.kind).structured:
         bits = [registry.describe(f.kind, f.rank, f.num_blocks), f"init={f.init}"]
         structure += " (" + ", ".join(b for b in bits if b) + f"; dense blocks {f.keep_dense_layers})"
+    attention = a.kind
+    if registry.get(a.kind).structured:
+        bits = [registry.describe(a.kind, a.rank, a.num_blocks), f"init={a.init}"]
+        attention += " (" + ", ".join(b for b in bits if b) + "; q/k/v and output projections of every block)"
     rows = [
         ("layers / hidden / attn / ffn", f"{m.num_layers} / {m.hidden_dim} / {m.resolved_attn_dim} / "
                                          f"{m.resolved_ffn_dim}"),
         ("heads q / kv (head dim)", f"{m.num_q_heads} / {m.resolved_kv_heads} ({m.head_dim})"),
         ("vocab / context", f"{m.vocab_size} / {m.seq_len}"),
         ("FFN", structure),
+        ("attention", attention),
         ("params", f"{_m(acc.params)}  (non-embedding {_m(acc.params_non_embedding)}, "
                    f"FFN {_m(acc.params_ffn)}, attention {_m(acc.params_attention)})"),
         ("FLOPs / token (paper)", f"{acc.forward_flops_per_token:.4g} forward, {acc.flops_per_token:.4g} train"),

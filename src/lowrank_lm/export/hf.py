@@ -30,7 +30,7 @@ from lowrank_lm.checkpoint import load_model
 from lowrank_lm.config import Config, ModelConfig
 from lowrank_lm.data.tokenizer import MISSING_HINT, load_run_tokenizer
 from lowrank_lm.errors import UserError
-from lowrank_lm.layers import registry
+from lowrank_lm.layers import StructuredLinear, registry
 from lowrank_lm.permissions import follow_umask, make_temp_dir
 
 if TYPE_CHECKING:
@@ -109,19 +109,13 @@ def choose_architecture(m: ModelConfig, requested: str = "auto") -> tuple[str | 
 
 @torch.no_grad()
 def dense_weights(model: Transformer) -> dict[str, torch.Tensor]:
-    """Our weights with every FFN linear as its dense ``.weight`` (merged factors) and ``.bias``."""
-    out: dict[str, torch.Tensor] = {}
-    for name, t in model.state_dict().items():
-        if ".ffn." not in name or ".ffn_norm." in name:
-            out[name] = t
-    for i, block in enumerate(model.blocks):
-        for proj in ("up", "gate", "down"):
-            layer = getattr(block.ffn, proj)
-            if layer is None:
-                continue
-            out[f"blocks.{i}.ffn.{proj}.weight"] = layer.merged_weight()
-            if layer.bias is not None:
-                out[f"blocks.{i}.ffn.{proj}.bias"] = layer.bias
+    """Our weights with every FFN and attention linear as its dense ``.weight`` (merged factors) and ``.bias``."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, StructuredLinear)}
+    out = {k: t for k, t in model.state_dict().items() if k.rpartition(".")[0] not in layers}
+    for name, layer in layers.items():
+        out[f"{name}.weight"] = layer.merged_weight()
+        if layer.bias is not None:
+            out[f"{name}.bias"] = layer.bias
     return out
 
 
@@ -353,11 +347,15 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
     earlier = _check_out(out, overwrite)
     model, cfg, ckpt = load_model(checkpoint, "cpu")
     m = model.cfg
-    structured = registry.get(m.ffn.kind).structured
+    structured_attn = registry.get(m.attn.kind).structured
+    structured = registry.get(m.ffn.kind).structured or structured_attn
     chosen, reason = choose_architecture(m, arch)
     notes: list[str] = []
     if arch != "auto" and chosen is None:
         raise UserError(f"--arch {arch} cannot represent this model exactly: {reason}")
+    if structured_attn and not merge:
+        raise UserError(f"structured attention (model.attn.kind={m.attn.kind}) exports with --merge for now: add "
+                        "--merge to multiply its factors into the stock class's dense q/k/v/o weights")
     if structured and not merge and arch != "auto":
         raise UserError(f"--arch {arch} is a stock class: add --merge to multiply the {m.ffn.kind} factors "
                         "into dense weights, or leave --arch out to keep them (trust_remote_code)")

@@ -52,7 +52,7 @@ def _check(f: FFNConfig, h: int, ff: int) -> None:
     check_blocks(f, h, ff)
     assert f.rank is not None and f.num_blocks is not None
     if f.rank % f.num_blocks:
-        raise ConfigError(f"model.ffn.rank={f.rank} is not divisible by num_blocks={f.num_blocks}; "
+        raise ConfigError(f"{f.section}.rank={f.rank} is not divisible by num_blocks={f.num_blocks}; "
                           "BlockDense splits the rank across the blocks")
 
 

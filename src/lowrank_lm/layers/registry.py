@@ -19,7 +19,7 @@ from lowrank_lm.errors import ConfigError, UserError
 from lowrank_lm.layers.structure import DENSE, SIZE_SETTINGS, Structure, check_blocks
 
 if TYPE_CHECKING:
-    from lowrank_lm.config import FFNConfig, ModelConfig
+    from lowrank_lm.config import AttnConfig, FFNConfig, ModelConfig
     from lowrank_lm.layers.base import StructuredLinear
 
 # One module per structure, in the order the CLI and error messages list them.
@@ -57,36 +57,52 @@ def readers(setting: str) -> list[str]:
     return [k for k, s in REGISTRY.items() if setting in s.settings]
 
 
-def build(in_features: int, out_features: int, cfg: FFNConfig, bias: bool, std: float,
+def build(in_features: int, out_features: int, cfg: FFNConfig | AttnConfig, bias: bool, std: float,
           dense: bool = False) -> StructuredLinear:
     """The layer of ``cfg.kind`` (``dense=True`` forces dense), initialised with ``cfg.init`` or its default."""
     spec = REGISTRY[DENSE if dense else cfg.kind]
     layer = spec.build(in_features, out_features, cfg, bias)
     init = spec.default_init if dense else (cfg.init or spec.default_init)
     layer.reset_parameters(std, init)
-    if cfg.premerge_max_tokens and spec.structured:
-        layer.premerge_max_tokens = cfg.premerge_max_tokens
+    limit = getattr(cfg, "premerge_max_tokens", None)  # an FFN setting; model.premerge() applies it to every layer
+    if limit and spec.structured:
+        layer.premerge_max_tokens = limit
     return layer
 
 
 # --------------------------------------------------------------------------- fraction solving
 
 
-def ffn_fraction(model: ModelConfig) -> float:
-    """Weights of one structured FFN block relative to the dense block, counted on the real layers (meta)."""
+def part_of(f: FFNConfig | AttnConfig) -> str:
+    """``ffn`` or ``attn``: the model part (and ModelConfig attribute) whose settings ``f`` holds."""
+    return f.section.removeprefix("model.")
+
+
+def part_widths(model: ModelConfig, part: str) -> list[tuple[int, int]]:
+    """The (in, out) widths a part's structure settings must fit, as checks and candidates read them: the FFN's
+    (hidden, ffn) pair (its down layer is the transpose); attention's fused q/k/v and output projections."""
+    h = model.hidden_dim
+    if part == "attn":
+        a = model.resolved_attn_dim
+        return [(h, a + 2 * model.kv_dim), (a, h)]
+    return [(h, model.resolved_ffn_dim)]
+
+
+def part_fraction(model: ModelConfig, part: str = "ffn") -> float:
+    """Weights of one block's structured FFN (or attention projections) relative to dense ones, counted on the
+    real layers (meta)."""
     import torch
 
-    from lowrank_lm.layers.base import StructuredLinear
-    from lowrank_lm.model import FeedForward
+    from lowrank_lm.model import Attention, FeedForward
 
+    cls = Attention if part == "attn" else FeedForward
     with torch.device("meta"):
-        structured = FeedForward(model, dense=False)
-        dense = FeedForward(model, dense=True)
+        return cls(model, dense=False).num_matrix_params() / cls(model, dense=True).num_matrix_params()
 
-    def count(m: torch.nn.Module) -> int:
-        return sum(x.num_matrix_params() for x in m.modules() if isinstance(x, StructuredLinear))
 
-    return count(structured) / count(dense)
+def ffn_fraction(model: ModelConfig) -> float:
+    """Weights of one structured FFN block relative to the dense block, counted on the real layers (meta)."""
+    return part_fraction(model, "ffn")
 
 
 def rank_steps(step: int, num_blocks: int | None, limit: int) -> list[int]:
@@ -96,24 +112,25 @@ def rank_steps(step: int, num_blocks: int | None, limit: int) -> list[int]:
 
 
 def solve(model: ModelConfig, kind: str, fraction: float, rank_multiple: int = 8,
-          num_blocks: int | None = None) -> tuple[dict[str, int], float]:
-    """The settings of ``kind`` whose FFN weight share is nearest ``fraction``: (settings, measured share).
+          num_blocks: int | None = None, part: str = "ffn") -> tuple[dict[str, int], float]:
+    """The settings of ``kind`` whose weight share of ``part`` is nearest ``fraction``: (settings, measured share).
 
     Ranks are multiples of ``rank_multiple``; ``num_blocks`` fixes the block count of a kind that also has
-    a rank (else the kind's default). Shares are counted on the model's own FFN layers on the meta device.
+    a rank (else the kind's default). Shares are counted on the model's own layers on the meta device.
     """
     spec = get(kind)
-    h, ff = model.hidden_dim, model.resolved_ffn_dim
     if num_blocks is None and "num_blocks" not in spec.solved:
         num_blocks = spec.defaults.get("num_blocks")
-    candidates = spec.candidates(h, ff, rank_multiple, num_blocks)
+    (h, ff), *others = part_widths(model, part)
+    candidates = [c for c in spec.candidates(h, ff, rank_multiple, num_blocks)  # settings that fit every layer
+                  if all(c in spec.candidates(i, o, rank_multiple, num_blocks) for i, o in others)]
     if not candidates:
-        raise UserError(f"no {kind} setting fits width {h} / FFN {ff} (rank_multiple {rank_multiple}); lower "
+        raise UserError(f"no {kind} setting fits widths {h} / {ff} (rank_multiple {rank_multiple}); lower "
                         "rank_multiple or choose another structure")
     best: tuple[float, dict[str, int], float] | None = None
     for cand in candidates:
-        ffn = replace(model.ffn, kind=kind, rank=cand.get("rank"), num_blocks=cand.get("num_blocks"))
-        share = ffn_fraction(replace(model, ffn=ffn))
+        cfg = replace(getattr(model, part), kind=kind, rank=cand.get("rank"), num_blocks=cand.get("num_blocks"))
+        share = part_fraction(replace(model, **{part: cfg}), part)
         gap = abs(share - fraction)
         if best is None or gap < best[0] - 1e-12:  # ties: the smaller (earlier) candidate
             best = (gap, cand, share)
@@ -121,26 +138,34 @@ def solve(model: ModelConfig, kind: str, fraction: float, rank_multiple: int = 8
     return best[1], best[2]
 
 
-def resolve_fraction(f: FFNConfig, model: ModelConfig) -> None:
-    """Replace ``model.ffn.fraction`` by the settings it solves to (validation calls this). Raises ConfigError."""
-    spec = REGISTRY[f.kind]
+def check_fit(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
+    """The settings of ``f`` (model.ffn or model.attn) fit every layer of its part. Raises ConfigError."""
+    for n_in, n_out in part_widths(model, part_of(f)):
+        get(f.kind).check(f, n_in, n_out)
+
+
+def resolve_fraction(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
+    """Replace ``f.fraction`` by the settings it solves to (validation calls this). Raises ConfigError."""
+    spec, s, part = REGISTRY[f.kind], f.section, part_of(f)
     if not spec.structured:
-        raise ConfigError(f"model.ffn.fraction={f.fraction} does not apply to model.ffn.kind={f.kind} (the "
-                          f"baseline); remove it, or set model.ffn.kind to one of {', '.join(structured_kinds())}")
+        raise ConfigError(f"{s}.fraction={f.fraction} does not apply to {s}.kind={f.kind} (the "
+                          f"baseline); remove it, or set {s}.kind to one of {', '.join(structured_kinds())}")
     assert f.fraction is not None
     if not 0 < f.fraction < 1:
-        raise ConfigError(f"model.ffn.fraction must be between 0 and 1 (e.g. 0.32), got {f.fraction}")
+        raise ConfigError(f"{s}.fraction must be between 0 and 1 (e.g. 0.32), got {f.fraction}")
     for key in spec.solved:
         if getattr(f, key) is not None:
-            raise ConfigError(f"model.ffn.{key}={getattr(f, key)} and model.ffn.fraction={f.fraction} both size "
-                              f"the {f.kind} FFN; remove one of them")
+            what = "FFN" if part == "ffn" else "attention projections"
+            raise ConfigError(f"{s}.{key}={getattr(f, key)} and {s}.fraction={f.fraction} both size "
+                              f"the {f.kind} {what}; remove one of them")
     fixed = f.num_blocks if "num_blocks" not in spec.solved else None
     if fixed is not None:  # a block count the user gave must fit before ranks are tried with it
-        check_blocks(f, model.hidden_dim, model.resolved_ffn_dim)
+        for n_in, n_out in part_widths(model, part):
+            check_blocks(f, n_in, n_out)
     try:
-        settings, _ = solve(model, f.kind, f.fraction, num_blocks=fixed)
+        settings, _ = solve(model, f.kind, f.fraction, num_blocks=fixed, part=part)
     except UserError as e:
-        raise ConfigError(f"model.ffn.fraction={f.fraction}: {e}") from None
+        raise ConfigError(f"{s}.fraction={f.fraction}: {e}") from None
     for key, value in settings.items():
         setattr(f, key, value)
     f.fraction = None  # the resolved config names the settings themselves, so it reloads unchanged
@@ -164,5 +189,6 @@ def with_setting(kind: str, ranks: list[int], blocks: list[int], fixed_blocks: i
     return []
 
 
-__all__ = ["DENSE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "describe", "ffn_fraction", "get", "kinds",
-           "rank_steps", "readers", "resolve_fraction", "solve", "structured_kinds", "with_setting"]
+__all__ = ["DENSE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check_fit", "describe",
+           "ffn_fraction", "get", "kinds", "part_fraction", "part_of", "part_widths", "rank_steps", "readers",
+           "resolve_fraction", "solve", "structured_kinds", "with_setting"]

@@ -54,22 +54,31 @@ class Structure:
         return self.name != DENSE
 
 
+def _widths(f: FFNConfig, h: int, ff: int) -> tuple[str, str]:
+    """How messages name the widths ``h`` and ``ff`` a check is given: the FFN's config keys, else one layer's."""
+    if f.section == "model.ffn":
+        return f"model.hidden_dim={h}", f"model.ffn_dim={ff}"
+    return f"{h} (the input width of a {h} -> {ff} layer)", f"{ff} (the output width of a {h} -> {ff} layer)"
+
+
 def check_rank(f: FFNConfig, h: int, ff: int) -> None:
-    """A rank is given and no larger than the narrower FFN width."""
+    """A rank is given and no larger than the narrower width (``f.section`` names the settings in messages)."""
+    s = f.section
     if f.rank is None:
-        raise ConfigError(f"model.ffn.rank is required for kind {f.kind}; set e.g. "
-                          f"model.ffn.rank={h // 4} (32%) or {h // 2} (63%)")
+        raise ConfigError(f"{s}.rank is required for kind {f.kind}; set e.g. "
+                          f"{s}.rank={h // 4} (32%) or {h // 2} (63%)")
     if f.rank > min(h, ff):
-        raise ConfigError(f"model.ffn.rank={f.rank} is larger than min(hidden_dim, ffn_dim)="
+        widths = "min(hidden_dim, ffn_dim)" if s == "model.ffn" else f"min({h}, {ff}) of a {h} -> {ff} layer"
+        raise ConfigError(f"{s}.rank={f.rank} is larger than {widths}="
                           f"{min(h, ff)}; a rank above that saves nothing — lower it")
 
 
 def check_blocks(f: FFNConfig, h: int, ff: int) -> None:
-    """A block count is given and divides both FFN widths."""
+    """A block count is given and divides both widths (``f.section`` names the settings in messages)."""
     if f.num_blocks is None:
-        raise ConfigError(f"model.ffn.num_blocks is required for kind {f.kind}; set e.g. "
-                          "model.ffn.num_blocks=4")
-    for dim, name in ((h, "hidden_dim"), (ff, "ffn_dim")):
+        raise ConfigError(f"{f.section}.num_blocks is required for kind {f.kind}; set e.g. "
+                          f"{f.section}.num_blocks=4")
+    for dim, width in zip((h, ff), _widths(f, h, ff), strict=True):
         if dim % f.num_blocks:
-            raise ConfigError(f"model.ffn.num_blocks={f.num_blocks} does not divide "
-                              f"model.{name}={dim}; pick a block count that divides it")
+            raise ConfigError(f"{f.section}.num_blocks={f.num_blocks} does not divide "
+                              f"{width}; pick a block count that divides it")

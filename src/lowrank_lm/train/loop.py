@@ -496,7 +496,8 @@ class Trainer:
         if self.guidance.guided_steps:
             guide_flops = self._guide_flops(model, st)  # collective: every rank computes the summary
             struct = self.total_steps * acc.tokens_per_step * acc.flops_per_token
-            dense = account(replace(cfg, model=replace(cfg.model, ffn=replace(cfg.model.ffn, kind=registry.DENSE))))
+            dense = account(replace(cfg, model=replace(cfg.model, ffn=replace(cfg.model.ffn, kind=registry.DENSE),
+                                                       attn=replace(cfg.model.attn, kind=registry.DENSE))))
             summary = summary.replace(guided_steps=self.guidance.guided_steps, guide_flops=guide_flops,
                                       train_flops=struct + guide_flops,
                                       flop_ratio_to_dense=(struct + guide_flops) / dense.train_flops)
