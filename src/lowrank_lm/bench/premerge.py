@@ -112,7 +112,7 @@ def calibrate(layer: StructuredLinear, use_cache: bool = True, memo: dict[str, i
 
 
 def apply_premerge(model: Transformer, max_tokens: int | None = None, use_cache: bool = True) -> dict[str, int]:
-    """Pre-merge every structured FFN layer of ``model``; return {layer name: its max tokens}.
+    """Pre-merge every structured layer (FFN and attention) of ``model``; return {layer name: its max tokens}.
 
     The token limit is ``max_tokens`` if given, else ``model.ffn.premerge_max_tokens`` from the
     config, else calibrated per layer shape on this device (cached). Call it after moving the model

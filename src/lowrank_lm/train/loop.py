@@ -350,7 +350,8 @@ class Trainer:
             logger = MetricsLogger(self.run_dir.path, st.step if ckpt is not None else None, t.wandb,
                                    config_to_dict(cfg))
         acc = self.acc
-        self._log(f"training {acc.params / 1e6:.2f}M params ({cfg.model.ffn.kind} FFN) on {self.device} x "
+        attn = f", {cfg.model.attn.kind} attention" if cfg.model.attn.kind != registry.DENSE else ""
+        self._log(f"training {acc.params / 1e6:.2f}M params ({cfg.model.ffn.kind} FFN{attn}) on {self.device} x "
                   f"{d.world_size}: {acc.train_tokens:,} tokens = {acc.steps} steps x {acc.tokens_per_step} tokens"
                   + (f" + {self.guidance.extra_steps} replayed steps" if self.guidance.extra_steps else "")
                   + f", {acc.train_flops:.3e} training FLOPs (paper convention); micro-batch {self.micro} x "
