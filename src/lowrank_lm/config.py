@@ -165,7 +165,7 @@ class SelfGuidedConfig:
     """Self-guided training (companion paper section 3.3): o = a*Wx + (1-a)*U(Vx), a decaying 1 -> 0."""
 
     enabled: bool = False
-    """Train with a dense guide beside each structured FFN layer."""
+    """Train with a dense guide beside each structured linear layer (FFN and attention)."""
     ratio: float = 0.5
     """Guided steps as a fraction of the run's steps."""
     mode: Literal["fixedstep", "fixedflop"] = "fixedstep"
