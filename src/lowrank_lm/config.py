@@ -486,7 +486,7 @@ def validate(cfg: Config) -> None:
     if f.fraction is not None:
         _check_applicable(f)  # a setting the kind does not read is named before the fraction is solved
         registry.resolve_fraction(f, m)
-    registry.get(f.kind).check(f, h, ff)
+    registry.check(f, h, ff)
     _check_applicable(f)
     if f.init is None:
         f.init = DEFAULT_INIT[f.kind]  # type: ignore[assignment]

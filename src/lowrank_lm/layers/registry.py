@@ -13,10 +13,12 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from lowrank_lm.errors import ConfigError, UserError
-from lowrank_lm.layers.structure import DENSE, SIZE_SETTINGS, Structure, check_blocks
+from lowrank_lm.layers.structure import DENSE, SIZE_SETTINGS, SettingError, Structure, check_blocks
 
 if TYPE_CHECKING:
     from lowrank_lm.config import FFNConfig, ModelConfig
@@ -26,12 +28,13 @@ if TYPE_CHECKING:
 _MODULES = ("dense", "lowrank", "blockshuffle", "blockdense")
 
 
-def _load() -> dict[str, Structure]:
-    specs = [importlib.import_module(f"lowrank_lm.layers.{m}").SPEC for m in _MODULES]
-    return {s.name: s for s in specs}
+def _load() -> dict[str, ModuleType]:
+    modules = [importlib.import_module(f"lowrank_lm.layers.{m}") for m in _MODULES]
+    return {m.SPEC.name: m for m in modules}
 
 
-REGISTRY: dict[str, Structure] = _load()
+_DECLARED = _load()
+REGISTRY: dict[str, Structure] = {k: m.SPEC for k, m in _DECLARED.items()}
 
 
 def kinds() -> tuple[str, ...]:
@@ -50,6 +53,20 @@ def get(kind: str) -> Structure:
         return REGISTRY[kind]
     except KeyError:
         raise UserError(f"unknown FFN kind {kind!r}; use one of {', '.join(REGISTRY)}") from None
+
+
+def module_file(kind: str) -> Path:
+    """The source file of the module that declares ``kind`` (a remote-code export copies it)."""
+    get(kind)
+    return Path(str(_DECLARED[kind].__file__))
+
+
+def check(f: FFNConfig, h: int, ff: int) -> None:
+    """Whether ``f``'s settings fit a model of width ``h`` and FFN width ``ff``; raises ConfigError if not."""
+    try:
+        get(f.kind).check(f, h, ff)
+    except SettingError as e:
+        raise ConfigError(str(e)) from None
 
 
 def readers(setting: str) -> list[str]:
@@ -136,7 +153,10 @@ def resolve_fraction(f: FFNConfig, model: ModelConfig) -> None:
                               f"the {f.kind} FFN; remove one of them")
     fixed = f.num_blocks if "num_blocks" not in spec.solved else None
     if fixed is not None:  # a block count the user gave must fit before ranks are tried with it
-        check_blocks(f, model.hidden_dim, model.resolved_ffn_dim)
+        try:
+            check_blocks(f, model.hidden_dim, model.resolved_ffn_dim)
+        except SettingError as e:
+            raise ConfigError(str(e)) from None
     try:
         settings, _ = solve(model, f.kind, f.fraction, num_blocks=fixed)
     except UserError as e:
@@ -164,5 +184,6 @@ def with_setting(kind: str, ranks: list[int], blocks: list[int], fixed_blocks: i
     return []
 
 
-__all__ = ["DENSE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "describe", "ffn_fraction", "get", "kinds",
-           "rank_steps", "readers", "resolve_fraction", "solve", "structured_kinds", "with_setting"]
+__all__ = ["DENSE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check", "describe", "ffn_fraction", "get",
+           "kinds", "module_file", "rank_steps", "readers", "resolve_fraction", "solve", "structured_kinds",
+           "with_setting"]

@@ -2,24 +2,37 @@
 
 Kept apart from :mod:`lowrank_lm.layers.registry`, which imports every structure module, so that a
 structure module can import this one without importing the registry.
+
+Like every module a structure's layer needs, this one imports only torch, the standard library and its
+neighbours (relatively): a remote-code export copies these files next to the model, where lowrank_lm is
+not installed. So the checks raise :class:`SettingError`, which the registry turns into a ConfigError.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-from lowrank_lm.errors import ConfigError
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from lowrank_lm.config import FFNConfig
-    from lowrank_lm.layers.base import StructuredLinear
+    from .base import StructuredLinear
 
 DENSE = "dense"
 """The unstructured baseline every fraction is measured against."""
 SIZE_SETTINGS = ("rank", "num_blocks")
 """The FFN config keys a structure may read to size itself."""
+
+
+class SettingError(ValueError):
+    """Settings that do not fit the model: one line naming the setting and the fix (a ConfigError to the user)."""
+
+
+class Settings(Protocol):
+    """What a structure reads of its config section (``model.ffn``, or the remote config's ``ffn_*`` values)."""
+
+    kind: str
+    rank: int | None
+    num_blocks: int | None
 
 
 @dataclass(frozen=True)
@@ -34,10 +47,10 @@ class Structure:
     """The size settings it reads (a subset of :data:`SIZE_SETTINGS`)."""
     inits: tuple[str, ...]
     """The inits its layer implements; the first is the default."""
-    build: Callable[[int, int, FFNConfig, bool], StructuredLinear]
+    build: Callable[[int, int, Settings, bool], StructuredLinear]
     """(in_features, out_features, ffn config, bias) -> the layer, not yet initialised."""
-    check: Callable[[FFNConfig, int, int], None] = lambda f, h, ff: None
-    """Raises ConfigError when the settings do not fit a model of width h and FFN width ff."""
+    check: Callable[[Settings, int, int], None] = lambda f, h, ff: None
+    """Raises SettingError when the settings do not fit a model of width h and FFN width ff."""
     candidates: Callable[[int, int, int, int | None], list[dict[str, int]]] = lambda h, ff, step, b: []
     """(h, ff, rank step, fixed block count or None) -> the settings a fraction is solved over, smallest first."""
     solved: tuple[str, ...] = ()
@@ -54,22 +67,22 @@ class Structure:
         return self.name != DENSE
 
 
-def check_rank(f: FFNConfig, h: int, ff: int) -> None:
+def check_rank(f: Settings, h: int, ff: int) -> None:
     """A rank is given and no larger than the narrower FFN width."""
     if f.rank is None:
-        raise ConfigError(f"model.ffn.rank is required for kind {f.kind}; set e.g. "
-                          f"model.ffn.rank={h // 4} (32%) or {h // 2} (63%)")
+        raise SettingError(f"model.ffn.rank is required for kind {f.kind}; set e.g. "
+                           f"model.ffn.rank={h // 4} (32%) or {h // 2} (63%)")
     if f.rank > min(h, ff):
-        raise ConfigError(f"model.ffn.rank={f.rank} is larger than min(hidden_dim, ffn_dim)="
-                          f"{min(h, ff)}; a rank above that saves nothing — lower it")
+        raise SettingError(f"model.ffn.rank={f.rank} is larger than min(hidden_dim, ffn_dim)="
+                           f"{min(h, ff)}; a rank above that saves nothing — lower it")
 
 
-def check_blocks(f: FFNConfig, h: int, ff: int) -> None:
+def check_blocks(f: Settings, h: int, ff: int) -> None:
     """A block count is given and divides both FFN widths."""
     if f.num_blocks is None:
-        raise ConfigError(f"model.ffn.num_blocks is required for kind {f.kind}; set e.g. "
-                          "model.ffn.num_blocks=4")
+        raise SettingError(f"model.ffn.num_blocks is required for kind {f.kind}; set e.g. "
+                           "model.ffn.num_blocks=4")
     for dim, name in ((h, "hidden_dim"), (ff, "ffn_dim")):
         if dim % f.num_blocks:
-            raise ConfigError(f"model.ffn.num_blocks={f.num_blocks} does not divide "
-                              f"model.{name}={dim}; pick a block count that divides it")
+            raise SettingError(f"model.ffn.num_blocks={f.num_blocks} does not divide "
+                               f"model.{name}={dim}; pick a block count that divides it")
