@@ -39,12 +39,12 @@ KIND_INITS: dict[str, tuple[str, ...]] = {k: s.inits for k, s in registry.REGIST
 class FFNConfig:
     """How the two (or three, for SwiGLU) linear layers of each feed-forward block are parametrised."""
 
-    kind: FFNKind = "dense"
-    """dense | lowrank (U(Vx)) | blockshuffle (two block-diagonals with a shuffle) | blockdense."""
+    kind: FFNKind = registry.DENSE
+    """The structure of the FFN linears: one of the structures declared under layers/ (dense is the baseline)."""
     rank: Optional[int] = None
-    """Bottleneck size R for lowrank and blockdense."""
+    """Bottleneck size R, for the kinds that read a rank (an error for the others)."""
     num_blocks: Optional[int] = None
-    """Number of diagonal blocks B for blockshuffle and blockdense."""
+    """Number of diagonal blocks B, for the kinds that read a block count (an error for the others)."""
     fraction: Optional[float] = None
     """Share of the dense FFN's weights (e.g. 0.32): picks the kind's rank or block count, the nearest share
     counted on the layers themselves; replaces the solved setting in the resolved config."""

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 # One module per structure, in the order the CLI and error messages list them.
 _MODULES = ("dense", "lowrank", "blockshuffle", "blockdense")
 
+HEADLINE = "lowrank"
+"""The structure of the paper's headline comparison, at R = hidden / 4 (~32% of the FFN weights): the one
+``lowrank-lm demo`` trains beside the dense baseline."""
+
 
 def _load() -> dict[str, ModuleType]:
     modules = [importlib.import_module(f"lowrank_lm.layers.{m}") for m in _MODULES]
@@ -184,6 +188,6 @@ def with_setting(kind: str, ranks: list[int], blocks: list[int], fixed_blocks: i
     return []
 
 
-__all__ = ["DENSE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check", "describe", "ffn_fraction", "get",
-           "kinds", "module_file", "rank_steps", "readers", "resolve_fraction", "solve", "structured_kinds",
-           "with_setting"]
+__all__ = ["DENSE", "HEADLINE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check", "describe",
+           "ffn_fraction", "get", "kinds", "module_file", "rank_steps", "readers", "resolve_fraction", "solve",
+           "structured_kinds", "with_setting"]
