@@ -87,6 +87,18 @@ def test_every_structure_exports_its_own_code_and_loads_without_lowrank_lm(tmp_p
             assert err < 1e-4, f"{kind}: max logit difference {err:.2e} of the largest logit"
 
 
+def test_the_export_leaves_no_bytecode_in_the_folder(tmp_path, monkeypatch):
+    # the exporter imports the written files to check its weights against them: Python must not leave a
+    # __pycache__ behind (this process may write bytecode, as a user's usually does)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    kind = registry.structured_kinds()[0]
+    make_run(tmp_path / "run", [f"model.ffn.kind={kind}", "model.ffn.fraction=0.32"])
+    _export(tmp_path / "run", tmp_path / "hf")
+    record = json.loads((tmp_path / "hf" / "lowrank_lm_export.json").read_text())
+    assert sorted(record["files"]) == sorted(p.name for p in (tmp_path / "hf").iterdir())
+    assert "__pycache__" not in record["files"] and sys.dont_write_bytecode is False
+
+
 def test_the_wrapper_builds_structured_attention_projections(tmp_path):
     # the remote config's attn_kind / attn_<setting> size the q|k|v and output projections like the FFN's
     from lowrank_lm.export.remote.configuration_lowrank_lm import LowRankLMConfig

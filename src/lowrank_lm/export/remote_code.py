@@ -100,14 +100,17 @@ def write_remote_code(folder: Path, kinds: list[str]) -> list[str]:
 def load_remote_class(folder: Path, name: str) -> type:
     """Class ``name`` of the wrapper written in ``folder``, imported from those files alone (as transformers does).
 
-    The folder is imported as a package of its own, under a private name that is forgotten afterwards.
+    The folder is imported as a package of its own, under a private name that is forgotten afterwards, and
+    without writing bytecode (a ``__pycache__`` folder) into it.
     """
     package = f"_lowrank_lm_export_{uuid.uuid4().hex}"
     module = types.ModuleType(package)
     module.__path__ = [str(folder)]
     sys.modules[package] = module
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         return getattr(importlib.import_module(f"{package}.{WRAPPER_FILES[1].removesuffix('.py')}"), name)
     finally:
+        sys.dont_write_bytecode = writes_bytecode
         for key in [k for k in sys.modules if k == package or k.startswith(package + ".")]:
             del sys.modules[key]
