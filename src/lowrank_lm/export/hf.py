@@ -22,12 +22,12 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from lowrank_lm.checkpoint import load_model
-from lowrank_lm.config import Config, ModelConfig
+from lowrank_lm.config import Config, FFNConfig, ModelConfig
 from lowrank_lm.data.tokenizer import MISSING_HINT, load_run_tokenizer
 from lowrank_lm.errors import UserError
 from lowrank_lm.export.remote_code import WRAPPER_FILES, load_remote_class, write_remote_code
@@ -232,8 +232,9 @@ def stock_config(arch: str, m: ModelConfig, special_id: int | None, dtype: torch
         norm_epsilon=m.norm_eps, rope_theta=m.rope_base, use_bias=m.bias, sliding_window=None)
 
 
-def structured_parts(m: ModelConfig) -> dict[str, Any]:
-    """The model's groups of linear layers that take a structure, by their prefix in the remote config."""
+def structured_parts(m: ModelConfig) -> dict[str, FFNConfig]:
+    """The model's groups of linear layers that take a structure (kind and size settings), by their prefix in the
+    remote config: ``ffn`` -> ffn_kind, ffn_rank, ... (the wrapper reads ``attn`` the same way)."""
     return {"ffn": m.ffn}
 
 
