@@ -111,7 +111,12 @@ def test_merged_export_is_dense_and_remote_export_keeps_the_factors(exported):
     assert "gpt_neox.layers.1.mlp.dense_h_to_4h.weight" in names(merged)
     assert {"model.blocks.1.ffn.up.u", "model.blocks.1.ffn.up.v"} <= names(remote)
     assert "model.blocks.0.ffn.up.weight" in names(remote)  # block 0 stays dense, as trained
-    assert sorted(p.name for p in remote.glob("*.py")) == ["configuration_lowrank_lm.py", "modeling_lowrank_lm.py"]
+    # the wrapper, and the modules of the structures it uses (the dense baseline's too: block 0), as recorded
+    assert sorted(p.name for p in remote.glob("*.py")) == [
+        "base.py", "configuration_lowrank_lm.py", "dense.py", "init.py", "lowrank.py", "modeling_lowrank_lm.py",
+        "structure.py", "structures_lowrank_lm.py"]
+    assert set(json.loads((remote / "lowrank_lm_export.json").read_text())["files"]) >= {
+        p.name for p in remote.glob("*.py")}
     assert not list(merged.glob("*.py"))
     # the remote files stand alone: a user loads them without lowrank_lm installed
     for f in remote.glob("*.py"):

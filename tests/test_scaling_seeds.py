@@ -59,7 +59,8 @@ def test_one_seed_keeps_run_names_and_no_seeds_keeps_the_config_seed(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     ("seeds: [1, 1]\n", "seeds has a repeated value"),
-    ("seeds: [one]\n", "seeds must be a non-empty list of whole numbers"),
+    ("seeds: []\n", "seeds must be a non-empty list of whole numbers"),
+    ("seeds: [one]\n", r"seeds\[0\]: expected int, got 'one'"),  # typed by the config's converter
     ("budgets: {flops: [1.0e12]}\nmatch_dense_tokens: true\n", "match_dense_tokens does not apply to FLOP budgets"),
     ("budgets: {flops: [1.0e12]}\nsizes: {s1: {config: X, flops: [2.0e12]}}\n", "is not one of budgets.flops"),
     ("budgets: {tokens: [40960]}\nsizes: {s1: {config: X, flops: [2.0e12]}}\n", "applies to FLOP budgets only"),

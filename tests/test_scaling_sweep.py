@@ -134,10 +134,22 @@ overrides: [train.seed=7]
     (f"sizes: {{a: {CPU / 'tiny.yaml'}}}\nstructures: {{dense: {{}}}}\nbudgets: {{tokens: [10]}}\n",
      "less than one step"),
     (f"sizes: {{a: {CPU / 'tiny.yaml'}}}\nstructures: {{lowrank: {{fractions: [150]}}}}\n", "not a fraction"),
+    # the schema is the config's converter: every key known, every value typed, a did-you-mean for typos
+    ("sizes: {a: x.yaml}\nstrucures: {dense: {}}\n", r"unknown key strucures; did you mean structures\?"),
+    ("sizes: {a: {config: x.yaml, overides: []}}\nstructures: {dense: {}}\n",
+     r"unknown key sizes\.a\.overides; did you mean sizes\.a\.overrides\?"),
+    ("sizes: {a: x.yaml}\nstructures: {lowrank: {fractons: [0.5]}}\n",
+     r"unknown key structures\.lowrank\.fractons; did you mean structures\.lowrank\.fractions\?"),
+    ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nbudgets: {tokns: [100]}\n",
+     r"unknown key budgets\.tokns; did you mean budgets\.tokens\?"),
+    ("sizes: {a: x.yaml}\nstructures: {x: {kind: lowrnk}}\n", r"structures\.x\.kind: 'lowrnk' is not one of .*"
+                                                                 r"did you mean 'lowrank'"),
+    ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nrank_multiple: eight\n", "rank_multiple: expected int, got 'eight'"),
 ])
 def test_sweep_file_errors(tmp_path, body, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as e:
         load_sweep(write_sweep(tmp_path, body))
+    assert str(e.value).startswith(f"{tmp_path}") and "\n" not in str(e.value)  # one line, naming the file
 
 
 def test_paper_preset_reproduces_the_paper_runs():

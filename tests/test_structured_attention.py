@@ -198,14 +198,6 @@ def test_merged_export_of_structured_attention_computes_our_logits(tmp_path, ove
         assert relative_error(ours(ids), hf(ids).logits) < 1e-4
 
 
-def test_structured_attention_without_merge_is_refused_in_one_line(tmp_path):
-    make_run(tmp_path / "run", ["model.attn.kind=lowrank", "model.attn.rank=8"])
-    code, out, err = cli("export", str(tmp_path / "run"), str(tmp_path / "hf"))
-    assert code == 2 and out == "" and err.count("\n") == 1
-    assert "structured attention (model.attn.kind=lowrank) exports with --merge for now" in err
-    assert not (tmp_path / "hf").exists()
-
-
 def test_sweep_overrides_structure_the_attention_of_every_run(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text(f"""out_dir: {tmp_path / 'runs'}

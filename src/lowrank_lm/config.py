@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, TypeVar
 
 import yaml
 
@@ -26,6 +26,7 @@ from lowrank_lm.layers import registry
 
 FFNKind = Literal[registry.kinds()]  # type: ignore[valid-type]
 FFNInit = Literal["spectral", "random", "orthonormal"]
+_T = TypeVar("_T")
 
 # All three read from the structure registry (layers/): each structure module declares them.
 # The paper's default initialisation for each FFN parametrisation (section 3.1 of the reference).
@@ -40,12 +41,12 @@ class FFNConfig:
     """How the two (or three, for SwiGLU) linear layers of each feed-forward block are parametrised."""
 
     section: ClassVar[str] = "model.ffn"  # where these settings live, for error messages
-    kind: FFNKind = "dense"
-    """dense | lowrank (U(Vx)) | blockshuffle (two block-diagonals with a shuffle) | blockdense."""
+    kind: FFNKind = registry.DENSE
+    """The structure of the FFN linears: one of the structures declared under layers/ (dense is the baseline)."""
     rank: Optional[int] = None
-    """Bottleneck size R for lowrank and blockdense."""
+    """Bottleneck size R, for the kinds that read a rank (an error for the others)."""
     num_blocks: Optional[int] = None
-    """Number of diagonal blocks B for blockshuffle and blockdense."""
+    """Number of diagonal blocks B, for the kinds that read a block count (an error for the others)."""
     fraction: Optional[float] = None
     """Share of the dense FFN's weights (e.g. 0.32): picks the kind's rank or block count, the nearest share
     counted on the layers themselves; replaces the solved setting in the resolved config."""
@@ -63,7 +64,7 @@ class AttnConfig:
     """How each attention block's fused q/k/v projection and output projection are parametrised."""
 
     section: ClassVar[str] = "model.attn"  # where these settings live, for error messages
-    kind: FFNKind = "dense"
+    kind: FFNKind = registry.DENSE
     """The structure of both projections, any model.ffn.kind; dense keeps plain nn.Linear layers."""
     rank: Optional[int] = None
     """Bottleneck size R for the kinds that read a rank (as model.ffn.rank)."""
@@ -270,24 +271,32 @@ def _type_name(tp: Any) -> str:
         return _type_name(args[0]) + " or empty"
     if origin in (list, tuple):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML value to the annotated type, or raise ConfigError naming the key."""
+def _convert(value: Any, tp: Any, key: str, unknown: str = "unknown config key") -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming the key (an unknown key: ``unknown``
+    and its name)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(value, args[0], key)
+        return _convert(value, args[0], key, unknown)
     if dataclasses.is_dataclass(tp):
         if value is None:
             value = {}
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
-        return _from_dict(tp, value, key)
+        return _from_dict(tp, value, key, unknown)
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}; set it to a valid value")
+    if origin is dict:  # name -> entry, e.g. a sweep's sizes
+        if not isinstance(value, dict):
+            raise bad
+        elem = typing.get_args(tp)[1]
+        return {str(k): _convert(v, elem, f"{key}.{k}", unknown) for k, v in value.items()}
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -299,7 +308,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise bad
         (elem, *_) = typing.get_args(tp)
-        items = [_convert(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [_convert(v, elem, f"{key}[{i}]", unknown) for i, v in enumerate(value)]
         if origin is tuple:
             n = len(typing.get_args(tp))
             if len(items) != n:
@@ -332,7 +341,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
+def _from_dict(cls: type, raw: dict, prefix: str = "", unknown: str = "unknown config key") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for k in raw:
@@ -340,12 +349,19 @@ def _from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
             where = f"{prefix}.{k}" if prefix else str(k)
             hint = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
             extra = f"; did you mean {prefix + '.' if prefix else ''}{hint[0]}?" if hint else ""
-            raise ConfigError(f"unknown config key {where}{extra}")
+            raise ConfigError(f"{unknown} {where}{extra}")
     kwargs = {}
     for name in names:
         if name in raw:
-            kwargs[name] = _convert(raw[name], hints[name], f"{prefix}.{name}" if prefix else name)
+            kwargs[name] = _convert(raw[name], hints[name], f"{prefix}.{name}" if prefix else name, unknown)
     return cls(**kwargs)
+
+
+def from_mapping(cls: type[_T], raw: Any, unknown: str = "unknown config key") -> _T:
+    """The dataclass ``cls`` read from a YAML mapping by the config's rules: each value converted to its field's
+    annotated type, and an unknown key or a wrong type a ConfigError naming the key (with a did-you-mean).
+    Other files with a schema (sweep files) use this too, with their own words for an ``unknown`` key."""
+    return _convert(raw, cls, "", unknown)
 
 
 def _merge(base: dict, over: dict) -> dict:

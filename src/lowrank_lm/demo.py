@@ -15,6 +15,7 @@ from typing import Any
 
 from lowrank_lm.config import Config, config_to_dict, flatten, load_config
 from lowrank_lm.errors import UserError
+from lowrank_lm.layers import registry
 
 # Settings that say where and how verbosely a run writes, not what it computes: a finished run whose saved
 # config differs only in these is the same experiment.
@@ -27,15 +28,14 @@ ROW_KEYS = ("name", "params", "params_ffn", "train_flops", "tokens", "tokens_per
 
 
 def twin(cfg: Config, out: Path) -> list[tuple[str, Config]]:
-    """The dense run and its LowRank-32% twin, each with its own out_dir under ``out``."""
-    ffn = cfg.model.ffn
-    dense = replace(cfg, model=replace(cfg.model, ffn=replace(ffn, kind="dense", rank=None, num_blocks=None,
-                                                              init="random")),
-                    train=replace(cfg.train, out_dir=str(out / "dense")))
-    lowrank = replace(cfg, model=replace(cfg.model, ffn=replace(ffn, kind="lowrank", rank=cfg.model.hidden_dim // 4,
-                                                                num_blocks=None, init="spectral")),
-                      train=replace(cfg.train, out_dir=str(out / "lowrank-32")))
-    return [("dense", dense), ("lowrank-32", lowrank)]
+    """The dense run and its twin of the paper's headline structure (:data:`registry.HEADLINE` at R = hidden/4,
+    ~32% of the FFN), each with its paper's default init and its own out_dir under ``out``."""
+    ffn, base, headline = cfg.model.ffn, registry.DENSE, registry.HEADLINE
+    runs = [(base, replace(ffn, kind=base, rank=None, num_blocks=None, init=registry.get(base).default_init)),
+            (f"{headline}-32", replace(ffn, kind=headline, rank=cfg.model.hidden_dim // 4, num_blocks=None,
+                                       init=registry.get(headline).default_init))]
+    return [(name, replace(cfg, model=replace(cfg.model, ffn=f), train=replace(cfg.train, out_dir=str(out / name))))
+            for name, f in runs]
 
 
 def demo_table(record: dict[str, Any]) -> str:
@@ -132,6 +132,6 @@ def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
     plot = _plot(out, [r["name"] for r in rows])
     print()
     print(table)
-    print(f"\nruns: {out}/dense, {out}/lowrank-32 (metrics.jsonl, TensorBoard events, checkpoints)")
+    print(f"\nruns: {', '.join(f'{out}/{name}' for name, _ in pairs)} (metrics.jsonl, TensorBoard events, checkpoints)")
     print(f"table: {out / 'results.md'} (rows in {out / 'results.json'})" + (f"; plot: {plot}" if plot else ""))
     return record

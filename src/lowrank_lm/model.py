@@ -196,7 +196,7 @@ class Transformer(nn.Module):
         self.activation_checkpointing = False
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_dim)
         keep = set(cfg.ffn.keep_dense_layers)
-        self.blocks = nn.ModuleList(Block(cfg, cfg.ffn.kind == "dense" or i in keep)
+        self.blocks = nn.ModuleList(Block(cfg, not registry.get(cfg.ffn.kind).structured or i in keep)
                                     for i in range(cfg.num_layers))
         self.norm = make_norm(cfg)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_dim, cfg.vocab_size, bias=False)

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from lowrank_lm.checkpoint import load_model
-from lowrank_lm.config import Config, ModelConfig
+from lowrank_lm.config import AttnConfig, Config, FFNConfig, ModelConfig
 from lowrank_lm.data.tokenizer import MISSING_HINT, load_run_tokenizer
 from lowrank_lm.errors import UserError
+from lowrank_lm.export.remote_code import WRAPPER_FILES, load_remote_class, write_remote_code
 from lowrank_lm.layers import StructuredLinear, registry
 from lowrank_lm.permissions import follow_umask, make_temp_dir
 
@@ -42,8 +43,6 @@ STOCK = {
     "starcoder2": "Starcoder2ForCausalLM",
 }
 REMOTE_CLASS = "LowRankLMForCausalLM"
-REMOTE_DIR = Path(__file__).parent / "remote"
-REMOTE_FILES = ("configuration_lowrank_lm.py", "modeling_lowrank_lm.py")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -227,17 +226,30 @@ def stock_config(arch: str, m: ModelConfig, special_id: int | None, dtype: torch
         norm_epsilon=m.norm_eps, rope_theta=m.rope_base, use_bias=m.bias, sliding_window=None)
 
 
+def structured_parts(m: ModelConfig) -> dict[str, FFNConfig | AttnConfig]:
+    """The model's groups of linear layers that take a structure (kind and size settings), by their prefix in the
+    remote config: ``ffn`` -> ffn_kind, ffn_rank, ...; ``attn`` -> attn_kind, attn_rank, ..."""
+    return {"ffn": m.ffn, "attn": m.attn}
+
+
+def remote_kinds(m: ModelConfig) -> list[str]:
+    """The structures a remote-code export of ``m`` carries: its parts' and the dense baseline (kept blocks)."""
+    return sorted({registry.DENSE, *(part.kind for part in structured_parts(m).values())})
+
+
 def remote_config(m: ModelConfig, special_id: int | None, dtype: torch.dtype):
     """The config of this project's trust_remote_code class, with the auto_map that finds its files."""
     from lowrank_lm.export.remote.configuration_lowrank_lm import LowRankLMConfig
 
     f = m.ffn
+    structures = {f"{name}_{key}": getattr(part, key) for name, part in structured_parts(m).items()
+                  for key in ("kind", *registry.SIZE_SETTINGS)}
     cfg = LowRankLMConfig(
         vocab_size=m.vocab_size, hidden_size=m.hidden_dim, intermediate_size=m.resolved_ffn_dim,
         num_hidden_layers=m.num_layers, num_attention_heads=m.num_q_heads, num_key_value_heads=m.resolved_kv_heads,
         head_dim=m.head_dim, max_position_embeddings=m.seq_len, norm=m.norm, norm_eps=m.norm_eps,
-        activation=m.activation, bias=m.bias, rope_base=m.rope_base, ffn_kind=f.kind, ffn_rank=f.rank,
-        ffn_num_blocks=f.num_blocks, dense_ffn_layers=list(f.keep_dense_layers), initializer_range=m.init_std,
+        activation=m.activation, bias=m.bias, rope_base=m.rope_base, **structures,
+        dense_ffn_layers=list(f.keep_dense_layers), initializer_range=m.init_std,
         tie_word_embeddings=m.tie_embeddings, bos_token_id=special_id, eos_token_id=special_id,
         torch_dtype=dtype, architectures=[REMOTE_CLASS])
     cfg.auto_map = {"AutoConfig": "configuration_lowrank_lm.LowRankLMConfig",
@@ -245,17 +257,16 @@ def remote_config(m: ModelConfig, special_id: int | None, dtype: torch.dtype):
     return cfg
 
 
-def _check_keys(config, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Match our converted weights to the parameters of the class built on the meta device (no memory).
+def _check_keys(config, weights: dict[str, torch.Tensor], cls: type | None = None) -> dict[str, torch.Tensor]:
+    """Match our converted weights to the parameters of the class (``cls``, else the stock class the config
+    names) built on the meta device (no memory).
 
     A mismatch is a bug in the mapping, not a user error. GPT-NeoX's head was ``embed_out`` before
     transformers 5; the installed version's name is used.
     """
     import transformers
 
-    cls = getattr(transformers, config.architectures[0], None)
-    if cls is None:  # our remote class
-        from lowrank_lm.export.remote.modeling_lowrank_lm import LowRankLMForCausalLM as cls
+    cls = cls or getattr(transformers, config.architectures[0])
     with torch.device("meta"):
         expected = {k: v.shape for k, v in cls(config).state_dict().items()}
     if "lm_head.weight" in weights and "lm_head.weight" not in expected and "embed_out.weight" in expected:
@@ -277,7 +288,7 @@ EXPORT_RECORD = "lowrank_lm_export.json"
 # What exports wrote before their record listed its files: the most an old record can stand for.
 LEGACY_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", EXPORT_RECORD,
-                *REMOTE_FILES)
+                *WRAPPER_FILES)
 
 
 def _check_out(out: Path, overwrite: bool) -> set[str]:
@@ -353,11 +364,8 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
     notes: list[str] = []
     if arch != "auto" and chosen is None:
         raise UserError(f"--arch {arch} cannot represent this model exactly: {reason}")
-    if structured_attn and not merge:
-        raise UserError(f"structured attention (model.attn.kind={m.attn.kind}) exports with --merge for now: add "
-                        "--merge to multiply its factors into the stock class's dense q/k/v/o weights")
     if structured and not merge and arch != "auto":
-        raise UserError(f"--arch {arch} is a stock class: add --merge to multiply the {m.ffn.kind} factors "
+        raise UserError(f"--arch {arch} is a stock class: add --merge to multiply the structured factors "
                         "into dense weights, or leave --arch out to keep them (trust_remote_code)")
     if merge and structured and chosen is None:
         raise UserError(f"cannot export a merged model onto a stock class: {reason}; "
@@ -380,16 +388,17 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
             config = remote_config(m, special_id, torch_dtype)
             state = {k: v for k, v in model.state_dict().items() if not k.endswith(".guide")}
             weights = {(k if k.startswith("lm_head.") else f"model.{k}"): v for k, v in state.items()}
-            for name in REMOTE_FILES:
-                shutil.copy(REMOTE_DIR / name, folder / name)
+            write_remote_code(folder, remote_kinds(m))
             architecture = REMOTE_CLASS
+            cls = load_remote_class(folder, REMOTE_CLASS)  # the class as written: its files alone build it
         else:
             config = stock_config(chosen, m, special_id, torch_dtype)
             weights = CONVERT[chosen](dense_weights(model), m)
             architecture = STOCK[chosen]
+            cls = None
         if not m.tie_embeddings:
             weights.setdefault("lm_head.weight", model.lm_head.weight)
-        weights = _check_keys(config, weights)
+        weights = _check_keys(config, weights, cls)
         config.save_pretrained(str(folder))
         if special_id is not None:
             transformers.GenerationConfig(bos_token_id=special_id, eos_token_id=special_id,

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowrank_lm.errors import ConfigError
-from lowrank_lm.layers.base import StructuredLinear
-from lowrank_lm.layers.blockdiag import blockdiag_matmul
-from lowrank_lm.layers.init import normal_, orthonormal_
-from lowrank_lm.layers.structure import Structure, check_blocks, check_rank
-
-if TYPE_CHECKING:
-    from lowrank_lm.config import FFNConfig
+from .base import StructuredLinear
+from .blockdiag import blockdiag_matmul
+from .init import normal_, orthonormal_
+from .structure import SettingError, Settings, Structure, check_blocks, check_rank
 
 
 class BlockDenseLinear(StructuredLinear):
@@ -47,13 +42,13 @@ class BlockDenseLinear(StructuredLinear):
         return super().extra_repr() + f", rank={self.rank}, num_blocks={self.num_blocks}"
 
 
-def _check(f: FFNConfig, h: int, ff: int) -> None:
+def _check(f: Settings, h: int, ff: int) -> None:
     check_rank(f, h, ff)
     check_blocks(f, h, ff)
     assert f.rank is not None and f.num_blocks is not None
     if f.rank % f.num_blocks:
-        raise ConfigError(f"{f.section}.rank={f.rank} is not divisible by num_blocks={f.num_blocks}; "
-                          "BlockDense splits the rank across the blocks")
+        raise SettingError(f"{f.section}.rank={f.rank} is not divisible by num_blocks={f.num_blocks}; "
+                           "BlockDense splits the rank across the blocks")
 
 
 def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict[str, int]]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowrank_lm.layers.base import StructuredLinear
-from lowrank_lm.layers.blockdiag import blockshuffle_matmul
-from lowrank_lm.layers.init import normal_, orthonormal_
-from lowrank_lm.layers.structure import Structure, check_blocks
+from .base import StructuredLinear
+from .blockdiag import blockshuffle_matmul
+from .init import normal_, orthonormal_
+from .structure import Structure, check_blocks
 
 
 class BlockShuffleLinear(StructuredLinear):

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowrank_lm.layers.base import StructuredLinear
-from lowrank_lm.layers.init import normal_, orthonormal_
-from lowrank_lm.layers.structure import DENSE, Structure
+from .base import StructuredLinear
+from .init import normal_, orthonormal_
+from .structure import DENSE, Structure
 
 
 class DenseLinear(StructuredLinear):

@@ -13,10 +13,12 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from lowrank_lm.errors import ConfigError, UserError
-from lowrank_lm.layers.structure import DENSE, SIZE_SETTINGS, Structure, check_blocks
+from lowrank_lm.layers.structure import DENSE, SIZE_SETTINGS, SettingError, Structure, check_blocks
 
 if TYPE_CHECKING:
     from lowrank_lm.config import AttnConfig, FFNConfig, ModelConfig
@@ -25,13 +27,18 @@ if TYPE_CHECKING:
 # One module per structure, in the order the CLI and error messages list them.
 _MODULES = ("dense", "lowrank", "blockshuffle", "blockdense")
 
+HEADLINE = "lowrank"
+"""The structure of the paper's headline comparison, at R = hidden / 4 (~32% of the FFN weights): the one
+``lowrank-lm demo`` trains beside the dense baseline."""
 
-def _load() -> dict[str, Structure]:
-    specs = [importlib.import_module(f"lowrank_lm.layers.{m}").SPEC for m in _MODULES]
-    return {s.name: s for s in specs}
+
+def _load() -> dict[str, ModuleType]:
+    modules = [importlib.import_module(f"lowrank_lm.layers.{m}") for m in _MODULES]
+    return {m.SPEC.name: m for m in modules}
 
 
-REGISTRY: dict[str, Structure] = _load()
+_DECLARED = _load()
+REGISTRY: dict[str, Structure] = {k: m.SPEC for k, m in _DECLARED.items()}
 
 
 def kinds() -> tuple[str, ...]:
@@ -50,6 +57,20 @@ def get(kind: str) -> Structure:
         return REGISTRY[kind]
     except KeyError:
         raise UserError(f"unknown FFN kind {kind!r}; use one of {', '.join(REGISTRY)}") from None
+
+
+def module_file(kind: str) -> Path:
+    """The source file of the module that declares ``kind`` (a remote-code export copies it)."""
+    get(kind)
+    return Path(str(_DECLARED[kind].__file__))
+
+
+def check(f: FFNConfig | AttnConfig, n_in: int, n_out: int) -> None:
+    """Whether ``f``'s settings fit a layer ``n_in -> n_out``; raises ConfigError if not."""
+    try:
+        get(f.kind).check(f, n_in, n_out)
+    except SettingError as e:
+        raise ConfigError(str(e)) from None
 
 
 def readers(setting: str) -> list[str]:
@@ -141,7 +162,7 @@ def solve(model: ModelConfig, kind: str, fraction: float, rank_multiple: int = 8
 def check_fit(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
     """The settings of ``f`` (model.ffn or model.attn) fit every layer of its part. Raises ConfigError."""
     for n_in, n_out in part_widths(model, part_of(f)):
-        get(f.kind).check(f, n_in, n_out)
+        check(f, n_in, n_out)
 
 
 def resolve_fraction(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
@@ -160,8 +181,11 @@ def resolve_fraction(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
                               f"the {f.kind} {what}; remove one of them")
     fixed = f.num_blocks if "num_blocks" not in spec.solved else None
     if fixed is not None:  # a block count the user gave must fit before ranks are tried with it
-        for n_in, n_out in part_widths(model, part):
-            check_blocks(f, n_in, n_out)
+        try:
+            for n_in, n_out in part_widths(model, part):
+                check_blocks(f, n_in, n_out)
+        except SettingError as e:
+            raise ConfigError(str(e)) from None
     try:
         settings, _ = solve(model, f.kind, f.fraction, num_blocks=fixed, part=part)
     except UserError as e:
@@ -189,6 +213,6 @@ def with_setting(kind: str, ranks: list[int], blocks: list[int], fixed_blocks: i
     return []
 
 
-__all__ = ["DENSE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check_fit", "describe",
-           "ffn_fraction", "get", "kinds", "part_fraction", "part_of", "part_widths", "rank_steps", "readers",
-           "resolve_fraction", "solve", "structured_kinds", "with_setting"]
+__all__ = ["DENSE", "HEADLINE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check", "check_fit",
+           "describe", "ffn_fraction", "get", "kinds", "module_file", "part_fraction", "part_of", "part_widths",
+           "rank_steps", "readers", "resolve_fraction", "solve", "structured_kinds", "with_setting"]

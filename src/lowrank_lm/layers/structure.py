@@ -2,24 +2,39 @@
 
 Kept apart from :mod:`lowrank_lm.layers.registry`, which imports every structure module, so that a
 structure module can import this one without importing the registry.
+
+Like every module a structure's layer needs, this one imports only torch, the standard library and its
+neighbours (relatively): a remote-code export copies these files next to the model, where lowrank_lm is
+not installed. So the checks raise :class:`SettingError`, which the registry turns into a ConfigError.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-from lowrank_lm.errors import ConfigError
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from lowrank_lm.config import FFNConfig
-    from lowrank_lm.layers.base import StructuredLinear
+    from .base import StructuredLinear
 
 DENSE = "dense"
 """The unstructured baseline every fraction is measured against."""
 SIZE_SETTINGS = ("rank", "num_blocks")
 """The FFN config keys a structure may read to size itself."""
+
+
+class SettingError(ValueError):
+    """Settings that do not fit the model: one line naming the setting and the fix (a ConfigError to the user)."""
+
+
+class Settings(Protocol):
+    """What a structure reads of its config section (``model.ffn``, or the remote config's ``ffn_*`` values)."""
+
+    section: str
+    """Where the settings live (``model.ffn``, ``model.attn``), for messages."""
+    kind: str
+    rank: int | None
+    num_blocks: int | None
 
 
 @dataclass(frozen=True)
@@ -34,10 +49,10 @@ class Structure:
     """The size settings it reads (a subset of :data:`SIZE_SETTINGS`)."""
     inits: tuple[str, ...]
     """The inits its layer implements; the first is the default."""
-    build: Callable[[int, int, FFNConfig, bool], StructuredLinear]
+    build: Callable[[int, int, Settings, bool], StructuredLinear]
     """(in_features, out_features, ffn config, bias) -> the layer, not yet initialised."""
-    check: Callable[[FFNConfig, int, int], None] = lambda f, h, ff: None
-    """Raises ConfigError when the settings do not fit a model of width h and FFN width ff."""
+    check: Callable[[Settings, int, int], None] = lambda f, h, ff: None
+    """Raises SettingError when the settings do not fit a model of width h and FFN width ff."""
     candidates: Callable[[int, int, int, int | None], list[dict[str, int]]] = lambda h, ff, step, b: []
     """(h, ff, rank step, fixed block count or None) -> the settings a fraction is solved over, smallest first."""
     solved: tuple[str, ...] = ()
@@ -54,31 +69,31 @@ class Structure:
         return self.name != DENSE
 
 
-def _widths(f: FFNConfig, h: int, ff: int) -> tuple[str, str]:
+def _widths(f: Settings, h: int, ff: int) -> tuple[str, str]:
     """How messages name the widths ``h`` and ``ff`` a check is given: the FFN's config keys, else one layer's."""
     if f.section == "model.ffn":
         return f"model.hidden_dim={h}", f"model.ffn_dim={ff}"
     return f"{h} (the input width of a {h} -> {ff} layer)", f"{ff} (the output width of a {h} -> {ff} layer)"
 
 
-def check_rank(f: FFNConfig, h: int, ff: int) -> None:
+def check_rank(f: Settings, h: int, ff: int) -> None:
     """A rank is given and no larger than the narrower width (``f.section`` names the settings in messages)."""
     s = f.section
     if f.rank is None:
-        raise ConfigError(f"{s}.rank is required for kind {f.kind}; set e.g. "
+        raise SettingError(f"{s}.rank is required for kind {f.kind}; set e.g. "
                           f"{s}.rank={h // 4} (32%) or {h // 2} (63%)")
     if f.rank > min(h, ff):
         widths = "min(hidden_dim, ffn_dim)" if s == "model.ffn" else f"min({h}, {ff}) of a {h} -> {ff} layer"
-        raise ConfigError(f"{s}.rank={f.rank} is larger than {widths}="
+        raise SettingError(f"{s}.rank={f.rank} is larger than {widths}="
                           f"{min(h, ff)}; a rank above that saves nothing — lower it")
 
 
-def check_blocks(f: FFNConfig, h: int, ff: int) -> None:
+def check_blocks(f: Settings, h: int, ff: int) -> None:
     """A block count is given and divides both widths (``f.section`` names the settings in messages)."""
     if f.num_blocks is None:
-        raise ConfigError(f"{f.section}.num_blocks is required for kind {f.kind}; set e.g. "
+        raise SettingError(f"{f.section}.num_blocks is required for kind {f.kind}; set e.g. "
                           f"{f.section}.num_blocks=4")
     for dim, width in zip((h, ff), _widths(f, h, ff), strict=True):
         if dim % f.num_blocks:
-            raise ConfigError(f"{f.section}.num_blocks={f.num_blocks} does not divide "
+            raise SettingError(f"{f.section}.num_blocks={f.num_blocks} does not divide "
                               f"{width}; pick a block count that divides it")

@@ -25,11 +25,14 @@ CROSSING_FACTOR = 1e6
 
 
 def default_baseline(names: list[str]) -> str | None:
-    """The series the others are measured against: one named ``dense``, else the first starting with it."""
+    """The series the others are measured against: one named after the registry's baseline structure
+    (``dense``), else the first whose name starts with it."""
+    from lowrank_lm.layers.registry import DENSE  # here, not at import time: this module stays free of torch
+
     for name in names:
-        if name.lower() == "dense":
+        if name.lower() == DENSE:
             return name
-    return next((n for n in names if n.lower().startswith("dense")), None)
+    return next((n for n in names if n.lower().startswith(DENSE)), None)
 
 
 def _overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool | None:

@@ -127,10 +127,12 @@ def load_bench(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _bench_row(rows: list[dict[str, Any]], structure: str | None, fraction: float | None) -> dict[str, Any] | None:
-    """The fastest bench row of the same FFN kind and fraction (dense: fraction 1 or none)."""
+    """The fastest bench row of the same FFN kind and fraction (the dense baseline: fraction 1 or none)."""
+    from lowrank_lm.layers.registry import DENSE  # here, not at import time: this module stays free of torch
+
     want = _pct(fraction)
     match = [r for r in rows if structure is not None and (r["kind"] == structure or structure.startswith(r["kind"]))
-             and (_pct(r.get("fraction")) == want or (r["kind"] == "dense" and want is None))]
+             and (_pct(r.get("fraction")) == want or (r["kind"] == DENSE and want is None))]
     return max(match, key=lambda r: r["tokens_per_s"]) if match else None
 
 
@@ -169,7 +171,9 @@ def plan(fits: dict[str, JointFit], budget: float, bench: list[dict[str, Any]] |
     if not cands:
         raise UserError("no series in the fit file can be planned (each needs FLOPs and several sizes)")
     if bench is not None:
-        dense = _bench_row(bench, "dense", None)
+        from lowrank_lm.layers.registry import DENSE
+
+        dense = _bench_row(bench, DENSE, None)
         for c in cands:
             row = _bench_row(bench, c.structure or c.series, c.fraction)  # a table without structure: the name
             if row is None:

@@ -1,6 +1,7 @@
 """A sweep file and its plan: sizes x structures x parameter fractions x token budgets -> one run each.
 
-A sweep file (YAML)::
+A sweep file (YAML; its schema is :class:`lowrank_lm.scaling.sweep_file.SweepFile`, read by the config's
+converter, so an unknown key or a wrongly typed value is one line naming it)::
 
     name: cpu-mini                    # default: the file name
     out_dir: runs/sweeps/cpu-mini     # run folders go to OUT_DIR/<run name> (relative to where you run)
@@ -37,22 +38,17 @@ joint law L(N, D) and the IsoFLOP profiles are fitted per structure over all of 
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lowrank_lm.config import Config, config_to_dict, flatten, load_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import registry
+from lowrank_lm.scaling.sweep_file import BudgetsEntry, SizeEntry, StructureEntry, read_sweep_file
 
 FFN_KINDS = registry.kinds()
-TOP_KEYS = ("name", "description", "out_dir", "base", "overrides", "sizes", "structures", "budgets",
-            "match_dense_tokens", "rank_multiple", "seeds", "cluster")
-STRUCTURE_KEYS = ("kind", "fractions", "num_blocks", "rank_multiple", "init", "config", "overrides")
 # Settings that change how a run executes but not what it computes: an existing run folder may differ
 # from the plan in these and still count as the same run.
 RUNTIME_KEYS = {
@@ -129,26 +125,8 @@ def _err(path: Path, msg: str) -> UserError:
     return UserError(f"{path}: {msg}")
 
 
-def _check_keys(path: Path, where: str, raw: dict, allowed: tuple[str, ...]) -> None:
-    for k in raw:
-        if k not in allowed:
-            hint = difflib.get_close_matches(str(k), allowed, n=1)
-            extra = f"; did you mean {hint[0]}?" if hint else f" (allowed: {', '.join(allowed)})"
-            raise _err(path, f"unknown key {where}{k}{extra}")
-
-
-def _str_list(path: Path, key: str, value: Any) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _err(path, f"{key} must be a list of key=value strings, e.g. [train.seed=1]")
-    return list(value)
-
-
-def _fraction(path: Path, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _err(path, f"{key}: {value!r} is not a number; write 0.63 or 63")
-    f = float(value) / 100 if value > 1 else float(value)
+def _fraction(path: Path, key: str, value: float) -> float:
+    f = value / 100 if value > 1 else value
     if not 0 < f < 1:
         raise _err(path, f"{key}: {value!r} is not a fraction between 0 and 1 (or a percentage)")
     return f
@@ -212,99 +190,76 @@ class _Budget:
     flops: float | None = None
 
 
-def _parse_sizes(path: Path, raw: Any) -> list[_Size]:
-    if not isinstance(raw, dict) or not raw:
+def _parse_sizes(path: Path, sizes: dict[str, SizeEntry]) -> list[_Size]:
+    if not sizes:
         raise _err(path, "sizes must be a mapping of size name -> config file (or {config, overrides})")
     out = []
-    for name, v in raw.items():
-        if isinstance(v, str):
-            out.append(_Size(str(name), path.parent / v, []))
-        elif isinstance(v, dict):
-            _check_keys(path, f"sizes.{name}.", v, ("config", "overrides", "flops"))
-            cfg = v.get("config")
-            flops = v.get("flops")
-            if flops is not None and (not isinstance(flops, list) or not flops):
-                raise _err(path, f"sizes.{name}.flops must be a non-empty list of budgets from budgets.flops")
-            out.append(_Size(str(name), path.parent / cfg if cfg else None,
-                             _str_list(path, f"sizes.{name}.overrides", v.get("overrides")),
-                             [float(x) for x in flops] if flops is not None else None))
-        else:
-            raise _err(path, f"sizes.{name} must be a config file or a mapping with config/overrides")
+    for name, v in sizes.items():
+        if v.flops is not None and not v.flops:
+            raise _err(path, f"sizes.{name}.flops must be a non-empty list of budgets from budgets.flops")
+        out.append(_Size(name, path.parent / v.config if v.config else None, v.overrides, v.flops))
     return out
 
 
-def _parse_structures(path: Path, raw: Any, rank_multiple: int) -> list[_Structure]:
-    if not isinstance(raw, dict) or not raw:
+def _parse_structures(path: Path, structures: dict[str, StructureEntry], rank_multiple: int) -> list[_Structure]:
+    if not structures:
         raise _err(path, "structures must be a mapping of name -> settings, e.g. {dense: {}, lowrank: "
                          "{fractions: [0.63, 0.32]}}")
     out = []
-    for name, v in raw.items():
-        v = v or {}
-        if not isinstance(v, dict):
-            raise _err(path, f"structures.{name} must be a mapping of settings")
-        _check_keys(path, f"structures.{name}.", v, STRUCTURE_KEYS)
-        template = v.get("config")
-        kind = v.get("kind", None if template else (name if name in FFN_KINDS else None))
+    for name, v in structures.items():
+        template = v.config
+        kind = v.kind if v.kind is not None or template else (name if name in FFN_KINDS else None)
         if template is None and kind is None:
             raise _err(path, f"structures.{name}: set kind (one of {', '.join(FFN_KINDS)}) or a config template")
-        if kind is not None and kind not in FFN_KINDS:
-            raise _err(path, f"structures.{name}.kind: {kind!r} is not one of {', '.join(FFN_KINDS)}")
-        fr = v.get("fractions")
+        fr = v.fractions
         spec = registry.get(kind) if kind is not None else None
         if spec is not None and not spec.structured and fr:
             raise _err(path, f"structures.{name}: a {kind} FFN has no fraction; remove fractions")
         if spec is not None and spec.structured and not fr:
             raise _err(path, f"structures.{name}: give fractions, e.g. [0.63, 0.32]")
-        if fr is not None and not isinstance(fr, list):
-            raise _err(path, f"structures.{name}.fractions must be a list, e.g. [0.63, 0.32]")
         fractions: list[float | None] = [_fraction(path, f"structures.{name}.fractions", x) for x in fr] if fr \
             else [None]
-        blocks = v.get("num_blocks")
         fixed = [s for s in spec.settings if s not in spec.solved] if spec is not None else []
-        if "num_blocks" in fixed and template is None and not isinstance(blocks, int):
+        if "num_blocks" in fixed and template is None and v.num_blocks is None:
             raise _err(path, f"structures.{name}: {kind} needs num_blocks (the paper uses 2 or 4)")
-        rm = v.get("rank_multiple", rank_multiple)
-        if not isinstance(rm, int) or rm < 1:
+        rm = v.rank_multiple if v.rank_multiple is not None else rank_multiple
+        if rm < 1:
             raise _err(path, f"structures.{name}.rank_multiple must be a positive whole number")
-        out.append(_Structure(str(name), kind, fractions, blocks, rm, v.get("init"), template,
-                              _str_list(path, f"structures.{name}.overrides", v.get("overrides"))))
+        out.append(_Structure(name, kind, fractions, v.num_blocks, rm, v.init, template, v.overrides))
     return out
 
 
-def _parse_budgets(path: Path, raw: Any) -> list[_Budget]:
-    if raw is None:
+def _parse_budgets(path: Path, budgets: BudgetsEntry | None) -> list[_Budget]:
+    if budgets is None:
         return [_Budget(None)]
-    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("tokens", "tokens_per_param", "flops"):
+    given = [(k, getattr(budgets, k)) for k in ("tokens", "tokens_per_param", "flops") if getattr(budgets, k)
+             is not None]
+    if len(given) != 1:
         raise _err(path, "budgets must be {tokens: [N, ...]}, {tokens_per_param: [X, ...]} or {flops: [C, ...]}")
-    key, values = next(iter(raw.items()))
-    if not isinstance(values, list) or not values:
+    key, values = given[0]
+    if not values:
         raise _err(path, f"budgets.{key} must be a non-empty list")
     out = []
     for v in values:
-        if isinstance(v, str):  # YAML 1.1 reads 2e6 as a string
-            try:
-                v = float(v)
-            except ValueError:
-                raise _err(path, f"budgets.{key}: {v!r} is not a number") from None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        if v <= 0:
             raise _err(path, f"budgets.{key}: {v!r} is not a positive number")
-        out.append(_Budget(None, tokens=int(v)) if key == "tokens" else _Budget(None, flops=float(v)) if key == "flops"
-                   else _Budget(None, tokens_per_param=float(v)))
+        out.append(_Budget(None, tokens=int(v)) if key == "tokens" else _Budget(None, flops=v) if key == "flops"
+                   else _Budget(None, tokens_per_param=v))
     if len(out) > 1 or key == "flops":  # a label when there are budgets to tell apart (FLOP budgets: always)
         for b in out:
             b.label = budget_label(b.tokens, b.tokens_per_param, b.flops)
     return out
 
 
-def _parse_seeds(path: Path, raw: Any) -> list[int | None]:
+def _parse_seeds(path: Path, seeds: list[int] | None) -> list[int | None]:
     """The ``seeds`` list (distinct whole numbers), or [None]: one run per cell with the config's own seed."""
-    if raw is None:
+    if seeds is None:
         return [None]
-    if not isinstance(raw, list) or not raw or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
+    if not seeds:
         raise _err(path, "seeds must be a non-empty list of whole numbers, e.g. [1, 2]")
-    if len(set(raw)) != len(raw):
-        raise _err(path, f"seeds has a repeated value ({raw}); each seed once")
-    return list(raw)
+    if len(set(seeds)) != len(seeds):
+        raise _err(path, f"seeds has a repeated value ({seeds}); each seed once")
+    return list(seeds)
 
 
 def _load(path: Path, config: Path | None, overrides: list[str]) -> Config:
@@ -319,29 +274,18 @@ def load_sweep(path: str | Path) -> SweepPlan:
     from lowrank_lm.accounting import account
 
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"sweep file not found: {p}; give a YAML sweep file (see configs/sweeps/)")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError:
-        raise _err(p, "malformed YAML; fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise _err(p, "a sweep file is a mapping with sizes, structures and (optionally) budgets")
-    _check_keys(p, "", raw, TOP_KEYS)
-    name = str(raw.get("name") or p.stem)
-    out_dir = Path(str(raw.get("out_dir") or f"runs/sweeps/{name}"))
-    base = p.parent / raw["base"] if raw.get("base") else None
-    overrides = _str_list(p, "overrides", raw.get("overrides"))
-    rank_multiple = raw.get("rank_multiple", 8)
-    if not isinstance(rank_multiple, int) or rank_multiple < 1:
+    sweep = read_sweep_file(p)
+    name = sweep.name or p.stem
+    out_dir = Path(sweep.out_dir or f"runs/sweeps/{name}")
+    base = p.parent / sweep.base if sweep.base else None
+    overrides = sweep.overrides
+    if sweep.rank_multiple < 1:
         raise _err(p, "rank_multiple must be a positive whole number")
-    match_dense = raw.get("match_dense_tokens", True)
-    if not isinstance(match_dense, bool):
-        raise _err(p, "match_dense_tokens must be true or false")
-    sizes = _parse_sizes(p, raw.get("sizes"))
-    structures = _parse_structures(p, raw.get("structures"), rank_multiple)
-    budgets = _parse_budgets(p, raw.get("budgets"))
-    seeds = _parse_seeds(p, raw.get("seeds"))
+    match_dense = sweep.match_dense_tokens if sweep.match_dense_tokens is not None else True
+    sizes = _parse_sizes(p, sweep.sizes)
+    structures = _parse_structures(p, sweep.structures, sweep.rank_multiple)
+    budgets = _parse_budgets(p, sweep.budgets)
+    seeds = _parse_seeds(p, sweep.seeds)
     isoflop = budgets[0].flops is not None
     for size in sizes:
         if size.flops is not None and not isoflop:
@@ -350,7 +294,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
         unknown = [c for c in size.flops or [] if all(not math.isclose(c, b.flops or 0) for b in budgets)]
         if unknown:
             raise _err(p, f"sizes.{size.name}.flops: {unknown[0]:g} is not one of budgets.flops")
-    if isoflop and "match_dense_tokens" in raw:
+    if isoflop and sweep.match_dense_tokens is not None:
         raise _err(p, "match_dense_tokens does not apply to FLOP budgets (every run gets the tokens its own "
                       "model needs to spend the budget); remove it")
 
@@ -430,7 +374,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
     dup = [n for n, c in seen.items() if c > 1]
     if dup:
         raise _err(p, f"two runs would share the name {dup[0]}; give sizes and structures distinct names")
-    return SweepPlan(name=name, path=p, out_dir=out_dir, runs=runs, notes=notes, cluster=raw.get("cluster"))
+    return SweepPlan(name=name, path=p, out_dir=out_dir, runs=runs, notes=notes, cluster=sweep.cluster)
 
 
 # --------------------------------------------------------------------------- sharding and config identity

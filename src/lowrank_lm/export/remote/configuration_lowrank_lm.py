@@ -9,11 +9,12 @@ from transformers import PretrainedConfig
 
 
 class LowRankLMConfig(PretrainedConfig):
-    """A pre-norm decoder with RoPE, grouped-query attention and dense or structured FFN linears.
+    """A pre-norm decoder with RoPE, grouped-query attention and dense or structured linears.
 
-    ``ffn_kind`` is dense, lowrank (U V x), blockshuffle (two block-diagonals around a shuffle) or
-    blockdense (block-diagonal down to ``ffn_rank``, then dense). Blocks listed in
-    ``dense_ffn_layers`` keep a dense FFN.
+    ``ffn_kind`` names the structure of the FFN linears (lowrank-lm's ``model.ffn.kind``), sized by
+    ``ffn_rank`` / ``ffn_num_blocks`` where it reads them; ``attn_kind`` and its settings do the same
+    for the attention projections. None is the dense baseline. The structures' modules are the files
+    beside this one. Blocks listed in ``dense_ffn_layers`` keep a dense FFN.
     """
 
     model_type = "lowrank_lm"
@@ -33,9 +34,12 @@ class LowRankLMConfig(PretrainedConfig):
         activation: str = "gelu",
         bias: bool = True,
         rope_base: float = 10000.0,
-        ffn_kind: str = "dense",
+        ffn_kind: str | None = None,
         ffn_rank: int | None = None,
         ffn_num_blocks: int | None = None,
+        attn_kind: str | None = None,
+        attn_rank: int | None = None,
+        attn_num_blocks: int | None = None,
         dense_ffn_layers: list[int] | None = None,
         initializer_range: float = 0.02,
         use_cache: bool = True,
@@ -59,6 +63,9 @@ class LowRankLMConfig(PretrainedConfig):
         self.ffn_kind = ffn_kind
         self.ffn_rank = ffn_rank
         self.ffn_num_blocks = ffn_num_blocks
+        self.attn_kind = attn_kind
+        self.attn_rank = attn_rank
+        self.attn_num_blocks = attn_num_blocks
         self.dense_ffn_layers = list(dense_ffn_layers) if dense_ffn_layers is not None else [0]
         self.initializer_range = initializer_range
         self.use_cache = use_cache

@@ -1,8 +1,14 @@
-"""A lowrank-lm Transformer with its structured FFN factors kept (trust_remote_code).
+"""A lowrank-lm Transformer with its structured factors kept (trust_remote_code).
 
-Written by the lowrank-lm exporter. Self-contained: imports torch and transformers only, so it loads
-where lowrank-lm is not installed. Keeping the factors (instead of merging them into dense weights)
-keeps the parameter count and the per-token FLOPs of the trained model.
+Written by the lowrank-lm exporter. Self-contained: imports torch and transformers, and the files the
+exporter copies beside it, so it loads where lowrank-lm is not installed. Keeping the factors (instead of
+merging them into dense weights) keeps the parameter count and the per-token FLOPs of the trained model.
+
+The linear layers are the structures' own modules, copied from lowrank-lm: ``structures_lowrank_lm.py``
+(written per export) imports the structures this model uses, and each builds its layer from the
+``<part>_kind`` and ``<part>_<setting>`` values of the config (part ``ffn``, or ``attn`` for the
+attention projections). The parameter names are lowrank-lm's, so export writes its weights unchanged
+under a ``model.`` prefix.
 
 The architecture: token embedding; per block, pre-norm attention (fused q|k|v projection, RoPE on the
 full head dim in the non-interleaved "rotate half" form, grouped-query heads) and pre-norm FFN
@@ -13,6 +19,7 @@ embedding unless ``tie_word_embeddings`` is false.
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 from typing import ClassVar
 
 import torch
@@ -23,88 +30,24 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_lowrank_lm import LowRankLMConfig
+from .structures_lowrank_lm import DENSE, SIZE_SETTINGS, STRUCTURES
 
 # transformers 5 names the KV-cache argument and output field ``cache``; 4.x named them ``past_key_values``.
 _CACHE_FIELD = ("cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
                 else "past_key_values")
 
 
-# ----------------------------------------------------------------------------- FFN linear layers
+def _kind(config: LowRankLMConfig, part: str) -> str:
+    """The structure of ``part``'s linear layers; unset means the dense baseline."""
+    return getattr(config, f"{part}_kind", None) or DENSE
 
 
-def _blockdiag(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """Apply a block-diagonal matrix, ``blocks`` of shape (B, out_b, in_b), to the last dim of ``x``."""
-    num, out_b, in_b = blocks.shape
-    lead = x.shape[:-1]
-    xb = x.reshape(-1, num, in_b).transpose(0, 1)
-    return torch.bmm(xb, blocks.transpose(1, 2)).transpose(0, 1).reshape(*lead, num * out_b)
-
-
-def _shuffle(x: torch.Tensor, num: int) -> torch.Tensor:
-    """View the last dim as (num, n/num), transpose, flatten: mixes the outputs of the blocks."""
-    n = x.shape[-1]
-    return x.reshape(*x.shape[:-1], num, n // num).transpose(-1, -2).reshape(x.shape)
-
-
-def _unshuffle(x: torch.Tensor, num: int) -> torch.Tensor:
-    n = x.shape[-1]
-    return x.reshape(*x.shape[:-1], n // num, num).transpose(-1, -2).reshape(x.shape)
-
-
-class LowRankLinear(nn.Module):
-    """y = U (V x) + b, V of shape (rank, in), U of shape (out, rank)."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool) -> None:
-        super().__init__()
-        self.v = nn.Parameter(torch.empty(rank, in_features))
-        self.u = nn.Parameter(torch.empty(out_features, rank))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.v), self.u, self.bias)
-
-
-class BlockShuffleLinear(nn.Module):
-    """y = unshuffle(U_b shuffle(V_b x)) + b with block-diagonal V_b, U_b of ``num_blocks`` blocks."""
-
-    def __init__(self, in_features: int, out_features: int, num_blocks: int, bias: bool) -> None:
-        super().__init__()
-        inner, b = min(in_features, out_features), num_blocks
-        self.num_blocks = num_blocks
-        self.blocks_in = nn.Parameter(torch.empty(b, inner // b, in_features // b))
-        self.blocks_out = nn.Parameter(torch.empty(b, out_features // b, inner // b))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = _shuffle(_blockdiag(x, self.blocks_in), self.num_blocks)
-        y = _unshuffle(_blockdiag(h, self.blocks_out), self.num_blocks)
-        return y if self.bias is None else y + self.bias
-
-
-class BlockDenseLinear(nn.Module):
-    """y = U (V_b x) + b: block-diagonal V_b down to ``rank``, then a dense (out, rank) U."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, num_blocks: int, bias: bool) -> None:
-        super().__init__()
-        self.blocks = nn.Parameter(torch.empty(num_blocks, rank // num_blocks, in_features // num_blocks))
-        self.u = nn.Parameter(torch.empty(out_features, rank))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(_blockdiag(x, self.blocks), self.u, self.bias)
-
-
-def _ffn_linear(config: LowRankLMConfig, in_features: int, out_features: int, dense: bool) -> nn.Module:
-    kind = "dense" if dense else config.ffn_kind
-    if kind == "dense":
-        return nn.Linear(in_features, out_features, bias=config.bias)
-    if kind == "lowrank":
-        return LowRankLinear(in_features, out_features, config.ffn_rank, config.bias)
-    if kind == "blockshuffle":
-        return BlockShuffleLinear(in_features, out_features, config.ffn_num_blocks, config.bias)
-    if kind == "blockdense":
-        return BlockDenseLinear(in_features, out_features, config.ffn_rank, config.ffn_num_blocks, config.bias)
-    raise ValueError(f"unknown ffn_kind {kind!r}")
+def _linear(config: LowRankLMConfig, part: str, in_features: int, out_features: int,
+            dense: bool = False) -> nn.Module:
+    """A linear layer of ``part`` (ffn or attn), built by its structure from the config's settings."""
+    kind = DENSE if dense else _kind(config, part)
+    settings = SimpleNamespace(kind=kind, **{s: getattr(config, f"{part}_{s}", None) for s in SIZE_SETTINGS})
+    return STRUCTURES[kind].build(in_features, out_features, settings, config.bias)
 
 
 # ----------------------------------------------------------------------------- the Transformer
@@ -139,8 +82,8 @@ class LowRankLMAttention(nn.Module):
         self.num_q, self.num_kv, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                   config.head_dim)
         q_dim, kv_dim = self.num_q * self.head_dim, self.num_kv * self.head_dim
-        self.qkv = nn.Linear(config.hidden_size, q_dim + 2 * kv_dim, bias=config.bias)
-        self.out = nn.Linear(q_dim, config.hidden_size, bias=config.bias)
+        self.qkv = _linear(config, "attn", config.hidden_size, q_dim + 2 * kv_dim)
+        self.out = _linear(config, "attn", q_dim, config.hidden_size)
         self.split = (q_dim, kv_dim, kv_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
@@ -165,9 +108,9 @@ class LowRankLMFeedForward(nn.Module):
         super().__init__()
         h, f = config.hidden_size, config.intermediate_size
         self.swiglu = config.activation == "swiglu"
-        self.up = _ffn_linear(config, h, f, dense)
-        self.gate = _ffn_linear(config, h, f, dense) if self.swiglu else None
-        self.down = _ffn_linear(config, f, h, dense)
+        self.up = _linear(config, "ffn", h, f, dense)
+        self.gate = _linear(config, "ffn", h, f, dense) if self.swiglu else None
+        self.down = _linear(config, "ffn", f, h, dense)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate is not None:
@@ -178,7 +121,7 @@ class LowRankLMFeedForward(nn.Module):
 class LowRankLMBlock(nn.Module):
     def __init__(self, config: LowRankLMConfig, layer_idx: int) -> None:
         super().__init__()
-        dense = config.ffn_kind == "dense" or layer_idx in config.dense_ffn_layers
+        dense = not STRUCTURES[_kind(config, "ffn")].structured or layer_idx in config.dense_ffn_layers
         self.attn_norm, self.attn = _norm(config), LowRankLMAttention(config, layer_idx)
         self.ffn_norm, self.ffn = _norm(config), LowRankLMFeedForward(config, dense)
 
