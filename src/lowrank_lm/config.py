@@ -25,7 +25,7 @@ from lowrank_lm.errors import ConfigError
 from lowrank_lm.layers import registry
 
 FFNKind = Literal[registry.kinds()]  # type: ignore[valid-type]
-FFNInit = Literal["spectral", "random", "orthonormal"]
+FFNInit = Literal[registry.inits()]  # type: ignore[valid-type]
 
 # All three read from the structure registry (layers/): each structure module declares them.
 # The paper's default initialisation for each FFN parametrisation (section 3.1 of the reference).
@@ -40,16 +40,16 @@ class FFNConfig:
     """How the two (or three, for SwiGLU) linear layers of each feed-forward block are parametrised."""
 
     kind: FFNKind = "dense"
-    """dense | lowrank (U(Vx)) | blockshuffle (two block-diagonals with a shuffle) | blockdense."""
+    """The FFN structure: dense, or one of the structures of layers/ (each module says what it computes)."""
     rank: Optional[int] = None
-    """Bottleneck size R for lowrank and blockdense."""
+    """The rank R of the kinds that read it (a bottleneck size, or a tensor-train rank: each structure says)."""
     num_blocks: Optional[int] = None
     """Number of diagonal blocks B for blockshuffle and blockdense."""
     fraction: Optional[float] = None
     """Share of the dense FFN's weights (e.g. 0.32): picks the kind's rank or block count, the nearest share
     counted on the layers themselves; replaces the solved setting in the resolved config."""
     init: Optional[FFNInit] = None
-    """spectral | random | orthonormal; empty means the paper's default for the kind."""
+    """The init of the structured factors (the kinds' inits differ); empty means the paper's default for the kind."""
     keep_dense_layers: list[int] = field(default_factory=lambda: [0])
     """Indices of Transformer blocks whose FFN stays dense (the paper keeps block 0 dense)."""
     premerge_max_tokens: Optional[int] = None
@@ -454,9 +454,10 @@ def _check_applicable(f: FFNConfig) -> None:
     if f.init is not None and f.init not in KIND_INITS[f.kind]:
         raise ConfigError(f"model.ffn.init={f.init} does not apply to model.ffn.kind={f.kind}; "
                           f"use {' or '.join(KIND_INITS[f.kind])} (or leave it empty for {DEFAULT_INIT[f.kind]})")
-    if f.premerge_max_tokens is not None and not registry.get(f.kind).structured:
-        raise ConfigError(f"model.ffn.premerge_max_tokens does not apply to model.ffn.kind={f.kind} (nothing to "
-                          "merge); remove it, or set a structured model.ffn.kind")
+    if f.premerge_max_tokens is not None and f.kind not in registry.linear_kinds():
+        what = "nothing to merge" if not registry.get(f.kind).structured else "not linear: no merged weight"
+        raise ConfigError(f"model.ffn.premerge_max_tokens does not apply to model.ffn.kind={f.kind} ({what}); "
+                          f"remove it, or set model.ffn.kind to one of {', '.join(registry.linear_kinds())}")
 
 
 def validate(cfg: Config) -> None:
@@ -513,6 +514,10 @@ def validate(cfg: Config) -> None:
     if sg.enabled and not registry.get(f.kind).structured:
         raise ConfigError("train.self_guided needs a structured FFN; set model.ffn.kind "
                           f"({', '.join(registry.structured_kinds())}) or disable self-guided training")
+    if sg.enabled and not registry.get(f.kind).linear:
+        raise ConfigError(f"train.self_guided starts its dense guide at the merged weight, and model.ffn.kind={f.kind} "
+                          f"is not linear (no merged weight); use one of {', '.join(registry.linear_kinds())} or "
+                          "disable self-guided training")
     if t.resume not in ("auto", "never") and not t.resume:
         raise ConfigError("train.resume must be auto, never or a checkpoint path")
     _positive(cfg.data.val_tokens, "data.val_tokens")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from lowrank_lm.layers.base import StructuredLinear
 
 # One module per structure, in the order the CLI and error messages list them.
-_MODULES = ("dense", "lowrank", "blockshuffle", "blockdense")
+_MODULES = ("dense", "lowrank", "blockshuffle", "blockdense", "btt", "cola")
 
 
 def _load() -> dict[str, Structure]:
@@ -42,6 +42,23 @@ def kinds() -> tuple[str, ...]:
 def structured_kinds() -> tuple[str, ...]:
     """Every kind but the dense baseline."""
     return tuple(k for k, s in REGISTRY.items() if s.structured)
+
+
+def linear_kinds() -> tuple[str, ...]:
+    """The structured kinds that are linear maps, i.e. have an exact merged weight (pre-merge, guides, merge)."""
+    return tuple(k for k, s in REGISTRY.items() if s.structured and s.linear)
+
+
+def inits() -> tuple[str, ...]:
+    """Every init some structure implements (the values ``model.ffn.init`` may take), in registry order."""
+    return tuple(dict.fromkeys(i for s in REGISTRY.values() for i in s.inits))
+
+
+def require_linear(kind: str, what: str) -> None:
+    """A UserError when ``what`` (which needs a merged weight) is asked of a non-linear kind."""
+    if not get(kind).linear:
+        raise UserError(f"{what} needs a linear FFN structure with a merged weight, and model.ffn.kind={kind} is "
+                        f"not linear; use one of {', '.join(linear_kinds())} for it")
 
 
 def get(kind: str) -> Structure:
@@ -164,5 +181,6 @@ def with_setting(kind: str, ranks: list[int], blocks: list[int], fixed_blocks: i
     return []
 
 
-__all__ = ["DENSE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "describe", "ffn_fraction", "get", "kinds",
-           "rank_steps", "readers", "resolve_fraction", "solve", "structured_kinds", "with_setting"]
+__all__ = ["DENSE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "describe", "ffn_fraction", "get", "inits",
+           "kinds", "linear_kinds", "rank_steps", "readers", "require_linear", "resolve_fraction", "solve",
+           "structured_kinds", "with_setting"]
