@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lowrank_lm.config import ModelConfig
-from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear
+from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear, registry
 from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.loss import lm_loss
 
@@ -244,6 +244,8 @@ class Transformer(nn.Module):
     def premerge(self, max_tokens: int | None = None) -> None:
         """Keep merged dense weights for eval calls of <= max_tokens tokens (config value if None)."""
         n = self.cfg.ffn.premerge_max_tokens if max_tokens is None else max_tokens
+        if n:
+            registry.require_linear(self.cfg.ffn.kind, "pre-merge")
         for layer in self.structured_layers():
             layer.premerge(n or 0)
 

@@ -28,6 +28,7 @@ from lowrank_lm.bench.report import Interrupted, markdown_table, pyplot
 from lowrank_lm.bench.timer import measure
 from lowrank_lm.config import ModelConfig
 from lowrank_lm.errors import UserError
+from lowrank_lm.layers import registry
 from lowrank_lm.model import Transformer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,8 +76,9 @@ def build_variants(spec: DecodeBenchSpec, device: torch.device) -> list[DecodeVa
         torch.manual_seed(spec.seed)
         model = Transformer(cfg).to(device=device, dtype=DTYPES[spec.dtype]).eval()
         params = count_model(model).params
-        structured = any(True for _ in model.structured_layers())
-        modes = [False] if not structured or spec.premerge == "off" else (
+        # pre-merge needs a merged weight: structured layers of a linear kind
+        mergeable = registry.get(cfg.ffn.kind).linear and any(True for _ in model.structured_layers())
+        modes = [False] if not mergeable or spec.premerge == "off" else (
             [True] if spec.premerge == "on" else [False, True])
         for merged in modes:
             m = model

@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from lowrank_lm.api import load
     from lowrank_lm.errors import UserError
+    from lowrank_lm.layers import registry
     from lowrank_lm.textgen import stream_text
 
     if args.max_new_tokens < 1:
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> None:
     model = load(args.checkpoint, args.device, premerge=0)
     threshold = args.premerge_tokens
     if threshold is None:
-        threshold = model.cfg.ffn.premerge_max_tokens or DEFAULT_PREMERGE_TOKENS
+        linear = registry.get(model.cfg.ffn.kind).linear  # a non-linear FFN has no merged weight to keep
+        threshold = model.cfg.ffn.premerge_max_tokens or (DEFAULT_PREMERGE_TOKENS if linear else 0)
     model.premerge(threshold)
     if model.tokenizer is None:
         from lowrank_lm.data.tokenizer import MISSING_HINT
