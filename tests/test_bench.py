@@ -15,7 +15,7 @@ from lowrank_lm.bench.timer import Timing, measure
 from lowrank_lm.bench.train import TrainBenchSpec, peer_model, run_train_bench
 from lowrank_lm.bench.variants import structure_for
 from lowrank_lm.cli import main
-from lowrank_lm.layers import LowRankLinear
+from lowrank_lm.layers import LowRankLinear, registry
 from lowrank_lm.model import Transformer
 
 from .conftest import small_config
@@ -99,7 +99,10 @@ def test_ffn_bench_json_rows_are_consistent(capsys):
                            "--json")
     assert code == 0
     rows = json.loads(out)
-    assert len(rows) == 2 * 2 * (1 + 2 * 3 * 2)  # widths x tokens x (dense + 3 kinds x 2 fractions x with/without)
+    # widths x tokens x (dense + each structured kind x 2 fractions, x with/without pre-merge where it is linear)
+    assert len(rows) == 2 * 2 * (1 + sum(2 * (2 if k in registry.linear_kinds() else 1)
+                                         for k in registry.structured_kinds()))
+    assert {r["kind"] for r in rows if r["premerge"]} == set(registry.linear_kinds())
     for r in rows:
         assert set(r) >= FFN_KEYS
         dense = next(d for d in rows if d["kind"] == "dense" and (d["width"], d["tokens"]) == (r["width"], r["tokens"]))

@@ -86,8 +86,8 @@ def test_config_verb_prints_the_reference(capsys):
     assert "  train.warmup_ratio = 0.1   (float)\n      Linear warmup over this fraction of the run's steps." in out
     code, out, _ = run_cli(capsys, "config", "--markdown")
     assert out == reference_markdown()
-    assert ("| `model.ffn.rank` | int or empty | `empty` | Bottleneck size R, for the kinds that read a rank (an error "
-            "for the others). |") in out
+    assert ("| `model.ffn.rank` | int or empty | `empty` | The rank R of the kinds that read it (a bottleneck size, "
+            "or a tensor-train rank: each structure says). |") in out
 
 
 @pytest.mark.parametrize("tokens,shown", [("200000", "196.6k tokens = 48 steps x 4096"),

@@ -19,13 +19,16 @@ from lowrank_lm.layers import registry
 SCALE3 = "configs/cpu/scale-3.yaml"
 H, F = 192, 768  # scale-3's widths
 SETTINGS = {"dense": {}, "lowrank": {"rank": 16}, "blockshuffle": {"num_blocks": 4},
-            "blockdense": {"rank": 16, "num_blocks": 4}}
+            "blockdense": {"rank": 16, "num_blocks": 4}, "btt": {"rank": 2}, "cola": {"rank": 16}}
 # Weights of one (n_in -> n_out) layer, from the structures' definitions (reference section 3.1).
 HAND_PARAMS = {
     "dense": lambda i, o, s: i * o,
     "lowrank": lambda i, o, s: (i + o) * s["rank"],
     "blockshuffle": lambda i, o, s: min(i, o) * (i + o) // s["num_blocks"],
     "blockdense": lambda i, o, s: s["rank"] * (i // s["num_blocks"] + o),
+    # 32 = 4 x 8 and 128 = 8 x 16; R (in n0 + m1 out) with (m0, m1) the input's factors, (n0, n1) the output's
+    "btt": lambda i, o, s: {(32, 128): 2 * (32 * 8 + 8 * 128), (128, 32): 2 * (128 * 4 + 16 * 32)}[(i, o)],
+    "cola": lambda i, o, s: (i + o) * s["rank"],
 }
 # The FFN weight share of each candidate setting at widths h, f (up + down against 2hf), ranks in steps of 8.
 HAND_SHARES = {
@@ -33,6 +36,9 @@ HAND_SHARES = {
     "blockshuffle": lambda h, f: [min(h, f) * (h + f) / (b * h * f) for b in range(2, min(h, f) + 1)
                                   if h % b == 0 and f % b == 0],
     "blockdense": lambda h, f: [r * (h + f) * (1 + 1 / 4) / (2 * h * f) for r in range(8, min(h, f) + 1, 8)],
+    # at H = 192 = 12 x 16 and F = 768 = 24 x 32: up 192*24 + 16*768, down 768*12 + 32*192 per BTT rank 1, 2, ...
+    "btt": lambda h, f: [r * (h * 24 + 16 * f + f * 12 + 32 * h) / (2 * h * f) for r in range(1, 9)],
+    "cola": lambda h, f: [(h + f) * r / (h * f) for r in range(8, min(h, f) + 1, 8)],
 }
 
 
@@ -58,7 +64,7 @@ def test_params_and_flops_match_hand_counts(kind, shape):
     assert counter.get_total_flops() == tokens * layer.flops_per_token()
 
 
-@pytest.mark.parametrize("kind", registry.structured_kinds())
+@pytest.mark.parametrize("kind", registry.linear_kinds())
 def test_merged_weight_is_the_layers_product(kind):
     layer = _layer(kind, 32, 128).double()
     with torch.no_grad():

@@ -73,7 +73,8 @@ class ModelCounts:
     flops_per_token_6n: int
     """Training FLOPs per token, 6N + causal attention convention."""
     guide_flops_per_token: int
-    """Training FLOPs per token of the dense guides, if every structured layer had one (self-guided)."""
+    """Training FLOPs per token of the dense guides, if every structured layer had one (self-guided; 0 for a
+    non-linear structure, which cannot have guides)."""
 
 
 def count_model(model: Transformer) -> ModelCounts:
@@ -90,8 +91,9 @@ def count_model(model: Transformer) -> ModelCounts:
             layers = [x for x in m.modules() if isinstance(x, StructuredLinear)]
             ffn += sum(x.num_matrix_params() for x in layers)
             ffn_flops += sum(x.flops_per_token() for x in layers)
-    for layer in model.structured_layers():
-        guide += 2 * layer.in_features * layer.out_features
+    if cfg.linear:  # a non-linear structure cannot have a guide (no merged weight)
+        for layer in model.structured_layers():
+            guide += 2 * layer.in_features * layer.out_features
     logits = 2 * cfg.vocab_size * cfg.hidden_dim
     forward = attn_flops + ffn_flops + logits
     n_6n = params - embedding + cfg.vocab_size * cfg.hidden_dim

@@ -25,7 +25,7 @@ from lowrank_lm.errors import ConfigError
 from lowrank_lm.layers import registry
 
 FFNKind = Literal[registry.kinds()]  # type: ignore[valid-type]
-FFNInit = Literal["spectral", "random", "orthonormal"]
+FFNInit = Literal[registry.inits()]  # type: ignore[valid-type]
 _T = TypeVar("_T")
 
 # All three read from the structure registry (layers/): each structure module declares them.
@@ -44,14 +44,14 @@ class FFNConfig:
     kind: FFNKind = registry.DENSE
     """The structure of the FFN linears: one of the structures declared under layers/ (dense is the baseline)."""
     rank: Optional[int] = None
-    """Bottleneck size R, for the kinds that read a rank (an error for the others)."""
+    """The rank R of the kinds that read it (a bottleneck size, or a tensor-train rank: each structure says)."""
     num_blocks: Optional[int] = None
     """Number of diagonal blocks B, for the kinds that read a block count (an error for the others)."""
     fraction: Optional[float] = None
     """Share of the dense FFN's weights (e.g. 0.32): picks the kind's rank or block count, the nearest share
     counted on the layers themselves; replaces the solved setting in the resolved config."""
     init: Optional[FFNInit] = None
-    """spectral | random | orthonormal; empty means the paper's default for the kind."""
+    """The init of the structured factors (the kinds' inits differ); empty means the paper's default for the kind."""
     keep_dense_layers: list[int] = field(default_factory=lambda: [0])
     """Indices of Transformer blocks whose FFN stays dense (the paper keeps block 0 dense)."""
     premerge_max_tokens: Optional[int] = None
@@ -135,6 +135,15 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.head_dim * self.resolved_kv_heads
+
+    def structured_parts(self) -> list[FFNConfig | AttnConfig]:
+        """The FFN and attention sections whose kind is structured (pre-merge and guides act on these)."""
+        return [part for part in (self.ffn, self.attn) if registry.get(part.kind).structured]
+
+    @property
+    def linear(self) -> bool:
+        """Whether every structured linear of the model has an exact merged weight (pre-merge, guides, merge)."""
+        return all(registry.get(part.kind).linear for part in self.structured_parts())
 
 
 @dataclass
@@ -530,11 +539,17 @@ def validate(cfg: Config) -> None:
     _positive(f.premerge_max_tokens, "model.ffn.premerge_max_tokens")
     _check_structure(f, m)
     _check_structure(m.attn, m)
-    structured = registry.get(f.kind).structured or registry.get(m.attn.kind).structured
+    structured = bool(m.structured_parts())
     if f.premerge_max_tokens is not None and not structured:
         raise ConfigError(f"model.ffn.premerge_max_tokens does not apply to model.ffn.kind={f.kind} with "
                           f"model.attn.kind={m.attn.kind} (nothing to merge); remove it, or set a structured "
                           "model.ffn.kind")
+    if f.premerge_max_tokens is not None:
+        for part in m.structured_parts():
+            if not registry.get(part.kind).linear:
+                raise ConfigError(f"model.ffn.premerge_max_tokens does not apply to {part.section}.kind={part.kind} "
+                                  f"(not linear: no merged weight); remove it, or use one of "
+                                  f"{', '.join(registry.linear_kinds())}")
 
     t = cfg.train
     for key in ("tokens", "tokens_per_param", "global_batch_size", "micro_batch_size", "lr",
@@ -559,6 +574,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.self_guided needs a structured FFN or attention; set model.ffn.kind or "
                           f"model.attn.kind ({', '.join(registry.structured_kinds())}) or disable self-guided "
                           "training")
+    if sg.enabled:
+        for part in m.structured_parts():
+            if not registry.get(part.kind).linear:
+                raise ConfigError(f"train.self_guided starts its dense guide at the merged weight, and "
+                                  f"{part.section}.kind={part.kind} is not linear (no merged weight); use one of "
+                                  f"{', '.join(registry.linear_kinds())} or disable self-guided training")
     if t.resume not in ("auto", "never") and not t.resume:
         raise ConfigError("train.resume must be auto, never or a checkpoint path")
     _positive(cfg.data.val_tokens, "data.val_tokens")

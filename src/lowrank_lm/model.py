@@ -265,6 +265,8 @@ class Transformer(nn.Module):
     def premerge(self, max_tokens: int | None = None) -> None:
         """Keep merged dense weights for eval calls of <= max_tokens tokens (config value if None)."""
         n = self.cfg.ffn.premerge_max_tokens if max_tokens is None else max_tokens
+        if n:
+            registry.require_linear(self.cfg, "pre-merge")
         for layer in self.structured_layers():
             layer.premerge(n or 0)
 

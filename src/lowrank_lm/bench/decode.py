@@ -75,8 +75,9 @@ def build_variants(spec: DecodeBenchSpec, device: torch.device) -> list[DecodeVa
         torch.manual_seed(spec.seed)
         model = Transformer(cfg).to(device=device, dtype=DTYPES[spec.dtype]).eval()
         params = count_model(model).params
-        structured = any(True for _ in model.structured_layers())
-        modes = [False] if not structured or spec.premerge == "off" else (
+        # pre-merge needs a merged weight: structured layers of a linear kind
+        mergeable = cfg.linear and any(True for _ in model.structured_layers())
+        modes = [False] if not mergeable or spec.premerge == "off" else (
             [True] if spec.premerge == "on" else [False, True])
         for merged in modes:
             m = model

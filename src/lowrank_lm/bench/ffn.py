@@ -29,7 +29,7 @@ from lowrank_lm.bench.variants import (
     structure_for,
 )
 from lowrank_lm.errors import UserError
-from lowrank_lm.layers import StructuredLinear
+from lowrank_lm.layers import StructuredLinear, registry
 from lowrank_lm.layers.registry import DENSE
 from lowrank_lm.model import FeedForward
 from lowrank_lm.runtime import raise_compile_limits
@@ -171,7 +171,7 @@ def _measure_widths(spec: FFNBenchSpec, device: torch.device, dtype: torch.dtype
         for s in structures(spec, width):
             ffn = build_ffn(width, s, device, dtype)
             variants.append((s, False, ffn, None))
-            if spec.premerge and s.kind != DENSE:
+            if spec.premerge and s.kind in registry.linear_kinds():  # the others have no merged weight
                 merged, limit = premerged_copy(ffn, spec.premerge_max_tokens)
                 variants.append((s, True, merged, limit))
         dense_params, dense_flops = ffn_params(variants[0][2]), ffn_flops_per_token(variants[0][2])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from lowrank_lm.bench.report import device_name
 from lowrank_lm.bench.timer import measure
-from lowrank_lm.layers import StructuredLinear
+from lowrank_lm.layers import StructuredLinear, registry
 from lowrank_lm.model import Transformer
 
 CACHE_ENV = "LOWRANK_LM_CACHE"
@@ -118,6 +118,7 @@ def apply_premerge(model: Transformer, max_tokens: int | None = None, use_cache:
     config, else calibrated per layer shape on this device (cached). Call it after moving the model
     to its device and dtype, and again after the factors change.
     """
+    registry.require_linear(model.cfg, "pre-merge")
     limit = max_tokens if max_tokens is not None else model.cfg.ffn.premerge_max_tokens
     structured = {id(m) for m in model.structured_layers()}
     memo: dict[str, int] = {}  # layers of one shape are measured once even without the file cache

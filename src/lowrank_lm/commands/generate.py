@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> None:
     model = load(args.checkpoint, args.device, premerge=0)
     threshold = args.premerge_tokens
     if threshold is None:
-        threshold = model.cfg.ffn.premerge_max_tokens or DEFAULT_PREMERGE_TOKENS
+        # a non-linear structure has no merged weight to keep
+        threshold = model.cfg.ffn.premerge_max_tokens or (DEFAULT_PREMERGE_TOKENS if model.cfg.linear else 0)
     model.premerge(threshold)
     if model.tokenizer is None:
         from lowrank_lm.data.tokenizer import MISSING_HINT

@@ -367,6 +367,8 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
     if structured and not merge and arch != "auto":
         raise UserError(f"--arch {arch} is a stock class: add --merge to multiply the structured factors "
                         "into dense weights, or leave --arch out to keep them (trust_remote_code)")
+    if merge and structured:
+        registry.require_linear(m, "export --merge")
     if merge and structured and chosen is None:
         raise UserError(f"cannot export a merged model onto a stock class: {reason}; "
                         "export without --merge to keep the factors in a trust_remote_code model")

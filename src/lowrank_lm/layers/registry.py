@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from lowrank_lm.layers.base import StructuredLinear
 
 # One module per structure, in the order the CLI and error messages list them.
-_MODULES = ("dense", "lowrank", "blockshuffle", "blockdense")
+_MODULES = ("dense", "lowrank", "blockshuffle", "blockdense", "btt", "cola")
 
 HEADLINE = "lowrank"
 """The structure of the paper's headline comparison, at R = hidden / 4 (~32% of the FFN weights): the one
@@ -49,6 +49,24 @@ def kinds() -> tuple[str, ...]:
 def structured_kinds() -> tuple[str, ...]:
     """Every kind but the dense baseline."""
     return tuple(k for k, s in REGISTRY.items() if s.structured)
+
+
+def linear_kinds() -> tuple[str, ...]:
+    """The structured kinds that are linear maps, i.e. have an exact merged weight (pre-merge, guides, merge)."""
+    return tuple(k for k, s in REGISTRY.items() if s.structured and s.linear)
+
+
+def inits() -> tuple[str, ...]:
+    """Every init some structure implements (the values ``model.ffn.init`` may take), in registry order."""
+    return tuple(dict.fromkeys(i for s in REGISTRY.values() for i in s.inits))
+
+
+def require_linear(model: ModelConfig, what: str) -> None:
+    """A UserError when ``what`` (which needs merged weights) is asked of a model with a non-linear structure."""
+    for part in model.structured_parts():
+        if not get(part.kind).linear:
+            raise UserError(f"{what} needs linear structures with a merged weight, and {part.section}.kind={part.kind} "
+                            f"is not linear; use one of {', '.join(linear_kinds())} for it")
 
 
 def get(kind: str) -> Structure:
@@ -143,8 +161,11 @@ def solve(model: ModelConfig, kind: str, fraction: float, rank_multiple: int = 8
     if num_blocks is None and "num_blocks" not in spec.solved:
         num_blocks = spec.defaults.get("num_blocks")
     (h, ff), *others = part_widths(model, part)
-    candidates = [c for c in spec.candidates(h, ff, rank_multiple, num_blocks)  # settings that fit every layer
-                  if all(c in spec.candidates(i, o, rank_multiple, num_blocks) for i, o in others)]
+    try:
+        candidates = [c for c in spec.candidates(h, ff, rank_multiple, num_blocks)  # settings that fit every layer
+                      if all(c in spec.candidates(i, o, rank_multiple, num_blocks) for i, o in others)]
+    except SettingError as e:  # the widths do not suit the structure at all
+        raise UserError(str(e)) from None
     if not candidates:
         raise UserError(f"no {kind} setting fits widths {h} / {ff} (rank_multiple {rank_multiple}); lower "
                         "rank_multiple or choose another structure")
@@ -214,5 +235,6 @@ def with_setting(kind: str, ranks: list[int], blocks: list[int], fixed_blocks: i
 
 
 __all__ = ["DENSE", "HEADLINE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check", "check_fit",
-           "describe", "ffn_fraction", "get", "kinds", "module_file", "part_fraction", "part_of", "part_widths",
-           "rank_steps", "readers", "resolve_fraction", "solve", "structured_kinds", "with_setting"]
+           "describe", "ffn_fraction", "get", "inits", "kinds", "linear_kinds", "module_file", "part_fraction",
+           "part_of", "part_widths", "rank_steps", "readers", "require_linear", "resolve_fraction", "solve",
+           "structured_kinds", "with_setting"]

@@ -1,0 +1,126 @@
+"""Block Tensor-Train (BTT) with two cores and BTT rank r (Qiu et al. 2024, "Compute Better Spent").
+
+The input width factors as in = m0 x m1 and the output width as out = n0 x n1 (the most balanced
+divisor pairs, smaller factor first, as the authors' code orders them). An input x is read as an
+(m1, m0) grid: its index is a m0 + b. The two cores are
+
+    core_in  (m1 blocks of (r n0) x m0):  z[a, c, s] = sum_b core_in[a, c r + s, b] x[a, b]
+    core_out (n0 blocks of n1 x (m1 r)):  y[c, d]    = sum_(a, s) core_out[c, d, a r + s] z[a, c, s]
+
+and the output index is c n1 + d. So the layer is block-diagonal, a transpose of the (m1, n0) grid
+(with the r channels carried along), block-diagonal again: r (in n0 + m1 out) weights and as many
+multiply-accumulates per token. At r = 1 it is a Monarch matrix (two block-diagonal factors around a
+shuffle); larger r lets each pair of blocks talk through r channels instead of one.
+
+The paper initialises each core with the maximal-update (muP) spectral scaling: Gaussian entries of
+standard deviation sqrt(1 / fan_in) x min(1, sqrt(fan_out / fan_in)), with core_in's fan-in m0 and
+fan-out r n0, core_out's r m1 and n1; like ``orthonormal``, this does not read the model's init_std.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import StructuredLinear
+from .blockdiag import blockdiag_matmul
+from .init import orthonormal_
+from .structure import SettingError, Settings, Structure
+
+
+def balanced_factors(n: int) -> tuple[int, int] | None:
+    """(p, q) with p q = n, p <= q and p the largest such divisor; None when n has no factor pair >= 2."""
+    p = next(d for d in range(math.isqrt(n), 0, -1) if n % d == 0) if n > 0 else 1
+    return (p, n // p) if p >= 2 else None
+
+
+class BTTLinear(StructuredLinear):
+    """Two-core Block Tensor-Train of rank r: core_in (m1, r n0, m0), core_out (n0, n1, m1 r)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool) -> None:
+        super().__init__(in_features, out_features, bias)
+        factors_in, factors_out = balanced_factors(in_features), balanced_factors(out_features)
+        if factors_in is None or factors_out is None:
+            raise ValueError(f"BTT needs widths with a factor pair >= 2, got {in_features} -> {out_features}")
+        self.rank = rank
+        (m0, m1), (n0, n1) = factors_in, factors_out
+        self.in_factors, self.out_factors = (m0, m1), (n0, n1)
+        self.core_in = nn.Parameter(torch.empty(m1, rank * n0, m0))
+        self.core_out = nn.Parameter(torch.empty(n0, n1, m1 * rank))
+
+    def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        (_, m1), (n0, _) = self.in_factors, self.out_factors
+        z = blockdiag_matmul(x, self.core_in)  # (..., m1 * n0 * r), index (a, c, s)
+        # the one copy: (a, c, s) -> (c, a, s), so that each output block reads contiguous columns
+        z = z.unflatten(-1, (m1, n0, self.rank)).transpose(-3, -2).flatten(-3)
+        y = blockdiag_matmul(z, self.core_out)  # (..., n0 * n1), index (c, d)
+        # Ends in a block-diagonal product: no single matmul to carry the bias. Cast it as F.linear would.
+        return y if bias is None else y + bias.to(y.dtype)
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        (m0, m1), (n0, n1), r = self.in_factors, self.out_factors, self.rank
+        w_in = self.core_in.view(m1, n0, r, m0)  # [a, c, s, b]
+        w_out = self.core_out.view(n0, n1, m1, r)  # [c, d, a, s]
+        return torch.einsum("cdas,acsb->cdab", w_out, w_in).reshape(self.out_features, self.in_features)
+
+    def num_matrix_params(self) -> int:
+        return self.core_in.numel() + self.core_out.numel()
+
+    def reset_parameters(self, std: float, init: str) -> None:
+        if init == "orthonormal":
+            orthonormal_(self.core_in, std)
+            orthonormal_(self.core_out, std)
+            return
+        for core in (self.core_in, self.core_out):  # muP: (blocks, fan_out, fan_in)
+            fan_out, fan_in = core.shape[1], core.shape[2]
+            if not core.is_meta:
+                with torch.no_grad():
+                    core.normal_(0.0, fan_in ** -0.5 * min(1.0, (fan_out / fan_in) ** 0.5))
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", rank={self.rank}, in={self.in_factors[0]}x{self.in_factors[1]}, "
+                f"out={self.out_factors[0]}x{self.out_factors[1]}")
+
+
+def btt_params(n_in: int, n_out: int, rank: int) -> int:
+    """Weights of a BTT layer n_in -> n_out: r (n_in n0 + m1 n_out)."""
+    (_, m1), (n0, _) = balanced_factors(n_in), balanced_factors(n_out)  # type: ignore[misc]
+    return rank * (n_in * n0 + m1 * n_out)
+
+
+def _factored(h: int, ff: int) -> None:
+    for dim, name in ((h, "hidden_dim"), (ff, "ffn_dim")):
+        if balanced_factors(dim) is None:
+            raise SettingError(f"model.{name}={dim} has no factor pair >= 2 for the Block Tensor-Train's two cores; "
+                               "use a width with a divisor (e.g. a multiple of 16) or another structure")
+
+
+def _max_rank(h: int, ff: int) -> int:
+    """The largest rank whose up and down layers both keep fewer weights than dense ones."""
+    per_rank = max(btt_params(h, ff, 1), btt_params(ff, h, 1))
+    return (h * ff - 1) // per_rank
+
+
+def _check(f: Settings, h: int, ff: int) -> None:
+    _factored(h, ff)
+    if f.rank is None:
+        raise SettingError(f"{f.section}.rank (the BTT rank) is required for kind {f.kind}; set e.g. "
+                           f"{f.section}.rank=2, or {f.section}.fraction=0.32 to solve it")
+    if f.rank > _max_rank(h, ff):
+        raise SettingError(f"{f.section}.rank={f.rank} gives {f.kind} layers at least as large as dense ones at "
+                           f"widths {h} / {ff}; use a rank of at most {_max_rank(h, ff)}")
+
+
+def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict[str, int]]:
+    _factored(h, ff)
+    return [{"rank": r} for r in range(1, _max_rank(h, ff) + 1)]  # BTT ranks are small: every one is tried
+
+
+SPEC = Structure(
+    name="btt", summary="Block Tensor-Train: two cores of BTT rank R (R = 1: Monarch-like)", settings=("rank",),
+    inits=("mup", "orthonormal"),
+    build=lambda n_in, n_out, cfg, bias: BTTLinear(n_in, n_out, cfg.rank, bias),
+    check=_check, candidates=_candidates, solved=("rank",))
