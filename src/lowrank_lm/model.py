@@ -18,6 +18,7 @@ from lowrank_lm.config import ModelConfig
 from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear, registry
 from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.loss import lm_loss
+from lowrank_lm.premerge import premerge as premerge_layers
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -263,10 +264,12 @@ class Transformer(nn.Module):
                 yield m
 
     def premerge(self, max_tokens: int | None = None) -> None:
-        """Keep merged dense weights for eval calls of <= max_tokens tokens (config value if None)."""
+        """Keep merged dense weights for eval calls of <= max_tokens tokens (config value if None; 0 undoes it).
+
+        Each structured linear is wrapped in :class:`lowrank_lm.premerge.Premerged`; see that module.
+        """
         n = self.cfg.ffn.premerge_max_tokens if max_tokens is None else max_tokens
-        for layer in self.structured_layers():
-            layer.premerge(n or 0)
+        premerge_layers(self, n or 0)
 
     @torch.no_grad()
     def stream(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
