@@ -8,7 +8,9 @@ import functools
 import pytest
 import torch
 import torch._dynamo.testing
+from safetensors.torch import load_file
 
+from lowrank_lm.checkpoint import list_checkpoints
 from lowrank_lm.config import SelfGuidedConfig
 from lowrank_lm.layers import BlockShuffleLinear, LowRankLinear
 from lowrank_lm.model import Transformer
@@ -120,3 +122,25 @@ def test_compiled_skipped_guides_get_no_gradient_after_the_step():
         assert (eager_grad is None) == (compiled_grad is None) == (not ran)
         if ran:
             torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
+
+
+def step_4(run_dir):
+    return next(p for p in list_checkpoints(run_dir) if p.name == "step-00000004")
+
+
+def test_a_run_cut_mid_guidance_resumes_to_the_same_guides_losses_and_flops(tiny_data, tmp_path):
+    """The guides are saved as ``<layer>.guide`` and load back bit-exactly: cut at step 3, resumed, the run equals
+    the uninterrupted one, losses, the step-4 checkpoint (guides included), coins (guide FLOPs) and all."""
+    guided = ["model.ffn.kind=lowrank", "model.ffn.rank=8", "train.self_guided.enabled=true",
+              "train.self_guided.ratio=0.75", "train.tokens=2048"]  # 8 steps, guided for 6
+    full = run_training(tiny_run_config(tiny_data, tmp_path / "full", *guided))
+    cfg = tiny_run_config(tiny_data, tmp_path / "cut", *guided)
+    assert run_training(cfg, max_steps=3).steps == 3
+    resumed = run_training(cfg)
+    losses = [[(r["step"], r["loss"]) for r in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in r]
+              for name in ("full", "cut")]
+    assert len(losses[0]) == 8 and losses[1] == losses[0]  # bitwise
+    a, b = (load_file(step_4(tmp_path / name) / "model.safetensors") for name in ("full", "cut"))
+    assert a.keys() == b.keys() and "blocks.1.ffn.up.guide" in a
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.guide_flops == full.guide_flops > 0

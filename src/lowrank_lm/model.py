@@ -18,6 +18,7 @@ from lowrank_lm.config import ModelConfig
 from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear, registry
 from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.loss import lm_loss
+from lowrank_lm.premerge import Premerged
 from lowrank_lm.premerge import premerge as premerge_layers
 
 
@@ -94,6 +95,8 @@ class KVCache:
 
 def matrix_params(layer: nn.Module) -> int:
     """Weights of a linear layer, biases excluded (also its multiply-accumulates per token)."""
+    if isinstance(layer, Premerged):  # pre-merged for inference: still the structured layer's weights
+        layer = layer.structured
     return layer.num_matrix_params() if isinstance(layer, StructuredLinear) else layer.weight.numel()
 
 
