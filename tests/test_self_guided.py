@@ -3,6 +3,7 @@ state-dict key, and guided training under torch.compile (one graph for every coi
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -45,16 +46,13 @@ def test_guided_mix_with_a_bias_follows_the_formula(kind, dtype):
     x = torch.randn(5, 24, dtype=dtype)
     # by hand, in float64 from the layer's own (possibly bf16) tensors: a (W x + b) + (1 - a) (S x + b)
     w, b = layer.guide.double(), layer.bias.double()
-    s = layer.merged_weight().double() if dtype == torch.float32 else layer.float().merged_weight().double()
-    layer.to(dtype)
+    s = copy.deepcopy(layer).double().merged_weight()  # the structured matrix, exact from the layer's factors
     xd = x.double()
     expected = 0.3 * (xd @ w.T + b) + 0.7 * (xd @ s.T + b)
     y = layer(x)
     assert y.dtype == dtype
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     torch.testing.assert_close(y.double(), expected, **tol)
-    # the bias enters once in total (a + (1 - a) = 1), not once per path or not at all
-    assert (y.double() - expected).abs().max() < 0.2 * b.abs().max()
     # the guide is the layer's parameter "guide"; alpha and the coin are not saved
     assert set(layer.state_dict()) == {*dict(layer.named_parameters())} and "guide" in layer.state_dict()
     detach_guide(layer, hook)
@@ -81,8 +79,8 @@ def test_a_skipped_guide_gives_the_structured_output_and_no_gradient():
 
 def test_compiled_guided_training_flips_coins_without_recompiling(tiny_data, tmp_path, monkeypatch):
     """reduce_flop under torch.compile: the coins are tensors that torch.cond branches on, so 6 guided steps of
-    2 micro-batches (2 x 2 x 6 structured layers' coins) run on the graphs of the first micro-batch; the losses
-    are the eager ones, and so are the guide FLOPs (same coins)."""
+    2 micro-batches (24 coins over 2 structured layers) run on the graph compiled for the first micro-batch; the
+    losses are the eager ones, and so are the guide FLOPs (the same coins)."""
     guided = ["model.ffn.kind=lowrank", "model.ffn.rank=8", "train.self_guided.enabled=true",
               "train.self_guided.ratio=1.0", "train.self_guided.reduce_flop=true", "train.tokens=1536"]
     eager = run_training(tiny_run_config(tiny_data, tmp_path / "eager", *guided, "train.compile=false"))
@@ -114,9 +112,9 @@ def test_compiled_skipped_guides_get_no_gradient_after_the_step():
         guidance.set_step(model, 3)  # alpha 0.15; the same coins in both runs
         for x in ids:  # two micro-batches
             run(x, x).backward()
-        used.append([hook.used for _, hook in guidance._guides])
+        used.append([hook.used for _, hook in guidance.guided])
         guidance.clear_skipped_grads()
-        grads.append([layer.guide.grad for layer, _ in guidance._guides])
+        grads.append([layer.guide.grad for layer, _ in guidance.guided])
     assert used[0] == used[1] and True in used[0] and False in used[0]  # some guides ran, some sat out
     for eager_grad, compiled_grad, ran in zip(*grads, used[0], strict=True):
         assert (eager_grad is None) == (compiled_grad is None) == (not ran)

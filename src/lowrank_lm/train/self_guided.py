@@ -73,7 +73,6 @@ class GuideHook:
         self.alpha = 1.0
         self.coin = True
         self.used = False  # whether the guide ran in a micro-batch of the current step
-        self.tokens = 0  # tokens that went through the guide in training forwards (the FLOP report)
 
     def __call__(self, layer: StructuredLinear, args: tuple, y: torch.Tensor) -> torch.Tensor:
         x, guide, bias, alpha = args[0], layer.guide, layer.bias, layer.guide_alpha
@@ -84,10 +83,12 @@ class GuideHook:
         return _mix(x, y, guide, bias, alpha) if self.coin else y
 
     def set_alpha(self, layer: StructuredLinear, alpha: float) -> None:
+        """The guide's weight from now on (kept on the host too, for the coin's probability)."""
         self.alpha = alpha
         layer.guide_alpha.fill_(alpha)
 
     def set_coin(self, layer: StructuredLinear, coin: bool) -> None:
+        """Whether the guide runs in the next training forwards (reduce_flop), on the host and as a tensor."""
         self.coin = coin
         layer.guide_coin.fill_(coin)
 
@@ -188,6 +189,11 @@ class SelfGuidance:
         for (layer, _), n in zip(self._guides, used, strict=True):
             if not n:
                 layer.guide.grad = None
+
+    @property
+    def guided(self) -> list[tuple[StructuredLinear, GuideHook]]:
+        """Each guided layer with its hook (empty before :meth:`attach` and after :meth:`detach`)."""
+        return list(self._guides)
 
     def guided_tokens(self) -> list[int]:
         """Tokens that went through each structured layer's guide in this process so far."""
