@@ -126,6 +126,7 @@ class Trainer:
             raise UserError(f"the token budget ({self.acc.tokens_requested} tokens) is less than one step of "
                             f"{self.acc.tokens_per_step} tokens; raise train.tokens or lower global_batch_size")
         self.guidance = SelfGuidance(t.self_guided, self.acc.steps, seed=t.seed, rank=self.dist.rank)
+        self.compiled = False  # whether the training step runs under torch.compile (set by _wrap)
         self.total_steps = self.guidance.total_steps
         self.run_dir = RunDir(t.out_dir)
         self._session_start = time.perf_counter()
@@ -186,8 +187,15 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # a guide may sit out a micro-batch (stochastic FLOP reduction): DDP must tolerate unused params
             wrapped = DDP(model, device_ids=ids, find_unused_parameters=bool(SelfGuidance.guides(model)))
-        # guided too: the guides' coins are tensors that torch.cond branches on (train.self_guided)
-        if use_compile(t.compile, self.device):
+        # guided too: the guides' coins are tensors that torch.cond branches on (train.self_guided); but torch
+        # 2.13 cannot compile a torch.cond inside an activation-checkpointed block, so those steps stay eager
+        coins_in_checkpoints = (bool(SelfGuidance.guides(model)) and t.self_guided.reduce_flop
+                                and t.activation_checkpointing)
+        self.compiled = use_compile(t.compile, self.device) and not coins_in_checkpoints
+        if use_compile(t.compile, self.device) and coins_in_checkpoints:
+            self._log("torch.compile waits for the end of guidance: the guides' coins (reduce_flop) cannot be "
+                      "compiled under activation checkpointing")
+        if self.compiled:
             wrapped = torch.compile(wrapped)
         return wrapped
 
@@ -372,7 +380,7 @@ class Trainer:
             t0 = time.perf_counter()
             batches = [loader.next_batch() for _ in range(self.accum)]
             loss_t = forward_backward(train_model, batches, self.device, t.precision)
-            if self.guidance.active(step) and t.self_guided.reduce_flop and use_compile(t.compile, self.device):
+            if self.guidance.active(step) and t.self_guided.reduce_flop and self.compiled:
                 self.guidance.clear_skipped_grads(lambda used: distributed.all_reduce_ints(used, self.device))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                              t.grad_clip if t.grad_clip > 0 else float("inf")))
