@@ -188,7 +188,8 @@ class Trainer:
             # a guide may sit out a micro-batch (stochastic FLOP reduction): DDP must tolerate unused params
             wrapped = DDP(model, device_ids=ids, find_unused_parameters=bool(SelfGuidance.guides(model)))
         # guided too: the guides' coins are tensors that torch.cond branches on (train.self_guided); but torch
-        # 2.13 cannot compile a torch.cond inside an activation-checkpointed block, so those steps stay eager
+        # 2.13 cannot compile a torch.cond inside an activation-checkpointed block (pytorch/pytorch#162246), so
+        # those steps stay eager
         coins_in_checkpoints = (bool(SelfGuidance.guides(model)) and t.self_guided.reduce_flop
                                 and t.activation_checkpointing)
         self.compiled = use_compile(t.compile, self.device) and not coins_in_checkpoints
