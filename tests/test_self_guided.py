@@ -9,11 +9,13 @@ import functools
 import pytest
 import torch
 import torch._dynamo.testing
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lowrank_lm.checkpoint import list_checkpoints
 from lowrank_lm.config import SelfGuidedConfig
 from lowrank_lm.layers import BlockShuffleLinear, LowRankLinear
+from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.model import Transformer
 from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import read_metrics
@@ -142,3 +144,15 @@ def test_a_run_cut_mid_guidance_resumes_to_the_same_guides_losses_and_flops(tiny
     assert a.keys() == b.keys() and "blocks.1.ffn.up.guide" in a
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.guide_flops == full.guide_flops > 0
+
+
+def test_the_fused_gelu_path_of_inference_keeps_the_guide():
+    """Evaluation during guidance runs without autograd, where the FFN's up layer would take the fused bias +
+    GELU kernel on its last matrix; a guided layer must go through its call instead, hook included."""
+    layer, _ = guided_layer("lowrank", torch.float32)
+    layer.eval()
+    x = torch.randn(64, 24)  # enough tokens for the fused path
+    with torch.no_grad():
+        expected = F.gelu(layer(x), approximate="tanh")
+        assert not torch.allclose(expected, F.gelu(layer.matrix_forward(x, layer.bias), approximate="tanh"))
+        torch.testing.assert_close(gelu_linear(layer, x), expected, rtol=0, atol=0)
