@@ -17,6 +17,7 @@ from lowrank_lm.bench.variants import structure_for
 from lowrank_lm.cli import main
 from lowrank_lm.layers import LowRankLinear, registry
 from lowrank_lm.model import Transformer
+from lowrank_lm.premerge import premerged
 
 from .conftest import small_config
 
@@ -215,13 +216,17 @@ def test_bench_user_errors_are_one_line(capsys, argv, message):
 def test_premerge_calibration_is_cached_per_device_and_shape(monkeypatch):
     layer = LowRankLinear(32, 64, rank=8, bias=True).eval()
     layer.reset_parameters(0.02, "spectral")
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
     n = premerge.calibrate(layer)
     assert n == 0 or math.log2(n).is_integer()
     key = premerge.layer_key(layer, torch.device("cpu"), torch.float32)
     assert json.loads(premerge.cache_path().read_text())[key] == n
     monkeypatch.setattr(premerge, "measure_crossover", lambda *a, **k: pytest.fail("should come from the cache"))
     assert premerge.calibrate(layer) == n
-    assert layer.merged is None and layer.premerge_max_tokens == 0  # calibration leaves the layer as it was
+    # calibration leaves the layer as it was: in eval mode, the same tensors, nothing attached
+    assert not layer.training and not layer._forward_hooks and list(layer.named_buffers()) == []
+    after = layer.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in after.items())
 
 
 def test_crossover_search_looks_past_a_few_token_win_of_the_factors(monkeypatch):
@@ -252,7 +257,7 @@ def test_apply_premerge_uses_the_config_limit_and_keeps_logits():
         chosen = premerge.apply_premerge(model)
         after = model(ids)
     assert chosen and set(chosen.values()) == {4}
-    assert all(layer.merged is not None for layer in model.structured_layers())
+    assert [m.structured for m in premerged(model)] == list(model.structured_layers())
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 

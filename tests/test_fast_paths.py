@@ -11,6 +11,7 @@ from lowrank_lm.layers import fused as fused_module
 from lowrank_lm.layers.blockdiag import blockdiag_matmul, blockshuffle_matmul, shuffle, unshuffle
 from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.model import FeedForward
+from lowrank_lm.premerge import Premerged, premerge
 
 LAYERS = {
     "dense": lambda i, o: DenseLinear(i, o, bias=True),
@@ -101,13 +102,13 @@ def test_premerged_layer_gives_the_factored_output_and_switches_at_its_limit(kin
     x_small, x_big = torch.randn(300, 64), torch.randn(301, 64)
     with torch.no_grad():
         factored_small, factored_big = layer(x_small), layer(x_big)
-        layer.premerge(300)
-        assert layer.merged is not None
-        merged_small = layer(x_small)  # 300 tokens <= 300: the merged dense weight
+        premerged = Premerged(layer, 300).eval()
+        assert premerged.uses_merged(x_small) and not premerged.uses_merged(x_big)
+        merged_small = premerged(x_small)  # 300 tokens <= 300: the merged dense weight
         torch.testing.assert_close(merged_small, factored_small, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(layer(x_big), factored_big, rtol=0, atol=0)  # 301 > 300: the factors, bit-exact
+        torch.testing.assert_close(premerged(x_big), factored_big, rtol=0, atol=0)  # 301 > 300: the factors, exact
         for x, factored in ((x_small, factored_small), (x_big, factored_big), (x_small[:3], factored_small[:3])):
-            torch.testing.assert_close(gelu_linear(layer, x), F.gelu(factored, approximate="tanh"),
+            torch.testing.assert_close(gelu_linear(premerged, x), F.gelu(factored, approximate="tanh"),
                                        rtol=1e-5, atol=1e-5)
 
 
@@ -121,8 +122,7 @@ def test_ffn_block_merged_and_factored_outputs_are_equal(kind, extra):
     x = torch.randn(2, 3, 64)
     with torch.no_grad():
         factored = ffn(x)
-        for layer in (ffn.up, ffn.down):
-            layer.premerge(16)
+        assert set(premerge(ffn, 16)) == {"up", "down"}
         merged = ffn(x)
     torch.testing.assert_close(merged, factored, rtol=1e-5, atol=1e-5)
 
@@ -165,9 +165,9 @@ def test_cublaslt_epilogue_path_equals_gelu_of_the_layer(kind, dtype):
     torch.testing.assert_close(fused, plain, **tol)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: bf16 like F.linear
         assert fused_module.epilogue_gelu_linear(layer.float(), x.float()).dtype == torch.bfloat16
-    layer.premerge(64)  # pre-merged: the merged weight is the tail
+    premerged = Premerged(layer, 64).eval()  # pre-merged: the merged weight is the tail
     with torch.no_grad():
-        torch.testing.assert_close(fused_module.epilogue_gelu_linear(layer, x), plain, **tol)
+        torch.testing.assert_close(fused_module.epilogue_gelu_linear(premerged, x), plain, **tol)
 
 
 def test_blockshuffle_has_no_epilogue_path_and_cpu_never_takes_it():

@@ -9,6 +9,8 @@ from lowrank_lm.layers import (
     LowRankLinear,
     build_linear,
 )
+from lowrank_lm.premerge import Premerged
+from lowrank_lm.train.self_guided import attach_guide
 
 torch.manual_seed(0)
 
@@ -55,9 +57,7 @@ def test_autocast_output_dtype_is_the_same_on_every_path(kind):
     x = torch.randn(6, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(x).dtype == torch.bfloat16
-        layer.enable_guide()  # self-guided: guide and structure mixed, bias added after the mix
-        layer.guide_stochastic = False
-        layer.guide_alpha = 0.5
+        attach_guide(layer, stochastic=False).set_alpha(layer, 0.5)  # self-guided: guide and structure mixed
         assert layer(x).dtype == torch.bfloat16
 
 
@@ -126,36 +126,19 @@ def test_blockshuffle_mixes_all_blocks():
 def test_premerge_uses_dense_weight_only_for_small_calls_in_eval():
     layer = LowRankLinear(32, 64, rank=4, bias=True)
     layer.reset_parameters(0.02, "spectral")
-    layer.premerge(max_tokens=8)
-    layer.eval()
+    merged = Premerged(layer, max_tokens=8).eval()
     calls = []
     layer.matrix_forward = lambda x, bias=None: calls.append(x.shape) or LowRankLinear.matrix_forward(layer, x, bias)
     small, big = torch.randn(2, 4, 32), torch.randn(3, 4, 32)
     ref_small = small @ layer.merged_weight().T + layer.bias
-    torch.testing.assert_close(layer(small), ref_small, rtol=1e-5, atol=1e-6)
+    calls.clear()  # merged_weight() above ran the factors once
+    torch.testing.assert_close(merged(small), ref_small, rtol=1e-5, atol=1e-6)
     assert calls == []  # 8 tokens: merged path
-    layer(big)
+    merged(big)
     assert len(calls) == 1  # 12 tokens: factored path
-    layer.train()
-    layer(small)
+    merged.train()
+    merged(small)
     assert len(calls) == 2  # training never uses the merged copy
-
-
-def test_self_guided_output_mixes_guide_and_structure():
-    layer = LowRankLinear(16, 32, rank=4, bias=False)
-    layer.reset_parameters(0.02, "spectral")
-    layer.enable_guide()
-    x = torch.randn(5, 16)
-    # at init the guide equals the merged weight: the output is continuous at alpha = 1
-    torch.testing.assert_close(layer(x), layer.matrix_forward(x), rtol=1e-5, atol=1e-7)
-    with torch.no_grad():
-        layer.guide.add_(torch.randn_like(layer.guide))
-    layer.guide_alpha, layer.guide_stochastic = 0.3, False
-    expected = 0.3 * x @ layer.guide.T + 0.7 * layer.matrix_forward(x)
-    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
-    layer.drop_guide()
-    assert layer.guide is None and "guide" not in dict(layer.named_parameters())
-    torch.testing.assert_close(layer(x), layer.matrix_forward(x))
 
 
 def test_build_linear_picks_kind_and_default_init():

@@ -45,7 +45,7 @@ def test_exact_guides_start_at_the_layer_so_the_output_is_continuous(kind):
     for layer in layers:
         x = torch.randn(3, layer.in_features)
         # alpha = 1, guide always used: the output is the guide's alone, and it equals the structured product
-        layer.guide_stochastic = False
+        layer.eval()  # the guide runs in every eval forward (no coin)
         torch.testing.assert_close(layer(x), layer.matrix_forward(x, layer.bias), rtol=1e-5, atol=1e-6)
 
 

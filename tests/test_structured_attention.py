@@ -21,6 +21,7 @@ from lowrank_lm.cli import main
 from lowrank_lm.config import AttnConfig, SelfGuidedConfig, load_config
 from lowrank_lm.layers import BlockShuffleLinear, LowRankLinear, registry
 from lowrank_lm.model import Transformer
+from lowrank_lm.premerge import premerged
 from lowrank_lm.scaling.sweep import load_sweep
 from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import read_metrics
@@ -133,18 +134,19 @@ def test_premerge_and_self_guidance_act_on_structured_attention():
     with torch.no_grad():
         before = model(ids)
         model.premerge(64)
-        assert all(x.merged is not None for x in layers)
+        assert [m.structured for m in premerged(model)] == layers
         assert torch.allclose(model(ids), before, atol=1e-5)
     model.premerge(0)
+    assert premerged(model) == [] and list(model.structured_layers()) == layers  # the layers are back in place
 
     guidance = SelfGuidance(SelfGuidedConfig(enabled=True, ratio=1.0, reduce_flop=False), steps=4)
     guidance.attach(model.train(), 0)
     guidance.set_step(model, 0)
-    assert all(x.guide is not None and x.guide_alpha == 1.0 for x in layers)
+    assert all(x.guide.shape == (x.out_features, x.in_features) and float(x.guide_alpha) == 1.0 for x in layers)
     with torch.no_grad():
         assert torch.allclose(model(ids), before, atol=1e-5)
     per_token = 2 * 2 * (64 * 192 + 64 * 64)  # 2 blocks' q/k/v (64 -> 192) and output (64 -> 64) projections
-    assert SelfGuidance.guide_flops(model) == 3 * ids.numel() * per_token
+    assert SelfGuidance.guide_flops(model, guidance.guided_tokens()) == 3 * ids.numel() * per_token
     assert count_model(model).guide_flops_per_token == 3 * per_token
 
 
@@ -168,7 +170,7 @@ def test_structured_attention_trains_with_guidance_and_reloads(data_dir, tmp_pat
     model, saved, _ = load_model(out)
     assert saved.model.attn == cfg.model.attn
     assert isinstance(model.blocks[0].attn.qkv, LowRankLinear)
-    assert all(x.guide is None for x in model.structured_layers())
+    assert not any(hasattr(x, "guide") for x in model.structured_layers())
 
 
 def test_blockshuffle_attention_trains(data_dir, tmp_path):

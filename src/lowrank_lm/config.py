@@ -580,6 +580,11 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"train.self_guided starts its dense guide at the merged weight, and "
                                   f"{part.section}.kind={part.kind} is not linear (no merged weight); use one of "
                                   f"{', '.join(registry.linear_kinds())} or disable self-guided training")
+    if sg.enabled and sg.reduce_flop and t.activation_checkpointing and t.compile is True:
+        # the compiled coin is a torch.cond, which torch 2.13 cannot run inside a checkpointed block
+        raise ConfigError("train.compile=true cannot compile self-guided steps with reduce_flop under "
+                          "train.activation_checkpointing; set train.compile=auto (those steps then run eagerly), "
+                          "or turn off activation checkpointing or reduce_flop")
     if t.resume not in ("auto", "never") and not t.resume:
         raise ConfigError("train.resume must be auto, never or a checkpoint path")
     _positive(cfg.data.val_tokens, "data.val_tokens")

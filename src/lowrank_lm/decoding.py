@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lowrank_lm.errors import UserError
+from lowrank_lm.premerge import premerged
 
 if TYPE_CHECKING:
     from lowrank_lm.model import KVCache, Transformer
@@ -160,9 +161,10 @@ def static_cache_len(total: int, seq_len: int) -> int:
 
 
 def _model_state(model: Transformer) -> tuple:
-    """What a captured graph bakes in besides shapes: train/eval mode and which FFN weights pre-merge uses."""
-    return (model.training, tuple((layer.premerge_max_tokens, id(layer.merged), id(layer.guide))
-                                  for layer in model.structured_layers()))
+    """What a captured graph bakes in besides shapes: train/eval mode, which merged weights pre-merge uses (and
+    up to how many tokens), and the self-guided guides the structured layers carry (train.self_guided)."""
+    return (model.training, tuple((m.max_tokens, id(m.merged)) for m in premerged(model)),
+            tuple(id(getattr(layer, "guide", None)) for layer in model.structured_layers()))
 
 
 def make_decoder(model: Transformer, mode: str, batch: int, total: int,

@@ -18,6 +18,8 @@ from lowrank_lm.config import ModelConfig
 from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear, registry
 from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.loss import lm_loss
+from lowrank_lm.premerge import Premerged
+from lowrank_lm.premerge import premerge as premerge_layers
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +95,8 @@ class KVCache:
 
 def matrix_params(layer: nn.Module) -> int:
     """Weights of a linear layer, biases excluded (also its multiply-accumulates per token)."""
+    if isinstance(layer, Premerged):  # pre-merged for inference: still the structured layer's weights
+        layer = layer.structured
     return layer.num_matrix_params() if isinstance(layer, StructuredLinear) else layer.weight.numel()
 
 
@@ -263,12 +267,14 @@ class Transformer(nn.Module):
                 yield m
 
     def premerge(self, max_tokens: int | None = None) -> None:
-        """Keep merged dense weights for eval calls of <= max_tokens tokens (config value if None)."""
+        """Keep merged dense weights for eval calls of <= max_tokens tokens (config value if None; 0 undoes it).
+
+        Each structured linear is wrapped in :class:`lowrank_lm.premerge.Premerged`; see that module.
+        """
         n = self.cfg.ffn.premerge_max_tokens if max_tokens is None else max_tokens
         if n:
             registry.require_linear(self.cfg, "pre-merge")
-        for layer in self.structured_layers():
-            layer.premerge(n or 0)
+        premerge_layers(self, n or 0)
 
     @torch.no_grad()
     def stream(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -32,6 +32,7 @@ from lowrank_lm.errors import UserError
 from lowrank_lm.layers import StructuredLinear, registry
 from lowrank_lm.layers.registry import DENSE
 from lowrank_lm.model import FeedForward
+from lowrank_lm.premerge import premerge
 from lowrank_lm.runtime import raise_compile_limits
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -132,12 +133,8 @@ def _step(ffn: FeedForward, x: torch.Tensor, mode: str, compiled: bool = False) 
 def premerged_copy(ffn: FeedForward, max_tokens: int | None) -> tuple[FeedForward, int]:
     """A copy of a structured FFN with pre-merge on; returns it and its smallest per-layer limit."""
     merged = copy.deepcopy(ffn).eval()
-    limits = []
-    for layer in ffn_layers(merged):
-        n = max_tokens if max_tokens is not None else calibrate(layer)
-        layer.premerge(n)
-        limits.append(n)
-    return merged, min(limits)
+    limits = premerge(merged, max_tokens if max_tokens is not None else calibrate)
+    return merged, min(limits.values(), default=0)
 
 
 def run_ffn_bench(spec: FFNBenchSpec, device: torch.device,

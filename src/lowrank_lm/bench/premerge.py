@@ -21,6 +21,7 @@ from lowrank_lm.bench.report import device_name
 from lowrank_lm.bench.timer import measure
 from lowrank_lm.layers import StructuredLinear, registry
 from lowrank_lm.model import Transformer
+from lowrank_lm.premerge import premerge
 
 CACHE_ENV = "LOWRANK_LM_CACHE"
 MAX_TOKENS = 4096
@@ -77,9 +78,8 @@ def measure_crossover(layer: StructuredLinear, max_tokens: int = MAX_TOKENS, rou
     """
     p = next(iter(layer.parameters()))
     device, dtype = p.device, p.dtype
-    was_training, saved_max, saved_merged = layer.training, layer.premerge_max_tokens, layer.merged
+    was_training = layer.training
     layer.eval()
-    layer.premerge_max_tokens, layer.merged = 0, None  # the factored path while we time it
     merged = layer.merged_weight().to(dtype)
     best, losses, tokens = 0, 0, 1
     try:
@@ -94,7 +94,6 @@ def measure_crossover(layer: StructuredLinear, max_tokens: int = MAX_TOKENS, rou
             tokens *= 2
     finally:
         layer.train(was_training)
-        layer.premerge_max_tokens, layer.merged = saved_max, saved_merged
     return best
 
 
@@ -120,12 +119,8 @@ def apply_premerge(model: Transformer, max_tokens: int | None = None, use_cache:
     """
     registry.require_linear(model.cfg, "pre-merge")
     limit = max_tokens if max_tokens is not None else model.cfg.ffn.premerge_max_tokens
-    structured = {id(m) for m in model.structured_layers()}
+    if limit is not None:
+        return premerge(model, limit)
+    premerge(model, 0)  # calibrate the factored layers, not earlier wrappers
     memo: dict[str, int] = {}  # layers of one shape are measured once even without the file cache
-    chosen: dict[str, int] = {}
-    for name, layer in model.named_modules():
-        if id(layer) in structured:
-            n = limit if limit is not None else calibrate(layer, use_cache, memo)  # type: ignore[arg-type]
-            layer.premerge(n)  # type: ignore[operator]
-            chosen[name] = n
-    return chosen
+    return premerge(model, lambda layer: calibrate(layer, use_cache, memo))

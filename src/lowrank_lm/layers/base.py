@@ -1,14 +1,14 @@
-"""The common shape of every FFN linear layer: structured product, bias, pre-merge and self-guidance.
+"""The common shape of every structured linear layer: its matrix product plus a bias.
 
 A subclass only says how its weight matrices act on an input (:meth:`matrix_forward`) and how many
-weight parameters it has. This class adds the bias, the dense equivalent (:meth:`merged_weight`),
-pre-merge for small inputs at inference, and the dense guide of self-guided training.
+weight parameters it has. This class adds the bias and the dense equivalent (:meth:`merged_weight`).
+Techniques that change what a layer computes live outside it and wrap it: pre-merge for inference
+(:mod:`lowrank_lm.premerge`) and self-guided training's dense guide (:mod:`lowrank_lm.train.self_guided`).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -20,17 +20,6 @@ class StructuredLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        # Pre-merge (inference): the dense equivalent, used for calls with few tokens.
-        self.premerge_max_tokens = 0
-        self.register_buffer("merged", None, persistent=False)
-        # Self-guided training: a dense guide W and its weight alpha (1 -> 0 over training).
-        self.guide: nn.Parameter | None = None
-        self.guide_alpha = 0.0
-        self.guide_stochastic = True
-        # whether this training forward runs the guide, and the tokens that went through it so far (the FLOP
-        # report): both kept by train.self_guided before each micro-batch, so a recomputation changes neither
-        self.guide_coin = True
-        self.guide_tokens = 0
 
     # -- what a subclass provides ------------------------------------------------------------
     def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,40 +65,8 @@ class StructuredLinear(nn.Module):
         eye = torch.eye(self.in_features, device=p.device, dtype=p.dtype)
         return self.matrix_forward(eye).T.contiguous()
 
-    @torch.no_grad()
-    def premerge(self, max_tokens: int) -> None:
-        """Keep the merged weight and use it in eval mode for calls with <= ``max_tokens`` tokens."""
-        self.premerge_max_tokens = max_tokens
-        self.merged = self.merged_weight() if max_tokens > 0 else None
-
-    def unmerge(self) -> None:
-        """Drop the pre-merged weight (call after the factors change)."""
-        self.premerge(0)
-
-    @torch.no_grad()
-    def enable_guide(self) -> None:
-        """Create the dense guide W, initialised to the merged structured weight (continuity at t=0)."""
-        self.guide = nn.Parameter(self.merged_weight())
-        self.guide_alpha = 1.0
-
-    def drop_guide(self) -> None:
-        """Remove the guide from compute and from the parameters (after guidance ends)."""
-        self.guide = None
-        self.guide_alpha = 0.0
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        small = x.numel() // self.in_features <= self.premerge_max_tokens
-        if self.merged is not None and small and not self.training:
-            return F.linear(x, self.merged.to(x.dtype), self.bias)
-        y = self.matrix_forward(x, self.bias)
-        if self.guide is not None and self.guide_alpha > 0:
-            a = self.guide_alpha
-            # reduce_flop: the dense path runs only with probability alpha (expected cost 0.5 T_g); the coin is
-            # flipped before the model's forward (see train.self_guided), so a recomputation reuses it
-            if not self.guide_stochastic or not self.training or self.guide_coin:
-                # a (W x + b) + (1 - a) (structured x + b): both paths carry the bias inside their matmul
-                y = a * F.linear(x, self.guide, self.bias) + (1.0 - a) * y
-        return y
+        return self.matrix_forward(x, self.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"

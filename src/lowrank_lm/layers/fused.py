@@ -8,12 +8,17 @@ fuse bias-GELU the same way). On CUDA, ``torch._addmm_activation`` runs cuBLASLt
 (GELU-tanh) on the layer's last dense matrix: dense, LowRank and BlockDense alike; BlockShuffle ends
 in a permutation and keeps the separate pass there. Neither fused op has a backward, so training and
 anything under autograd keep the plain path; the fused paths give the same values up to rounding.
+
+``layer`` may also be a wrapper that takes a structured layer's place and gives its own
+:meth:`~StructuredLinear.dense_tail` (pre-merge, :class:`lowrank_lm.premerge.Premerged`, which holds the
+layer as ``structured``). A layer with forward hooks (self-guided training's guide) runs through its call.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lowrank_lm.layers.base import StructuredLinear
 from lowrank_lm.layers.blockdiag import blockdiag_matmul, shuffle, unshuffled_chunks
@@ -39,21 +44,21 @@ def _can_fuse(layer: StructuredLinear, x: torch.Tensor) -> bool:
         return False  # the oneDNN op does not follow autocast's casting rules
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters())):
         return False  # no backward for the fused op
-    if layer.guide is not None and layer.guide_alpha > 0:
+    if _hooked(layer):
         return False
     return _fused_kernel_available(x.dtype)
 
 
-def _dense_tail(layer: StructuredLinear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(h, W) with layer(x) = h W^T + bias, W the layer's last (dense) matrix; None if it has none.
+def _hooked(layer: nn.Module) -> bool:
+    """Whether forward hooks change what ``layer`` (or the structured layer it wraps) computes."""
+    inner = getattr(layer, "structured", layer)
+    return any(bool(m._forward_hooks or m._forward_pre_hooks) for m in (layer, inner))
 
-    Pre-merge follows StructuredLinear.forward: in eval mode, calls of at most premerge_max_tokens
-    tokens use the merged weight.
-    """
-    small = x.numel() // layer.in_features <= layer.premerge_max_tokens
-    if layer.merged is not None and small and not layer.training:
-        return x, layer.merged.to(x.dtype)
-    return layer.dense_tail(x)  # None for BlockShuffle, which ends in a permutation: see _blockshuffle_gelu
+
+def _dense_tail(layer: StructuredLinear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(h, W) with layer(x) = h W^T + bias, W the layer's last (dense) matrix (a pre-merge wrapper's merged
+    weight for its small calls); None if it has none (BlockShuffle ends in a permutation: _blockshuffle_gelu)."""
+    return layer.dense_tail(x)
 
 
 def _blockshuffle_gelu(layer: BlockShuffleLinear, x: torch.Tensor) -> torch.Tensor | None:
@@ -84,7 +89,7 @@ def _can_fuse_cuda(layer: StructuredLinear, x: torch.Tensor) -> bool:
         return False  # torch.compile fuses bias + GELU itself
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters())):
         return False  # _addmm_activation has no backward
-    return layer.guide is None
+    return not _hooked(layer)
 
 
 def epilogue_gelu_linear(layer: StructuredLinear, x: torch.Tensor) -> torch.Tensor | None:
@@ -115,9 +120,10 @@ def gelu_linear(layer: StructuredLinear, x: torch.Tensor) -> torch.Tensor:
             h, weight = tail
             bias = layer.bias if layer.bias is None or layer.bias.dtype == x.dtype else layer.bias.to(x.dtype)
             return torch.ops.mkldnn._linear_pointwise(h, weight, bias, "gelu", [], "tanh")
-        if (tail is None and isinstance(layer, BlockShuffleLinear) and layer.blocks_out.dtype == x.dtype
+        structure = getattr(layer, "structured", layer)  # the layer a pre-merge wrapper holds
+        if (tail is None and isinstance(structure, BlockShuffleLinear) and structure.blocks_out.dtype == x.dtype
                 and tokens >= MIN_TOKENS_BLOCKSHUFFLE):
-            y = _blockshuffle_gelu(layer, x)
+            y = _blockshuffle_gelu(structure, x)
             if y is not None:
                 return y
     return F.gelu(layer(x), approximate="tanh")

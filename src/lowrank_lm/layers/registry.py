@@ -103,9 +103,6 @@ def build(in_features: int, out_features: int, cfg: FFNConfig | AttnConfig, bias
     layer = spec.build(in_features, out_features, cfg, bias)
     init = spec.default_init if dense else (cfg.init or spec.default_init)
     layer.reset_parameters(std, init)
-    limit = getattr(cfg, "premerge_max_tokens", None)  # an FFN setting; model.premerge() applies it to every layer
-    if limit and spec.structured:
-        layer.premerge_max_tokens = limit
     return layer
 
 

@@ -126,6 +126,7 @@ class Trainer:
             raise UserError(f"the token budget ({self.acc.tokens_requested} tokens) is less than one step of "
                             f"{self.acc.tokens_per_step} tokens; raise train.tokens or lower global_batch_size")
         self.guidance = SelfGuidance(t.self_guided, self.acc.steps, seed=t.seed, rank=self.dist.rank)
+        self.compiled = False  # whether the training step runs under torch.compile (set by _wrap)
         self.total_steps = self.guidance.total_steps
         self.run_dir = RunDir(t.out_dir)
         self._session_start = time.perf_counter()
@@ -186,10 +187,16 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # a guide may sit out a micro-batch (stochastic FLOP reduction): DDP must tolerate unused params
             wrapped = DDP(model, device_ids=ids, find_unused_parameters=bool(SelfGuidance.guides(model)))
-        # guides with reduce_flop flip a Python coin per layer and micro-batch, on which dynamo specialises:
-        # a new graph nearly every step (docs/results/fast-paths-cpu.md), so those guided steps stay eager
-        coins = bool(SelfGuidance.guides(model)) and t.self_guided.reduce_flop
-        if use_compile(t.compile, self.device) and not coins:
+        # guided too: the guides' coins are tensors that torch.cond branches on (train.self_guided); but torch
+        # 2.13 cannot compile a torch.cond inside an activation-checkpointed block (pytorch/pytorch#162246), so
+        # those steps stay eager
+        coins_in_checkpoints = (bool(SelfGuidance.guides(model)) and t.self_guided.reduce_flop
+                                and t.activation_checkpointing)
+        self.compiled = use_compile(t.compile, self.device) and not coins_in_checkpoints
+        if use_compile(t.compile, self.device) and coins_in_checkpoints:
+            self._log("torch.compile waits for the end of guidance: the guides' coins (reduce_flop) cannot be "
+                      "compiled under activation checkpointing")
+        if self.compiled:
             wrapped = torch.compile(wrapped)
         return wrapped
 
@@ -229,8 +236,7 @@ class Trainer:
 
     def _guide_flops(self, model: Transformer, st: _State) -> int:
         """Guide FLOPs of the whole run so far, summed over all ranks (each counts its own tokens)."""
-        layers = list(model.structured_layers())
-        tokens = distributed.all_reduce_ints([layer.guide_tokens for layer in layers], self.device)
+        tokens = distributed.all_reduce_ints(self.guidance.guided_tokens(), self.device)
         return st.guide_flops + SelfGuidance.guide_flops(model, tokens)
 
     def _check_model_config(self, ckpt: Path) -> None:
@@ -375,6 +381,8 @@ class Trainer:
             t0 = time.perf_counter()
             batches = [loader.next_batch() for _ in range(self.accum)]
             loss_t = forward_backward(train_model, batches, self.device, t.precision)
+            if self.guidance.active(step) and t.self_guided.reduce_flop and self.compiled:
+                self.guidance.clear_skipped_grads(lambda used: distributed.all_reduce_ints(used, self.device))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                              t.grad_clip if t.grad_clip > 0 else float("inf")))
             # one collective for the loss, a stop request (a signal on any rank stops all ranks together) and
