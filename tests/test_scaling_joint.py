@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +219,22 @@ def test_cli_joint_json_contract_report_and_plan(tmp_path, capsys):
         main(["plan", "--fits", str(fit_path), "--budget-flops", "1e16"])
     assert e.value.code == 0
     assert "plan for 1e+16 training FLOPs: dense (the only candidate)" in capsys.readouterr().out
+
+
+def test_cli_joint_counts_every_run_read_when_no_series_can_be_fitted(tmp_path, capsys):
+    # one budget: N and D move together, so no joint fit; the header still counts the runs and series read
+    full = isoflop_series("dense", TRUTH, 1.6)
+    one = [i for i, b in enumerate(full.budgets) if b == full.budgets[0]]
+    single = JointSeries("dense", full.N[one], full.D[one], full.loss[one], C=full.C[one],
+                         budgets=[full.budgets[i] for i in one])
+    csv_path = tmp_path / "results.csv"
+    write_results(csv_path, {"dense": single, "lowrank-32": replace(single, name="lowrank-32")})
+    with pytest.raises(SystemExit) as e:
+        main(["fit", str(csv_path), "--law", "joint", "--bootstrap", "20"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].startswith(f"joint fit of {csv_path}: 28 runs in 2 series,")  # 7 sizes x 2 seeds x 2
+    assert "no joint fit" in text
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -473,5 +473,6 @@ def fit_joint(series: dict[str, JointSeries], opts: JointOptions | None = None,
         rng = np.random.default_rng([opts.seed, k])
         fits[name] = fit_series(ser, opts, noise, rng)
     settings = {"law": "joint", "n_bootstrap": opts.n_bootstrap, "level": opts.level, "seed": opts.seed,
-                "huber_delta": opts.huber_delta}
+                "huber_delta": opts.huber_delta, "n_runs": sum(len(s.loss) for s in series.values()),
+                "n_series": len(series)}
     return JointResult(series=fits, noise=noise, warnings=warnings, settings=settings)

@@ -257,8 +257,10 @@ def format_joint_text(result: Any, iso: dict[str, Any], comparisons: list[dict[s
                       skipped: int = 0) -> str:
     """The console summary of joint fits and IsoFLOP profiles."""
     s = result.settings
-    n_runs = sum(f.n_points for f in result.series.values())
-    head = (f"joint fit of {source}: {n_runs} runs in {len(result.series)} series, L = E + A/N^alpha + B/D^beta, "
+    # every run read, not only those of the series the law could be fitted to (the profiles use them all)
+    n_runs = s.get("n_runs", sum(f.n_points for f in result.series.values()))
+    n_series = s.get("n_series", len(result.series))
+    head = (f"joint fit of {source}: {n_runs} runs in {n_series} series, L = E + A/N^alpha + B/D^beta, "
             f"N = {s.get('params', 'total')} parameters, Huber delta {s['huber_delta']:g} on log residuals, "
             f"{s['n_bootstrap']} bootstrap replicates, {s['level']:.0%} intervals, seed {s['seed']}")
     if skipped:
