@@ -6,6 +6,7 @@ until its test adds one, so no kind enters the registry without its accounting c
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +131,20 @@ def test_fraction_keeps_a_given_block_count_and_explicit_settings_still_work():
     assert cfg.model.ffn.num_blocks == 2 and cfg.model.ffn.rank % 2 == 0
     cfg = load_config(SCALE3, ["model.ffn.kind=lowrank", "model.ffn.rank=40"])
     assert cfg.model.ffn.rank == 40
+
+
+def test_no_module_outside_layers_names_a_structure():
+    # adding a structure is one module under layers/: nothing else may spell a kind's name as a string
+    # (scaling/paper_data.py is the exception: it holds the paper's printed series labels, as data)
+    import ast
+
+    root = Path(registry.__file__).resolve().parents[1]
+    named = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("layers/") or rel == "scaling/paper_data.py":
+            continue
+        named += [f"{rel}:{node.lineno} {node.value!r}" for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.Constant) and node.value in registry.kinds()]
+    assert not named
+    assert "paper_data.py" in {p.name for p in (root / "scaling").iterdir()}  # the exception still exists

@@ -95,7 +95,7 @@ def machine_meta(device: torch.device, dtype: str | None = None) -> dict[str, An
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "command": "lowrank-lm " + " ".join(sys.argv[1:]) if sys.argv and "lowrank" in sys.argv[0] else None,
+        "command": "lowrank-lm " + " ".join(sys.argv[1:]) if _run_from_the_cli() else None,
     }
     if hasattr(os, "getloadavg"):
         meta["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -163,3 +163,9 @@ def pyplot() -> Any | None:
         print("note: plots skipped (pip install 'lowrank-lm[analysis]' for matplotlib)", file=sys.stderr)
         return None
     return plt
+
+
+def _run_from_the_cli() -> bool:
+    """Whether this process is ``lowrank-lm ...`` or ``python -m lowrank_lm ...`` (not, e.g., pytest)."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    return program is not None and (program.name == "lowrank-lm" or program.parent.name == "lowrank_lm")

@@ -39,10 +39,10 @@ class Settings(Protocol):
 
 @dataclass(frozen=True)
 class Structure:
-    """What the toolkit needs to know about one FFN parametrisation."""
+    """What the toolkit needs to know about one parametrisation of a linear layer (FFN or attention)."""
 
     name: str
-    """The ``model.ffn.kind`` value."""
+    """The ``model.ffn.kind`` / ``model.attn.kind`` value."""
     summary: str
     """One line for help texts."""
     settings: tuple[str, ...]
@@ -50,9 +50,9 @@ class Structure:
     inits: tuple[str, ...]
     """The inits its layer implements; the first is the default."""
     build: Callable[[int, int, Settings, bool], StructuredLinear]
-    """(in_features, out_features, ffn config, bias) -> the layer, not yet initialised."""
+    """(in_features, out_features, settings section, bias) -> the layer, not yet initialised."""
     check: Callable[[Settings, int, int], None] = lambda f, h, ff: None
-    """Raises SettingError when the settings do not fit a model of width h and FFN width ff."""
+    """Raises SettingError when the settings do not fit a layer h -> ff (the FFN's widths, or a projection's)."""
     candidates: Callable[[int, int, int, int | None], list[dict[str, int]]] = lambda h, ff, step, b: []
     """(h, ff, rank step, fixed block count or None) -> the settings a fraction is solved over, smallest first."""
     solved: tuple[str, ...] = ()
