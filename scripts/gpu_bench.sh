@@ -20,6 +20,9 @@
 #      (--search): Transformer-m GQA vs wide-structured-m, Transformer-l GQA vs wide-structured-l;
 #   mfu-m: Transformer-m dense training MFU compiled, full-logits loss vs chunked loss;
 #   ffn-5120: LowRank 32% FFN efficiency eager at width 5120 (bias + GELU in cuBLASLt's epilogue);
+# Issue 14 (structures):
+#   ffn-structures-fwd, -fwdbwd: every registered structure (bench ffn's default kinds) at 32% (Block Tensor-Train and the CoLA bottleneck included),
+#      forward and forward + backward, bf16, at the ffn stage's widths;
 #   train-xl (not in the default STAGES): Transformer-xl dense vs LowRank 32% training speed-up, compiled.
 # Each stage has its own time limit (seconds, overridable) so one slow stage cannot eat the others';
 # the limit sends SIGINT, on which the FFN and decode benches still write the sets they finished.
@@ -48,8 +51,9 @@ fi
 T_FFN=${T_FFN:-45} T_FFN_COMPILE=${T_FFN_COMPILE:-75} T_TOKENS=${T_TOKENS:-60} T_TRAIN=${T_TRAIN:-45}
 T_COMPILE=${T_COMPILE:-110} T_DECODE=${T_DECODE:-170} T_SCALE=${T_SCALE:-300}
 T_DSTATIC=${T_DSTATIC:-120} T_TABLE2=${T_TABLE2:-170} T_MFU=${T_MFU:-150} T_FFN5120=${T_FFN5120:-45}
+T_STRUCT=${T_STRUCT:-60}
 T_XL=${T_XL:-240}
-STAGES=${STAGES:-ffn ffn-compile ffn-tokens train train-compile decode train-scale decode-static table2-m table2-l mfu-m ffn-5120}
+STAGES=${STAGES:-ffn ffn-compile ffn-tokens train train-compile decode train-scale decode-static table2-m table2-l mfu-m ffn-5120 ffn-structures-fwd ffn-structures-fwdbwd}
 # the trainer under torchrun needs the Python that runs lowrank_lm
 if [ -n "${PY:-}" ]; then :
 elif [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"
@@ -119,6 +123,10 @@ stage mfu-m "$T_MFU" bench train "${MFU[@]}" --kinds dense --compile on --no-pee
     --dtype bf16 "${ROUNDS[@]}"
 stage ffn-5120 "$T_FFN5120" bench ffn "${FFN5120[@]}" --kinds dense,lowrank --fractions 0.32 --mode fwd --dtype bf16 \
     "${ROUNDS[@]}"
+for mode in fwd fwdbwd; do
+    stage "ffn-structures-$mode" "$T_STRUCT" bench ffn --widths "$WIDTHS" --fractions 0.32 \
+        --tokens "$TOKENS" --mode "$mode" --dtype bf16 "${ROUNDS[@]}"
+done
 stage train-xl "$T_XL" bench train "${XL[@]}" --kinds dense,lowrank --fractions 0.32 --compile on --no-peer \
     --dtype bf16 "${ROUNDS[@]}"
 
