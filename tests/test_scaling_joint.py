@@ -221,6 +221,26 @@ def test_cli_joint_json_contract_report_and_plan(tmp_path, capsys):
     assert "plan for 1e+16 training FLOPs: dense (the only candidate)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("factor, verdict", [(0.95, "lowrank-32 lower"), (1.0, "not distinguishable")])
+def test_best_measured_losses_are_compared_with_the_seed_noise(tmp_path, capsys, factor, verdict):
+    # the same design, the second series' losses scaled by ``factor``; 2 seeds with 0.3% noise per run
+    dense = isoflop_series("dense", TRUTH, 1.6)
+    other = replace(dense, name="lowrank-32", loss=dense.loss * factor)
+    csv_path = tmp_path / "results.csv"
+    write_results(csv_path, {"dense": dense, "lowrank-32": other})
+    with pytest.raises(SystemExit) as e:
+        main(["fit", str(csv_path), "--law", "joint", "--json", "--bootstrap", "20"])
+    assert e.value.code == 0
+    best = json.loads(capsys.readouterr().out)["comparisons"][0]["best_measured"]
+    assert [b["budget"] for b in best] == sorted(set(dense.budgets), key=lambda b: float(b[1:]))
+    for b in best:
+        assert b["verdict"] == verdict
+        assert b["diff_log"] == pytest.approx(-math.log(factor), abs=0.01)
+        lo, hi = b["diff_log_ci"]
+        assert 0.002 < hi - lo < 0.03  # +-1.96 x 0.3% x sqrt(1/2 + 1/2), from the measured seed noise
+        assert not b["at_edge"]  # the design is centred near each optimum
+
+
 def test_cli_joint_counts_every_run_read_when_no_series_can_be_fitted(tmp_path, capsys):
     # one budget: N and D move together, so no joint fit; the header still counts the runs and series read
     full = isoflop_series("dense", TRUTH, 1.6)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,8 @@ class BudgetProfile:
     """ln N* per bootstrap replicate (NaN: no minimum)."""
 
     def D_at(self, lnN: np.ndarray | float) -> np.ndarray:
-        return np.exp(self.D_line[1] + self.D_line[0] * np.asarray(lnN))
+        with np.errstate(over="ignore"):  # a bootstrap vertex far outside the sizes: D* is inf, said as such
+            return np.exp(self.D_line[1] + self.D_line[0] * np.asarray(lnN))
 
     def parabola(self, N: np.ndarray) -> np.ndarray:
         """The fitted profile's loss at N."""
@@ -272,8 +274,32 @@ def add_joint_laws(iso: IsoflopSeries, fit: JointFit, level: float) -> None:
     iso.laws["D_joint"] = _law("D", "joint", np.log(C), lnD[0], rd, level)
 
 
-def compare_optima(a: IsoflopSeries, b: IsoflopSeries, level: float) -> dict[str, Any]:
-    """a vs b: differences of the N* and D* exponents (both approaches) and the ratio of N* at a common budget."""
+def compare_best_measured(a: str, pa: BudgetProfile, b: str, pb: BudgetProfile, noise: SeedNoise | None,
+                          level: float) -> dict[str, Any]:
+    """The lowest measured loss of each series at one budget (its best size among those tried), a vs b.
+
+    Model-free, unlike the parabolas: the difference of ln L carries the run-to-run noise of the two cell
+    means (none is known without seeds). When a best size is the smallest or largest tried, the series'
+    optimum may lie beyond it, and the comparison is between the sizes tried, not the optima.
+    """
+    i, j = int(np.argmin(pa.loss)), int(np.argmin(pb.loss))
+    diff = math.log(pa.loss[i] / pb.loss[j])
+    entry: dict[str, Any] = {"budget": pa.label, "a_loss": float(pa.loss[i]), "a_N": float(pa.N[i]),
+                             "b_loss": float(pb.loss[j]), "b_N": float(pb.N[j]), "diff_log": diff,
+                             "diff_log_ci": None, "verdict": "not distinguishable",
+                             "at_edge": i in (0, len(pa.N) - 1) or j in (0, len(pb.N) - 1)}
+    if noise is not None:
+        half = NormalDist().inv_cdf(0.5 + level / 2) * noise.sd * math.sqrt(1 / pa.count[i] + 1 / pb.count[j])
+        entry["diff_log_ci"] = [diff - half, diff + half]
+        if diff + half < 0 or diff - half > 0:
+            entry["verdict"] = f"{a if diff < 0 else b} lower"
+    return entry
+
+
+def compare_optima(a: IsoflopSeries, b: IsoflopSeries, level: float, noise: SeedNoise | None = None
+                   ) -> dict[str, Any]:
+    """a vs b: differences of the N* and D* exponents (both approaches), the ratio of N* and the best measured
+    losses at each common budget."""
     from lowrank_lm.scaling.compare import _overlap, _verdict
 
     out: dict[str, Any] = {"a": a.name, "b": b.name, "exponents": {}, "notes": []}
@@ -310,6 +336,8 @@ def compare_optima(a: IsoflopSeries, b: IsoflopSeries, level: float) -> dict[str
                     entry["verdict"] = f"{a.name} optimum {'larger' if ci[0] > 0 else 'smaller'}"
         ratios.append(entry)
     out["N_opt_ratio"] = ratios
+    out["best_measured"] = [compare_best_measured(a.name, pa[label], b.name, pb[label], noise, level)
+                            for label in common]
     return out
 
 
@@ -325,5 +353,5 @@ def analyse(series: dict[str, JointSeries], fits: dict[str, JointFit], noise: Se
             add_joint_laws(iso, fits[name], level)
         out[name] = iso
     names = list(out)
-    comparisons = [compare_optima(out[a], out[b], level) for i, a in enumerate(names) for b in names[i + 1:]]
+    comparisons = [compare_optima(out[a], out[b], level, noise) for i, a in enumerate(names) for b in names[i + 1:]]
     return out, comparisons

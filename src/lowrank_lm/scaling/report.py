@@ -245,6 +245,12 @@ def optimum_comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
         for r in c["N_opt_ratio"]:
             ci = f" [{r['ratio_ci'][0]:.3g}, {r['ratio_ci'][1]:.3g}]" if r["ratio_ci"] else ""
             lines.append(f"  N* ratio a/b at {r['budget']:<9} {r['ratio']:.3g}{ci:<22} {r['verdict']}")
+        for m in c.get("best_measured", []):
+            ci = " [{:+.1f}%, {:+.1f}%]".format(*(100 * x for x in m["diff_log_ci"])) if m["diff_log_ci"] else ""
+            edge = " (a best size is the smallest or largest tried)" if m["at_edge"] else ""
+            lines.append(f"  best measured at {m['budget']:<8} {m['a_loss']:.4g} (N {m['a_N']:.3g}) vs "
+                         f"{m['b_loss']:.4g} (N {m['b_N']:.3g}): ln(a/b) {100 * m['diff_log']:+.2f}%{ci}  "
+                         f"{m['verdict']}{edge}")
         lines += [f"  note: {n}" for n in c["notes"]]
     return lines
 
