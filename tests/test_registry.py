@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lowrank_lm.cli import main
 from lowrank_lm.config import FFNConfig, ModelConfig, load_config
 from lowrank_lm.errors import ConfigError
 from lowrank_lm.layers import registry
@@ -20,6 +19,7 @@ from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import read_metrics
 
 from .conftest import tiny_run_config
+from .ecosystem import cli
 
 SCALE3 = "configs/cpu/scale-3.yaml"
 H, F = 192, 768  # scale-3's widths
@@ -90,29 +90,23 @@ def test_solve_picks_the_nearest_hand_share(kind):
     assert {k: getattr(cfg.model.ffn, k) for k in settings} == settings
 
 
-def _info(capsys, *overrides: str) -> tuple[int, str, str]:
+def _info(*overrides: str) -> tuple[int, str, str]:
     """``lowrank-lm info SCALE3 OVERRIDES --json``: (exit code, stdout, stderr)."""
-    try:
-        main(["info", SCALE3, *overrides, "--json"])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return cli("info", SCALE3, *overrides, "--json")
 
 
 def test_info_fraction_for_every_kind(capsys):
     """`info ... model.ffn.kind=K model.ffn.fraction=0.32` for each kind: the FFN holds the hand-nearest share."""
     bare = ["model.ffn.keep_dense_layers=[]", "model.bias=false"]  # FFN params = the matrices alone
-    dense = json.loads(_info(capsys, *bare)[1])["params_ffn"]
+    dense = json.loads(_info(*bare)[1])["params_ffn"]
     for kind in registry.structured_kinds():
-        code, out, err = _info(capsys, f"model.ffn.kind={kind}", "model.ffn.fraction=0.32", *bare)
+        code, out, err = _info(f"model.ffn.kind={kind}", "model.ffn.fraction=0.32", *bare)
         assert code == 0, err
         share = json.loads(out)["params_ffn"] / dense
         nearest = min(HAND_SHARES[kind](H, F), key=lambda s: abs(s - 0.32))
         assert math.isclose(share, nearest), kind
         assert abs(share - 0.32) < 0.05, kind
-    code, out, err = _info(capsys, "model.ffn.kind=dense", "model.ffn.fraction=0.32")
+    code, out, err = _info("model.ffn.kind=dense", "model.ffn.fraction=0.32")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "does not apply to model.ffn.kind=dense" in err
     assert all(k in err for k in registry.structured_kinds())

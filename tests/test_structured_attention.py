@@ -17,7 +17,6 @@ from torch import nn
 
 from lowrank_lm.accounting import count_model
 from lowrank_lm.checkpoint import load_model
-from lowrank_lm.cli import main
 from lowrank_lm.config import AttnConfig, SelfGuidedConfig, load_config
 from lowrank_lm.layers import BlockShuffleLinear, LowRankLinear, registry
 from lowrank_lm.model import Transformer
@@ -37,15 +36,10 @@ DENSE_PROJ = H * 3 * H + H * H  # their weights: 147456
 BIASES = 3 * H + H
 
 
-def _info(capsys, *overrides: str) -> tuple[int, dict | None, str]:
+def _info(*overrides: str) -> tuple[int, dict | None, str]:
     """``lowrank-lm info SCALE3 OVERRIDES --json``: (exit code, the JSON or None, stderr)."""
-    try:
-        main(["info", SCALE3, *overrides, "--json"])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, json.loads(out.out) if code == 0 else None, out.err
+    code, out, err = cli("info", SCALE3, *overrides, "--json")
+    return code, json.loads(out) if code == 0 else None, err
 
 
 def test_attention_settings_mirror_every_size_setting():
@@ -54,11 +48,11 @@ def test_attention_settings_mirror_every_size_setting():
 
 
 def test_attention_fraction_and_counts_match_hand_counts(capsys):
-    _, dense, _ = _info(capsys)
+    _, dense, _ = _info()
     assert dense["params_attention"] == L * (DENSE_PROJ + BIASES)
     # LowRank: rank R costs (192 + 576) R + (192 + 192) R = 1152 R weights, a share of R / 128; in steps of 8 the
     # nearest to 32% is R = 40 (31.25%; R = 48 would be 37.5%)
-    code, lowrank, err = _info(capsys, "model.attn.kind=lowrank", "model.attn.fraction=0.32")
+    code, lowrank, err = _info("model.attn.kind=lowrank", "model.attn.fraction=0.32")
     assert code == 0, err
     assert lowrank["params_attention"] == L * (1152 * 40 + BIASES)
     assert lowrank["params_ffn"] == dense["params_ffn"]
@@ -68,11 +62,11 @@ def test_attention_fraction_and_counts_match_hand_counts(capsys):
     assert (cfg.model.attn.rank, cfg.model.attn.fraction, cfg.model.attn.init) == (40, None, "spectral")
     # BlockShuffle: B blocks hold min(in, out) (in + out) / B = 192 (768 + 384) / B weights: B = 4 gives 37.5%,
     # B = 6 25% (B = 5 divides no width)
-    code, shuffle, err = _info(capsys, "model.attn.kind=blockshuffle", "model.attn.fraction=0.32")
+    code, shuffle, err = _info("model.attn.kind=blockshuffle", "model.attn.fraction=0.32")
     assert code == 0, err
     assert shuffle["params_attention"] == L * (H * (4 * H) // 4 + H * (2 * H) // 4 + BIASES)
     # both parts structured: the guides cover the attention of every block and the FFN of blocks 1..3
-    code, both, err = _info(capsys, "model.attn.kind=lowrank", "model.attn.rank=40", "model.ffn.kind=lowrank",
+    code, both, err = _info("model.attn.kind=lowrank", "model.attn.rank=40", "model.ffn.kind=lowrank",
                             "model.ffn.rank=48")
     assert code == 0, err
     assert both["guide_flops_per_token"] == 3 * 2 * (L * DENSE_PROJ + (L - 1) * 2 * H * 4 * H)
@@ -81,7 +75,7 @@ def test_attention_fraction_and_counts_match_hand_counts(capsys):
 
 @pytest.mark.parametrize("kind", registry.structured_kinds())
 def test_every_kind_structures_attention(capsys, kind):
-    code, out, err = _info(capsys, f"model.attn.kind={kind}", "model.attn.fraction=0.32")
+    code, out, err = _info(f"model.attn.kind={kind}", "model.attn.fraction=0.32")
     assert code == 0, err
     cfg = load_config(SCALE3, [f"model.attn.kind={kind}", "model.attn.fraction=0.32"])
     share = registry.part_fraction(cfg.model, "attn")
@@ -103,7 +97,7 @@ def test_every_kind_structures_attention(capsys, kind):
     (["model.attn.kind=butterfly"], "model.attn.kind: 'butterfly' is not one of " + ", ".join(registry.kinds())),
 ])
 def test_attention_setting_errors_are_one_line(capsys, overrides, message):
-    code, _, err = _info(capsys, *overrides)
+    code, _, err = _info(*overrides)
     assert code == 2 and message in err and err.count("\n") == 1, err
 
 

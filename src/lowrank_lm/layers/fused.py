@@ -55,12 +55,6 @@ def _hooked(layer: nn.Module) -> bool:
     return any(bool(m._forward_hooks or m._forward_pre_hooks) for m in (layer, inner))
 
 
-def _dense_tail(layer: StructuredLinear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(h, W) with layer(x) = h W^T + bias, W the layer's last (dense) matrix (a pre-merge wrapper's merged
-    weight for its small calls); None if it has none (BlockShuffle ends in a permutation: _blockshuffle_gelu)."""
-    return layer.dense_tail(x)
-
-
 def _blockshuffle_gelu(layer: BlockShuffleLinear, x: torch.Tensor) -> torch.Tensor | None:
     """BlockShuffle's output is B x B runs of plain matmul columns (blockdiag.unshuffled_chunks): fuse
     bias + GELU into each run and concatenate them in output order, or None when the shape has no runs."""
@@ -95,7 +89,7 @@ def _can_fuse_cuda(layer: StructuredLinear, x: torch.Tensor) -> bool:
 def epilogue_gelu_linear(layer: StructuredLinear, x: torch.Tensor) -> torch.Tensor | None:
     """GELU of ``layer(x)`` with bias + GELU in the epilogue of the last matmul (``torch._addmm_activation``),
     or None for a layer without a final dense matrix (BlockShuffle). Follows autocast like F.linear."""
-    tail = _dense_tail(layer, x)
+    tail = layer.dense_tail(x)  # a pre-merge wrapper gives its merged weight for small calls
     if tail is None:
         return None
     h, weight = tail
@@ -115,7 +109,7 @@ def gelu_linear(layer: StructuredLinear, x: torch.Tensor) -> torch.Tensor:
             return y
     tokens = x.numel() // layer.in_features
     if tokens >= MIN_TOKENS and _can_fuse(layer, x):
-        tail = _dense_tail(layer, x)
+        tail = layer.dense_tail(x)  # a pre-merge wrapper gives its merged weight for small calls
         if tail is not None and tail[1].dtype == x.dtype:
             h, weight = tail
             bias = layer.bias if layer.bias is None or layer.bias.dtype == x.dtype else layer.bias.to(x.dtype)
