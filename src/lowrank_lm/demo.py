@@ -13,9 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lowrank_lm.atomic import atomic_open, write_json_atomic, write_text_atomic
 from lowrank_lm.config import Config, config_to_dict, flatten, load_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import registry
+from lowrank_lm.ownership import Ownership
 
 # Settings that say where and how verbosely a run writes, not what it computes: a finished run whose saved
 # config differs only in these is the same experiment.
@@ -25,6 +27,25 @@ BOOKKEEPING = {"train.out_dir", "train.resume", "train.device", "train.wandb", "
 # The columns of a demo row, taken from the run's summary.json.
 ROW_KEYS = ("name", "params", "params_ffn", "train_flops", "tokens", "tokens_per_s", "final_val_loss",
             "final_val_ppl")
+
+
+RECORD = ".lowrank-lm-demo.json"
+OUTPUTS = ("results.json", "results.md", "loss.png")
+NOT_OURS = "choose another --out (a new or empty folder, or a demo's)"
+
+
+def _legacy_demo(folder: Path) -> set[str] | None:
+    """A demo folder of an older version (no record): results.json with its rows, beside its two runs."""
+    try:
+        rows = json.loads((folder / "results.json").read_text())["rows"]
+        return {*OUTPUTS, *(str(r["name"]) for r in rows)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def demo_ownership(out: Path) -> Ownership:
+    """What the demo owns in its --out folder: its table, plot and run folders (lowrank_lm.ownership)."""
+    return Ownership(out, RECORD, "lowrank-lm demo", _legacy_demo)
 
 
 def twin(cfg: Config, out: Path) -> list[tuple[str, Config]]:
@@ -94,7 +115,8 @@ def _plot(out: Path, names: list[str]) -> Path | None:
     ax.grid(alpha=0.3)
     path = out / "loss.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 
@@ -108,7 +130,9 @@ def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
     from lowrank_lm.train.summary import RunSummary
 
     pairs = twin(cfg, out)
-    if not overwrite:  # before any work: a folder of another experiment is refused at once
+    # before any work: a folder that is not a demo's, or one of another experiment, is refused at once
+    demo_ownership(out).claim({*OUTPUTS, *(name for name, _ in pairs)}, NOT_OURS)
+    if not overwrite:
         for _, run_cfg in pairs:
             _check_reusable(Path(run_cfg.train.out_dir), run_cfg)
     data_dir = prepare(cfg.data)
@@ -126,9 +150,8 @@ def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
         rows.append({**{k: getattr(summary, k) for k in ROW_KEYS}, "name": name})
     record = {"config": config_to_dict(cfg), "rows": rows, "unigram_ppl": unigram_perplexity(data_dir)}
     table = demo_table(record)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "results.md").write_text(table + "\n")
+    write_json_atomic(out / "results.json", record)
+    write_text_atomic(out / "results.md", table + "\n")
     plot = _plot(out, [r["name"] for r in rows])
     print()
     print(table)

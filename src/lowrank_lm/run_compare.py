@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lowrank_lm.atomic import atomic_open, write_json_atomic, write_text_atomic
 from lowrank_lm.errors import UserError
+from lowrank_lm.ownership import Ownership
 from lowrank_lm.train.rundir import CONFIG, METRICS, SUMMARY
 from lowrank_lm.train.summary import RunSummary
 
 # What compare writes into --out; the record (compare.json) marks a folder as ours for the next time.
 RECORD = "compare.json"
 OUTPUTS = (RECORD, "compare.md", "loss_vs_tokens.png", "loss_vs_flops.png")
+NOT_OURS = "choose a new or empty --out (or one that compare wrote)"
 # The summary fields the table shows.
 SHOWN = ("params", "params_ffn", "tokens", "train_flops", "tokens_per_s", "final_val_loss", "final_val_ppl",
          "wall_s")
@@ -146,43 +149,32 @@ def plot_losses(runs: list[Run], path: Path, x: str = "tokens") -> Path | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 
 
-def prepare_out(out: Path) -> None:
-    """Use ``out`` when it is new, empty or an earlier compare output; refuse any other folder."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / RECORD).is_file():
-        raise UserError(f"--out {out} holds files compare did not write (no {RECORD}); choose a new or empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _earlier_files(out: Path) -> set[str]:
-    """The files an earlier compare wrote into ``out`` (its record lists them)."""
-    try:
-        return set(json.loads((out / RECORD).read_text()).get("files", []))
-    except (OSError, ValueError, AttributeError):
-        return set()
+def compare_ownership(out: Path) -> Ownership:
+    """What compare owns in its --out folder; its record is compare.json (lowrank_lm.ownership)."""
+    return Ownership(out, RECORD, "lowrank-lm compare")
 
 
 def write_comparison(runs: list[Run], out: Path) -> list[Path]:
     """compare.json, compare.md and the two loss plots (when matplotlib is there) under ``out``."""
-    earlier = _earlier_files(out)
-    prepare_out(out)
+    owner = compare_ownership(out)
+    owner.claim(OUTPUTS, NOT_OURS)
     written = [out / "compare.md"]
-    (out / "compare.md").write_text(markdown_table(runs))
+    write_text_atomic(out / "compare.md", markdown_table(runs))
     for x in ("tokens", "flops"):
         target = out / f"loss_vs_{x}.png"
         made = plot_losses(runs, target, x)
         if made is not None:
             written.append(made)
-        elif target.name in earlier and target.is_file():  # ours from an earlier compare, of other runs
-            target.unlink()
+        else:
+            owner.remove([target.name])  # ours from an earlier compare, of other runs
     record = {"runs": table_rows(runs), "files": [*sorted(p.name for p in written), RECORD]}
-    (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(out / RECORD, record)
     return [out / RECORD, *written]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.bench.report import device_name
 from lowrank_lm.bench.timer import measure
 from lowrank_lm.layers import StructuredLinear, registry
@@ -59,9 +60,8 @@ def _write_cache(entries: dict[str, int]) -> None:
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        tmp.replace(path)  # atomic: parallel processes never read half a file
+        # atomic: parallel processes never read half a file
+        write_text_atomic(path, json.dumps(entries, indent=1, sort_keys=True))
     except OSError:
         pass  # read-only home: calibrate again next time
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from lowrank_lm.errors import UserError
+from lowrank_lm.ownership import Ownership
 
 
 class Interrupted(Exception):
@@ -130,6 +131,28 @@ def meta_lines(meta: dict[str, Any]) -> str:
     """The meta block as markdown bullet lines."""
     keys = ("device", "dtype", "torch", "threads", "load_average", "command", "interrupted")
     return "".join(f"- {k}: {meta[k]}\n" for k in keys if meta.get(k) is not None)
+
+
+RECORD = ".lowrank-lm-bench.json"
+NOT_OURS = "choose a new or empty --out (or one that bench wrote)"
+
+
+def _legacy_bench_dir(folder: Path) -> set[str] | None:
+    """A folder of an older bench (no record): the NAME.json results there, their NAME.md and plots."""
+    names: set[str] = set()
+    for path in folder.glob("*.json"):
+        try:
+            ours = set(json.loads(path.read_text())) == {"meta", "rows"}
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if ours:
+            names |= {path.name, f"{path.stem}.md"} | {p.name for p in folder.glob(f"{path.stem}-*.png")}
+    return names or None
+
+
+def bench_ownership(out: Path) -> Ownership:
+    """What bench owns in an --out folder (lowrank_lm.ownership)."""
+    return Ownership(out, RECORD, "lowrank-lm bench", _legacy_bench_dir)
 
 
 def prepare_out_dir(path: str | None) -> Path | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -192,15 +193,22 @@ def _collect(measure: Any) -> tuple[list[dict], bool]:
 def _finish(args: argparse.Namespace, name: str, meta: dict, rows: list[dict], table: str,
             plot: Any = None, interrupted: bool = False) -> None:
     """Write and print the results; after an interrupt, then exit as interrupted (130)."""
-    from lowrank_lm.bench.report import prepare_out_dir, write_results
+    from lowrank_lm.bench.report import NOT_OURS, bench_ownership, prepare_out_dir, write_results
+    from lowrank_lm.permissions import make_temp_dir
 
     if interrupted:
         meta = {**meta, "interrupted": True}
     out = prepare_out_dir(args.out)
     if out is not None:
-        paths = write_results(out, name, meta, rows, table)
-        if plot is not None:
-            paths += plot(rows, out)
+        # written beside, then moved in: a file of another name bench did not write is never replaced
+        staging = make_temp_dir(f".{name}.tmp-", out)
+        try:
+            write_results(staging, name, meta, rows, table)
+            if plot is not None:
+                plot(rows, staging)
+            paths = bench_ownership(out).move_in(staging, NOT_OURS)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         _progress("wrote " + ", ".join(os.fspath(p) for p in paths))
     if args.json:
         print(json.dumps([{**meta, **r} for r in rows], indent=1))
@@ -211,21 +219,12 @@ def _finish(args: argparse.Namespace, name: str, meta: dict, rows: list[dict], t
 
 
 def _check_out(out: str | None, name: str) -> None:
-    """Before measuring: --out may hold an earlier NAME.json / NAME.md of bench (replaced), nothing else of
-    those names (a file bench did not write is never replaced)."""
-    if out is None:
-        return
-    json_path, md_path = Path(out) / f"{name}.json", Path(out) / f"{name}.md"
-    if json_path.is_file():
-        try:
-            ours = set(json.loads(json_path.read_text())) == {"meta", "rows"}
-        except (OSError, ValueError, TypeError):
-            ours = False
-        if not ours:
-            raise UserError(f"{json_path} is not a bench result, and bench would replace it; choose another --out")
-    elif md_path.exists():
-        raise UserError(f"{md_path} was not written by bench (no {name}.json beside it), and bench would replace "
-                        "it; choose another --out")
+    """Before measuring: --out may be new, empty or a folder of bench's (its NAME.json / NAME.md replaced);
+    any other folder, or a NAME.json / NAME.md there that bench did not write, is refused."""
+    if out is not None:
+        from lowrank_lm.bench.report import NOT_OURS, bench_ownership
+
+        bench_ownership(Path(out)).check_names({f"{name}.json", f"{name}.md"}, NOT_OURS)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ the example under examples/lm-eval/.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 EXAMPLES = ["lowrank-lm lm-eval runs/demo/lowrank-32 --tasks hellaswag --batch-size 16",
@@ -49,21 +50,21 @@ def default_output(checkpoint: Path, tasks: list[str]) -> Path:
     return checkpoint / f"lm_eval_{name}"
 
 
-def _check_output(out: Path) -> None:
+def _check_output(out: Path, given: bool = True) -> None:
     """--output may name a new file or an earlier lm-eval record (replaced), nothing else."""
     import json
 
     from lowrank_lm.errors import UserError
 
-    if not out.exists():
+    if not os.path.lexists(out):
         return
     try:
-        ours = {"tasks", "results"} <= set(json.loads(out.read_text()))
+        ours = not out.is_symlink() and {"tasks", "results"} <= set(json.loads(out.read_text()))
     except (OSError, ValueError, TypeError):
         ours = False
     if not ours:
-        raise UserError(f"--output {out} exists and is not an lm-eval record, which it would replace; "
-                        "give a new file name")
+        raise UserError(f"{'--output ' if given else ''}{out} exists and is not an lm-eval record, which it would "
+                        "replace; give a new file name" + ("" if given else " with --output"))
 
 
 def _offline_error(tasks: list[str]) -> str:
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> None:
     import json
 
     from lowrank_lm.api import load
+    from lowrank_lm.atomic import write_text_atomic
     from lowrank_lm.errors import UserError
     from lowrank_lm.export.hub_access import hub_failure, hub_offline, hub_reachable
     from lowrank_lm.export.lm_eval_adapter import require_lm_eval, run_lm_eval
@@ -98,6 +100,8 @@ def run(args: argparse.Namespace) -> None:
         from lowrank_lm.data.tokenizer import MISSING_HINT
 
         raise UserError(f"no tokenizer in the run dir of {model.checkpoint}; lm-eval scores text, so {MISSING_HINT}")
+    out = Path(args.output) if args.output else default_output(model.checkpoint, tasks)
+    _check_output(out, given=bool(args.output))
     offline = not hub_reachable()
     try:
         with hub_offline(offline):
@@ -108,11 +112,10 @@ def run(args: argparse.Namespace) -> None:
         if offline and hub_failure(e):
             raise UserError(_offline_error(tasks)) from None
         raise
-    out = Path(args.output) if args.output else default_output(model.checkpoint, tasks)
     record = {"checkpoint": str(model.checkpoint), "tasks": tasks, "limit": args.limit,
               "num_fewshot": args.num_fewshot, **res}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_text_atomic(out, json.dumps(record, indent=2, default=str) + "\n")
     for task, metrics in res["results"].items():
         shown = ", ".join(f"{k.split(',')[0]} {v:.4f}" for k, v in metrics.items()
                           if isinstance(v, float) and "stderr" not in k)

@@ -1,12 +1,13 @@
-"""Small file helpers shared by the data modules: hashing and atomic replacement."""
+"""Small file helpers shared by the data modules: hashing, one-line errors (atomic writes: lowrank_lm.atomic)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
-from typing import Any
+
+from lowrank_lm.atomic import write_atomic, write_json_atomic
+
+__all__ = ["file_sha256", "first_line", "write_atomic", "write_json_atomic"]
 
 
 def file_sha256(path: Path) -> str:
@@ -16,21 +17,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(4 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees either the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """``write_atomic`` of indented JSON."""
-    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def first_line(e: BaseException) -> str:

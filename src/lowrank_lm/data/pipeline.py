@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm import __version__
+from lowrank_lm.atomic import temp_target, write_atomic, write_json_atomic
 from lowrank_lm.config import DataConfig
-from lowrank_lm.data.files import file_sha256, write_atomic, write_json_atomic
+from lowrank_lm.data.files import file_sha256
 from lowrank_lm.data.manifest import MANIFEST, Manifest, ShardInfo, load_manifest, write_manifest
 from lowrank_lm.data.parallel import Encoder, default_workers
 from lowrank_lm.data.shards import ShardWriter, shard_dtype, verify_shards
@@ -36,6 +37,8 @@ from lowrank_lm.data.sources import TextSource, open_source
 from lowrank_lm.data.split import Splitter, bpe_training_texts, cut_before, pieces, quotas, reserve_chars
 from lowrank_lm.data.tokenizer import (
     HF_FOLDER,
+    SENTENCEPIECE_FILE,
+    TOKENIZER_JSON,
     TokenizerSpec,
     install_tokenizer,
     open_tokenizer,
@@ -43,6 +46,8 @@ from lowrank_lm.data.tokenizer import (
     tokenizer_file_hashes,
 )
 from lowrank_lm.errors import UserError
+from lowrank_lm.locks import held as lock_held
+from lowrank_lm.ownership import Ownership
 
 CACHE_ENV = "LOWRANK_LM_CACHE"
 PROGRESS = ".progress.json"
@@ -54,8 +59,13 @@ BATCH_CHARS = 1 << 20
 """About this much text goes to a worker at a time."""
 BATCH_TEXTS = 1024
 
-_OUR_FILES = re.compile(r"^(?:(?:train|val)_\d{6}\.bin(?:\.tmp)?|manifest\.json(?:\.tmp)?|tokenizer\.json(?:\.tmp)?|"
-                        r"tokenizer\.model(?:\.tmp)?|\.progress\.json(?:\.tmp)?|\.val-partial\.bin(?:\.tmp)?)$")
+RECORD = ".lowrank-lm-data.json"
+# The fixed names a prepare writes (claimed in the data dir's record before writing); shards (below) by pattern.
+DATA_FILES = frozenset({MANIFEST, TOKENIZER_JSON, SENTENCEPIECE_FILE, HF_FOLDER, PROGRESS, VAL_PARTIAL, LOCK})
+NOT_OURS = "set data.dir to a new or empty folder (or one that prepare wrote)"
+_SHARD = re.compile(r"^(?:train|val)_\d{6}\.bin$")
+_OUR_FILES = re.compile(r"^(?:(?:train|val)_\d{6}\.bin|manifest\.json|tokenizer\.json|tokenizer\.model|"
+                        r"\.progress\.json|\.val-partial\.bin)$")
 
 
 @dataclass
@@ -144,27 +154,27 @@ def prepare_data(cfg: DataConfig, *, max_tokens: int | None = None, progress: bo
             return done
     existed = data_dir.exists()
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_ownership(data_dir).claim(DATA_FILES, NOT_OURS)  # refuses a folder that is not a data dir of ours
     except OSError as e:
         raise UserError(f"cannot create data dir {data_dir} ({e.strerror}); set data.dir to a writable "
                         "folder") from None
-    with _locked(data_dir, say):
-        if (data_dir / MANIFEST).is_file() and not force:
-            done = _already_prepared(cfg, spec, data_dir, say)  # another process may have finished meanwhile
-            if done is not None:
-                return done
-        elif force:
-            _remove_ours(data_dir)
-        try:
-            return _Run(cfg, spec, data_dir, say).run()
-        except UserError:
-            # a user error is final for this attempt: leave no shards, no tokenizer, no progress behind
-            _remove_ours(data_dir)
-            if not existed:
-                with contextlib.suppress(OSError):
-                    (data_dir / LOCK).unlink(missing_ok=True)
-                    data_dir.rmdir()
-            raise
+    try:
+        with lock_held(data_dir / LOCK, lambda: say(f"waiting for another process that is preparing {data_dir}")):
+            if (data_dir / MANIFEST).is_file() and not force:
+                done = _already_prepared(cfg, spec, data_dir, say)  # another process may have finished meanwhile
+                if done is not None:
+                    return done
+            elif force:
+                _remove_ours(data_dir)
+            try:
+                return _Run(cfg, spec, data_dir, say).run()
+            except UserError:
+                # a user error is final for this attempt: leave no shards, no tokenizer, no progress behind
+                _remove_ours(data_dir)
+                raise
+    except BaseException:
+        _tidy(data_dir, existed)
+        raise
 
 
 def _check_numbers(cfg: DataConfig) -> None:
@@ -445,8 +455,8 @@ class _Run:
                      "starting over")
             return None
         keep = {s.path for s in shards}
-        for p in self.data_dir.glob("*_*.bin*"):  # shards written after the checkpoint are redone
-            if _OUR_FILES.match(p.name) and p.name not in keep:
+        for p in self.data_dir.iterdir():  # shards written after the checkpoint are redone
+            if _is_ours(p) and _SHARD.match(temp_target(p.name) or p.name) and p.name not in keep:
                 p.unlink()
         return cp
 
@@ -485,32 +495,47 @@ def _bar(enabled: bool, total: int | None) -> Any:
                 disable=not enabled, dynamic_ncols=True, mininterval=0.5)
 
 
+def _legacy_data_dir(folder: Path) -> set[str] | None:
+    """A data dir prepared before data dirs kept a record: it holds a manifest or a prepare's progress."""
+    if (folder / MANIFEST).is_file() or (folder / PROGRESS).is_file():
+        return set(DATA_FILES)
+    return None
+
+
+def data_ownership(data_dir: Path) -> Ownership:
+    """What prepare owns in ``data_dir``: the entries of its record, and shards by their names."""
+    return Ownership(data_dir, RECORD, "lowrank-lm prepare", _legacy_data_dir)
+
+
+def _is_ours(p: Path) -> bool:
+    """A shard, manifest, tokenizer or progress file of a prepare, or a temporary file of one of them."""
+    if p.is_symlink() or not p.is_file():
+        return False
+    target = temp_target(p.name)
+    return bool(_OUR_FILES.match(target if target is not None else p.name))
+
+
 def _remove_ours(data_dir: Path) -> None:
-    """Delete the files a prepare writes (shards, manifest, tokenizer, progress), and nothing else."""
-    if not data_dir.is_dir():
+    """Delete the files a prepare wrote (shards, manifest, tokenizer, progress) in a data dir of ours, and
+    nothing else."""
+    if not data_dir.is_dir() or data_ownership(data_dir).owned() is None:
         return
     for p in data_dir.iterdir():
-        if p.is_file() and _OUR_FILES.match(p.name):
+        if _is_ours(p):
             p.unlink()
-    for folder in (HF_FOLDER, HF_FOLDER + ".tmp"):
-        shutil.rmtree(data_dir / folder, ignore_errors=True)
+        elif p.name.startswith(f".{HF_FOLDER}.tmp-") and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)  # a tokenizer folder being written when a prepare stopped
+    data_ownership(data_dir).remove({HF_FOLDER})
 
 
-@contextlib.contextmanager
-def _locked(data_dir: Path, say: _Say) -> Iterator[None]:
-    """Hold an exclusive lock on the data dir, so two processes never prepare it at once."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(data_dir / LOCK, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"waiting for another process that is preparing {data_dir}")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _tidy(data_dir: Path, existed: bool) -> None:
+    """After a failed prepare: when nothing of it is left but its lock and record, remove those (and the folder
+    when this prepare created it), so a failure leaves the folder as it found it. A partial preparation that
+    can resume (progress and shards) keeps its lock file: the lock itself ended with the process."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in data_dir.iterdir()} <= {LOCK, RECORD}:
+            if not existed:
+                shutil.rmtree(data_dir)
+            else:
+                for name in (LOCK, RECORD):
+                    (data_dir / name).unlink(missing_ok=True)

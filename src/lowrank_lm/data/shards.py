@@ -1,8 +1,9 @@
 """Token shards: writing them atomically, verifying them, and reading a split as one memory-mapped stream.
 
 A shard is a raw array of ``uint16`` (or ``uint32``) ids with no header; its length and sha256 live in the
-manifest. The writer streams ids into ``NAME.tmp`` while hashing them, fsyncs, and renames the file into place
-only when it is complete, so a shard name on disk always means a whole shard.
+manifest. The writer streams ids into a uniquely named temporary file beside ``NAME`` (lowrank_lm.atomic)
+while hashing them, fsyncs, and renames the file into place only when it is complete, so a shard name on
+disk always means a whole shard.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowrank_lm.atomic import fsync_dir, temp_beside
 from lowrank_lm.data.files import file_sha256
 from lowrank_lm.data.manifest import Manifest, ShardInfo
 from lowrank_lm.errors import UserError
@@ -36,6 +38,7 @@ class ShardWriter:
         self.data_dir, self.split, self.dtype, self.shard_tokens = data_dir, split, np.dtype(dtype), shard_tokens
         self.shards: list[ShardInfo] = list(done or [])
         self._file = None
+        self._tmp: Path | None = None
         self._hash = hashlib.sha256()
         self._count = 0
 
@@ -69,17 +72,16 @@ class ShardWriter:
         """Drop the shard being written (its .tmp file) without touching completed ones."""
         if self._file is not None:
             self._file.close()
-            self._tmp_path().unlink(missing_ok=True)
+            assert self._tmp is not None
+            self._tmp.unlink(missing_ok=True)
             self._file = None
 
     def _name(self) -> str:
         return shard_name(self.split, len(self.shards))
 
-    def _tmp_path(self) -> Path:
-        return self.data_dir / (self._name() + ".tmp")
-
     def _open(self) -> None:
-        self._file = open(self._tmp_path(), "wb")  # noqa: SIM115 (open across append calls; closed in _finish)
+        # open across append calls; closed in _finish or abort
+        self._file, self._tmp = temp_beside(self.data_dir / self._name())
         self._hash = hashlib.sha256()
         self._count = 0
 
@@ -90,7 +92,9 @@ class ShardWriter:
         self._file.close()
         self._file = None
         crash_point("prepare.shard")  # fault injection: die with the shard complete but not yet in place
-        os.replace(self._tmp_path(), self.data_dir / self._name())
+        assert self._tmp is not None
+        os.replace(self._tmp, self.data_dir / self._name())
+        fsync_dir(self.data_dir)
         self.shards.append(ShardInfo(self._name(), self.split, self._count, self._hash.hexdigest()))
 
 

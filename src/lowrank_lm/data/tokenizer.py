@@ -31,16 +31,18 @@ import os
 import re
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lowrank_lm.data.files import file_sha256, first_line, write_atomic
+from lowrank_lm.atomic import copy_atomic, fsync_dir, write_text_atomic
+from lowrank_lm.data.files import file_sha256, first_line
 from lowrank_lm.data.manifest import Manifest, load_manifest
 from lowrank_lm.errors import UserError
+from lowrank_lm.permissions import make_temp_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -386,22 +388,16 @@ def install_tokenizer(spec: TokenizerSpec, data_dir: Path, training_texts: Itera
     if spec.kind == "bpe":
         if training_texts is None:
             raise ValueError("a bpe tokenizer needs training texts")
-        _write_text_atomic(data_dir / TOKENIZER_JSON, train_bpe(training_texts, spec.bpe_size or 0))
+        write_text_atomic(data_dir / TOKENIZER_JSON, train_bpe(training_texts, spec.bpe_size or 0))
     elif spec.kind == "gpt2":
-        _write_text_atomic(data_dir / TOKENIZER_JSON, gpt2_tokenizer_json())
+        write_text_atomic(data_dir / TOKENIZER_JSON, gpt2_tokenizer_json())
     elif spec.kind == "sentencepiece":
         assert spec.model_file is not None
         SentencePieceTokenizer(spec.model_file, spec.spec)  # refuse a bad file before copying it
-        tmp = data_dir / (SENTENCEPIECE_FILE + ".tmp")
-        shutil.copyfile(spec.model_file, tmp)
-        os.replace(tmp, data_dir / SENTENCEPIECE_FILE)
+        copy_atomic(Path(spec.model_file), data_dir / SENTENCEPIECE_FILE)
     else:
         tok = TransformersTokenizer(spec.hf_name or spec.spec, spec.spec)
-        tmp = data_dir / (HF_FOLDER + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tok.save(tmp)
-        shutil.rmtree(data_dir / HF_FOLDER, ignore_errors=True)
-        os.replace(tmp, data_dir / HF_FOLDER)
+        _replace_folder(data_dir / HF_FOLDER, tok.save)
 
 
 def open_tokenizer(kind: str, name: str, data_dir: Path) -> Tokenizer:
@@ -415,10 +411,6 @@ def open_tokenizer(kind: str, name: str, data_dir: Path) -> Tokenizer:
     if kind == "hf":
         return TransformersTokenizer(data_dir / HF_FOLDER, name)
     raise UserError(f"unknown tokenizer kind {kind!r} in {data_dir}; prepare the data again with this version")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, text.encode("utf-8"))
 
 
 def check_tokenizer_files(manifest: Manifest) -> None:
@@ -448,15 +440,27 @@ def copy_tokenizer(data_dir: Path, run_dir: Path) -> None:
     """
     for name in (TOKENIZER_JSON, SENTENCEPIECE_FILE):
         if (data_dir / name).is_file():
-            tmp = run_dir / (name + ".tmp")
-            shutil.copyfile(data_dir / name, tmp)
-            os.replace(tmp, run_dir / name)
+            copy_atomic(data_dir / name, run_dir / name)
     if (data_dir / HF_FOLDER).is_dir():
-        tmp = run_dir / (HF_FOLDER + ".tmp")
+        _replace_folder(run_dir / HF_FOLDER,
+                        lambda tmp: shutil.copytree(data_dir / HF_FOLDER, tmp, dirs_exist_ok=True))
+
+
+def _replace_folder(target: Path, fill: Callable[[Path], object]) -> None:
+    """Fill a new uniquely named folder beside ``target`` and put it in ``target``'s place (the caller owns
+    ``target``: a run's or data dir's tokenizer folder)."""
+    tmp = make_temp_dir(f".{target.name}.tmp-", target.parent)
+    try:
+        fill(tmp)
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(data_dir / HF_FOLDER, tmp)
-        shutil.rmtree(run_dir / HF_FOLDER, ignore_errors=True)
-        os.replace(tmp, run_dir / HF_FOLDER)
+        raise
 
 
 def find_run_tokenizer(ckpt: Path, cfg: Config | None = None) -> tuple[str, Path] | None:

@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lowrank_lm.atomic import fsync_dir
 from lowrank_lm.checkpoint import load_model
 from lowrank_lm.config import AttnConfig, Config, FFNConfig, ModelConfig
 from lowrank_lm.data.tokenizer import MISSING_HINT, load_run_tokenizer
 from lowrank_lm.errors import UserError
 from lowrank_lm.export.remote_code import WRAPPER_FILES, load_remote_class, write_remote_code
 from lowrank_lm.layers import StructuredLinear, registry
+from lowrank_lm.ownership import Ownership
 from lowrank_lm.permissions import follow_umask, make_temp_dir
 
 if TYPE_CHECKING:
@@ -300,15 +302,11 @@ def _check_out(out: Path, overwrite: bool) -> set[str]:
         return set()
     if not overwrite:
         raise UserError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
-    record = out / EXPORT_RECORD
-    if not record.is_file():
+    files = Ownership(out, EXPORT_RECORD, "an export").owned(default=LEGACY_FILES)
+    if files is None:
         raise UserError(f"{out} is not an earlier export (no {EXPORT_RECORD}); --overwrite replaces only what "
                         "an export wrote — choose a new folder")
-    try:
-        files = json.loads(record.read_text()).get("files") or LEGACY_FILES
-    except (OSError, ValueError, AttributeError):
-        raise UserError(f"{record} cannot be read; it is not an export record — choose a new folder") from None
-    return {str(f) for f in (*files, EXPORT_RECORD) if (out / str(f)).is_file() and "/" not in str(f)}
+    return {f for f in files if (out / f).is_file() and not (out / f).is_symlink()}
 
 
 def _move_into(folder: Path, out: Path, earlier: set[str]) -> None:
@@ -321,11 +319,13 @@ def _move_into(folder: Path, out: Path, earlier: set[str]) -> None:
                         "it; move it away or choose a new folder")
     if not out.is_dir() or not any(out.iterdir()):
         os.replace(folder, out)  # a new or empty folder: the whole export in one rename
+        fsync_dir(out.parent)
         return
     for gone in sorted(earlier - set(names)):
         (out / gone).unlink()
     for name in [n for n in names if n != EXPORT_RECORD] + [EXPORT_RECORD]:
         os.replace(folder / name, out / name)
+    fsync_dir(out)
     folder.rmdir()
 
 

@@ -21,7 +21,6 @@ debugging.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -39,16 +38,23 @@ from typing import Any, TextIO
 
 from lowrank_lm.config import load_config, save_config
 from lowrank_lm.errors import EXIT_STOPPED, UserError
+from lowrank_lm.locks import held as lock_held
+from lowrank_lm.locks import is_held
+from lowrank_lm.ownership import Ownership
+from lowrank_lm.scaling.job_record import JOB_RECORD
 from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, config_differences, shard_runs
 from lowrank_lm.scaling.table import RESULT_COLUMNS, write_csv, write_json
 from lowrank_lm.train.rundir import LOCK as LOCK_NAME  # the run-folder layout is the trainer's (no torch)
 from lowrank_lm.train.rundir import METRICS as METRICS_NAME
-from lowrank_lm.train.rundir import SUMMARY
+from lowrank_lm.train.rundir import SUMMARY, run_ownership
 from lowrank_lm.train.summary import RunSummary
 
 FAILED_MARKER = "sweep-failed.json"
 LOG_NAME = "train.log"
 RESULTS_LOCK = ".results.lock"
+SWEEP_RECORD = ".lowrank-lm-sweep.json"
+JOBS_DIR = "jobs"
+"""submitit's folders (job scripts, pickles, job logs) go to OUT_DIR/jobs/<job id>/."""
 # glibc malloc settings for small CPU models (reference CPU notes): keep big tensors on the heap.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TOP_PAD_": "2147483648",
               "MALLOC_TRIM_THRESHOLD_": "8589934592"}
@@ -71,20 +77,7 @@ class RunState:
 
 def _locked(run_dir: Path) -> bool:
     """True when another process holds the trainer's lock on ``run_dir``."""
-    lock = run_dir / LOCK_NAME
-    if not lock.is_file():
-        return False
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a shared probe, released at once
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the probe lock if we got it
-    return False
+    return is_held(run_dir / LOCK_NAME)
 
 
 def _newest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
@@ -280,9 +273,8 @@ def write_results(plan: SweepPlan, states: dict[str, RunState]) -> list[dict[str
     in the sweep's folder), and a run not yet done in ``states`` is read again, so a writer that looked
     earlier never drops a run another one has just added.
     """
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    with (plan.out_dir / RESULTS_LOCK).open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    claim_sweep_dir(plan)
+    with lock_held(plan.out_dir / RESULTS_LOCK):
         corpus: dict[str, int | None] = {}
         fresh = {r.name: states[r.name] if states[r.name].status == "done" else run_state(r) for r in plan.runs}
         rows = [result_row(r, fresh[r.name], corpus) for r in plan.runs]
@@ -404,9 +396,20 @@ class SweepOutcome:
         return 0 if not self.failed and not self.unfinished else 1
 
 
+def claim_sweep_dir(plan: SweepPlan) -> None:
+    """Claim the sweep's folder for its results, lock, job folders and run folders (all runs of the plan, so
+    that shards claiming at once write the same record); a folder the sweep did not write is refused."""
+    names = {plan.results_csv.name, plan.results_json.name, RESULTS_LOCK, JOBS_DIR, *(r.name for r in plan.runs)}
+    Ownership(plan.out_dir, SWEEP_RECORD, "lowrank-lm sweep").claim(
+        names, "set another out_dir in the sweep file (a new or empty folder, or this sweep's own)")
+
+
 def check_existing(runs: list[RunSpec]) -> None:
-    """Refuse to reuse a run folder whose config computes something else than the plan says."""
+    """Refuse to reuse a run folder whose config computes something else than the plan says, or a folder
+    that is not a run's."""
     for r in runs:
+        run_ownership(r.run_dir).check(f"move it away, or set another out_dir in the sweep file than "
+                                       f"{r.run_dir.parent}")
         if not r.config_path.is_file():
             continue
         try:
@@ -422,7 +425,8 @@ def check_existing(runs: list[RunSpec]) -> None:
 
 def write_run_config(spec: RunSpec) -> None:
     """Create the run folder with the run's config (kept if already there: check_existing vetted it)."""
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    run_ownership(spec.run_dir).claim({spec.config_path.name, FAILED_MARKER, LOG_NAME, JOB_RECORD},
+                                      "move it away, or set another out_dir in the sweep file")
     if not spec.config_path.is_file():
         save_config(spec.cfg, spec.config_path)
 
@@ -530,6 +534,7 @@ def execute(plan: SweepPlan, runner: Runner | list[Runner], shard: tuple[int, in
     out = out or sys.stderr
     runners = runner if isinstance(runner, list) else [runner]
     mine = shard_runs(plan.runs, *shard)
+    claim_sweep_dir(plan)
     check_existing(mine)
     states = {r.name: run_state(r) for r in plan.runs}
     print(progress_view(plan, states, mine if shard[1] > 1 else None), file=out)

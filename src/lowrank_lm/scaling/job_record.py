@@ -8,10 +8,11 @@ status of a sweep can be read anywhere.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from lowrank_lm.atomic import write_json_atomic
 
 JOB_RECORD = "job.json"
 
@@ -40,9 +41,7 @@ class JobRecord:
 
     def save(self, run_dir: Path) -> None:
         self.time = time.time()
-        tmp = run_dir / f".{JOB_RECORD}.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, run_dir / JOB_RECORD)
+        write_json_atomic(run_dir / JOB_RECORD, asdict(self))
 
     @classmethod
     def load(cls, run_dir: Path) -> JobRecord | None:

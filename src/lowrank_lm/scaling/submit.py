@@ -27,9 +27,11 @@ from lowrank_lm.errors import UserError
 from lowrank_lm.scaling.cluster import ClusterSpec, executor_parameters, launch_line
 from lowrank_lm.scaling.execute import (
     FAILED_MARKER,
+    JOBS_DIR,
     SweepOutcome,
     _fmt_time,
     check_existing,
+    claim_sweep_dir,
     progress_view,
     run_state,
     write_results,
@@ -38,8 +40,6 @@ from lowrank_lm.scaling.execute import (
 from lowrank_lm.scaling.job_record import JobRecord
 from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, shard_runs
 
-JOBS_DIR = "jobs"
-"""submitit's folders (job scripts, pickles, job logs) go to OUT_DIR/jobs/<job id>/."""
 # Slurm states of a job that is still the run's (queued, running, being requeued)
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
@@ -157,6 +157,7 @@ def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0,
         raise UserError("--detach needs Slurm: without it (no srun here) this command runs the jobs itself; "
                         "drop --detach")
     mine = shard_runs(plan.runs, *shard)
+    claim_sweep_dir(plan)
     check_existing(mine)
     states = {r.name: run_state(r) for r in plan.runs}
     print(progress_view(plan, states, mine if shard[1] > 1 else None), file=out)

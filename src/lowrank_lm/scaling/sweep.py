@@ -46,6 +46,7 @@ from typing import Any
 from lowrank_lm.config import Config, config_to_dict, flatten, load_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import registry
+from lowrank_lm.ownership import plain_name
 from lowrank_lm.scaling.sweep_file import BudgetsEntry, SizeEntry, StructureEntry, read_sweep_file
 
 FFN_KINDS = registry.kinds()
@@ -337,6 +338,11 @@ def load_sweep(path: str | Path) -> SweepPlan:
                     seed_label = f"seed{seed}" if seed is not None and len(seeds) > 1 else None
                     run_name = "-".join(str(x) for x in (size.name, st.name, label, budget.label, seed_label)
                                         if x is not None)
+                    if not plain_name(run_name) or "\0" in run_name:
+                        # the name is a folder under out_dir: a path would leave it (../x) or replace it (/x)
+                        raise _err(p, f"size {size.name!r} / structure {st.name!r} make the run name "
+                                      f"{run_name!r}, which is not a plain folder name; name sizes and "
+                                      "structures without / or \\")
                     series = "-".join(str(x) for x in (st.name, label, None if isoflop else budget.label)
                                       if x is not None)
                     probe = _load(p, cell_cfg_path, cell_over)

@@ -11,11 +11,11 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.errors import UserError
 
 # Column order of the sweep's results table (fit ignores the ones it does not use).
@@ -29,9 +29,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
 def _atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file and a rename, so concurrent shards never leave half a table."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def write_csv(rows: Iterable[dict[str, Any]], path: str | Path, columns: Sequence[str] = RESULT_COLUMNS) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lowrank_lm.atomic import write_text_atomic
 
 FLOP_CONVENTION = "paper: 3 x forward, full-context attention, no embeddings"
 """How ``mfu`` counts FLOPs (see :mod:`lowrank_lm.accounting`); named in every record that carries an MFU."""
@@ -75,9 +76,7 @@ class MetricsLogger:
                 continue  # a line cut by a crash
             if rec.get("step", 0) <= step:
                 kept.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(k + "\n" for k in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")

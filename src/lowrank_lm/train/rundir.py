@@ -8,20 +8,26 @@ Layout of ``train.out_dir`` (everything that reads a run folder takes the names 
     tokenizer.json   or tokenizer/ or tokenizer.model: the data's tokenizer, copied
     events/          TensorBoard
     checkpoints/     step-N/ folders (lowrank_lm.checkpoint)
-    .lock            held by the training process
+    .lock            held by the training process (lowrank_lm.locks; the file stays, the lock ends with it)
+    .lowrank-lm-run.json   the names above that this run (or the sweep that made the folder) wrote
 
-This module imports no torch, so the sweep can read run folders cheaply.
+A folder that is not empty and holds no record is not a run and is refused (lowrank_lm.ownership); a run
+folder of an older version (config.yaml beside metrics.jsonl, summary.json or checkpoints, no record) is
+recognised as one. This module imports no torch, so the sweep can read run folders cheaply.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from filelock import FileLock
+
+from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.errors import UserError
+from lowrank_lm.locks import try_lock
+from lowrank_lm.ownership import Ownership
 
 if TYPE_CHECKING:
     from lowrank_lm.config import Config
@@ -33,8 +39,23 @@ SUMMARY = "summary.json"
 EVENTS = "events"
 CHECKPOINTS = "checkpoints"  # lowrank_lm.checkpoint.CHECKPOINTS
 LOCK = ".lock"
-# What a run writes; --overwrite removes these and nothing else (tokenizer files: lowrank_lm.data.tokenizer).
+RECORD = ".lowrank-lm-run.json"
+# What a run writes; --overwrite removes these (those of them the record lists) and nothing else (tokenizer
+# files: lowrank_lm.data.tokenizer).
 RUN_FILES = (CONFIG, METRICS, SUMMARY, "tokenizer.json", "tokenizer", "tokenizer.model", EVENTS, "loss.png")
+NOT_OURS = "choose another train.out_dir (a new or empty folder, or a run's own)"
+
+
+def _legacy_run(folder: Path) -> set[str] | None:
+    """A run folder written before runs kept a record: its config beside its metrics, summary or checkpoints."""
+    if (folder / CONFIG).is_file() and any((folder / n).exists() for n in (METRICS, SUMMARY, CHECKPOINTS)):
+        return {*RUN_FILES, CHECKPOINTS, LOCK}
+    return None
+
+
+def run_ownership(path: str | Path) -> Ownership:
+    """Who owns what in a run folder (the trainer and the sweep that made it share the record)."""
+    return Ownership(Path(path), RECORD, "a training run", _legacy_run)
 
 
 class RunDir:
@@ -42,7 +63,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock_fd: int | None = None
+        self._lock: FileLock | None = None
         self._created = False
 
     @property
@@ -64,37 +85,30 @@ class RunDir:
         from lowrank_lm.config import config_to_dict
 
         text = "\n".join(provenance.comment_lines()) + "\n" + yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-        tmp = self.config.with_suffix(".yaml.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.config)
+        write_text_atomic(self.config, text)
 
     def acquire(self) -> None:
-        """Create the folder and take its lock; refuse when another process holds it."""
+        """Claim the folder (refused when it is not a run's), create it and take its lock; refuse when another
+        process holds it."""
+        owner = run_ownership(self.path)
         try:
             self._created = not self.path.exists()
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            owner.claim({*RUN_FILES, CHECKPOINTS, LOCK}, NOT_OURS)
+            lock = try_lock(self.path / LOCK)
         except OSError as e:
             raise UserError(f"cannot write to {self.path} ({e.strerror}); choose a writable train.out_dir") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if lock is None:
             raise UserError(f"{self.path} is in use by another running training process; wait for it or "
-                            "choose another train.out_dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+                            "choose another train.out_dir")
+        self._lock = lock
 
     def release(self) -> None:
         """Drop the lock; a folder this run created and left empty (it failed at once) is removed."""
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            if self._created and [p.name for p in self.path.iterdir()] == [LOCK]:
-                (self.path / LOCK).unlink()
-                self.path.rmdir()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            if self._created and {p.name for p in self.path.iterdir()} <= {LOCK, RECORD}:
+                shutil.rmtree(self.path)
 
     def prepare(self, resume: str, overwrite: bool) -> None:
         """Refuse to clobber a finished or existing run unless asked; clear our own files on --overwrite."""
@@ -113,17 +127,13 @@ class RunDir:
                             "continue, --overwrite to start over, or another train.out_dir")
 
     def clear(self) -> None:
-        """Remove what a run writes (and only that)."""
-        for name in RUN_FILES:
-            p = self.path / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        """Remove what a run wrote (the entries its record lists, and only those)."""
+        owner = run_ownership(self.path)
+        owner.remove(RUN_FILES)
         ckpts = self.path / CHECKPOINTS
-        if ckpts.is_dir():
+        if CHECKPOINTS in (owner.owned() or set()) and ckpts.is_dir() and not ckpts.is_symlink():
             for child in ckpts.iterdir():
-                if child.name.startswith(("step-", ".tmp-step-")):
+                if child.name.startswith(("step-", ".tmp-step-")) and not child.is_symlink():
                     shutil.rmtree(child)
             if not any(ckpts.iterdir()):
                 ckpts.rmdir()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from lowrank_lm.atomic import write_json_atomic
 from lowrank_lm.errors import UserError
 from lowrank_lm.provenance import Provenance
 
@@ -91,10 +91,7 @@ class RunSummary:
 
     def write(self, path: str | Path) -> None:
         """Write atomically (beside, then renamed): a reader never sees half a summary."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_dict())
 
     def replace(self, **changes: Any) -> RunSummary:
         return dataclasses.replace(self, **changes)
