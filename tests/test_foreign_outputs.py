@@ -3,6 +3,7 @@ name that they did not write (bench --out, lm-eval --output); earlier output of 
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -11,9 +12,9 @@ from .ecosystem import cli
 
 
 @pytest.mark.parametrize("name,content,message", [
-    ("ffn.md", "# my notes\n", "ffn.md was not written by bench (no ffn.json beside it)"),
-    ("ffn.json", '{"mine": 1}', "ffn.json is not a bench result, and bench would replace it"),
-    ("ffn.json", "not json", "ffn.json is not a bench result"),
+    ("ffn.md", "# my notes\n", "is not empty and was not written by lowrank-lm bench"),
+    ("ffn.json", '{"mine": 1}', "is not empty and was not written by lowrank-lm bench"),
+    ("ffn.json", "not json", "is not empty and was not written by lowrank-lm bench"),
 ])
 def test_bench_refuses_to_replace_files_it_did_not_write(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
@@ -54,3 +55,168 @@ def test_prepare_force_replaces_only_what_prepare_wrote(tmp_path):
     assert cli("prepare", *common, "data.val_tokens=300", "--quiet", "--force")[0] == 0
     assert json.loads((data / "manifest.json").read_text())["tokens"]["val"] == 300
     assert (data / "notes.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------- ours or refused, verb by verb
+# Each case: a folder holding a file of the user's is refused in one line (exit 2) that names the folder and
+# the way out, and the user's file is byte-identical afterwards.
+
+
+def _one_line_refusal(code: int, err: str, *needles: str) -> None:
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    for needle in needles:
+        assert needle in err
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_train_refuses_a_folder_that_is_not_a_run(tiny_data, tmp_path, overwrite):
+    """The user's own config.yaml (without --overwrite: replaced by the resolved dump before) and a prepared
+    data folder (with --overwrite: its tokenizer was deleted before) both stay as they were."""
+    from lowrank_lm.errors import UserError
+    from lowrank_lm.train import run_training
+
+    from .conftest import tiny_run_config
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("# my experiment\nbase: ../x.yaml\n")
+    for folder in (mine, tiny_data):
+        before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        with pytest.raises(UserError, match=f"{folder} is not empty and was not written by a training run "
+                                            r"\(no \.lowrank-lm-run\.json\); choose another train\.out_dir"):
+            run_training(tiny_run_config(tiny_data, folder), overwrite=overwrite)
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+        assert not (folder / ".lock").exists() and not (folder / ".lowrank-lm-run.json").exists()
+
+
+def test_train_overwrite_removes_only_what_the_run_wrote(tiny_data, tmp_path):
+    from lowrank_lm.train import run_training
+    from lowrank_lm.train.rundir import RECORD
+
+    from .conftest import tiny_run_config
+
+    out = tmp_path / "run"
+    cfg = tiny_run_config(tiny_data, out, "train.tokens=512", "train.checkpoint_interval=0")
+    run_training(cfg)
+    written = json.loads((out / RECORD).read_text())["files"]
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "tokenizer.json", ".lock"} <= set(written)
+    (out / "notes.txt").write_text("mine")
+    (out / "checkpoints").mkdir(exist_ok=True)
+    (out / "checkpoints" / "my-export").mkdir()
+    again = run_training(cfg, overwrite=True)
+    assert again.finished and (out / "summary.json").is_file()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "checkpoints" / "my-export").is_dir()
+
+
+def test_a_run_folder_of_an_older_version_is_still_a_run(tiny_data, tmp_path):
+    """Runs written before the record existed (config beside metrics) resume and overwrite as before."""
+    from lowrank_lm.train import run_training
+    from lowrank_lm.train.rundir import RECORD
+
+    from .conftest import tiny_run_config
+
+    out = tmp_path / "old"
+    cfg = tiny_run_config(tiny_data, out, "train.tokens=512", "train.checkpoint_interval=0")
+    run_training(cfg)
+    (out / RECORD).unlink()
+    assert run_training(cfg, overwrite=True).finished
+    assert "config.yaml" in json.loads((out / RECORD).read_text())["files"]
+
+
+def test_prepare_refuses_a_folder_that_is_not_a_data_dir(tmp_path):
+    """A folder with the user's tokenizer files and no manifest: before, prepare deleted them (no --force)."""
+    from .ecosystem import sentences
+
+    source = tmp_path / "text.txt"
+    source.write_text("\n\n".join(" ".join(sentences(12, seed=i)) for i in range(40)))
+    data = tmp_path / "data"
+    (data / "tokenizer").mkdir(parents=True)
+    (data / "tokenizer" / "vocab.json").write_text("{}")
+    (data / "tokenizer.json").write_text("{\"mine\": true}")
+    (data / "tokenizer.model").write_bytes(b"\x00mine")
+    common = [f"data.source={source}", "data.tokenizer=bpe-300", f"data.dir={data}", "data.num_workers=1", "--quiet"]
+    for force in ([], ["--force"]):
+        code, _, err = cli("prepare", *common, *force)
+        _one_line_refusal(code, err, f"{data} is not empty and was not written by lowrank-lm prepare",
+                          "set data.dir to a new or empty folder")
+        assert (data / "tokenizer.json").read_text() == "{\"mine\": true}"
+        assert (data / "tokenizer.model").read_bytes() == b"\x00mine"
+        assert (data / "tokenizer" / "vocab.json").read_text() == "{}"
+        assert sorted(p.name for p in data.iterdir()) == ["tokenizer", "tokenizer.json", "tokenizer.model"]
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_failed_prepare_leaves_no_lock_or_record_behind(tmp_path, existed):
+    """The source holds less text than the validation split needs: a user error, and the folder is as before
+    (removed when prepare made it, empty when it was empty): no .prepare.lock, no record."""
+    source = tmp_path / "short.txt"
+    source.write_text("a few words only.\n")
+    data = tmp_path / "data"
+    if existed:
+        data.mkdir()
+    code, _, err = cli("prepare", f"data.source={source}", "data.tokenizer=gpt2", f"data.dir={data}",
+                       "data.val_tokens=100000", "data.num_workers=1", "--quiet")
+    assert code == 2 and err.count("\n") == 1
+    assert (sorted(p.name for p in data.iterdir()) == []) if existed else not data.exists()
+
+
+def test_sweep_refuses_a_foreign_out_dir_and_run_folder(tmp_path):
+    from lowrank_lm.errors import UserError
+    from lowrank_lm.scaling.execute import execute
+    from lowrank_lm.scaling.sweep import load_sweep
+
+    from .test_scaling_sweep import CPU, FakeTrainer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.csv").write_text("my,table\n")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"out_dir: {out}\nsizes: {{s1: {CPU / 'scale-1.yaml'}}}\nstructures: {{dense: {{}}}}\n"
+                    "budgets: {tokens: [40960]}\n")
+    plan = load_sweep(path)
+    trainer = FakeTrainer()
+    with pytest.raises(UserError, match=f"{out} is not empty and was not written by lowrank-lm sweep"):
+        execute(plan, trainer, out=io.StringIO())
+    assert (out / "results.csv").read_text() == "my,table\n" and trainer.calls == []
+    (out / "results.csv").unlink()
+    (out / plan.runs[0].name).mkdir()
+    (out / plan.runs[0].name / "notes.txt").write_text("mine")  # a folder of the run's name, not a run
+    with pytest.raises(UserError, match=f"{plan.runs[0].run_dir} is not empty and was not written by a training"):
+        execute(plan, trainer, out=io.StringIO())
+    assert trainer.calls == [] and (out / plan.runs[0].name / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("size", ["../../escaped", "/abs/x", "a/b"])
+def test_sweep_names_that_would_leave_out_dir_are_refused(tmp_path, size):
+    from .test_scaling_sweep import CPU
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'runs'}\nsizes: {{'{size}': {CPU / 'tiny.yaml'}}}\n"
+                    "structures: {dense: {}}\n")
+    code, out, err = cli("sweep", str(path), "--dry-run")
+    _one_line_refusal(code, err, f"size '{size}' / structure 'dense' make the run name", "not a plain folder name")
+    assert out == "" and not (tmp_path / "runs").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_demo_refuses_a_foreign_out_folder_before_any_work(tmp_path):
+    from pathlib import Path
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "results.md").write_text("| my table |\n")
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "cpu" / "tiny.yaml"
+    code, _, err = cli("demo", str(tiny), "--out", str(out), "data.dir=" + str(tmp_path / "never"))
+    _one_line_refusal(code, err, f"{out} is not empty and was not written by lowrank-lm demo",
+                      "choose another --out")
+    assert (out / "results.md").read_text() == "| my table |\n" and not (tmp_path / "never").exists()
+
+
+def test_lm_eval_default_output_is_checked_like_output(tmp_path):
+    from lowrank_lm.commands.lm_eval import _check_output
+    from lowrank_lm.errors import UserError
+
+    target = tmp_path / "step-1_x.json"
+    target.symlink_to(tmp_path / "victim.json")
+    (tmp_path / "victim.json").write_text('{"tasks": [], "results": {}}')
+    with pytest.raises(UserError, match=r"exists and is not an lm-eval record.* with --output"):
+        _check_output(target, given=False)

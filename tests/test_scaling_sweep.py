@@ -25,6 +25,7 @@ from lowrank_lm.scaling.execute import (
 )
 from lowrank_lm.scaling.sweep import RunSpec, load_sweep, parse_shard, shard_runs
 from lowrank_lm.scaling.table import read_points
+from lowrank_lm.train.rundir import run_ownership
 from lowrank_lm.train.summary import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,7 +293,7 @@ def test_stop_on_error_and_shards(tmp_path):
 def test_a_run_dir_with_another_config_is_refused(tmp_path):
     plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES))
     spec = plan.runs[0]
-    spec.run_dir.mkdir(parents=True)
+    run_ownership(spec.run_dir).claim({"config.yaml"}, "")  # a folder an earlier sweep made
     from lowrank_lm.config import save_config
 
     save_config(load_config(CPU / "scale-1.yaml", ["train.tokens=999424"]), spec.config_path)
@@ -306,7 +307,7 @@ def test_a_run_locked_by_another_process_is_left_alone(tmp_path):
     assert LOCK_NAME == LOCK  # the sweep probes the trainer's own lock
     plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES))
     spec = plan.runs[0]
-    spec.run_dir.mkdir(parents=True)
+    run_ownership(spec.run_dir).claim({LOCK_NAME}, "")  # a run folder a trainer is using
     fd = os.open(spec.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT)
     # flock locks belong to open file descriptions: this one conflicts with the sweep's own probe
     fcntl.flock(fd, fcntl.LOCK_EX)

@@ -163,7 +163,8 @@ def compare_ownership(out: Path) -> Ownership:
 def write_comparison(runs: list[Run], out: Path) -> list[Path]:
     """compare.json, compare.md and the two loss plots (when matplotlib is there) under ``out``."""
     owner = compare_ownership(out)
-    owner.claim(OUTPUTS, NOT_OURS)
+    plots = OUTPUTS[2:] if _pyplot() is not None else ()
+    owner.claim({*OUTPUTS[:2], *plots}, NOT_OURS)  # only what it will write: without matplotlib, no plots
     written = [out / "compare.md"]
     write_text_atomic(out / "compare.md", markdown_table(runs))
     for x in ("tokens", "flops"):
