@@ -221,3 +221,23 @@ def test_records_name_only_plain_entries(tmp_path):
     assert (tmp_path / "outside.txt").read_text() == "keep"
     with pytest.raises(ValueError, match="not a plain file name"):
         owner.claim({"../x"}, "fix it")
+
+
+def test_appended_logs_refuse_a_symlink(tmp_path):
+    """train.log and metrics.jsonl are appended to, not replaced: a link at their name is refused (ELOOP)."""
+    from lowrank_lm.atomic import open_append
+    from lowrank_lm.train.metrics import MetricsLogger
+
+    victim = _plant(tmp_path, "train.log")
+    with pytest.raises(OSError):
+        open_append(tmp_path / "train.log")
+    with open_append(tmp_path / "new.log", "ab") as f:
+        f.write(b"x")
+    assert (tmp_path / "new.log").read_bytes() == b"x" and victim.read_bytes() == VICTIM
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = _plant(run, "metrics.jsonl")
+    logger = MetricsLogger(run, None, False, {})  # a fresh run: the old file (here a link) goes first
+    logger.log({"step": 1, "loss": 2.0})
+    logger.close()
+    assert victim.read_bytes() == VICTIM and (run / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n'

@@ -96,7 +96,7 @@ def test_train_overwrite_removes_only_what_the_run_wrote(tiny_data, tmp_path):
     from .conftest import tiny_run_config
 
     out = tmp_path / "run"
-    cfg = tiny_run_config(tiny_data, out, "train.tokens=512", "train.checkpoint_interval=0")
+    cfg = tiny_run_config(tiny_data, out, "train.tokens=512")
     run_training(cfg)
     written = json.loads((out / RECORD).read_text())["files"]
     assert {"config.yaml", "metrics.jsonl", "summary.json", "tokenizer.json", ".lock"} <= set(written)
@@ -116,7 +116,7 @@ def test_a_run_folder_of_an_older_version_is_still_a_run(tiny_data, tmp_path):
     from .conftest import tiny_run_config
 
     out = tmp_path / "old"
-    cfg = tiny_run_config(tiny_data, out, "train.tokens=512", "train.checkpoint_interval=0")
+    cfg = tiny_run_config(tiny_data, out, "train.tokens=512")
     run_training(cfg)
     (out / RECORD).unlink()
     assert run_training(cfg, overwrite=True).finished
@@ -220,3 +220,12 @@ def test_lm_eval_default_output_is_checked_like_output(tmp_path):
     (tmp_path / "victim.json").write_text('{"tasks": [], "results": {}}')
     with pytest.raises(UserError, match=r"exists and is not an lm-eval record.* with --output"):
         _check_output(target, given=False)
+
+
+def test_the_run_layout_knows_the_files_a_sweep_adds():
+    """An older sweep's run folder is adopted with the sweep's own files (they must not read as foreign)."""
+    from lowrank_lm.scaling.execute import FAILED_MARKER, LOG_NAME
+    from lowrank_lm.scaling.job_record import JOB_RECORD
+    from lowrank_lm.train.rundir import SWEEP_FILES
+
+    assert set(SWEEP_FILES) == {FAILED_MARKER, LOG_NAME, JOB_RECORD}

@@ -103,3 +103,12 @@ def temp_target(name: str) -> str | None:
     """The file a temporary file named ``name`` (made by :func:`temp_beside`) was to replace, else None."""
     m = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX), name)
     return m.group(1) if m else None
+
+
+def open_append(path: str | Path, mode: str = "a") -> IO[Any]:
+    """``open(path, mode)`` for appending (``"a"`` or ``"ab"``) that refuses a symlink at ``path`` (ELOOP)
+    instead of appending to the file it points at; a new file follows the umask."""
+    if mode not in ("a", "ab"):
+        raise ValueError(f"open_append takes mode 'a' or 'ab', not {mode!r}")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    return os.fdopen(fd, mode)

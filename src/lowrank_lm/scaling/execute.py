@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from lowrank_lm.atomic import open_append, write_json_atomic
 from lowrank_lm.config import load_config, save_config
 from lowrank_lm.errors import EXIT_STOPPED, UserError
 from lowrank_lm.locks import held as lock_held
@@ -49,7 +50,7 @@ from lowrank_lm.train.rundir import METRICS as METRICS_NAME
 from lowrank_lm.train.rundir import SUMMARY, run_ownership
 from lowrank_lm.train.summary import RunSummary
 
-FAILED_MARKER = "sweep-failed.json"
+FAILED_MARKER = "sweep-failed.json"  # these two and job.json: lowrank_lm.train.rundir.SWEEP_FILES
 LOG_NAME = "train.log"
 RESULTS_LOCK = ".results.lock"
 SWEEP_RECORD = ".lowrank-lm-sweep.json"
@@ -178,7 +179,7 @@ class SubprocessRunner:
         cmd = [*self.launcher, "train", str(spec.config_path)]
         log = spec.run_dir / LOG_NAME
         prefix = "    " if self.devices is None else f"    [{spec.name}] "  # side by side: say whose line it is
-        with log.open("a") as fh:
+        with open_append(log) as fh:
             gpus = f"CUDA_VISIBLE_DEVICES={self.devices} " if self.devices is not None else ""
             fh.write(f"$ {gpus}{shlex.join(cmd)}\n")
             fh.flush()
@@ -400,7 +401,12 @@ def claim_sweep_dir(plan: SweepPlan) -> None:
     """Claim the sweep's folder for its results, lock, job folders and run folders (all runs of the plan, so
     that shards claiming at once write the same record); a folder the sweep did not write is refused."""
     names = {plan.results_csv.name, plan.results_json.name, RESULTS_LOCK, JOBS_DIR, *(r.name for r in plan.runs)}
-    Ownership(plan.out_dir, SWEEP_RECORD, "lowrank-lm sweep").claim(
+
+    def only_ours(folder: Path) -> set[str] | None:
+        # a folder of an older version, or run folders made by hand: nothing in it but what this sweep writes
+        return names if all(p.name in names for p in folder.iterdir()) else None
+
+    Ownership(plan.out_dir, SWEEP_RECORD, "lowrank-lm sweep", only_ours).claim(
         names, "set another out_dir in the sweep file (a new or empty folder, or this sweep's own)")
 
 
@@ -470,7 +476,7 @@ class _Sweep:
         except RunFailed as e:
             if self.interrupted.is_set():
                 return  # Ctrl-C ended it: interrupted, not failed
-            (spec.run_dir / FAILED_MARKER).write_text(json.dumps({"error": str(e), "time": time.time()}) + "\n")
+            write_json_atomic(spec.run_dir / FAILED_MARKER, {"error": str(e), "time": time.time()})
             self.states[spec.name] = run_state(spec)
             self.say(f"{tag}: FAILED: {e}")
             with self.lock:

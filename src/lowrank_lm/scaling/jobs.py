@@ -22,7 +22,6 @@ What happened is kept in ``RUN/job.json`` (job id, state, requeue and retry coun
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -35,6 +34,7 @@ from typing import Any
 
 import submitit
 
+from lowrank_lm.atomic import open_append, write_json_atomic
 from lowrank_lm.errors import EXIT_STOPPED
 from lowrank_lm.scaling.cluster import LAUNCH_ENV
 from lowrank_lm.scaling.execute import FAILED_MARKER, LOG_NAME, last_line
@@ -128,7 +128,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     def _attempt(self, run: Path, launch: str) -> tuple[int, int]:
         """Run the launch line once with its output appended to RUN/train.log; (exit status, log offset)."""
         log = run / LOG_NAME
-        with log.open("ab") as fh:
+        with open_append(log, "ab") as fh:
             start = fh.tell()
             fh.write(f"$ {launch}\n".encode())
             fh.flush()
@@ -174,7 +174,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             return None  # finished meanwhile: nothing to requeue (submitit ends the job)
         if rc == EXIT_USER_ERROR:  # e.g. no room for the checkpoint: requeued, it would fail the same way
             why = last_line(run / LOG_NAME) or "exit status 2"
-            (run / FAILED_MARKER).write_text(json.dumps({"error": why, "time": time.time()}) + "\n")
+            write_json_atomic(run / FAILED_MARKER, {"error": why, "time": time.time()})
             self._record(run, env, state="failed", message=why)
             return None
         if not self._retrying:
@@ -217,7 +217,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         return summary
 
     def _fail(self, run: Path, env: Any, why: str) -> None:
-        (run / FAILED_MARKER).write_text(json.dumps({"error": why, "time": time.time()}) + "\n")
+        write_json_atomic(run / FAILED_MARKER, {"error": why, "time": time.time()})
         self._record(run, env, state="failed", message=why)
         self._refresh_results()
         raise JobFailed(why)

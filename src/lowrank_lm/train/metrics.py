@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from lowrank_lm.atomic import write_text_atomic
+from lowrank_lm.atomic import open_append, write_text_atomic
 
 FLOP_CONVENTION = "paper: 3 x forward, full-context attention, no embeddings"
 """How ``mfu`` counts FLOPs (see :mod:`lowrank_lm.accounting`); named in every record that carries an MFU."""
@@ -45,7 +45,7 @@ class MetricsLogger:
             self._truncate_after(resume_step)
         elif self.path.exists():
             self.path.unlink()
-        self._file = open(self.path, "a")  # noqa: SIM115 -- held open for the whole run, closed in close()
+        self._file = open_append(self.path)  # held open for the whole run, closed in close()
         self._tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -18,6 +18,7 @@ recognised as one. This module imports no torch, so the sweep can read run folde
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,10 +47,17 @@ RUN_FILES = (CONFIG, METRICS, SUMMARY, "tokenizer.json", "tokenizer", "tokenizer
 NOT_OURS = "choose another train.out_dir (a new or empty folder, or a run's own)"
 
 
+# What a sweep adds to a run folder it made (lowrank_lm.scaling.execute / job_record): its log, failure marker
+# and job record.
+SWEEP_FILES = ("train.log", "sweep-failed.json", "job.json")
+
+
 def _legacy_run(folder: Path) -> set[str] | None:
-    """A run folder written before runs kept a record: its config beside its metrics, summary or checkpoints."""
-    if (folder / CONFIG).is_file() and any((folder / n).exists() for n in (METRICS, SUMMARY, CHECKPOINTS)):
-        return {*RUN_FILES, CHECKPOINTS, LOCK}
+    """A run folder written before runs kept a record: its config beside its metrics, summary or checkpoints
+    (or, for a sweep's run that never got that far, beside the sweep's log or failure marker)."""
+    marks = (METRICS, SUMMARY, CHECKPOINTS, *SWEEP_FILES)
+    if (folder / CONFIG).is_file() and any(os.path.lexists(folder / n) for n in marks):
+        return {*RUN_FILES, CHECKPOINTS, LOCK, *SWEEP_FILES}
     return None
 
 
