@@ -205,7 +205,7 @@ def test_demo_refuses_a_foreign_out_folder_before_any_work(tmp_path):
     out.mkdir()
     (out / "results.md").write_text("| my table |\n")
     tiny = Path(__file__).resolve().parents[1] / "configs" / "cpu" / "tiny.yaml"
-    code, _, err = cli("demo", str(tiny), "--out", str(out), "data.dir=" + str(tmp_path / "never"))
+    code, _, err = cli("demo", str(tiny), "data.dir=" + str(tmp_path / "never"), "--out", str(out))
     _one_line_refusal(code, err, f"{out} is not empty and was not written by lowrank-lm demo",
                       "choose another --out")
     assert (out / "results.md").read_text() == "| my table |\n" and not (tmp_path / "never").exists()

@@ -403,8 +403,18 @@ def claim_sweep_dir(plan: SweepPlan) -> None:
     names = {plan.results_csv.name, plan.results_json.name, RESULTS_LOCK, JOBS_DIR, *(r.name for r in plan.runs)}
 
     def only_ours(folder: Path) -> set[str] | None:
-        # a folder of an older version, or run folders made by hand: nothing in it but what this sweep writes
-        return names if all(p.name in names for p in folder.iterdir()) else None
+        # a folder of an older version, or run folders made by hand: nothing in it but what this sweep writes,
+        # and a results table only beside the results.json of a sweep (the two were always written together)
+        if not all(p.name in names for p in folder.iterdir()):
+            return None
+        if plan.results_csv.exists() or plan.results_json.exists():
+            try:
+                record = json.loads(plan.results_json.read_text())
+                if not (isinstance(record, dict) and {"sweep", "runs"} <= set(record)):
+                    return None
+            except (OSError, ValueError):
+                return None
+        return names
 
     Ownership(plan.out_dir, SWEEP_RECORD, "lowrank-lm sweep", only_ours).claim(
         names, "set another out_dir in the sweep file (a new or empty folder, or this sweep's own)")
