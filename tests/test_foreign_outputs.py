@@ -160,6 +160,20 @@ def test_a_failed_prepare_leaves_no_lock_or_record_behind(tmp_path, existed):
     assert (sorted(p.name for p in data.iterdir()) == []) if existed else not data.exists()
 
 
+def test_a_prepare_that_breaks_on_bad_bytes_leaves_no_lock_behind(tmp_path):
+    """A non-UTF-8 .jsonl stops the pass (as an error of any kind): nothing resumable was written, so nothing
+    of the attempt stays: before, .prepare.lock and the tokenizer were left in the folder."""
+    from lowrank_lm.config import DataConfig
+    from lowrank_lm.data import prepare_data
+
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(b'{"text": "hello \xff\xfe world"}\n')
+    data = tmp_path / "data"
+    with pytest.raises(Exception):  # noqa: B017 -- which type is the one-line-errors work's (issue 23 item 3)
+        prepare_data(DataConfig(source=str(source), tokenizer="gpt2", dir=str(data), num_workers=1), progress=False)
+    assert not data.exists()
+
+
 def test_sweep_refuses_a_foreign_out_dir_and_run_folder(tmp_path):
     from lowrank_lm.errors import UserError
     from lowrank_lm.scaling.execute import execute

@@ -168,9 +168,11 @@ def prepare_data(cfg: DataConfig, *, max_tokens: int | None = None, progress: bo
                 _remove_ours(data_dir)
             try:
                 return _Run(cfg, spec, data_dir, say).run()
-            except UserError:
-                # a user error is final for this attempt: leave no shards, no tokenizer, no progress behind
-                _remove_ours(data_dir)
+            except BaseException as e:
+                # a user error is final for this attempt, and an attempt without a progress checkpoint has nothing
+                # to resume: leave no shards, no tokenizer, no progress behind
+                if isinstance(e, UserError) or not (data_dir / PROGRESS).is_file():
+                    _remove_ours(data_dir)
                 raise
     except BaseException:
         _tidy(data_dir, existed)
