@@ -243,3 +243,23 @@ def test_the_run_layout_knows_the_files_a_sweep_adds():
     from lowrank_lm.train.rundir import SWEEP_FILES
 
     assert set(SWEEP_FILES) == {FAILED_MARKER, LOG_NAME, JOB_RECORD}
+
+
+def test_a_demo_folder_of_an_older_version_is_adopted_only_with_its_results(tmp_path):
+    """No record: the demo's own run folders (and results.json with its table) are the demo's; a table or plot
+    without a demo's results.json beside it is not."""
+    from lowrank_lm.demo import demo_ownership
+    from lowrank_lm.errors import UserError
+
+    runs = ["dense", "lowrank-32"]
+    old = tmp_path / "old"
+    (old / "dense").mkdir(parents=True)
+    (old / "results.json").write_text(json.dumps({"rows": [{"name": "dense"}, {"name": "lowrank-32"}]}))
+    (old / "results.md").write_text("| table |\n")
+    assert demo_ownership(old, runs).claim({"results.md", *runs}, "fix") >= {"results.md", "dense", "results.json"}
+    lone = tmp_path / "lone"
+    (lone / "dense").mkdir(parents=True)
+    (lone / "loss.png").write_bytes(b"my plot")
+    with pytest.raises(UserError, match=f"{lone} is not empty and was not written by lowrank-lm demo"):
+        demo_ownership(lone, runs).claim({"loss.png", *runs}, "fix")
+    assert (lone / "loss.png").read_bytes() == b"my plot"

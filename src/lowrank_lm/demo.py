@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,18 +35,24 @@ OUTPUTS = ("results.json", "results.md", "loss.png")
 NOT_OURS = "choose another --out (a new or empty folder, or a demo's)"
 
 
-def _legacy_demo(folder: Path) -> set[str] | None:
-    """A demo folder of an older version (no record): results.json with its rows, beside its two runs."""
-    try:
-        rows = json.loads((folder / "results.json").read_text())["rows"]
-        return {*OUTPUTS, *(str(r["name"]) for r in rows)}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def demo_ownership(out: Path) -> Ownership:
+def demo_ownership(out: Path, runs: list[str]) -> Ownership:
     """What the demo owns in its --out folder: its table, plot and run folders (lowrank_lm.ownership)."""
-    return Ownership(out, RECORD, "lowrank-lm demo", _legacy_demo)
+
+    def older_demo(folder: Path) -> set[str] | None:
+        # a demo folder of an older version (no record): nothing but the demo's names, and its table and plot
+        # only beside a demo's results.json (its rows); the run folders are checked as runs when trained
+        names = {*OUTPUTS, *runs}
+        if not all(p.name in names for p in folder.iterdir()):
+            return None
+        if any(os.path.lexists(folder / n) for n in OUTPUTS):
+            try:
+                rows = json.loads((folder / "results.json").read_text())["rows"]
+                names |= {str(r["name"]) for r in rows}
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        return names
+
+    return Ownership(out, RECORD, "lowrank-lm demo", older_demo)
 
 
 def twin(cfg: Config, out: Path) -> list[tuple[str, Config]]:
@@ -131,7 +138,8 @@ def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
 
     pairs = twin(cfg, out)
     # before any work: a folder that is not a demo's, or one of another experiment, is refused at once
-    demo_ownership(out).claim({*OUTPUTS, *(name for name, _ in pairs)}, NOT_OURS)
+    names = [name for name, _ in pairs]
+    demo_ownership(out, names).claim({*OUTPUTS, *names}, NOT_OURS)
     if not overwrite:
         for _, run_cfg in pairs:
             _check_reusable(Path(run_cfg.train.out_dir), run_cfg)
