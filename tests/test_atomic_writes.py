@@ -189,9 +189,23 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path):
     run = tmp_path / "run"
     run_ownership(run).claim({LOCK}, "")
     victim = _plant(run, LOCK)
-    with pytest.raises(UserError, match=f"cannot write to {run}"):
+    with pytest.raises(UserError, match=f"cannot take the lock {run / LOCK} .*remove it"):
         RunDir(run).acquire()
     assert victim.read_bytes() == VICTIM
+
+
+def test_a_symlinked_prepare_lock_is_one_line_and_its_target_untouched(tmp_path):
+    from lowrank_lm.config import DataConfig
+    from lowrank_lm.data import prepare_data
+    from lowrank_lm.data.pipeline import DATA_FILES, LOCK, data_ownership
+    from lowrank_lm.locks import is_held
+
+    data = tmp_path / "data"
+    data_ownership(data).claim(DATA_FILES, "")
+    victim = _plant(data, LOCK)
+    with pytest.raises(UserError, match=r"cannot take the lock .*\.prepare\.lock"):
+        prepare_data(DataConfig(source="embedded", tokenizer="gpt2", dir=str(data)), progress=False)
+    assert victim.read_bytes() == VICTIM and not is_held(data / LOCK)
 
 
 def test_the_sweep_probe_sees_a_filelock_holder_and_creates_no_lock_file(tmp_path):

@@ -19,14 +19,20 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from lowrank_lm.errors import UserError
+
 
 def try_lock(path: Path) -> FileLock | None:
-    """The lock on ``path``, held, or None when another process (or another holder here) has it."""
+    """The lock on ``path``, held, or None when another process (or another holder here) has it. A lock file
+    that cannot be opened (a symlink planted there, no permission) is a one-line error."""
     lock = FileLock(str(path), thread_local=False)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         return None
+    except OSError as e:
+        raise UserError(f"cannot take the lock {path} ({e.strerror or e}); it must be a plain file this user "
+                        "can write: remove it, or choose another folder") from None
     return lock
 
 
@@ -49,9 +55,12 @@ def held(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None
 def is_held(path: Path) -> bool:
     """Whether some process holds the lock on ``path`` now (a probe: taken and released at once when free).
     A missing lock file means no holder (the probe then creates nothing)."""
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
+        return False  # not a lock of ours: whoever planted it, the trainer refuses it in one line
+    try:
+        lock = try_lock(path)
+    except UserError:
         return False
-    lock = try_lock(path)
     if lock is None:
         return True
     lock.release()
