@@ -104,16 +104,15 @@ class Ownership:
                             f"{fix}")
         return owned
 
-    def claim(self, names: Iterable[str], fix: str, staging: str | None = None, **fields: Any) -> set[str]:
+    def claim(self, names: Iterable[str], fix: str, staging: str | None = None) -> set[str]:
         """Record ``names`` as this writer's before it writes them (creating the folder); refuses when one of
-        them exists and is not the writer's. ``fields`` are stored in the record beside ``files``."""
+        them exists and is not the writer's. Other keys of an existing record are kept."""
         names = set(names)
         owned = self.check_names(names, fix, staging)
         data = self.read_record() or {}
-        if names <= owned and all(data.get(k) == v for k, v in fields.items()) and data:
+        if names <= owned and data:
             return owned
         self.folder.mkdir(parents=True, exist_ok=True)
-        data.update(fields)
         data["files"] = sorted((owned | names) - {self.record})
         write_json_atomic(self.record_path, data)
         return owned | names | {self.record}
