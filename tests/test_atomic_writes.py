@@ -70,6 +70,12 @@ def _tokenizer_copy(run: Path) -> None:
     copy_tokenizer(data, run)
 
 
+def _sweep_run_config(run: Path) -> None:
+    from lowrank_lm.config import load_config, save_config
+
+    save_config(load_config(None, []), run / "config.yaml")  # what the sweep writes into a run folder
+
+
 def _job_record(run: Path) -> None:
     from lowrank_lm.scaling.job_record import JobRecord
 
@@ -93,6 +99,7 @@ WRITERS = {
     "metrics truncate": (_metrics, "metrics.jsonl", ["metrics.jsonl.tmp"]),
     "copy_tokenizer": (_tokenizer_copy, "tokenizer.json", ["tokenizer.json.tmp"]),
     "job_record.save": (_job_record, "job.json", [".job.json.tmp"]),
+    "config.save_config": (_sweep_run_config, "config.yaml", []),
     "data/files.write_atomic": (_manifest_like, "manifest.json", ["manifest.json.tmp"]),
     "scaling/table": (_results_table, "results.json", []),
 }

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, Optional, TypeVar
 
 import yaml
 
+from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.errors import ConfigError
 from lowrank_lm.layers import registry
 
@@ -477,8 +478,8 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML (atomically: never through a symlink at ``path``)."""
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 # --------------------------------------------------------------------------- validation
