@@ -39,6 +39,7 @@ from lowrank_lm.train import distributed
 from lowrank_lm.train.agreement import all_or_none, said_once
 from lowrank_lm.train.compiling import use_compile
 from lowrank_lm.train.evaluate import autocast, evaluate, validation_size
+from lowrank_lm.train.memory_check import check_fits
 from lowrank_lm.train.metrics import MetricsLogger, resolve_peak_flops, throughput
 from lowrank_lm.train.progress import CoreWatch, EvalProgress, TrainProgress
 from lowrank_lm.train.rundir import RunDir
@@ -125,6 +126,7 @@ class Trainer:
         if self.acc.steps < 1:
             raise UserError(f"the token budget ({self.acc.tokens_requested} tokens) is less than one step of "
                             f"{self.acc.tokens_per_step} tokens; raise train.tokens or lower global_batch_size")
+        check_fits(cfg, self.acc.params, self.micro, world, self.sharded, self.device)  # before any allocation
         self.guidance = SelfGuidance(t.self_guided, self.acc.steps, seed=t.seed, rank=self.dist.rank)
         self.compiled = False  # whether the training step runs under torch.compile (set by _wrap)
         self.total_steps = self.guidance.total_steps
