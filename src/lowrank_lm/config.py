@@ -525,6 +525,7 @@ def _check_structure(f: FFNConfig | AttnConfig, m: ModelConfig) -> None:
         registry.resolve_fraction(f, m)
     registry.check_fit(f, m)
     _check_applicable(f)
+    registry.check_saves(f, m)
     if f.init is None:
         f.init = DEFAULT_INIT[f.kind]  # type: ignore[assignment]
 

@@ -3,6 +3,7 @@ self-guided training, DDP / FSDP2 under torchrun, evaluation, metrics and exact-
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import resource
 import signal
@@ -127,6 +128,9 @@ class Trainer:
             raise UserError(f"the token budget ({self.acc.tokens_requested} tokens) is less than one step of "
                             f"{self.acc.tokens_per_step} tokens; raise train.tokens or lower global_batch_size")
         check_fits(cfg, self.acc.params, self.micro, world, self.sharded, self.device)  # before any allocation
+        if t.wandb and importlib.util.find_spec("wandb") is None:  # a setting that cannot apply, before training
+            raise UserError("train.wandb=true but wandb is not installed; pip install wandb (then wandb login), "
+                            "or set train.wandb=false")
         self.guidance = SelfGuidance(t.self_guided, self.acc.steps, seed=t.seed, rank=self.dist.rank)
         self.compiled = False  # whether the training step runs under torch.compile (set by _wrap)
         self.total_steps = self.guidance.total_steps
