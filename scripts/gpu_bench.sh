@@ -24,6 +24,11 @@
 #   ffn-structures-fwd, -fwdbwd: every registered structure (bench ffn's default kinds) at 32% (Block Tensor-Train and the CoLA bottleneck included),
 #      forward and forward + backward, bf16, at the ffn stage's widths;
 #   train-xl (not in the default STAGES): Transformer-xl dense vs LowRank 32% training speed-up, compiled.
+# Issue 23 (fast paths fall back, loudly):
+#   smoke: every fast path a default takes on CUDA, run once by scripts/gpu_smoke.py (the trainer with
+#      train.compile=auto and torch.cond self-guidance, liger's fused loss, generation with decode=auto and the
+#      cuBLASLt bias + GELU epilogue): prints fast / eager (failed and fell back) / not taken for each, in under
+#      3 minutes; OUT/smoke.txt and OUT/smoke/smoke.json.
 # Each stage has its own time limit (seconds, overridable) so one slow stage cannot eat the others';
 # the limit sends SIGINT, on which the FFN and decode benches still write the sets they finished.
 # Results: OUT/<stage>/ (JSON, markdown, PNG) and OUT/<stage>.txt, the log in OUT/gpu_bench.log.
@@ -52,8 +57,8 @@ T_FFN=${T_FFN:-45} T_FFN_COMPILE=${T_FFN_COMPILE:-75} T_TOKENS=${T_TOKENS:-60} T
 T_COMPILE=${T_COMPILE:-110} T_DECODE=${T_DECODE:-170} T_SCALE=${T_SCALE:-300}
 T_DSTATIC=${T_DSTATIC:-120} T_TABLE2=${T_TABLE2:-170} T_MFU=${T_MFU:-150} T_FFN5120=${T_FFN5120:-45}
 T_STRUCT=${T_STRUCT:-60}
-T_XL=${T_XL:-240}
-STAGES=${STAGES:-ffn ffn-compile ffn-tokens train train-compile decode train-scale decode-static table2-m table2-l mfu-m ffn-5120 ffn-structures-fwd ffn-structures-fwdbwd}
+T_XL=${T_XL:-240} T_SMOKE=${T_SMOKE:-180}
+STAGES=${STAGES:-smoke ffn ffn-compile ffn-tokens train train-compile decode train-scale decode-static table2-m table2-l mfu-m ffn-5120 ffn-structures-fwd ffn-structures-fwdbwd}
 # the trainer under torchrun needs the Python that runs lowrank_lm
 if [ -n "${PY:-}" ]; then :
 elif [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"
@@ -102,6 +107,19 @@ stage() {  # stage NAME LIMIT ARGS...: run one bench under its time limit, keep 
 
 log "device $DEVICE, output $OUT"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true; } >> "$OUT/gpu_bench.log"
+
+if [[ " $STAGES " == *" smoke "* ]]; then  # first: a fast path that fails shows before the long stages
+    SMOKE_ARGS=()
+    [ "${SMALL:-0}" = 1 ] && SMOKE_ARGS=(--small)
+    log "smoke: $PY scripts/gpu_smoke.py (limit ${T_SMOKE}s)"
+    if timeout --signal=INT --kill-after=30 "$T_SMOKE" "$PY" "$ROOT/scripts/gpu_smoke.py" "$OUT/smoke" "$DEVICE" \
+        ${SMOKE_ARGS[@]+"${SMOKE_ARGS[@]}"} > "$OUT/smoke.txt" 2>> "$OUT/gpu_bench.log"; then
+        log "smoke: done"
+    else
+        log "smoke: FAILED or timed out (exit $?)"
+    fi
+    cat "$OUT/smoke.txt" >> "$OUT/gpu_bench.log"
+fi
 
 stage ffn "$T_FFN" bench ffn --widths "$WIDTHS" --kinds dense,lowrank,blockdense,blockshuffle \
     --fractions 0.63,0.32 --tokens "$TOKENS" --mode fwd --dtype bf16 "${ROUNDS[@]}"

@@ -38,6 +38,24 @@ def _greedy(decoder, prompt, n):
     return torch.stack(out, 1), torch.stack(logits, 1)
 
 
+def _agreeing_steps(tokens: torch.Tensor, reference: torch.Tensor, logits: torch.Tensor, rtol: float,
+                    atol: float) -> int:
+    """The steps before two greedy generations part, asserting that they part only at a near tie: a step whose
+    top two reference logits are within twice the logits' tolerance (each side may be off by it). Such a tie may
+    break either way on another CPU's kernels (bf16: oneDNN/AMX on Intel and AVX-512 BF16 on AMD round
+    differently), and after a different token the generations are different texts, so nothing after is compared.
+    """
+    differ = (tokens != reference).any(0).nonzero()
+    if len(differ) == 0:
+        return tokens.shape[1]
+    k = int(differ[0])
+    top = logits[:, k].topk(2, dim=-1).values
+    rows = (tokens[:, k] != reference[:, k]).nonzero().flatten()
+    margin, bound = top[rows, 0] - top[rows, 1], 2 * (atol + rtol * top[rows, 0].abs())
+    assert (margin <= bound).all(), f"step {k}: a clear choice (margin {margin.tolist()}) was not reproduced"
+    return k
+
+
 @pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("premerge", [False, True])
@@ -53,12 +71,13 @@ def test_static_steps_give_the_eager_tokens_and_logits(style, dtype, premerge, m
     assert static.cache.k[0].shape[2] == 64  # 45 positions round up to the whole context here
     static_tokens, static_logits = _greedy(static, prompt, n)
     assert static.cache.span == (5 + n - 1) // 8 * 8 + 8  # the last step's span: its position rounded up
-    assert torch.equal(static_tokens, eager_tokens)
     tol = {"rtol": 2e-2, "atol": 0.07} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}  # bf16: 2 ulps
-    torch.testing.assert_close(static_logits, eager_logits, **tol)
+    k = _agreeing_steps(static_tokens, eager_tokens, eager_logits, **tol)  # all n here (AMD EPYC, torch 2.13)
+    torch.testing.assert_close(static_logits[:, :k + 1], eager_logits[:, :k + 1], **tol)  # step k: same prefix
     # a second prompt reuses the cache: the old keys beyond the new prompt are masked, not read
     again_tokens, _ = _greedy(static, prompt[:, :2], 10)
-    assert torch.equal(again_tokens, _greedy(EagerDecoder(model, 3, 12, prompt.device), prompt[:, :2], 10)[0])
+    eager_again, eager_again_logits = _greedy(EagerDecoder(model, 3, 12, prompt.device), prompt[:, :2], 10)
+    _agreeing_steps(again_tokens, eager_again, eager_again_logits, **tol)
 
 
 def test_compiled_static_generation_equals_eager_generation():

@@ -185,7 +185,10 @@ def test_bfloat16_forward_is_close_to_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = model(ids)
     assert low.dtype == torch.bfloat16
-    assert (low.float() - ref).abs().max() < 0.05
+    # Each bf16 matmul rounds its fp32-accumulated output to 8 significant bits (relative error <= 2^-8), whatever
+    # the CPU's kernel (oneDNN/AMX, AVX-512 BF16); 2 blocks x 6 matmuls + the head are 13 roundings, so the logits
+    # stay within 13 x 2^-8 < 2^-4 of their own scale. 0.0033 of 0.89 here (AMD EPYC, torch 2.13).
+    assert (low.float() - ref).abs().max() < 2**-4 * ref.abs().max()
     half = make(*KINDS["lowrank"]).to(torch.bfloat16)
     assert half(ids).dtype == torch.bfloat16
 

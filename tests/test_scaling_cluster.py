@@ -172,6 +172,40 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(tin
     assert "a-dense: done" in log.read_text() and "requeued 1x" in log.read_text()
 
 
+TWO_LONG_RUNS = LONG_RUN.replace("  a: {overrides: []}\n",
+                                 "  a: {overrides: []}\n  b: {overrides: [model.hidden_dim=48]}\n")
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_whole_sweep_of_the_local_executor(tiny_data, tmp_path, threads1):
+    from lowrank_lm.scaling.submit import cancel_jobs, run_jobs
+
+    plan = load_sweep(write_sweep(tmp_path, tiny_data, "cancel", TWO_LONG_RUNS))
+    first, second = sorted(plan.runs, key=lambda r: (r.flops, r.name))
+    log, outcome = tmp_path / "driver.log", {}
+
+    def follow() -> None:  # max_parallel 1: the second run waits for the first
+        with log.open("w") as fh:
+            outcome["exit"] = run_jobs(plan, parse_cluster(None, [], ["a", "b"]), poll_s=0.2, out=fh,
+                                       scheduler="local").exit_code
+
+    driver = threading.Thread(target=follow)
+    driver.start()
+    metrics = first.run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"loss"') >= 3):
+        time.sleep(0.02)
+    with open(os.devnull, "w") as sink:
+        assert cancel_jobs(plan, out=sink) == 1  # what `sweep --cancel` does from another terminal
+    driver.join(timeout=120)
+    text = log.read_text()
+    assert not driver.is_alive() and outcome["exit"] == 0, text  # cancelled on request: not a failure
+    assert f"{first.name}: cancelled (sweep --cancel)" in text and "1 runs not submitted" in text
+    assert JobRecord.load(first.run_dir).state == "cancelled" and JobRecord.load(first.run_dir).retries == 0
+    assert JobRecord.load(second.run_dir) is None  # never submitted
+    assert [p.name for p in (plan.out_dir / "jobs").iterdir() if "%" in p.name] == []  # no stray jobs/%j
+
+
 # --------------------------------------------------------------------------- failures
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -486,8 +487,20 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 def _positive(value: Optional[float], key: str) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{key} must be positive, got {value}")
+    if value is not None and not (value > 0 and math.isfinite(value)):  # nan passes `<= 0`: ask the other way
+        raise ConfigError(f"{key} must be positive{'' if math.isfinite(value) else ' and finite'}, got {value}")
+
+
+def _check_optimizer(t: TrainConfig) -> None:
+    """AdamW's settings, checked here so a bad one is one line before any folder is locked (torch's AdamW
+    raises only when the optimiser is built, after the run folder is taken)."""
+    for i, beta in enumerate(t.betas, 1):
+        if not 0 <= beta < 1:  # also refuses nan
+            raise ConfigError(f"train.betas: beta{i}={beta} must be in [0, 1)")
+    for key in ("eps", "weight_decay", "grad_clip"):
+        v = getattr(t, key)
+        if not (v >= 0 and math.isfinite(v)):
+            raise ConfigError(f"train.{key} must be zero or positive, got {v}")
 
 
 def _check_applicable(f: FFNConfig | AttnConfig) -> None:
@@ -513,6 +526,7 @@ def _check_structure(f: FFNConfig | AttnConfig, m: ModelConfig) -> None:
         registry.resolve_fraction(f, m)
     registry.check_fit(f, m)
     _check_applicable(f)
+    registry.check_saves(f, m)
     if f.init is None:
         f.init = DEFAULT_INIT[f.kind]  # type: ignore[assignment]
 
@@ -557,6 +571,7 @@ def validate(cfg: Config) -> None:
                 "eval_interval", "eval_tokens", "log_interval", "checkpoint_interval", "checkpoint_minutes",
                 "keep_checkpoints", "max_bad_steps", "peak_tflops"):
         _positive(getattr(t, key), f"train.{key}")
+    _check_optimizer(t)
     if t.loss_chunk_tokens < 0:
         raise ConfigError(f"train.loss_chunk_tokens must be 0 (full logits) or positive, got {t.loss_chunk_tokens}")
     if t.tokens is not None and t.tokens_per_param is not None:

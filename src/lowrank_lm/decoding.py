@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lowrank_lm.errors import UserError
+from lowrank_lm.fallback import try_fast
 from lowrank_lm.premerge import premerged
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ class EagerDecoder:
         return self.model(tokens[:, None], cache=self.cache)[:, -1]
 
 
+CUDA_GRAPHS = "CUDA-graph decoding"
+"""The fast path's name in warnings and :data:`lowrank_lm.fallback.TAKEN`."""
+
+
 class StaticDecoder:
     """Fixed-shape decode steps for one batch size, cache length and dtype.
 
@@ -118,9 +123,9 @@ class StaticDecoder:
         self.tokens.copy_(tokens[:, None])
         max_len = self.cache.slots.shape[0]
         self.cache.span = min(max_len, (self.host_pos // SPAN_STEP + 1) * SPAN_STEP)
-        if self.use_graph:
-            out = self._replay(self.cache.span)
-        else:
+        out = try_fast(CUDA_GRAPHS, self._replay, self.cache.span) if self.use_graph else None
+        if out is None:  # not CUDA, or capturing/replaying failed (warned once): the same step, eagerly
+            self.use_graph = False
             out = self.fn(self.tokens, self.pos, self.cache)
         self.pos.add_(1)
         self.host_pos += 1

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lowrank_lm.fallback import try_fast
+
 IGNORE_INDEX = -1
 """Target value that contributes nothing to the loss (the model's convention)."""
 
@@ -82,6 +84,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None, None
 
 
+LIGER = "liger fused linear cross-entropy"
+"""The fast path's name in warnings and :data:`lowrank_lm.fallback.TAKEN`."""
+
+
 def _liger_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, reduction: str,
                 dtype: torch.dtype) -> torch.Tensor | None:
     """liger-kernel's fused linear cross-entropy on CUDA, or None when it does not apply or is not installed."""
@@ -111,7 +117,7 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
     h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     dtype = _compute_dtype(h, weight)
-    fused = _liger_loss(h, weight, t, reduction, dtype)
+    fused = try_fast(LIGER, _liger_loss, h, weight, t, reduction, dtype)  # None: not CUDA/installed, or failed
     if fused is not None:
         return fused
     need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)

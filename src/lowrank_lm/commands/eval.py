@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from lowrank_lm.errors import UserError
+
 EXAMPLES = ["lowrank-lm eval runs/demo/lowrank-32",
             "lowrank-lm eval runs/demo/dense --tokens 16384 --json"]
 
@@ -45,6 +47,15 @@ def _progress(watch, total: int, enabled: bool):
     return EvalProgress(total, log, enabled=enabled)
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flag values checked before any process group is joined or model loaded."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.tokens is not None and args.tokens < 1:
+        raise UserError(f"--tokens must be at least 1 (leave it out for the whole validation split), "
+                        f"got {args.tokens}")
+
+
 def run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -53,13 +64,19 @@ def run(args: argparse.Namespace) -> None:
     from lowrank_lm.train import distributed
     from lowrank_lm.train.evaluate import evaluate, validation_size
 
+    _check_flags(args)
     d = distributed.setup(args.device, option="--device")  # joins torchrun's processes; alone otherwise
     watch = _watch(d.device) if d.is_main else None
     try:
         model, cfg, ckpt = load_model(args.path, d.device)
         data_dir = Path(args.data) if args.data else resolve_data_dir(cfg.data)
         check_compatible(load_manifest(data_dir), cfg.model, None if args.data else cfg.data)
-        shown = _progress(watch, validation_size(data_dir, cfg.model.seq_len, args.tokens), d.is_main)
+        size = validation_size(data_dir, cfg.model.seq_len, args.tokens)
+        if size == 0:
+            raise UserError(f"nothing to evaluate: {'--tokens ' + str(args.tokens) if args.tokens else data_dir} "
+                            f"holds less than one validation sequence ({cfg.model.seq_len} tokens); "
+                            f"give more tokens or a data dir with a validation split")
+        shown = _progress(watch, size, d.is_main)
         res = evaluate(model, data_dir, cfg.model.seq_len, args.batch_size, d.device,
                        args.precision or cfg.train.precision, args.tokens, d.rank, d.world_size, progress=shown)
         shown.close()

@@ -38,10 +38,14 @@ def run(args: argparse.Namespace) -> None:
 
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
+    if not 0 <= args.temperature < float("inf"):  # written so that nan fails too
         raise UserError(f"--temperature must be 0 (greedy) or positive, got {args.temperature}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be 0 (all tokens) or positive, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.premerge_tokens is not None and args.premerge_tokens < 0:
+        raise UserError(f"--premerge-tokens must be 0 (off) or positive, got {args.premerge_tokens}")
     model = load(args.checkpoint, args.device, premerge=0)
     threshold = args.premerge_tokens
     if threshold is None:

@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> None:
         raise UserError("--no-builtin-tasks needs --include-path, the folder where the tasks are")
     if args.include_path and not Path(args.include_path).is_dir():
         raise UserError(f"--include-path {args.include_path} is not a folder; give the folder of the task YAMLs")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise UserError(f"--num-fewshot must be 0 or more, got {args.num_fewshot}")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise UserError("--tasks is empty; name at least one lm-eval task")

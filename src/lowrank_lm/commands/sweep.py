@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     _check_executor_options(args, executor)
     plan = load_sweep(args.sweep)
     if args.dry_run:
+        _check_as_the_real_run(args, plan, shard, executor)
         print(_plan_text(plan, shard))
         if executor == "submitit":
             print(_jobs_text(plan, args.cluster))
@@ -149,12 +150,9 @@ def run(args: argparse.Namespace) -> int:
     if args.status or args.cancel:
         return _status_or_cancel(args, plan, shard)
     if executor == "submitit":
-        from lowrank_lm.scaling.cluster import parse_cluster
-        from lowrank_lm.scaling.submit import detect_scheduler, run_jobs
+        from lowrank_lm.scaling.submit import run_jobs
 
-        cluster = parse_cluster(plan.cluster, args.cluster, sorted({r.size for r in plan.runs}),
-                                where=f"{plan.path}: cluster")
-        scheduler = detect_scheduler()
+        cluster, scheduler = _cluster_here(args, plan)
         poll = args.poll if args.poll is not None else (60.0 if scheduler == "slurm" else 0.5)
         return run_jobs(plan, cluster, shard, detach=args.detach, poll_s=poll, scheduler=scheduler).exit_code
     slots = _gpu_slots(args)
@@ -179,6 +177,37 @@ def run(args: argparse.Namespace) -> int:
             runner = SubprocessRunner(launcher, threads, echo=echo)
     outcome = execute(plan, runner, shard, stop_on_error=args.stop_on_error)
     return outcome.exit_code
+
+
+def _cluster_here(args: argparse.Namespace, plan):
+    """(cluster settings, "slurm" or "local") for --executor submitit on this machine; refuses settings that the
+    scheduler here cannot apply, and --detach without Slurm."""
+    from lowrank_lm.errors import UserError
+    from lowrank_lm.scaling.cluster import parse_cluster
+    from lowrank_lm.scaling.submit import detect_scheduler
+
+    cluster = parse_cluster(plan.cluster, args.cluster, sorted({r.size for r in plan.runs}),
+                            where=f"{plan.path}: cluster")
+    scheduler = detect_scheduler()
+    cluster.check_scheduler(scheduler)
+    if args.detach and scheduler == "local":
+        raise UserError("--detach needs Slurm: without it (no srun here) this command runs the jobs itself; "
+                        "drop --detach")
+    return cluster, scheduler
+
+
+def _check_as_the_real_run(args: argparse.Namespace, plan, shard: tuple[int, int], executor: str) -> None:
+    """A dry run refuses what the real run would refuse before its first run: the executor's settings on this
+    machine (Slurm-only cluster settings where there is no Slurm), GPU slots, and run folders that hold another
+    configuration."""
+    from lowrank_lm.scaling.execute import check_existing
+    from lowrank_lm.scaling.sweep import shard_runs
+
+    if executor == "submitit":
+        _cluster_here(args, plan)
+    else:
+        _gpu_slots(args)
+    check_existing(shard_runs(plan.runs, *shard))
 
 
 def _status_or_cancel(args: argparse.Namespace, plan, shard: tuple[int, int]) -> int:

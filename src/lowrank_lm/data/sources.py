@@ -137,11 +137,16 @@ class LocalFiles(TextSource):
 
     def _jsonl_documents(self) -> Iterator[Document]:
         for path in self.files:
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
+            with open(path, "rb") as f:  # bytes, so a line that is not UTF-8 is named with its number
+                for lineno, raw in enumerate(f, 1):
+                    where = f"{path}:{lineno}"
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise UserError(f"{where} is not UTF-8 text (byte {e.start} of the line); convert the "
+                                        "file to UTF-8") from None
                     if not line.strip():
                         continue
-                    where = f"{path}:{lineno}"
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as e:

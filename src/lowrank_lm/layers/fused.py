@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowrank_lm.fallback import try_fast
 from lowrank_lm.layers.base import StructuredLinear
 from lowrank_lm.layers.blockdiag import blockdiag_matmul, shuffle, unshuffled_chunks
 from lowrank_lm.layers.blockshuffle import BlockShuffleLinear
@@ -72,6 +73,8 @@ def _blockshuffle_gelu(layer: BlockShuffleLinear, x: torch.Tensor) -> torch.Tens
     return torch.cat(chunks, dim=-1).view(*x.shape[:-1], layer.out_features)
 
 
+EPILOGUE = "cuBLASLt bias+GELU epilogue"
+"""The fast path's name in warnings and :data:`lowrank_lm.fallback.TAKEN`."""
 EPILOGUE_GELU = {"cuda": "tanh", "cpu": "none"}
 """Which GELU ``torch._addmm_activation`` applies on each device: cuBLASLt's epilogue (and PyTorch's CUDA
 fallback) use the tanh approximation, the model's GELU; its CPU kernel uses the exact GELU. So on CPU it
@@ -104,7 +107,7 @@ def epilogue_gelu_linear(layer: StructuredLinear, x: torch.Tensor) -> torch.Tens
 def gelu_linear(layer: StructuredLinear, x: torch.Tensor) -> torch.Tensor:
     """GELU (tanh approximation) of ``layer(x)``; one fused matmul + bias + GELU call where possible."""
     if _can_fuse_cuda(layer, x):
-        y = epilogue_gelu_linear(layer, x)
+        y = try_fast(EPILOGUE, epilogue_gelu_linear, layer, x)  # None: no dense tail, or it failed (warned once)
         if y is not None:
             return y
     tokens = x.numel() // layer.in_features

@@ -127,13 +127,19 @@ def part_widths(model: ModelConfig, part: str) -> list[tuple[int, int]]:
 def part_fraction(model: ModelConfig, part: str = "ffn") -> float:
     """Weights of one block's structured FFN (or attention projections) relative to dense ones, counted on the
     real layers (meta)."""
+    structured, dense = part_weights(model, part)
+    return structured / dense
+
+
+def part_weights(model: ModelConfig, part: str = "ffn") -> tuple[int, int]:
+    """(structured, dense) matrix weights of one block's FFN (or attention projections), on the meta device."""
     import torch
 
     from lowrank_lm.model import Attention, FeedForward
 
     cls = Attention if part == "attn" else FeedForward
     with torch.device("meta"):
-        return cls(model, dense=False).num_matrix_params() / cls(model, dense=True).num_matrix_params()
+        return cls(model, dense=False).num_matrix_params(), cls(model, dense=True).num_matrix_params()
 
 
 def ffn_fraction(model: ModelConfig) -> float:
@@ -181,6 +187,41 @@ def check_fit(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
     """The settings of ``f`` (model.ffn or model.attn) fit every layer of its part. Raises ConfigError."""
     for n_in, n_out in part_widths(model, part_of(f)):
         check(f, n_in, n_out)
+
+
+def check_saves(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
+    """A structure must have fewer weights than the dense layers it replaces (a rank can fit the widths and still
+    cost more: rank 128 on a 128 x 512 FFN has 1.25x the dense weights). Raises ConfigError naming the largest
+    setting of the kind that does save weights. Settings must already fit (check_fit)."""
+    spec, s, part = REGISTRY[f.kind], f.section, part_of(f)
+    if not spec.structured:
+        return
+    structured, dense = part_weights(model, part)
+    if structured < dense:
+        return
+    what = "FFN" if part == "ffn" else "attention projections"
+    given = ", ".join(f"{s}.{k}={getattr(f, k)}" for k in spec.settings)
+    best = _largest_saving(f, model)
+    fix = (f"the largest setting that saves weights is {', '.join(f'{s}.{k}={v}' for k, v in best.items())}"
+           if best else f"no {f.kind} setting saves weights at these widths; use {s}.kind={DENSE}")
+    raise ConfigError(f"{given} makes the {f.kind} {what} larger than dense {what} ({structured:,} vs {dense:,} "
+                      f"weights per block): it saves nothing; {fix}")
+
+
+def _largest_saving(f: FFNConfig | AttnConfig, model: ModelConfig) -> dict[str, int] | None:
+    """The solved settings of ``f.kind`` (every rank: step 1) with the most weights below the dense part's."""
+    spec, part = REGISTRY[f.kind], part_of(f)
+    fixed = f.num_blocks if "num_blocks" not in spec.solved else None
+    (h, ff), *others = part_widths(model, part)
+    best: tuple[int, dict[str, int]] | None = None
+    for cand in spec.candidates(h, ff, 1, fixed):
+        if not all(cand in spec.candidates(i, o, 1, fixed) for i, o in others):
+            continue
+        cfg = replace(getattr(model, part), rank=cand.get("rank", f.rank), num_blocks=cand.get("num_blocks"))
+        structured, dense = part_weights(replace(model, **{part: cfg}), part)
+        if structured < dense and (best is None or structured > best[0]):
+            best = (structured, {k: v for k, v in cand.items() if k in spec.solved})
+    return best[1] if best else None
 
 
 def resolve_fraction(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
@@ -232,6 +273,6 @@ def with_setting(kind: str, ranks: list[int], blocks: list[int], fixed_blocks: i
 
 
 __all__ = ["DENSE", "HEADLINE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check", "check_fit",
-           "describe", "ffn_fraction", "get", "inits", "kinds", "linear_kinds", "module_file", "part_fraction",
-           "part_of", "part_widths", "rank_steps", "readers", "require_linear", "resolve_fraction", "solve",
-           "structured_kinds", "with_setting"]
+           "check_saves", "describe", "ffn_fraction", "get", "inits", "kinds", "linear_kinds", "module_file",
+           "part_fraction", "part_of", "part_weights", "part_widths", "rank_steps", "readers", "require_linear",
+           "resolve_fraction", "solve", "structured_kinds", "with_setting"]

@@ -107,13 +107,15 @@ class TrainJob(submitit.helpers.Checkpointable):
         rc, start = self._attempt(run, launch)
         if (run / SUMMARY).is_file():
             return self._finish(run, env)
+        if (JobRecord.load(run) or JobRecord("", "", "")).state == "cancelled":
+            # sweep --cancel stopped the trainer, whatever its exit status (a SIGTERM before the trainer set up
+            # its handler is not 75): not a failure to retry, nothing to requeue
+            return {"finished": False}
         log = run / LOG_NAME
         error = user_error_in(log, start)
         if rc == EXIT_USER_ERROR or error:
             self._fail(run, env, error or last_line(log, start) or f"exit status {rc}")
         if rc == EXIT_STOPPED:
-            if (JobRecord.load(run) or JobRecord("", "", "")).state == "cancelled":  # sweep --cancel said why
-                return {"finished": False}
             self._record(run, env, state="stopped", message="stopped before the end (SIGTERM without the "
                          "scheduler's requeue signal); the checkpoint is kept: submit the sweep again to resume")
             return {"finished": False}

@@ -194,13 +194,22 @@ def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0,
                 watched.remove(w)
                 _report(w.spec, outcome, out, w.since)
                 write_results(plan, {r.name: run_state(r) for r in plan.runs})
+                if _cancelled(w.spec) and waiting:  # sweep --cancel: the whole sweep stops, not one job
+                    print(f"sweep cancelled (sweep --cancel): {len(waiting)} runs not submitted", file=out,
+                          flush=True)
+                    outcome.unfinished += [spec.name for spec in waiting]
+                    waiting.clear()
     except KeyboardInterrupt:
         what = ("the jobs keep running on Slurm" if scheduler == "slurm" else
                 "the local jobs got Ctrl-C too and stop; their runs resume from their checkpoints")
         print(f"stopped following: {what}; watch with --status, cancel with --cancel", file=out)
         raise
+    if scheduler == "local":
+        _remove_template_folder(plan)
     states = {r.name: run_state(r) for r in plan.runs}
     write_results(plan, states)
+    if any(_cancelled(spec) for spec in mine):
+        outcome = _Cancelled(outcome.finished, outcome.skipped, outcome.failed, outcome.unfinished)
     if detach:
         outcome.unfinished += [w.spec.name for w in watched]
         print(f"submitted; watch with: lowrank-lm sweep {plan.path} --status (cancel with --cancel)", file=out)
@@ -209,6 +218,27 @@ def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0,
     print(f"results: {plan.results_csv} ({sum(s.status == 'done' for s in states.values())} finished runs), "
           f"{plan.results_json}", file=out)
     return outcome
+
+
+def _remove_template_folder(plan: SweepPlan) -> None:
+    """submitit's local job controller makes its folder template, OUT_DIR/jobs/%j, literally (and leaves it
+    empty): remove it once no job of ours runs. rmdir removes only an empty folder, never something written."""
+    with contextlib.suppress(OSError):
+        (plan.out_dir / JOBS_DIR / "%j").rmdir()
+
+
+def _cancelled(spec: RunSpec) -> bool:
+    record = JobRecord.load(spec.run_dir)
+    return record is not None and record.state == "cancelled"
+
+
+class _Cancelled(SweepOutcome):
+    """A sweep stopped with ``sweep --cancel``: what the user asked for, so exit 0 unless a run failed; the
+    cancelled and unsubmitted runs resume when the sweep is submitted again."""
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
 
 
 class _Detached(SweepOutcome):
@@ -232,6 +262,9 @@ def _report(spec: RunSpec, outcome: SweepOutcome, out: TextIO, since: float) -> 
     elif st.status == "failed":
         print(f"{spec.name}: FAILED{requeued}{retried}: {st.error}", file=out, flush=True)
         outcome.failed.append(spec.name)
+    elif rec is not None and rec.state == "cancelled":
+        print(f"{spec.name}: cancelled (sweep --cancel); submit the sweep again to resume it", file=out, flush=True)
+        outcome.unfinished.append(spec.name)
     else:
         why = rec.message if rec and rec.message else f"the job ended with the run {st.status}"
         print(f"{spec.name}: not finished ({why}); submit the sweep again to resume it", file=out, flush=True)

@@ -58,6 +58,19 @@ def _number(value: str, column: str, line: int, path: str) -> float:
     return out
 
 
+def _csv_text(p: Path) -> str:
+    """The text of a results CSV; a binary or non-UTF-8 file is one line naming it, not a decoder traceback."""
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not part of the first column
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p} is not a UTF-8 text CSV (byte {e.start}); give the CSV `lowrank-lm sweep` writes, "
+                        "or export the table as CSV (UTF-8)") from None
+    if "\0" in text:
+        raise UserError(f"{p} is a binary file, not a CSV; give the CSV `lowrank-lm sweep` writes")
+    return text
+
+
 def read_points(path: str | Path, x_column: str = "flops") -> tuple[list[dict[str, Any]], int]:
     """Rows of a results CSV that carry a loss: (rows with ``x``, ``loss``, ``loss_err`` as floats, skipped).
 
@@ -68,7 +81,7 @@ def read_points(path: str | Path, x_column: str = "flops") -> tuple[list[dict[st
     p = Path(path)
     if not p.is_file():
         raise UserError(f"results file not found: {p}; give a CSV from `lowrank-lm sweep` (or `paper`)")
-    with p.open(newline="") as fh:
+    with io.StringIO(_csv_text(p), newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         missing = [c for c in ("series", x_column, "loss") if c not in header]

@@ -3,6 +3,7 @@ self-guided training, DDP / FSDP2 under torchrun, evaluation, metrics and exact-
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import resource
 import signal
@@ -30,6 +31,7 @@ from lowrank_lm.checkpoint_dcp import is_sharded
 from lowrank_lm.config import Config, config_to_dict, load_config
 from lowrank_lm.data.tokenizer import copy_tokenizer
 from lowrank_lm.errors import UserError
+from lowrank_lm.fallback import failed, fell_back, ran
 from lowrank_lm.faults import crash_point
 from lowrank_lm.layers import registry
 from lowrank_lm.model import Transformer
@@ -37,8 +39,9 @@ from lowrank_lm.provenance import Provenance, collect_provenance
 from lowrank_lm.run_compare import write_run_plot
 from lowrank_lm.train import distributed
 from lowrank_lm.train.agreement import all_or_none, said_once
-from lowrank_lm.train.compiling import use_compile
+from lowrank_lm.train.compiling import COMPILED, use_compile
 from lowrank_lm.train.evaluate import autocast, evaluate, validation_size
+from lowrank_lm.train.memory_check import check_fits
 from lowrank_lm.train.metrics import MetricsLogger, resolve_peak_flops, throughput
 from lowrank_lm.train.progress import CoreWatch, EvalProgress, TrainProgress
 from lowrank_lm.train.rundir import RunDir
@@ -125,6 +128,10 @@ class Trainer:
         if self.acc.steps < 1:
             raise UserError(f"the token budget ({self.acc.tokens_requested} tokens) is less than one step of "
                             f"{self.acc.tokens_per_step} tokens; raise train.tokens or lower global_batch_size")
+        check_fits(cfg, self.acc.params, self.micro, world, self.sharded, self.device)  # before any allocation
+        if t.wandb and importlib.util.find_spec("wandb") is None:  # a setting that cannot apply, before training
+            raise UserError("train.wandb=true but wandb is not installed; pip install wandb (then wandb login), "
+                            "or set train.wandb=false")
         self.guidance = SelfGuidance(t.self_guided, self.acc.steps, seed=t.seed, rank=self.dist.rank)
         self.compiled = False  # whether the training step runs under torch.compile (set by _wrap)
         self.total_steps = self.guidance.total_steps
@@ -192,13 +199,31 @@ class Trainer:
         # those steps stay eager
         coins_in_checkpoints = (bool(SelfGuidance.guides(model)) and t.self_guided.reduce_flop
                                 and t.activation_checkpointing)
-        self.compiled = use_compile(t.compile, self.device) and not coins_in_checkpoints
+        self.compiled = use_compile(t.compile, self.device) and not coins_in_checkpoints and not failed(COMPILED)
         if use_compile(t.compile, self.device) and coins_in_checkpoints:
             self._log("torch.compile waits for the end of guidance: the guides' coins (reduce_flop) cannot be "
                       "compiled under activation checkpointing")
         if self.compiled:
             wrapped = torch.compile(wrapped)
         return wrapped
+
+    def _step_or_eager(self, train_model: nn.Module, model: Transformer, optimizer: torch.optim.Optimizer,
+                       batches: list) -> tuple[torch.Tensor, nn.Module]:
+        """forward_backward on the compiled step; if compiling or running it fails (a compiler or driver problem,
+        e.g. torch.cond self-guidance on some GPU), warn once, drop the step's gradients and run the same step
+        eagerly from then on. Returns (mean loss, the model to train from now on)."""
+        t = self.cfg.train
+        if not self.compiled:
+            return forward_backward(train_model, batches, self.device, t.precision), train_model
+        try:
+            loss = forward_backward(train_model, batches, self.device, t.precision)
+        except Exception as e:  # a genuine error (out of memory) recurs eagerly and is raised from there
+            fell_back(COMPILED, e)
+            optimizer.zero_grad(set_to_none=True)
+            train_model = self._wrap(model)  # eager now: failed(COMPILED)
+            return forward_backward(train_model, batches, self.device, t.precision), train_model
+        ran(COMPILED)
+        return loss, train_model
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, model: Transformer, optimizer: torch.optim.Optimizer, loaders: dict, st: _State) -> None:
@@ -380,7 +405,7 @@ class Trainer:
             loader = loaders["replay" if self.guidance.is_replay(step) else "train"]
             t0 = time.perf_counter()
             batches = [loader.next_batch() for _ in range(self.accum)]
-            loss_t = forward_backward(train_model, batches, self.device, t.precision)
+            loss_t, train_model = self._step_or_eager(train_model, model, optimizer, batches)
             if self.guidance.active(step) and t.self_guided.reduce_flop and self.compiled:
                 self.guidance.clear_skipped_grads(lambda used: distributed.all_reduce_ints(used, self.device))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
