@@ -66,6 +66,7 @@ def _load(src: Path):
     from lowrank_lm.anymodel import RECORD_KEY
     from lowrank_lm.errors import UserError
 
+    transformers.utils.logging.disable_progress_bar()  # the command's output is its report and perplexities
     config = transformers.AutoConfig.from_pretrained(str(src), local_files_only=True)
     if getattr(config, RECORD_KEY, None):
         raise UserError(f"{src} is already structurized; start from a dense model (or merge it first)")
