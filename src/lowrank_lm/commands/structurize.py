@@ -106,13 +106,13 @@ def run(args: argparse.Namespace) -> None:
     seq_len = _seq_len(model, data, args.seq_len) if data else None
     ppl: dict[str, dict] = {}
     if data:
-        ppl["dense"] = perplexity(model, data, seq_len, max_tokens=args.eval_tokens)
+        ppl["original"] = perplexity(model, data, seq_len, max_tokens=args.eval_tokens)
     originals = {n: dense_weight(model.get_submodule(n)).detach().clone() for n in select(model, args.targets)}
     report = structurize(model, args.kind, fraction=args.fraction, rank=args.rank, num_blocks=args.num_blocks,
                          targets=args.targets, keep_dense=args.keep_dense, init=args.init)
     print(report.summary() if not args.json else "", end="\n" if not args.json else "")
     if data:
-        ppl["structured"] = perplexity(model, data, seq_len, max_tokens=args.eval_tokens)
+        ppl["compressed"] = perplexity(model, data, seq_len, max_tokens=args.eval_tokens)
     losses: list[float] = []
     if heal_cfg is not None:
         guides = {r.name: originals[r.name] for r in report.replaced}
@@ -146,9 +146,9 @@ def _print_perplexity(ppl: dict[str, dict]) -> None:
     if not ppl:
         return
     line = ", ".join(f"{k} {v['ppl']:.2f}" for k, v in ppl.items())
-    print(f"validation perplexity on {ppl['dense']['tokens']:,} tokens: {line}")
+    print(f"validation perplexity on {ppl['original']['tokens']:,} tokens: {line}")
     if "healed" in ppl:
-        lost = ppl["structured"]["ppl"] - ppl["dense"]["ppl"]
-        back = ppl["structured"]["ppl"] - ppl["healed"]["ppl"]
+        lost = ppl["compressed"]["ppl"] - ppl["original"]["ppl"]
+        back = ppl["compressed"]["ppl"] - ppl["healed"]["ppl"]
         if lost > 0:
             print(f"healing recovered {100 * back / lost:.0f}% of the perplexity lost by compressing")
