@@ -19,11 +19,18 @@ CONFIGS = {
     "gpt_neox": lambda: transformers.GPTNeoXConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
                                                    num_hidden_layers=2, num_attention_heads=4,
                                                    max_position_embeddings=32),
+    "qwen2": lambda: transformers.Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2,
+                                              max_position_embeddings=32),
+    "mistral": lambda: transformers.MistralConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
+                                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                  max_position_embeddings=32),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=64, n_embd=64, n_layer=2, n_head=4, n_positions=32,
                                             bos_token_id=0, eos_token_id=0),
 }
 # hand counts of the FFN layers replaced in block 1 (keep_dense=1) at rank 24 (nearest 50% of 64 x 128)
-FFN_PARAMS = {"llama": (3 * 64 * 128, 3 * 192 * 24),
+FFN_PARAMS = {"llama": (3 * 64 * 128, 3 * 192 * 24), "qwen2": (3 * 64 * 128, 3 * 192 * 24),
+              "mistral": (3 * 64 * 128, 3 * 192 * 24),
               "gpt_neox": (2 * 64 * 128 + 128 + 64, 2 * 192 * 24 + 128 + 64),
               # GPT-2: 4 x 64 = 256 wide; rank 24 keeps 320 x 24 of 64 x 256 (46.9%), rank 32 62.5%
               "gpt2": (2 * 64 * 256 + 256 + 64, 2 * 320 * 24 + 256 + 64)}
@@ -44,7 +51,7 @@ def test_structurized_hf_model_trains_saves_loads_and_merges_onto_its_stock_clas
     model = _model(arch)
     report = structurize(model, LOW, fraction=0.5, targets="ffn", keep_dense=1, init="from_dense")
     names = [n for n, m in model.named_modules() if isinstance(m, StructuredLinear)]
-    assert len(names) == (3 if arch == "llama" else 2) and all(".1." in n for n in names)
+    assert len(names) == (3 if arch in ("llama", "qwen2", "mistral") else 2) and all(".1." in n for n in names)
     before = sum(r.params_before for r in report.replaced), sum(r.params_after for r in report.replaced)
     assert before == FFN_PARAMS[arch]
     assert report.params_after == sum(p.numel() for p in model.parameters())
@@ -58,7 +65,7 @@ def test_structurized_hf_model_trains_saves_loads_and_merges_onto_its_stock_clas
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
     model.eval()
     with torch.no_grad():
@@ -92,3 +99,24 @@ def test_transformers_trainer_trains_a_structurized_llama(tmp_path):
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     assert len(losses) == 12 and losses[-1] < losses[0] - 0.5, losses
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_full_rank_from_dense_keeps_the_logits_biases_included(arch):
+    # Qwen2's q/k/v and GPT-2's fused c_attn carry biases; at full rank the SVD start is the dense layer
+    config = CONFIGS[arch]()
+    if arch == "qwen2":
+        config.num_key_value_heads = 4  # k / v 64 -> 64 wide, so rank 64 is their full rank too
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    for name, p in model.named_parameters():  # non-zero biases, so a dropped bias shows
+        if name.endswith("bias"):
+            p.data.normal_(0, 0.1)
+    x = _batch()
+    with torch.no_grad():
+        ref = model(x).logits
+    report = structurize(model, LOW, rank=64, targets="attention", init="from_dense")
+    assert len(report.replaced) == (8 if arch == "qwen2" else 4)
+    assert max(r.error for r in report.replaced) < 1e-5
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, ref, atol=1e-4)
