@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build", "load"]
+__all__ = ["__version__", "build", "load", "load_structurized", "merge_structures", "structurize"]
 
 if TYPE_CHECKING:
+    from lowrank_lm.anymodel import load_structurized, merge_structures, structurize
     from lowrank_lm.api import build, load
 
-_LAZY = {"load": "lowrank_lm.api", "build": "lowrank_lm.api"}
+_LAZY = {"load": "lowrank_lm.api", "build": "lowrank_lm.api", "structurize": "lowrank_lm.anymodel",
+         "load_structurized": "lowrank_lm.anymodel", "merge_structures": "lowrank_lm.anymodel"}
 
 
 def __getattr__(name: str) -> Any:

@@ -53,6 +53,12 @@ class StructuredLinear(nn.Module):
         """
         return self.merged_weight()
 
+    @torch.no_grad()
+    def from_dense_(self, weight: torch.Tensor) -> None:
+        """Set the weights to the best approximation (Frobenius norm) of the dense (out, in) ``weight`` that this
+        structure holds. A structure without a defined projection raises NotImplementedError (the default)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no projection of a dense weight")
+
     # -- shared behaviour --------------------------------------------------------------------
     def flops_per_token(self) -> int:
         """Forward FLOPs per token of the matrix products (2 per multiply-accumulate)."""

@@ -11,6 +11,7 @@ from torch import nn
 from .base import StructuredLinear
 from .blockdiag import blockdiag_matmul
 from .init import normal_, orthonormal_
+from .projection import rank_factors
 from .structure import SettingError, Settings, Structure, check_blocks, check_rank
 
 
@@ -32,6 +33,16 @@ class BlockDenseLinear(StructuredLinear):
 
     def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return blockdiag_matmul(x, self.blocks), self.u
+
+    @torch.no_grad()
+    def from_dense_(self, weight: torch.Tensor) -> None:
+        """Block-wise SVD, optimal: U's column block b meets only V's block b, which reads only input block b, so
+        W's input column block b is approximated by its own rank-R/B product (independent pieces)."""
+        b, rb, in_b = self.blocks.shape
+        cols = weight.reshape(weight.shape[0], b, in_b).transpose(0, 1)  # (B, out, in/B)
+        u, v = rank_factors(cols, rb)  # (B, out, R/B), (B, R/B, in/B)
+        self.blocks.copy_(v)
+        self.u.copy_(u.transpose(0, 1).reshape(self.u.shape))
 
     def reset_parameters(self, std: float, init: str) -> None:
         fill = normal_ if init == "random" else orthonormal_

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from .base import StructuredLinear
-from .blockdiag import blockshuffle_matmul
+from .blockdiag import blockshuffle_matmul, shuffle, unshuffle
 from .init import normal_, orthonormal_
+from .projection import rank_factors
 from .structure import Structure, check_blocks
 
 
@@ -37,6 +38,27 @@ class BlockShuffleLinear(StructuredLinear):
         fill = normal_ if init == "random" else orthonormal_
         fill(self.blocks_in, std)
         fill(self.blocks_out, std)
+
+    @torch.no_grad()
+    def from_dense_(self, weight: torch.Tensor) -> None:
+        """The Monarch projection, optimal: each pair (output group c, input block b) is joined only through the
+        inner channels that the shuffle carries from V's block b to U's block c, and no other pair uses those
+        weights, so W's (c, b) sub-block is approximated by its own truncated SVD at that many channels."""
+        nb, k_b, in_b = self.blocks_in.shape
+        out_b = self.blocks_out.shape[1]
+        h_at = shuffle(torch.arange(nb * k_b), nb)  # the inner (V-side) index at each U-side position
+        g_at = unshuffle(torch.arange(self.out_features), nb)  # U's output index (c out_b + o) at each output
+        for c in range(nb):
+            rows = torch.nonzero(g_at // out_b == c).flatten()  # the outputs U's block c writes
+            o = g_at[rows] % out_b
+            h = h_at[c * k_b:(c + 1) * k_b]
+            for b in range(nb):
+                cols = torch.nonzero(h // k_b == b).flatten()  # U block c's columns fed by V's block b
+                if len(cols):
+                    piece = weight[rows][:, b * in_b:(b + 1) * in_b]
+                    u, v = rank_factors(piece, len(cols))
+                    self.blocks_out[c][o[:, None], cols[None, :]] = u
+                    self.blocks_in[b][h[cols] % k_b] = v
 
     @torch.no_grad()
     def reference_guide_start(self) -> torch.Tensor:

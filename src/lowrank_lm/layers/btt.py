@@ -27,6 +27,7 @@ from torch import nn
 from .base import StructuredLinear
 from .blockdiag import blockdiag_matmul
 from .init import orthonormal_
+from .projection import rank_factors
 from .structure import SettingError, Settings, Structure
 
 
@@ -68,6 +69,16 @@ class BTTLinear(StructuredLinear):
 
     def num_matrix_params(self) -> int:
         return self.core_in.numel() + self.core_out.numel()
+
+    @torch.no_grad()
+    def from_dense_(self, weight: torch.Tensor) -> None:
+        """Optimal: W's (output block c, input block a) sub-block (n1 x m0) is core_out[c, :, a r:(a+1) r] times
+        core_in[a, c r:(c+1) r, :], and no two sub-blocks share weights, so each is its own rank-r truncated SVD."""
+        (m0, m1), (n0, n1), r = self.in_factors, self.out_factors, self.rank
+        pieces = weight.reshape(n0, n1, m1, m0).permute(0, 2, 1, 3)  # [c, a, d, b]
+        u, v = rank_factors(pieces, r)  # (n0, m1, n1, r), (n0, m1, r, m0)
+        self.core_out.copy_(u.permute(0, 2, 1, 3).reshape(self.core_out.shape))  # [c, d, a, s]
+        self.core_in.copy_(v.permute(1, 0, 2, 3).reshape(self.core_in.shape))  # [a, c, s, b]
 
     def reset_parameters(self, std: float, init: str) -> None:
         if init == "orthonormal":

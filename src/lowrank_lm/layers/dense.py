@@ -33,6 +33,10 @@ class DenseLinear(StructuredLinear):
     def num_matrix_params(self) -> int:
         return self.in_features * self.out_features
 
+    @torch.no_grad()
+    def from_dense_(self, weight: torch.Tensor) -> None:
+        self.weight.copy_(weight)
+
     def reset_parameters(self, std: float, init: str) -> None:
         (orthonormal_ if init == "orthonormal" else normal_)(self.weight, std)
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from .base import StructuredLinear
 from .init import normal_, orthonormal_, spectral_
+from .projection import rank_factors
 from .structure import Structure, check_rank
 
 
@@ -32,6 +33,13 @@ class LowRankLinear(StructuredLinear):
 
     def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return F.linear(x, self.v), self.u
+
+    @torch.no_grad()
+    def from_dense_(self, weight: torch.Tensor) -> None:
+        """Truncated SVD: U V is the best rank-R approximation of ``weight`` (Eckart–Young)."""
+        u, v = rank_factors(weight, self.rank)
+        self.u.copy_(u)
+        self.v.copy_(v)
 
     def reset_parameters(self, std: float, init: str) -> None:
         if init == "spectral":
