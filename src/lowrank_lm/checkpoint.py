@@ -234,7 +234,7 @@ def weight_shapes(ckpt: str | Path) -> dict[str, tuple[int, ...]]:
                       if k.startswith("model.")}
         else:
             with safe_open(ckpt / "model.safetensors", framework="pt") as f:
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
     except (SafetensorError, OSError, ValueError, KeyError) as e:
         where = ckpt / ("dcp" if is_sharded(ckpt) else "model.safetensors")
         raise UserError(f"{where} cannot be read ({_reason(e)}); it is truncated or not a checkpoint; use "

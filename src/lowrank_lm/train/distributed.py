@@ -79,8 +79,9 @@ def _launch_numbers() -> tuple[int, int, int]:
     if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
         missing = [v for v in LAUNCH_VARIABLES if not os.environ.get(v)]
         if missing:
-            raise UserError(f"a partial distributed launch: {', '.join(v for v in LAUNCH_VARIABLES if v not in missing)} "
-                            f"set but not {', '.join(missing)}; start with torchrun (or export all of "
+            present = ", ".join(v for v in LAUNCH_VARIABLES if v not in missing)
+            raise UserError(f"a partial distributed launch: {present} set but not {', '.join(missing)}; start "
+                            f"with torchrun (or export all of "
                             f"{', '.join(LAUNCH_VARIABLES)}), or unset RANK and WORLD_SIZE to run one process")
     try:
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
