@@ -117,7 +117,8 @@ def broadcast_path(path: Path | None, device: torch.device) -> Path | None:
     if not dist.is_initialized():
         return path
     data = b"" if path is None else str(path).encode()
-    length = all_reduce_ints([len(data) + 1 if dist.get_rank() == 0 else 0], device)[0] - 1
+    sent = len(data) + 1 if dist.get_rank() == 0 and path is not None else 0  # 0: no checkpoint
+    length = all_reduce_ints([sent], device)[0] - 1
     if length < 0:
         return None
     buf = torch.zeros(length, dtype=torch.uint8, device=device)
