@@ -56,8 +56,12 @@ def is_sharded(ckpt: str | Path) -> bool:
 
 
 def is_old_sharded(ckpt: str | Path) -> bool:
-    """Whether a checkpoint folder holds an earlier release's DCP shards (pickled ``.metadata``), which we refuse."""
-    return (Path(ckpt) / DCP_DIR / OLD_METADATA).is_file() and not is_sharded(ckpt)
+    """Whether a checkpoint folder holds an earlier release's DCP shards (pickled ``.metadata``), which we refuse.
+
+    Only when the folder has no weights in the current format: a ``.metadata`` beside them is never read."""
+    ckpt = Path(ckpt)
+    return ((ckpt / DCP_DIR / OLD_METADATA).is_file() and not is_sharded(ckpt)
+            and not (ckpt / "model.safetensors").is_file())
 
 
 def split_optimizer_state(osd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -188,8 +188,9 @@ class Trainer:
                 check_checkpoint(ckpt, STATE_KEYS)
             except UserError as e:
                 skipped.append(f"{ckpt.name}: {e}")
-                self._log(f"resume: skipping {ckpt} ({e})")
                 continue
+            for line in skipped:  # said only when the run goes on; otherwise the error below says it
+                self._log(f"resume: skipping {line}")
             if skipped:
                 self._log(f"resume: continuing from {ckpt.name}, the newest checkpoint that reads whole")
             return ckpt
