@@ -122,6 +122,10 @@ def write_errors() -> tuple[type[BaseException], ...]:
 
 
 def _reason(e: BaseException) -> str:
+    failures = getattr(e, "failures", None)  # CheckpointException: {rank: (exception, traceback)}
+    if isinstance(failures, dict) and failures:
+        rank, (cause, _) = next(iter(sorted(failures.items(), key=lambda kv: kv[0])))
+        return f"{_reason(cause)} on rank {rank}"
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     text = str(e).strip()
