@@ -101,7 +101,9 @@ def _pickle_bomb(data: Path, tmp: Path) -> None:
         def __reduce__(self):
             return (os.system, ("true",))
 
-    torch.save({"step": 4, "x": Evil()}, ckpt / "state.pt")
+    torch.save({"step": 4, "x": Evil()}, ckpt / "state.pt")  # as an earlier release wrote it
+    for name in ("state.json", "state.safetensors"):
+        (ckpt / name).unlink()
 
 
 _TRAINED: dict[str, Path] = {}
@@ -202,7 +204,7 @@ CASES: list[Case] = [
     Case("resuming a checkpoint of another model", lambda d, t: _run_cfg(d, t, "model.hidden_dim=64"),
          "was trained with another model config", _other_model_checkpoint),
     Case("a crafted pickle in a checkpoint", lambda d, t: _run_cfg(d, t),
-         "is not a valid training state", _pickle_bomb),
+         "convert-checkpoint", _pickle_bomb),
     Case("evaluating a folder without checkpoints", lambda d, t: ["eval", str(t)], "holds no complete checkpoint"),
     Case("a shard with one flipped byte", lambda d, t: _run_cfg(d, t, f"data.dir={t / 'data'}"), "sha256",
          _flip_byte),

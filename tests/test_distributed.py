@@ -177,8 +177,12 @@ def test_two_processes_train_like_one_in_bf16(runs, run, reference):
 def test_fsdp_writes_sharded_checkpoints_that_one_process_reads(runs, capsys, tmp_path):
     ckpt = list_checkpoints(runs["fsdp-blockshuffle"])[-1]
     assert is_sharded(ckpt) and not (ckpt / "model.safetensors").exists()
-    assert sorted(p.name for p in (ckpt / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    assert "optimizer" not in load_state(ckpt)  # the optimiser state is sharded too
+    # torch's HuggingFaceStorageWriter: one safetensors file per rank, no pickled dcp/.metadata
+    assert sorted(p.name for p in (ckpt / "dcp").iterdir()) == [
+        "shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
+    state = load_state(ckpt)
+    assert "optimizer" not in state  # the optimiser's tensors are sharded too; its param_groups are plain data
+    assert [g["params"][0] for g in state["optimizer_param_groups"]] == ["embed.weight"]
     assert not list_checkpoints(runs["ddp-lowrank"])[-1].joinpath("dcp").exists()  # DDP keeps safetensors
     # `eval` in one process, without a process group, scores the sharded weights as the two ranks did
     with pytest.raises(SystemExit) as code:

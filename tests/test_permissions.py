@@ -48,7 +48,8 @@ def test_checkpoints_follow_the_umask(tmp_path, mask, folder, file):
         ckpt = save_checkpoint(tmp_path / "run", 3, Transformer(cfg.model), cfg, {"step": 3})
     found = modes(ckpt)
     assert found.pop(".") == folder
-    assert set(found) == {"model.safetensors", "config.yaml", "state.pt", "meta.json"}
+    assert set(found) == {"model.safetensors", "config.yaml", "state.json", "state.safetensors",
+                          "meta.json"}
     assert set(found.values()) == {file}
 
 

@@ -63,7 +63,10 @@ def test_crafted_pickle_in_a_checkpoint_is_refused(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"step": 1, "payload": Evil()}, ckpt / "state.pt")
-    with pytest.raises(UserError, match="not a valid training state"):
+    load_state(ckpt)  # state.json is there: the pickle beside it is never opened
+    for name in ("state.json", "state.safetensors"):  # the layout of an earlier release: refused, not read
+        (ckpt / name).unlink()
+    with pytest.raises(UserError, match=r"state is a pickle.*lowrank-lm convert-checkpoint"):
         load_state(ckpt)
     assert not marker.exists()  # the pickled code never ran
     load_model(ckpt)  # the weights are safetensors: still loadable

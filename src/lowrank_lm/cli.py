@@ -30,6 +30,7 @@ VERBS: dict[str, str] = {
     "config": "config",
     "plan": "plan",
     "structurize": "structurize",
+    "convert-checkpoint": "convert_checkpoint",
 }
 
 

@@ -249,6 +249,11 @@ class TrainConfig:
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
     """How torchrun's processes share the work: ddp (replicas) or fsdp (FSDP2 shards, sharded checkpoints)."""
+    dist_timeout_minutes: float = 120.0
+    """Minutes a process of a torchrun job waits at a collective before failing (the process group's timeout).
+    It covers the longest wait of a healthy job: the other ranks wait while rank 0 prepares the data (large
+    corpora: run `lowrank-lm prepare` first, or raise this) or writes a checkpoint. A failure on one rank ends
+    the others at once; only a hung rank makes the others wait this long."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: less memory, about a third more compute."""
     peak_tflops: Optional[float] = None
@@ -572,6 +577,9 @@ def validate(cfg: Config) -> None:
                 "keep_checkpoints", "max_bad_steps", "peak_tflops"):
         _positive(getattr(t, key), f"train.{key}")
     _check_optimizer(t)
+    if not 0 < t.dist_timeout_minutes <= 7 * 24 * 60:  # NaN fails too; timedelta takes no inf
+        raise ConfigError(f"train.dist_timeout_minutes must be positive minutes (at most a week), got "
+                          f"{t.dist_timeout_minutes}")
     if t.loss_chunk_tokens < 0:
         raise ConfigError(f"train.loss_chunk_tokens must be 0 (full logits) or positive, got {t.loss_chunk_tokens}")
     if t.tokens is not None and t.tokens_per_param is not None:

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from lowrank_lm.checkpoint import list_checkpoints, load_model, load_state
-from lowrank_lm.checkpoint_dcp import DCP_DIR, is_sharded
+from lowrank_lm.checkpoint_dcp import is_sharded, read_sharded_tensors
 from lowrank_lm.config import load_config, save_config
 from lowrank_lm.train.metrics import read_metrics
 from lowrank_lm.train.rundir import RunDir
@@ -88,13 +87,10 @@ def _losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def final_state(ckpt: Path) -> dict[str, Any]:
-    """Weights and optimiser state of a checkpoint as full tensors, whichever format it has."""
+    """Weights and optimiser state of a checkpoint as full tensors, whichever format it has (a sharded one
+    flat, keyed ``model.NAME`` and ``optimizer.NAME.KEY``)."""
     if is_sharded(ckpt):
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-        with tempfile.TemporaryDirectory() as tmp:
-            dcp_to_torch_save(ckpt / DCP_DIR, Path(tmp) / "full.pt")
-            return torch.load(Path(tmp) / "full.pt", weights_only=True)
+        return read_sharded_tensors(ckpt)
     return {"model": load_file(ckpt / "model.safetensors"), "optimizer": load_state(ckpt)["optimizer"]["state"]}
 
 

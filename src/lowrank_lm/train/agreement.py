@@ -22,8 +22,13 @@ from lowrank_lm.errors import PeerFailed, UserError
 
 
 def launch_rank() -> int:
-    """This process's rank as the launcher set it (0 when not launched as part of a job)."""
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank as the launcher set it (0 when not launched as part of a job, and for a malformed
+    launch, which every process reports: see lowrank_lm.train.distributed.setup)."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0
+    return rank if 0 <= rank < world else 0
 
 
 def said_once(error: UserError) -> UserError:

@@ -20,12 +20,16 @@ from torch import nn
 
 from lowrank_lm.accounting import account
 from lowrank_lm.checkpoint import (
+    check_checkpoint,
     list_checkpoints,
     load_state,
     model_state,
+    old_format,
     prune_checkpoints,
+    refuse_old_format,
     resolve_checkpoint,
     save_checkpoint,
+    writing,
 )
 from lowrank_lm.checkpoint_dcp import is_sharded
 from lowrank_lm.config import Config, config_to_dict, load_config
@@ -86,6 +90,10 @@ class _State:
     """Wall-clock seconds of the earlier sessions of the run (training, evaluation, checkpoints)."""
 
 
+STATE_KEYS = ("step", "tokens", "bad_in_row", "skipped", "guide_flops", "rng", "loaders", "optimizer")
+"""What a resume reads from a checkpoint's training state (a sharded one keeps the optimiser in its shards)."""
+
+
 def _rng_state(device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -109,10 +117,13 @@ class Trainer:
     """One training run of a :class:`Config`; ``run()`` trains to the end of the token budget."""
 
     def __init__(self, cfg: Config, overwrite: bool = False, max_steps: int | None = None) -> None:
+        if max_steps is not None and max_steps < 1:  # no step, so no checkpoint: nothing could be resumed
+            raise UserError(f"--max-steps {max_steps}: give at least 1 (the number of steps after which the run "
+                            "stops with a checkpoint)")
         self.cfg, self.overwrite, self.max_steps = cfg, overwrite, max_steps
         self.provenance: Provenance | None = None  # collected by rank 0, the rank that writes the records
         t = cfg.train
-        self.dist = distributed.setup(t.device)
+        self.dist = distributed.setup(t.device, timeout_minutes=t.dist_timeout_minutes)
         self.device = self.dist.device
         world = self.dist.world_size
         self.micro = t.micro_batch_size or max(1, t.global_batch_size // world)
@@ -156,15 +167,44 @@ class Trainer:
                     raise
         if t.resume == "never":
             return None
-        if t.resume == "auto":
-            found = list_checkpoints(self.run_dir.path)
-            return found[-1] if found else None
         try:
-            with all_or_none():
-                return resolve_checkpoint(t.resume)
+            chosen: Path | None = None
+            with all_or_none():  # rank 0 chooses for all: on lagging shared storage ranks could see other steps
+                if self.dist.is_main:
+                    chosen = self._newest_whole() if t.resume == "auto" else self._named_checkpoint(t.resume)
+            return distributed.broadcast_path(chosen, self.device)
         except BaseException:
-            self.run_dir.release()
+            if self.dist.is_main:
+                self.run_dir.release()
             raise
+
+    def _named_checkpoint(self, path: str) -> Path:
+        """train.resume=PATH: that checkpoint (a run folder's newest), which must read whole."""
+        ckpt = resolve_checkpoint(path)
+        check_checkpoint(ckpt, STATE_KEYS)
+        return ckpt
+
+    def _newest_whole(self) -> Path | None:
+        """The newest checkpoint of the run that reads whole; each newer one is skipped with its reason."""
+        found = list_checkpoints(self.run_dir.path)
+        skipped: list[str] = []
+        for ckpt in reversed(found):
+            if old_format(ckpt):
+                refuse_old_format(ckpt)
+            try:
+                check_checkpoint(ckpt, STATE_KEYS)
+            except UserError as e:
+                skipped.append(f"{ckpt.name}: {e}")
+                continue
+            for line in skipped:  # said only when the run goes on; otherwise the error below says it
+                self._log(f"resume: skipping {line}")
+            if skipped:
+                self._log(f"resume: continuing from {ckpt.name}, the newest checkpoint that reads whole")
+            return ckpt
+        if skipped:
+            raise UserError(f"no checkpoint in {self.run_dir.path / 'checkpoints'} reads whole (newest "
+                            f"{skipped[0]}); move them away to keep them, or pass --overwrite to start over")
+        return None
 
     def _setup_data(self) -> Path:
         from lowrank_lm.data import check_compatible, load_manifest, prepare, resolve_data_dir
@@ -250,13 +290,9 @@ class Trainer:
         self._last_save = time.perf_counter()
 
     def _write_checkpoint(self, weights: dict, state: dict, meta: dict, st: _State) -> None:
-        try:
-            save_checkpoint(self.run_dir.path, st.step, weights, self.cfg, state, meta=meta)
-        except OSError as e:
-            last = list_checkpoints(self.run_dir.path)
-            kept = f"the previous checkpoint {last[-1]} is intact" if last else "no earlier checkpoint exists"
-            raise UserError(f"could not write the checkpoint of step {st.step} ({e.strerror or e}); {kept}; "
-                            "free disk space or fix permissions, then run again to resume") from None
+        # any writer's failure (a full disk: OSError, SafetensorError, RuntimeError) is one line, exit 2
+        writing(self.run_dir.path, st.step,
+                lambda: save_checkpoint(self.run_dir.path, st.step, weights, self.cfg, state, meta=meta))
         prune_checkpoints(self.run_dir.path, self.cfg.train.keep_checkpoints)
 
     def _guide_flops(self, model: Transformer, st: _State) -> int:
@@ -282,13 +318,13 @@ class Trainer:
         from lowrank_lm.checkpoint_dcp import load_sharded, optimizer_state_by_name
 
         if is_sharded(ckpt):
-            load_sharded(ckpt, model, optimizer)
+            load_sharded(ckpt, model, optimizer, state)
         elif self.sharded or isinstance(next(iter(state["optimizer"]["state"]), 0), str):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             # a full state (one process, DDP, or FSDP before sharded checkpoints), sharded as it loads
-            set_optimizer_state_dict(model, optimizer, optimizer_state_by_name(model, state["optimizer"]),
-                                     options=StateDictOptions(full_state_dict=True))
+            by_name = optimizer_state_by_name(model, state["optimizer"], optimizer)
+            set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
         else:
             optimizer.load_state_dict(state["optimizer"])
 
@@ -343,12 +379,15 @@ class Trainer:
         state: dict[str, Any] | None = None
         if ckpt is not None:
             with all_or_none():  # an unreadable checkpoint ends every rank alike
-                state = load_state(ckpt)
+                state = load_state(ckpt, STATE_KEYS)
             st.step, st.tokens = int(state["step"]), int(state["tokens"])
             st.bad_in_row, st.skipped = int(state["bad_in_row"]), int(state["skipped"])
             st.guide_flops = int(state["guide_flops"])
             st.train_s = float(state.get("train_s", 0.0))  # absent in checkpoints of the first release
             st.wall_s = float(state.get("wall_s", 0.0))
+            if self.max_steps is not None and st.step >= self.max_steps:  # no step to take, no checkpoint to write
+                raise said_once(UserError(f"--max-steps {self.max_steps}: the run is already at step {st.step} "
+                                          f"({ckpt}); give a larger --max-steps to continue it"))
         self.guidance.attach(model, st.step)
         if ckpt is not None:
             with all_or_none():
