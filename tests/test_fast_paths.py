@@ -11,7 +11,7 @@ from lowrank_lm.layers import fused as fused_module
 from lowrank_lm.layers.blockdiag import blockdiag_matmul, blockshuffle_matmul, shuffle, unshuffle
 from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.model import FeedForward
-from lowrank_lm.premerge import Premerged, premerge
+from lowrank_lm.premerge import PremergedLinear, premerge
 
 LAYERS = {
     "dense": lambda i, o: DenseLinear(i, o, bias=True),
@@ -102,7 +102,7 @@ def test_premerged_layer_gives_the_factored_output_and_switches_at_its_limit(kin
     x_small, x_big = torch.randn(300, 64), torch.randn(301, 64)
     with torch.no_grad():
         factored_small, factored_big = layer(x_small), layer(x_big)
-        premerged = Premerged(layer, 300).eval()
+        premerged = PremergedLinear(layer, 300).eval()
         assert premerged.uses_merged(x_small) and not premerged.uses_merged(x_big)
         merged_small = premerged(x_small)  # 300 tokens <= 300: the merged dense weight
         torch.testing.assert_close(merged_small, factored_small, rtol=1e-5, atol=1e-5)
@@ -165,7 +165,7 @@ def test_cublaslt_epilogue_path_equals_gelu_of_the_layer(kind, dtype):
     torch.testing.assert_close(fused, plain, **tol)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: bf16 like F.linear
         assert fused_module.epilogue_gelu_linear(layer.float(), x.float()).dtype == torch.bfloat16
-    premerged = Premerged(layer, 64).eval()  # pre-merged: the merged weight is the tail
+    premerged = PremergedLinear(layer, 64).eval()  # pre-merged: the merged weight is the tail
     with torch.no_grad():
         torch.testing.assert_close(fused_module.epilogue_gelu_linear(premerged, x), plain, **tol)
 

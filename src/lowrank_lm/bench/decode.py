@@ -29,7 +29,7 @@ from lowrank_lm.bench.timer import measure
 from lowrank_lm.config import ModelConfig
 from lowrank_lm.errors import UserError
 from lowrank_lm.model import Transformer
-from lowrank_lm.premerge import premerged
+from lowrank_lm.premerge import premerged_layers
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -131,7 +131,7 @@ def _measure_batch(variants: list[DecodeVariant], batch: int, spec: DecodeBenchS
 def _row(v: DecodeVariant, batch: int, spec: DecodeBenchSpec, t: Any, peak: int | None,
          first_s: float | None) -> dict[str, Any]:
     weights = sum(p.numel() * p.element_size() for p in v.model.parameters())
-    merged = sum(m.merged.numel() * m.merged.element_size() for m in premerged(v.model))
+    merged = sum(m.merged.numel() * m.merged.element_size() for m in premerged_layers(v.model))
     return {
         "config": v.name, "kind": v.cfg.ffn.kind, "rank": v.cfg.ffn.rank, "attn_dim": v.cfg.resolved_attn_dim,
         "kv_heads": v.cfg.resolved_kv_heads, "ffn_dim": v.cfg.resolved_ffn_dim, "params": v.params,

@@ -138,7 +138,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _device(name: str) -> Any:
-    from lowrank_lm.train.distributed import resolve_device
+    from lowrank_lm.device import resolve_device
 
     return resolve_device(name, option="--device")
 
@@ -168,7 +168,7 @@ def _progress(message: str) -> None:
         _warned = True
         import torch
 
-        from lowrank_lm.bench.report import busy_cores, contention_warning
+        from lowrank_lm.contention import busy_cores, contention_warning
 
         busy = busy_cores() if not torch.cuda.is_available() else None
         warning = None if busy is None else contention_warning(busy, os.cpu_count() or 1, torch.get_num_threads(),

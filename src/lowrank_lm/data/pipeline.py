@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm import __version__
 from lowrank_lm.config import DataConfig
 from lowrank_lm.data.files import file_sha256, write_atomic, write_json_atomic
 from lowrank_lm.data.manifest import MANIFEST, Manifest, ShardInfo, load_manifest, write_manifest
@@ -43,6 +42,7 @@ from lowrank_lm.data.tokenizer import (
     tokenizer_file_hashes,
 )
 from lowrank_lm.errors import UserError
+from lowrank_lm.version import __version__
 
 CACHE_ENV = "LOWRANK_LM_CACHE"
 PROGRESS = ".progress.json"
