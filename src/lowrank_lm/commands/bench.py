@@ -63,7 +63,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from lowrank_lm.layers import registry  # the kinds the defaults name
 
-    sub = p.add_subparsers(dest="bench", required=True, parser_class=type(p))
+    # not required=True: argparse would then say "the following arguments are required: bench"; run() says what to do
+    sub = p.add_subparsers(dest="bench", metavar="{ffn,train,decode}", parser_class=type(p))
 
     f = sub.add_parser("ffn", help="latency of the FFN block alone: dense vs structured vs pre-merged",
                        description="Latency of the FFN block (up, GELU, down; FFN = 4 x width) for "
@@ -229,6 +230,9 @@ def _check_out(out: str | None, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.bench is None:
+        raise UserError("say what to measure: lowrank-lm bench ffn (FFN latency), bench train CONFIG "
+                        "(training steps) or bench decode CONFIG (generation)")
     _check_out(args.out, args.bench)
     device = _setup(args)
     {"ffn": _run_ffn, "train": _run_train, "decode": _run_decode}[args.bench](args, device)
