@@ -10,6 +10,7 @@ import argparse
 import difflib
 import importlib
 import sys
+from typing import NoReturn
 
 from lowrank_lm.errors import PeerFailed, UserError
 
@@ -48,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print usage first)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse would print usage first)
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
 

@@ -39,6 +39,7 @@ DECODE_MODES = ("auto", "eager", "static")
 CACHE_STEP = 128
 """Static caches are sized in multiples of this many slots (one compiled step serves each size)."""
 SPAN_STEP = 64
+_KEPT = "_static_decoder"  # the model attribute that keeps its static decoder for the next call
 """A static step attends to the filled slots rounded up to a multiple of this (one graph per span)."""
 
 
@@ -176,13 +177,15 @@ def make_decoder(model: Transformer, mode: str, batch: int, total: int,
     dtype = _cache_dtype(model, device)
     max_len = static_cache_len(total, model.cfg.seq_len)
     key = (batch, max_len, dtype, device, compiled, _model_state(model))
-    kept: StaticDecoder | None = getattr(model, "_static_decoder", None)
+    kept: StaticDecoder | None = getattr(model, _KEPT, None)
     if kept is not None and kept.key == key:
         return kept
-    model._static_decoder = None  # free the old cache (and graph) before allocating the new one
+    # kept on the model as a plain attribute (setattr: the model's class does not know decoders); the old cache
+    # (and graph) is freed before the new one is allocated
+    setattr(model, _KEPT, None)
     decoder = StaticDecoder(model, batch, max_len, device, dtype, compiled)
     decoder.key = key
-    model._static_decoder = decoder
+    setattr(model, _KEPT, decoder)
     return decoder
 
 

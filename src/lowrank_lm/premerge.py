@@ -28,6 +28,8 @@ _INNER = "structured."  # the wrapped layer's attribute name, as it appears in s
 class PremergedLinear(nn.Module):
     """``layer`` with its merged weight used in eval mode for calls of at most ``max_tokens`` tokens."""
 
+    merged: torch.Tensor  # a buffer (nn.Module's attribute typing would make it Tensor | Module)
+
     def __init__(self, layer: StructuredLinear, max_tokens: int) -> None:
         super().__init__()
         self.structured = layer

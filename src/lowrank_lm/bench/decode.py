@@ -27,6 +27,7 @@ from lowrank_lm.bench.premerge import apply_premerge
 from lowrank_lm.bench.report import Interrupted, markdown_table, pyplot
 from lowrank_lm.bench.timer import measure
 from lowrank_lm.config import ModelConfig
+from lowrank_lm.decoding import generate
 from lowrank_lm.errors import UserError
 from lowrank_lm.model import Transformer
 from lowrank_lm.premerge import premerged_layers
@@ -91,7 +92,7 @@ def build_variants(spec: DecodeBenchSpec, device: torch.device) -> list[DecodeVa
 
 def _generate(v: DecodeVariant, batch: int, gen: int, device: torch.device) -> Callable[[], object]:
     prompt = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    return lambda: v.model.generate(prompt, max_new_tokens=gen, temperature=0, decode=v.decode)
+    return lambda: generate(v.model, prompt, max_new_tokens=gen, temperature=0, decode=v.decode)
 
 
 def _measure_batch(variants: list[DecodeVariant], batch: int, spec: DecodeBenchSpec,

@@ -256,7 +256,7 @@ def _run_ffn(args: argparse.Namespace, device: Any) -> None:
 def _compile_modes(words: list[str], device: Any) -> tuple[bool, ...]:
     from lowrank_lm.train.compiling import use_compile
 
-    modes = {"off": False, "on": True, "auto": "auto"}
+    modes: dict[str, bool | str] = {"off": False, "on": True, "auto": "auto"}
     bad = [w for w in words if w not in modes]
     if bad or not words:
         raise UserError(f"--compile {','.join(words)}: use off, on, auto (train.compile's default), or off,on")

@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> None:
         if offline and hub_failure(e):
             raise UserError(_offline_error(tasks)) from None
         raise
+    assert model.checkpoint is not None  # load() names the checkpoint it read
     out = Path(args.output) if args.output else default_output(model.checkpoint, tasks)
     record = {"checkpoint": str(model.checkpoint), "tasks": tasks, "limit": args.limit,
               "num_fewshot": args.num_fewshot, **res}
