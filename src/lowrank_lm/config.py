@@ -219,8 +219,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "bf16"
     """bf16 autocast with fp32 master weights, or fp32 throughout."""
     compile: Literal["auto", True, False] = "auto"
-    """torch.compile the training step: true | false | auto (on for CUDA; off on CPU, where it gained 3-8% a
-    step but took 20-30 s to compile: docs/results/fast-paths-cpu.md)."""
+    """torch.compile the training step: true | false | auto (on for CUDA; off on CPU, where the time to compile
+    outweighed the faster steps of a typical run: measured, with its command, in docs/results/fast-paths-cpu.md)."""
     loss_chunk_tokens: int = 0
     """Compute the output layer and the loss this many tokens at a time, never holding the full logits
     (0: through the full logits); liger-kernel's fused kernel on CUDA when installed."""
