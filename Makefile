@@ -1,4 +1,4 @@
-# make demo: the main job on the embedded corpus.  make test: the test suite.  Both set themselves up.
+# make demo: the main job on the embedded corpus.  make test: ruff, mypy (pyproject's [tool.mypy]) and the test suite.  Both set themselves up.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch (on this project's machines it lies on disk). GPU users: install the CUDA
@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(PY) -m ruff check src tests
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 # Prepares the embedded corpus, trains configs/cpu/tiny.yaml and its LowRank-32% twin, prints the table.

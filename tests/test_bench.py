@@ -17,7 +17,7 @@ from lowrank_lm.bench.variants import structure_for
 from lowrank_lm.cli import main
 from lowrank_lm.layers import LowRankLinear, registry
 from lowrank_lm.model import Transformer
-from lowrank_lm.premerge import premerged
+from lowrank_lm.premerge import premerged_layers
 
 from .conftest import small_config
 
@@ -257,7 +257,7 @@ def test_apply_premerge_uses_the_config_limit_and_keeps_logits():
         chosen = premerge.apply_premerge(model)
         after = model(ids)
     assert chosen and set(chosen.values()) == {4}
-    assert [m.structured for m in premerged(model)] == list(model.structured_layers())
+    assert [m.structured for m in premerged_layers(model)] == list(model.structured_layers())
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 

@@ -96,3 +96,41 @@ def test_config_verb_prints_the_reference(capsys):
 def test_info_prints_the_token_budget_in_a_unit_that_fits(tokens, shown, capsys):
     code, out, _ = run_cli(capsys, "info", "configs/cpu/tiny.yaml", f"train.tokens={tokens}")
     assert code == 0 and "token budget" in out and shown in out
+
+
+def test_the_verb_list_of_help_gives_each_verbs_first_paragraph_whole(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per verb, so each summary can be read back whole
+    _, out, _ = run_cli(capsys, "--help")
+    for verb, module_name in VERBS.items():
+        doc = importlib.import_module(f"lowrank_lm.commands.{module_name}").__doc__
+        first = " ".join(doc.strip().split("\n\n")[0].split())
+        assert first.endswith((".", ")")), f"{verb}: the first paragraph of its docstring is not a sentence"
+        assert f" {verb} " in out and first in " ".join(out.split()), f"{verb}'s summary is cut in --help"
+    assert "print the same numbers as one process." in " ".join(out.split())  # eval's, cut before this fix
+
+
+def test_bench_without_what_to_measure_says_so_in_one_line(capsys):
+    code, out, err = run_cli(capsys, "bench")
+    assert code == 2 and out == ""
+    assert err == ("lowrank-lm bench: error: say what to measure: lowrank-lm bench ffn (FFN latency), bench train "
+                   "CONFIG (training steps) or bench decode CONFIG (generation)\n")
+
+
+def test_config_verb_prints_the_resolved_config_that_reloads_to_the_same_config(capsys, tmp_path):
+    import yaml
+
+    from lowrank_lm.config import config_to_dict, load_config
+
+    code, out, _ = run_cli(capsys, "config", "configs/cpu/tiny.yaml", "model.ffn.kind=lowrank",
+                           "model.ffn.fraction=0.32")
+    assert code == 0
+    printed = yaml.safe_load(out)
+    assert printed["model"]["ffn"]["kind"] == "lowrank" and printed["model"]["ffn"]["fraction"] is None
+    assert printed["model"]["ffn"]["rank"] == 32  # the fraction is resolved to the rank it solves to
+    assert printed["train"]["out_dir"] == "runs/tiny" and printed["model"]["hidden_dim"] == 128  # tiny's own values
+    (tmp_path / "resolved.yaml").write_text(out)
+    assert config_to_dict(load_config(tmp_path / "resolved.yaml")) == printed
+    code, _, err = run_cli(capsys, "config", "configs/cpu/tiny.yaml", "--markdown")
+    assert code == 2 and "--markdown prints the reference; it does not apply with CONFIG" in err
+    code, _, err = run_cli(capsys, "config", "configs/cpu/tiny.yaml", "model.ffn.rnak=3")
+    assert code == 2 and err.count("\n") == 1 and "rank" in err

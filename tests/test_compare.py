@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lowrank_lm import run_compare
+from lowrank_lm.train import curves
 from lowrank_lm.train.summary import RunSummary
 
 from .ecosystem import cli
@@ -92,7 +92,7 @@ def test_without_matplotlib_compare_writes_the_tables_and_says_so(runs, tmp_path
     record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     record["files"].remove("loss_vs_flops.png")  # as if an earlier compare had not written it
     (tmp_path / "cmp" / "compare.json").write_text(json.dumps(record))
-    monkeypatch.setattr(run_compare, "_pyplot", lambda: None)
+    monkeypatch.setattr(curves, "pyplot", lambda: None)  # the loss plots are drawn by train/curves.py
     code, _, err = cli("compare", str(runs[1]), "--out", str(tmp_path / "cmp"))
     assert code == 0 and "plots skipped (pip install 'lowrank-lm[analysis]'" in err
     # our stale loss-vs-tokens plot (of other runs) is gone; the file compare did not write stays

@@ -26,9 +26,19 @@ def test_guided_model_is_compiled_with_or_without_coins(tmp_path, reduce_flop):
     trainer = Trainer(cfg)
     model = Transformer(cfg.model)
     trainer.guidance.attach(model, 0)
-    assert trainer._wrap(model) is not model  # torch.compile wraps lazily: nothing is compiled here
+    assert trainer.guidance.guides(model)  # the model is guided while it is wrapped
+    _assert_compiled(trainer._wrap(model), model)  # torch.compile wraps lazily: nothing is compiled here
+    assert trainer.compiled
     trainer.guidance.detach(model)
-    assert trainer._wrap(model) is not model
+    assert not trainer.guidance.guides(model)
+    _assert_compiled(trainer._wrap(model), model)
+    assert trainer.compiled
+
+
+def _assert_compiled(wrapped, model):
+    """``wrapped`` is torch.compile's module around this very model (no DDP here: one process)."""
+    assert isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule), type(wrapped)
+    assert wrapped._orig_mod is model
 
 
 def test_guides_with_coins_under_activation_checkpointing_wait_for_the_end_of_guidance(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ from lowrank_lm import decoding
 from lowrank_lm.decoding import EagerDecoder, StaticDecoder, make_decoder, resolve_decode, static_cache_len
 from lowrank_lm.errors import UserError
 from lowrank_lm.model import Transformer
+from lowrank_lm.premerge import premerge
 
 from .conftest import small_config
 
@@ -18,12 +19,12 @@ STYLES = {
 }
 
 
-def _model(style, dtype, premerge):
+def _model(style, dtype, merged):
     # init_std 0.2: well-separated logits, so rounding differences cannot flip a greedy choice
     torch.manual_seed(0)
     model = Transformer(small_config(*STYLES[style], "model.init_std=0.2", "model.seq_len=64").model)
     model = model.to(dtype).eval()
-    model.premerge(16 if premerge else 0)
+    premerge(model, 16 if merged else 0)
     return model
 
 
@@ -81,14 +82,14 @@ def test_static_steps_give_the_eager_tokens_and_logits(style, dtype, premerge, m
 
 
 def test_compiled_static_generation_equals_eager_generation():
-    model = _model("gpt-lowrank", torch.float32, premerge=True)
+    model = _model("gpt-lowrank", torch.float32, merged=True)
     prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(2))
-    eager = model.generate(prompt, 20, temperature=0, decode="eager")
-    static = model.generate(prompt, 20, temperature=0, decode="static")
+    eager = decoding.generate(model, prompt, 20, temperature=0, decode="eager")
+    static = decoding.generate(model, prompt, 20, temperature=0, decode="static")
     assert torch.equal(static, eager)
     kept = model._static_decoder
     assert make_decoder(model, "static", 2, 24) is kept  # the next call of the same shape reuses it
-    model.premerge(0)  # a graph would have baked the merged weights in: a new decoder
+    premerge(model, 0)  # a graph would have baked the merged weights in: a new decoder
     assert make_decoder(model, "static", 2, 24, compiled=False) is not kept
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lowrank_lm.decoding import generate
+
 from .ecosystem import MODEL_VOCAB, cli, make_run, make_tokenizer, relative_error, sentences
 
 transformers = pytest.importorskip("transformers")
@@ -93,7 +95,7 @@ def test_transformers_computes_our_logits_and_greedy_tokens(exported, name):
 
     prompt = ids[:, :6]
     eos = hf.generation_config.eos_token_id
-    mine = ours.generate(prompt, 16, temperature=0)[:, 6:].tolist()
+    mine = generate(ours, prompt, 16, temperature=0)[:, 6:].tolist()
     theirs = hf.generate(prompt, max_new_tokens=16, do_sample=False)[:, 6:].tolist()
     assert [cut_at(r, eos) for r in mine] == [cut_at(r, eos) for r in theirs]
     assert len(cut_at(mine[0], eos)) > 1  # the comparison covers decoding steps with the cache

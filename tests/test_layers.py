@@ -9,7 +9,7 @@ from lowrank_lm.layers import (
     LowRankLinear,
     build_linear,
 )
-from lowrank_lm.premerge import Premerged
+from lowrank_lm.premerge import PremergedLinear
 from lowrank_lm.train.self_guided import attach_guide
 
 torch.manual_seed(0)
@@ -126,7 +126,7 @@ def test_blockshuffle_mixes_all_blocks():
 def test_premerge_uses_dense_weight_only_for_small_calls_in_eval():
     layer = LowRankLinear(32, 64, rank=4, bias=True)
     layer.reset_parameters(0.02, "spectral")
-    merged = Premerged(layer, max_tokens=8).eval()
+    merged = PremergedLinear(layer, max_tokens=8).eval()
     calls = []
     layer.matrix_forward = lambda x, bias=None: calls.append(x.shape) or LowRankLinear.matrix_forward(layer, x, bias)
     small, big = torch.randn(2, 4, 32), torch.randn(3, 4, 32)

@@ -7,7 +7,7 @@ import torch
 
 from lowrank_lm.accounting import count_model
 from lowrank_lm.model import Transformer
-from lowrank_lm.premerge import Premerged, premerged
+from lowrank_lm.premerge import PremergedLinear, premerge, premerged_layers
 
 from .conftest import small_config
 
@@ -22,10 +22,11 @@ def test_premerged_model_keeps_keys_counts_and_logits_and_unmerges_to_the_same_l
     ids = torch.randint(0, cfg.vocab_size, (1, 5))
     with torch.no_grad():
         before = model(ids)
-        model.premerge(8)
-        wrapped = premerged(model)
+        premerge(model, 8)
+        wrapped = premerged_layers(model)
         assert [m.structured for m in wrapped] == layers and all(m.max_tokens == 8 for m in wrapped)
-        assert isinstance(model.blocks[1].ffn.up, Premerged) and isinstance(model.blocks[0].attn.qkv, Premerged)
+        assert isinstance(model.blocks[1].ffn.up, PremergedLinear)
+        assert isinstance(model.blocks[0].attn.qkv, PremergedLinear)
         torch.testing.assert_close(model(ids), before, rtol=1e-5, atol=1e-5)  # 5 tokens: merged weights
     after = model.state_dict()
     assert list(after) == list(state) and all(torch.equal(after[k], state[k]) for k in state)
@@ -34,5 +35,5 @@ def test_premerged_model_keeps_keys_counts_and_logits_and_unmerges_to_the_same_l
     moved = {k: v + 1 for k, v in state.items()}
     model.load_state_dict(moved, strict=True)
     assert torch.equal(model.blocks[1].ffn.up.structured.u, moved["blocks.1.ffn.up.u"])
-    model.premerge(0)
-    assert premerged(model) == [] and list(model.structured_layers()) == layers  # the same objects, in place
+    premerge(model, 0)
+    assert premerged_layers(model) == [] and list(model.structured_layers()) == layers  # the same objects, in place

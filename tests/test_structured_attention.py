@@ -20,7 +20,7 @@ from lowrank_lm.checkpoint import load_model
 from lowrank_lm.config import AttnConfig, SelfGuidedConfig, load_config
 from lowrank_lm.layers import BlockShuffleLinear, LowRankLinear, registry
 from lowrank_lm.model import Transformer
-from lowrank_lm.premerge import premerged
+from lowrank_lm.premerge import premerge, premerged_layers
 from lowrank_lm.scaling.sweep import load_sweep
 from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import read_metrics
@@ -127,11 +127,11 @@ def test_premerge_and_self_guidance_act_on_structured_attention():
     ids = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
         before = model(ids)
-        model.premerge(64)
-        assert [m.structured for m in premerged(model)] == layers
+        premerge(model, 64)
+        assert [m.structured for m in premerged_layers(model)] == layers
         assert torch.allclose(model(ids), before, atol=1e-5)
-    model.premerge(0)
-    assert premerged(model) == [] and list(model.structured_layers()) == layers  # the layers are back in place
+    premerge(model, 0)
+    assert premerged_layers(model) == [] and list(model.structured_layers()) == layers  # the layers are back in place
 
     guidance = SelfGuidance(SelfGuidedConfig(enabled=True, ratio=1.0, reduce_flop=False), steps=4)
     guidance.attach(model.train(), 0)

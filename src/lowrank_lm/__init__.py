@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from lowrank_lm.version import __version__
 
 __all__ = ["__version__", "build", "load", "load_structurized", "merge_structures", "structurize"]
 

@@ -10,6 +10,7 @@ import argparse
 import difflib
 import importlib
 import sys
+from typing import NoReturn
 
 from lowrank_lm.errors import PeerFailed, UserError
 
@@ -50,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print usage first)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse would print usage first)
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
 
@@ -70,6 +71,12 @@ def _unknown_verb(argv: list[str]) -> str | None:
     return f"lowrank-lm: error: unknown verb {first!r}{hint} (see lowrank-lm --help)\n"
 
 
+def summary_line(doc: str) -> str:
+    """A verb's line in ``lowrank-lm --help``: the first paragraph of its module docstring, on one line (a first
+    sentence may wrap over several lines of the docstring)."""
+    return " ".join(doc.strip().split("\n\n", 1)[0].split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lowrank-lm", description="Train and measure Transformer language models whose "
                      "feed-forward layers are low-rank or structured. `lowrank-lm VERB --help` for each verb.")
@@ -81,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"lowrank_lm.commands.{module_name}")
         doc = (module.__doc__ or "").strip()
         # argparse %-formats help strings (escape them), not descriptions
-        p = sub.add_parser(verb, help=doc.splitlines()[0].replace("%", "%%") if doc else None,
+        p = sub.add_parser(verb, help=summary_line(doc).replace("%", "%%") or None,
                            description=doc, epilog=_examples(module))
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

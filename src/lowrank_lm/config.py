@@ -26,8 +26,10 @@ from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.errors import ConfigError
 from lowrank_lm.layers import registry
 
-FFNKind = Literal[registry.kinds()]  # type: ignore[valid-type]
-FFNInit = Literal[registry.inits()]  # type: ignore[valid-type]
+# The structures of model.ffn and model.attn alike (the names once said FFN; FFNKind / FFNInit stay as aliases).
+StructureKind = Literal[registry.kinds()]  # type: ignore[valid-type]
+StructureInit = Literal[registry.inits()]  # type: ignore[valid-type]
+FFNKind, FFNInit = StructureKind, StructureInit
 _T = TypeVar("_T")
 
 # All three read from the structure registry (layers/): each structure module declares them.
@@ -43,7 +45,7 @@ class FFNConfig:
     """How the two (or three, for SwiGLU) linear layers of each feed-forward block are parametrised."""
 
     section: ClassVar[str] = "model.ffn"  # where these settings live, for error messages
-    kind: FFNKind = registry.DENSE
+    kind: StructureKind = registry.DENSE
     """The structure of the FFN linears: one of the structures declared under layers/ (dense is the baseline)."""
     rank: Optional[int] = None
     """The rank R of the kinds that read it (a bottleneck size, or a tensor-train rank: each structure says)."""
@@ -52,7 +54,7 @@ class FFNConfig:
     fraction: Optional[float] = None
     """Share of the dense FFN's weights (e.g. 0.32): picks the kind's rank or block count, the nearest share
     counted on the layers themselves; replaces the solved setting in the resolved config."""
-    init: Optional[FFNInit] = None
+    init: Optional[StructureInit] = None
     """The init of the structured factors (the kinds' inits differ); empty means the paper's default for the kind."""
     keep_dense_layers: list[int] = field(default_factory=lambda: [0])
     """Indices of Transformer blocks whose FFN stays dense (the paper keeps block 0 dense)."""
@@ -66,7 +68,7 @@ class AttnConfig:
     """How each attention block's fused q/k/v projection and output projection are parametrised."""
 
     section: ClassVar[str] = "model.attn"  # where these settings live, for error messages
-    kind: FFNKind = registry.DENSE
+    kind: StructureKind = registry.DENSE
     """The structure of both projections, any model.ffn.kind; dense keeps plain nn.Linear layers."""
     rank: Optional[int] = None
     """Bottleneck size R for the kinds that read a rank (as model.ffn.rank)."""
@@ -75,7 +77,7 @@ class AttnConfig:
     fraction: Optional[float] = None
     """Share of the dense projections' weights (e.g. 0.32): picks the kind's rank or block count as
     model.ffn.fraction does, counted on the attention's own layers."""
-    init: Optional[FFNInit] = None
+    init: Optional[StructureInit] = None
     """spectral | random | orthonormal; empty means the kind's default (std = model.init_std)."""
 
 
@@ -221,8 +223,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "bf16"
     """bf16 autocast with fp32 master weights, or fp32 throughout."""
     compile: Literal["auto", True, False] = "auto"
-    """torch.compile the training step: true | false | auto (on for CUDA; off on CPU, where it gained 3-8% a
-    step but took 20-30 s to compile: docs/results/fast-paths-cpu.md)."""
+    """torch.compile the training step: true | false | auto (on for CUDA; off on CPU, where the time to compile
+    outweighed the faster steps of a typical run: measured, with its command, in docs/results/fast-paths-cpu.md)."""
     loss_chunk_tokens: int = 0
     """Compute the output layer and the loss this many tokens at a time, never holding the full logits
     (0: through the full logits); liger-kernel's fused kernel on CUDA when installed."""

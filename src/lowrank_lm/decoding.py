@@ -14,7 +14,9 @@ Each span's step can be
 - compiled by torch.compile (CPU): inductor fuses the small element-wise ops between the matmuls.
 
 The prompt is filled in by the eager forward pass (it has one shape per call anyway). Both paths give
-the same logits up to rounding, hence the same greedy tokens.
+the same logits up to rounding, hence the same greedy tokens. :func:`stream` and :func:`generate` sample
+with either decoder; the model itself knows nothing of them (``lowrank_lm.load`` returns a model that has
+them as methods, see :class:`lowrank_lm.api.LanguageModel`).
 
 The cache is sized to the generation rounded up to :data:`CACHE_STEP` slots (at most the context), so
 that calls of similar length share their compiled steps or graphs (one per span). One static decoder per
@@ -24,21 +26,21 @@ decoder would double it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from lowrank_lm.errors import UserError
 from lowrank_lm.fallback import try_fast
-from lowrank_lm.premerge import premerged
-
-if TYPE_CHECKING:
-    from lowrank_lm.model import KVCache, Transformer
+from lowrank_lm.model import KVCache, Transformer
+from lowrank_lm.premerge import premerged_layers
 
 DECODE_MODES = ("auto", "eager", "static")
 CACHE_STEP = 128
 """Static caches are sized in multiples of this many slots (one compiled step serves each size)."""
 SPAN_STEP = 64
+_KEPT = "_static_decoder"  # the model attribute that keeps its static decoder for the next call
 """A static step attends to the filled slots rounded up to a multiple of this (one graph per span)."""
 
 
@@ -64,8 +66,6 @@ class EagerDecoder:
     """The plain loop: the model's forward on the new token, the cache sliced to its filled length."""
 
     def __init__(self, model: Transformer, batch: int, total: int, device: torch.device) -> None:
-        from lowrank_lm.model import KVCache
-
         self.model = model
         self.cache = KVCache(model.cfg, batch, total, device, _cache_dtype(model, device))
 
@@ -93,8 +93,6 @@ class StaticDecoder:
 
     def __init__(self, model: Transformer, batch: int, max_len: int, device: torch.device,
                  dtype: torch.dtype, compiled: bool) -> None:
-        from lowrank_lm.model import KVCache
-
         self.model, self.device = model, device
         self.key: tuple = ()
         self.cache: KVCache = KVCache(model.cfg, batch, max_len, device, dtype)
@@ -168,7 +166,7 @@ def static_cache_len(total: int, seq_len: int) -> int:
 def _model_state(model: Transformer) -> tuple:
     """What a captured graph bakes in besides shapes: train/eval mode, which merged weights pre-merge uses (and
     up to how many tokens), and the self-guided guides the structured layers carry (train.self_guided)."""
-    return (model.training, tuple((m.max_tokens, id(m.merged)) for m in premerged(model)),
+    return (model.training, tuple((m.max_tokens, id(m.merged)) for m in premerged_layers(model)),
             tuple(id(getattr(layer, "guide", None)) for layer in model.structured_layers()))
 
 
@@ -184,11 +182,65 @@ def make_decoder(model: Transformer, mode: str, batch: int, total: int,
     dtype = _cache_dtype(model, device)
     max_len = static_cache_len(total, model.cfg.seq_len)
     key = (batch, max_len, dtype, device, compiled, _model_state(model))
-    kept: StaticDecoder | None = getattr(model, "_static_decoder", None)
+    kept: StaticDecoder | None = getattr(model, _KEPT, None)
     if kept is not None and kept.key == key:
         return kept
-    model._static_decoder = None  # free the old cache (and graph) before allocating the new one
+    # kept on the model as a plain attribute (setattr: the model's class does not know decoders); the old cache
+    # (and graph) is freed before the new one is allocated
+    setattr(model, _KEPT, None)
     decoder = StaticDecoder(model, batch, max_len, device, dtype, compiled)
     decoder.key = key
-    model._static_decoder = decoder
+    setattr(model, _KEPT, decoder)
     return decoder
+
+
+@torch.no_grad()
+def stream(model: Transformer, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
+           generator: torch.Generator | None = None, decode: str = "auto") -> Iterator[torch.Tensor]:
+    """Yield (B,) new tokens of ``model`` one at a time, sampling with a KV cache (temperature 0 = greedy).
+
+    ``decode``: eager (one Python pass per step, the cache sliced to the filled length), static
+    (fixed-shape steps, compiled and on CUDA captured in a CUDA graph; the same tokens) or auto
+    (whichever :func:`resolve_decode` finds faster on this device).
+    """
+    b, t = input_ids.shape
+    total = min(t + max_new_tokens, model.cfg.seq_len)
+    decoder = make_decoder(model, decode, b, total)
+    logits = decoder.prefill(input_ids)
+    done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+    for produced in range(total - t):
+        nxt = sample(logits.float(), temperature, top_k, top_p, generator)
+        yield nxt
+        if eos_token_id is not None:
+            done |= nxt == eos_token_id
+            if bool(done.all()):
+                return
+        if t + produced + 1 >= total:
+            return
+        logits = decoder.step(nxt)
+
+
+@torch.no_grad()
+def generate(model: Transformer, input_ids: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
+    """Prompt plus up to ``max_new_tokens`` sampled tokens, (B, T + n); the options are :func:`stream`'s."""
+    new = list(stream(model, input_ids, max_new_tokens, **kwargs))
+    return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1) if new else input_ids
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """Draw one token per row of (B, V) logits; temperature 0 means argmax."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -18,8 +18,6 @@ from lowrank_lm.config import ModelConfig
 from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear, registry
 from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.loss import lm_loss
-from lowrank_lm.premerge import Premerged
-from lowrank_lm.premerge import premerge as premerge_layers
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -94,10 +92,12 @@ class KVCache:
 
 
 def matrix_params(layer: nn.Module) -> int:
-    """Weights of a linear layer, biases excluded (also its multiply-accumulates per token)."""
-    if isinstance(layer, Premerged):  # pre-merged for inference: still the structured layer's weights
-        layer = layer.structured
-    return layer.num_matrix_params() if isinstance(layer, StructuredLinear) else layer.weight.numel()
+    """Weights of a linear layer, biases excluded (also its multiply-accumulates per token).
+
+    A plain ``nn.Linear`` counts its weight; anything else (a structured layer, or the pre-merge wrapper that
+    stands in for one at inference) counts itself with ``num_matrix_params()``.
+    """
+    return layer.weight.numel() if isinstance(layer, nn.Linear) else layer.num_matrix_params()
 
 
 class Attention(nn.Module):
@@ -265,65 +265,3 @@ class Transformer(nn.Module):
         for m in self.modules():
             if isinstance(m, StructuredLinear) and not isinstance(m, DenseLinear):
                 yield m
-
-    def premerge(self, max_tokens: int | None = None) -> None:
-        """Keep merged dense weights for eval calls of <= max_tokens tokens (config value if None; 0 undoes it).
-
-        Each structured linear is wrapped in :class:`lowrank_lm.premerge.Premerged`; see that module.
-        """
-        n = self.cfg.ffn.premerge_max_tokens if max_tokens is None else max_tokens
-        if n:
-            registry.require_linear(self.cfg, "pre-merge")
-        premerge_layers(self, n or 0)
-
-    @torch.no_grad()
-    def stream(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
-               generator: torch.Generator | None = None, decode: str = "auto") -> Iterator[torch.Tensor]:
-        """Yield (B,) new tokens one at a time, sampling with a KV cache (temperature 0 = greedy).
-
-        ``decode``: eager (one Python pass per step, the cache sliced to the filled length), static
-        (fixed-shape steps, compiled and on CUDA captured in a CUDA graph; the same tokens) or auto
-        (whichever :func:`lowrank_lm.decoding.resolve_decode` finds faster on this device).
-        """
-        from lowrank_lm.decoding import make_decoder
-
-        b, t = input_ids.shape
-        total = min(t + max_new_tokens, self.cfg.seq_len)
-        decoder = make_decoder(self, decode, b, total)
-        logits = decoder.prefill(input_ids)
-        done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-        for produced in range(total - t):
-            nxt = sample(logits.float(), temperature, top_k, top_p, generator)
-            yield nxt
-            if eos_token_id is not None:
-                done |= nxt == eos_token_id
-                if bool(done.all()):
-                    return
-            if t + produced + 1 >= total:
-                return
-            logits = decoder.step(nxt)
-
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        """Prompt plus up to ``max_new_tokens`` sampled tokens, (B, T + n); see :meth:`stream`."""
-        new = list(self.stream(input_ids, max_new_tokens, **kwargs))
-        return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1) if new else input_ids
-
-
-def sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-           generator: torch.Generator | None) -> torch.Tensor:
-    """Draw one token per row of (B, V) logits; temperature 0 means argmax."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

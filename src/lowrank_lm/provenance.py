@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lowrank_lm import __version__
+from lowrank_lm.version import __version__
 
 MANIFEST_FILE = "manifest.json"  # the data dir's manifest (lowrank_lm.data.manifest.MANIFEST)
 

@@ -7,15 +7,15 @@ A path is a run folder (it has summary.json) or a folder of runs, such as a swee
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowrank_lm.atomic import atomic_open, write_json_atomic, write_text_atomic
+from lowrank_lm.atomic import write_json_atomic, write_text_atomic
 from lowrank_lm.errors import UserError
 from lowrank_lm.ownership import Ownership
-from lowrank_lm.train.rundir import CONFIG, METRICS, SUMMARY
+from lowrank_lm.plotting import pyplot
+from lowrank_lm.train.curves import Run, plot_losses
+from lowrank_lm.train.rundir import CONFIG, SUMMARY
 from lowrank_lm.train.summary import RunSummary
 
 # What compare writes into --out; the record (compare.json) marks a folder as ours for the next time.
@@ -25,29 +25,6 @@ NOT_OURS = "choose a new or empty --out (or one that compare wrote)"
 # The summary fields the table shows.
 SHOWN = ("params", "params_ffn", "tokens", "train_flops", "tokens_per_s", "final_val_loss", "final_val_ppl",
          "wall_s")
-
-
-@dataclass
-class Run:
-    """One finished run: its label, folder and summary."""
-
-    label: str
-    path: Path
-    summary: RunSummary
-
-    def curves(self) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-        """(tokens, training loss) and (tokens, validation loss) points from metrics.jsonl (empty without it)."""
-        path = self.path / METRICS
-        if not path.is_file():
-            return [], []
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        train = [(r["tokens"], r["loss"]) for r in records if "loss" in r and "tokens" in r and not r.get("skipped")]
-        val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r and "tokens" in r]
-        return train, val
-
-    @property
-    def flops_per_token(self) -> float:
-        return self.summary.train_flops / max(self.summary.tokens, 1)
 
 
 def find_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
@@ -112,49 +89,6 @@ def markdown_table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot() -> Any | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def plot_losses(runs: list[Run], path: Path, x: str = "tokens") -> Path | None:
-    """Loss against ``x`` (tokens or flops) for every run, one colour each; None without matplotlib."""
-    plt = _pyplot()
-    if plt is None:
-        return None
-    from lowrank_lm.scaling.plots import distinct_colours
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, colour in zip(runs, distinct_colours(len(runs))):
-        scale = run.flops_per_token if x == "flops" else 1.0
-        train, val = run.curves()
-        if train:
-            ax.plot([t * scale for t, _ in train], [v for _, v in train], lw=1, alpha=0.5, color=colour)
-        if val:
-            ax.plot([t * scale for t, _ in val], [v for _, v in val], "o-", ms=3, color=colour,
-                    label=f"{run.label} (val {run.summary.final_val_loss:.3f})")
-        elif train:
-            ax.lines[-1].set_label(run.label)
-    ax.set_xlabel("training FLOPs (paper convention)" if x == "flops" else "tokens")
-    ax.set_ylabel("loss (thin: training, dots: validation)")
-    if x == "flops":
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return path
-
-
 def compare_ownership(out: Path) -> Ownership:
     """What compare owns in its --out folder; its record is compare.json (lowrank_lm.ownership)."""
     return Ownership(out, RECORD, "lowrank-lm compare")
@@ -163,7 +97,7 @@ def compare_ownership(out: Path) -> Ownership:
 def write_comparison(runs: list[Run], out: Path) -> list[Path]:
     """compare.json, compare.md and the two loss plots (when matplotlib is there) under ``out``."""
     owner = compare_ownership(out)
-    plots = OUTPUTS[2:] if _pyplot() is not None else ()
+    plots = OUTPUTS[2:] if pyplot() is not None else ()
     owner.claim({*OUTPUTS[:2], *plots}, NOT_OURS)  # only what it will write: without matplotlib, no plots
     written = [out / "compare.md"]
     write_text_atomic(out / "compare.md", markdown_table(runs))
@@ -177,9 +111,3 @@ def write_comparison(runs: list[Run], out: Path) -> list[Path]:
     record = {"runs": table_rows(runs), "files": [*sorted(p.name for p in written), RECORD]}
     write_json_atomic(out / RECORD, record)
     return [out / RECORD, *written]
-
-
-def write_run_plot(run_dir: Path) -> Path | None:
-    """RUN/loss.png (training and validation loss against tokens) of a finished run; None without matplotlib."""
-    run = Run(run_dir.name, run_dir, RunSummary.read(run_dir / SUMMARY))
-    return plot_losses([run], run_dir / "loss.png")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lowrank_lm.decoding import stream
 from lowrank_lm.errors import UserError
 from lowrank_lm.text_stream import TextStream
 
@@ -49,8 +50,8 @@ def stream_text(model: Transformer, tok: Tokenizer, prompt: str, max_new_tokens:
     eos = tok.eot_id if stop_at_eos else None
     out = TextStream(tok, ids)
     x = torch.tensor([ids], dtype=torch.long, device=device)
-    for token in model.stream(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              eos_token_id=eos, generator=generator, decode=decode):
+    for token in stream(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        eos_token_id=eos, generator=generator, decode=decode):
         t = int(token[0])
         if t == eos:
             break

@@ -27,9 +27,10 @@ from lowrank_lm.bench.premerge import apply_premerge
 from lowrank_lm.bench.report import Interrupted, markdown_table, pyplot
 from lowrank_lm.bench.timer import measure
 from lowrank_lm.config import ModelConfig
+from lowrank_lm.decoding import generate
 from lowrank_lm.errors import UserError
 from lowrank_lm.model import Transformer
-from lowrank_lm.premerge import premerged
+from lowrank_lm.premerge import premerged_layers
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -91,7 +92,7 @@ def build_variants(spec: DecodeBenchSpec, device: torch.device) -> list[DecodeVa
 
 def _generate(v: DecodeVariant, batch: int, gen: int, device: torch.device) -> Callable[[], object]:
     prompt = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    return lambda: v.model.generate(prompt, max_new_tokens=gen, temperature=0, decode=v.decode)
+    return lambda: generate(v.model, prompt, max_new_tokens=gen, temperature=0, decode=v.decode)
 
 
 def _measure_batch(variants: list[DecodeVariant], batch: int, spec: DecodeBenchSpec,
@@ -131,7 +132,7 @@ def _measure_batch(variants: list[DecodeVariant], batch: int, spec: DecodeBenchS
 def _row(v: DecodeVariant, batch: int, spec: DecodeBenchSpec, t: Any, peak: int | None,
          first_s: float | None) -> dict[str, Any]:
     weights = sum(p.numel() * p.element_size() for p in v.model.parameters())
-    merged = sum(m.merged.numel() * m.merged.element_size() for m in premerged(v.model))
+    merged = sum(m.merged.numel() * m.merged.element_size() for m in premerged_layers(v.model))
     return {
         "config": v.name, "kind": v.cfg.ffn.kind, "rank": v.cfg.ffn.rank, "attn_dim": v.cfg.resolved_attn_dim,
         "kv_heads": v.cfg.resolved_kv_heads, "ffn_dim": v.cfg.resolved_ffn_dim, "params": v.params,

@@ -235,8 +235,9 @@ def premerge_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {
         "small_vs_dense": worst([r for r in merged if r["tokens"] <= PREMERGE_SMALL_TOKENS],
                                 lambda r: dense[key(r)]),
+        # tuple(...): mypy reads a starred tuple inside [] as Python 3.11 syntax
         "large_vs_factored": worst([r for r in merged if r["tokens"] >= PREMERGE_LARGE_TOKENS],
-                                   lambda r: factored[(*key(r), r["kind"], r["fraction"])]),
+                                   lambda r: factored[tuple((*key(r), r["kind"], r["fraction"]))]),
     }
 
 

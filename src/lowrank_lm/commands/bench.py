@@ -64,7 +64,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from lowrank_lm.layers import registry  # the kinds the defaults name
 
-    sub = p.add_subparsers(dest="bench", required=True, parser_class=type(p))
+    # not required=True: argparse would then say "the following arguments are required: bench"; run() says what to do
+    sub = p.add_subparsers(dest="bench", metavar="{ffn,train,decode}", parser_class=type(p))
 
     f = sub.add_parser("ffn", help="latency of the FFN block alone: dense vs structured vs pre-merged",
                        description="Latency of the FFN block (up, GELU, down; FFN = 4 x width) for "
@@ -139,7 +140,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _device(name: str) -> Any:
-    from lowrank_lm.train.distributed import resolve_device
+    from lowrank_lm.device import resolve_device
 
     return resolve_device(name, option="--device")
 
@@ -169,7 +170,7 @@ def _progress(message: str) -> None:
         _warned = True
         import torch
 
-        from lowrank_lm.bench.report import busy_cores, contention_warning
+        from lowrank_lm.contention import busy_cores, contention_warning
 
         busy = busy_cores() if not torch.cuda.is_available() else None
         warning = None if busy is None else contention_warning(busy, os.cpu_count() or 1, torch.get_num_threads(),
@@ -228,6 +229,9 @@ def _check_out(out: str | None, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.bench is None:
+        raise UserError("say what to measure: lowrank-lm bench ffn (FFN latency), bench train CONFIG "
+                        "(training steps) or bench decode CONFIG (generation)")
     _check_out(args.out, args.bench)
     device = _setup(args)
     {"ffn": _run_ffn, "train": _run_train, "decode": _run_decode}[args.bench](args, device)
@@ -251,7 +255,7 @@ def _run_ffn(args: argparse.Namespace, device: Any) -> None:
 def _compile_modes(words: list[str], device: Any) -> tuple[bool, ...]:
     from lowrank_lm.train.compiling import use_compile
 
-    modes = {"off": False, "on": True, "auto": "auto"}
+    modes: dict[str, bool | str] = {"off": False, "on": True, "auto": "auto"}
     bad = [w for w in words if w not in modes]
     if bad or not words:
         raise UserError(f"--compile {','.join(words)}: use off, on, auto (train.compile's default), or off,on")

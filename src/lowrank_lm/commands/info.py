@@ -39,11 +39,11 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps(acc.to_dict(), indent=2))
         return
     m, f, a = cfg.model, cfg.model.ffn, cfg.model.attn
-    structure = f.kind
+    structure: str = f.kind
     if registry.get(f.kind).structured:
         bits = [registry.describe(f.kind, f.rank, f.num_blocks), f"init={f.init}"]
         structure += " (" + ", ".join(b for b in bits if b) + f"; dense blocks {f.keep_dense_layers})"
-    attention = a.kind
+    attention: str = a.kind
     if registry.get(a.kind).structured:
         bits = [registry.describe(a.kind, a.rank, a.num_blocks), f"init={a.init}"]
         attention += " (" + ", ".join(b for b in bits if b) + "; q/k/v and output projections of every block)"

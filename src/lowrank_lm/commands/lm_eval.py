@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> None:
         from lowrank_lm.data.tokenizer import MISSING_HINT
 
         raise UserError(f"no tokenizer in the run dir of {model.checkpoint}; lm-eval scores text, so {MISSING_HINT}")
+    assert model.checkpoint is not None  # load() names the checkpoint it read
     out = Path(args.output) if args.output else default_output(model.checkpoint, tasks)
     _check_output(out, given=bool(args.output))
     offline = not hub_reachable()

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         return run_jobs(plan, cluster, shard, detach=args.detach, poll_s=poll, scheduler=scheduler).exit_code
     slots = _gpu_slots(args)
     if args.in_process:
-        runner = InProcessRunner()
+        runner: InProcessRunner | SubprocessRunner | list[SubprocessRunner] = InProcessRunner()
     else:
         threads = args.threads
         parallel = shard[1] * (len(slots) if slots else 1)

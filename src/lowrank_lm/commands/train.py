@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from lowrank_lm.commands.common import add_config_arguments, config_from_args
 from lowrank_lm.config import Config, load_config
@@ -83,5 +83,5 @@ def run(args: argparse.Namespace) -> int:
     if result.finished:
         return 0
     if launch_rank() == 0:
-        print(stopped_line(result), file=sys.stderr, flush=True)
+        print(stopped_line(cast("StoppedRun", result)), file=sys.stderr, flush=True)  # not finished: stopped
     return EXIT_STOPPED

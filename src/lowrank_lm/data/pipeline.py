@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm import __version__
 from lowrank_lm.atomic import temp_target, write_atomic, write_json_atomic
 from lowrank_lm.config import DataConfig
 from lowrank_lm.data.files import file_sha256
@@ -48,6 +47,7 @@ from lowrank_lm.data.tokenizer import (
 from lowrank_lm.errors import UserError
 from lowrank_lm.locks import held as lock_held
 from lowrank_lm.ownership import Ownership
+from lowrank_lm.version import __version__
 
 CACHE_ENV = "LOWRANK_LM_CACHE"
 PROGRESS = ".progress.json"

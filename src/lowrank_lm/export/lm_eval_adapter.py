@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from lowrank_lm import decoding
 from lowrank_lm.errors import UserError
 from lowrank_lm.text_stream import TextStream
 
@@ -149,7 +150,7 @@ class LowRankLM(TemplateLM):  # type: ignore[misc,valid-type]
     def _generate(self, ids: list[int], max_new: int, temperature: float, until: list[str]) -> str:
         stream = TextStream(self.tok, ids)
         x = torch.tensor([ids], dtype=torch.long, device=self._device)
-        for token in self.model.stream(x, max_new, temperature=temperature, eos_token_id=self._eot):
+        for token in decoding.stream(self.model, x, max_new, temperature=temperature, eos_token_id=self._eot):
             if int(token[0]) == self._eot:
                 break
             stream.push(int(token[0]))

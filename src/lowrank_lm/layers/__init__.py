@@ -12,7 +12,7 @@ from lowrank_lm.layers.dense import DenseLinear
 from lowrank_lm.layers.lowrank import LowRankLinear
 
 if TYPE_CHECKING:
-    from lowrank_lm.config import FFNConfig
+    from lowrank_lm.config import AttnConfig, FFNConfig
 
 __all__ = [
     "BlockDenseLinear",
@@ -24,7 +24,8 @@ __all__ = [
 ]
 
 
-def build_linear(in_features: int, out_features: int, cfg: FFNConfig, bias: bool,
+def build_linear(in_features: int, out_features: int, cfg: FFNConfig | AttnConfig, bias: bool,
                  std: float, dense: bool = False) -> StructuredLinear:
-    """The one place that turns an FFN config into a linear layer (``dense=True`` forces dense)."""
+    """The one place that turns a structure's settings (model.ffn or model.attn) into a linear layer
+    (``dense=True`` forces dense)."""
     return registry.build(in_features, out_features, cfg, bias, std, dense)

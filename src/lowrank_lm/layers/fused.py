@@ -10,7 +10,7 @@ in a permutation and keeps the separate pass there. Neither fused op has a backw
 anything under autograd keep the plain path; the fused paths give the same values up to rounding.
 
 ``layer`` may also be a wrapper that takes a structured layer's place and gives its own
-:meth:`~StructuredLinear.dense_tail` (pre-merge, :class:`lowrank_lm.premerge.Premerged`, which holds the
+:meth:`~StructuredLinear.dense_tail` (pre-merge, :class:`lowrank_lm.premerge.PremergedLinear`, which holds the
 layer as ``structured``). A layer with forward hooks (self-guided training's guide) runs through its call.
 """
 

@@ -13,21 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from lowrank_lm.plotting import distinct_colours
 from lowrank_lm.scaling.fit import FitResult, Series
 
 X_LABELS = {"flops": "training FLOPs (paper convention: 3 x forward)", "flops_6n": "training FLOPs (6N)",
             "params": "parameters", "params_non_embedding": "non-embedding parameters", "tokens": "tokens"}
-
-
-def distinct_colours(n: int) -> list[Any]:
-    """``n`` colours, all different: tab20's ten dark hues first (neighbours differ in hue, not shade), then its
-    ten light ones; beyond 20, evenly spaced hues of a cyclic map."""
-    import matplotlib
-
-    if n <= 20:
-        tab20 = matplotlib.colormaps["tab20"]
-        return [tab20(2 * i if i < 10 else 2 * (i - 10) + 1) for i in range(n)]
-    return [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
 
 
 def _colours(names: list[str]) -> dict[str, Any]:

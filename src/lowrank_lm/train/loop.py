@@ -40,10 +40,10 @@ from lowrank_lm.faults import crash_point
 from lowrank_lm.layers import registry
 from lowrank_lm.model import Transformer
 from lowrank_lm.provenance import Provenance, collect_provenance
-from lowrank_lm.run_compare import write_run_plot
 from lowrank_lm.train import distributed
 from lowrank_lm.train.agreement import all_or_none, said_once
 from lowrank_lm.train.compiling import COMPILED, use_compile
+from lowrank_lm.train.curves import write_run_plot
 from lowrank_lm.train.evaluate import autocast, evaluate, validation_size
 from lowrank_lm.train.memory_check import check_fits
 from lowrank_lm.train.metrics import MetricsLogger, resolve_peak_flops, throughput

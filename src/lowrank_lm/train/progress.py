@@ -53,7 +53,7 @@ def eval_line(done: int, total: int, elapsed: float) -> str:
 
 def others_busy(interval: float = 0.5) -> float | None:
     """Cores that other processes keep busy, measured while this process works (None without /proc/stat)."""
-    from lowrank_lm.bench.report import busy_cores
+    from lowrank_lm.contention import busy_cores
 
     wall, cpu = time.perf_counter(), time.process_time()
     busy = busy_cores(interval)
@@ -88,7 +88,7 @@ class CoreWatch:
             self._thread.join(wait)
         if self._said or self._thread.is_alive() or self._others is None:
             return None
-        from lowrank_lm.bench.report import contention_warning
+        from lowrank_lm.contention import contention_warning
 
         self._said = True
         return contention_warning(self._others, os.cpu_count() or 1, self.threads,
