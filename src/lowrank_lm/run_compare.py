@@ -168,20 +168,29 @@ def _earlier_files(out: Path) -> set[str]:
         return set()
 
 
-def write_comparison(runs: list[Run], out: Path) -> list[Path]:
-    """compare.json, compare.md and the two loss plots (when matplotlib is there) under ``out``."""
+def write_comparison(runs: list[Run], out: Path, baseline: str | None = None) -> list[Path]:
+    """compare.json, compare.md (groups over seeds, then every run) and the two loss plots (when matplotlib is
+    there, seed bands per group) under ``out``."""
+    from lowrank_lm.compare_plots import plot_groups
+    from lowrank_lm.run_groups import compare_groups, group_table, notes
+
+    groups, noise = compare_groups(runs, baseline)
     earlier = _earlier_files(out)
     prepare_out(out)
     written = [out / "compare.md"]
-    (out / "compare.md").write_text(markdown_table(runs))
+    md = ["## Configurations (mean over seeds)", "", group_table(groups, baseline), *notes(groups, noise), "",
+          "## Runs", "", markdown_table(runs)]
+    (out / "compare.md").write_text("\n".join(md))
     for x in ("tokens", "flops"):
         target = out / f"loss_vs_{x}.png"
-        made = plot_losses(runs, target, x)
+        made = plot_groups(groups, target, x)
         if made is not None:
             written.append(made)
         elif target.name in earlier and target.is_file():  # ours from an earlier compare, of other runs
             target.unlink()
-    record = {"runs": table_rows(runs), "files": [*sorted(p.name for p in written), RECORD]}
+    record = {"runs": table_rows(runs), "groups": [g.to_json() for g in groups],
+              "seed_noise": noise.to_json() if noise else None,
+              "files": [*sorted(p.name for p in written), RECORD]}
     (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return [out / RECORD, *written]
 

@@ -285,12 +285,15 @@ class _Group:
                           ftol=1e-12, xtol=1e-12, gtol=1e-12)
 
 
-def multistart(residual: Any, jac: Any, starts: Any, bounds: tuple[np.ndarray, np.ndarray], **options: Any) -> Any:
+def multistart(residual: Any, jac: Any, starts: Any, bounds: tuple[np.ndarray, np.ndarray],
+               accept_unconverged: bool = False, **options: Any) -> Any:
     """scipy's bounded trust-region least squares from each start; the lowest cost wins (None if all failed).
 
     The fits here have long valleys (E trades off against A and alpha), where one start can stop in the
     wrong place, so every law runs its solver from a few starts. Starts are moved strictly inside the box
     (the trust-region solver wants an interior start); ``options`` go to ``least_squares`` (loss, tolerances).
+    ``accept_unconverged`` also accepts a run that stopped at ``max_nfev`` (still crawling along a flat
+    valley, where the cost barely changes), for fits whose reported quantity does not move along that valley.
     """
     from scipy.optimize import least_squares
 
@@ -304,7 +307,8 @@ def multistart(residual: Any, jac: Any, starts: Any, bounds: tuple[np.ndarray, n
                 res = least_squares(residual, p0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac", **options)
         except (ValueError, np.linalg.LinAlgError):
             continue
-        if res.status > 0 and np.isfinite(res.cost) and (best is None or res.cost < best.cost):
+        ok = res.status > 0 or (accept_unconverged and res.status == 0)
+        if ok and np.isfinite(res.cost) and (best is None or res.cost < best.cost):
             best = res
     return best
 
