@@ -147,3 +147,35 @@ def test_paper_multipliers():
     assert 0.7 < k32 < k63 < 1.0  # fewer parameters: less compute-efficient, as the figure shows
     assert s["lowrank-32"]["ci"][1] < 1.0 and s["lowrank-63"]["ci"][0] < 1.0 < s["lowrank-63"]["ci"][1]
     assert s["blockdense-32"]["n_points"] == 1 and s["blockdense-32"]["compute_multiplier"] < k32
+
+
+def test_plan_reads_multipliers_with_intervals_and_bench_times(tmp_path):
+    table = tmp_path / "results.csv"
+    _write_table(table)
+    code, out, err = cli("fit", str(table), "--law", "shared", "--bootstrap", "100", "--json")
+    assert code == 0, err
+    fits = tmp_path / "shared.json"
+    fits.write_text(out)
+    bench = tmp_path / "train.json"
+    rows = [{"kind": "dense", "fraction": 1.0, "tokens_per_s": 1000.0, "flops_per_token": 1e9, "median_ms": 9.0},
+            {"kind": "lowrank", "fraction": 0.32, "tokens_per_s": 1500.0, "flops_per_token": 1e9, "median_ms": 6.0}]
+    bench.write_text(json.dumps({"meta": {}, "rows": rows}))
+    code, text, err = cli("plan", "--fits", str(fits), "--budget-flops", "3.6e16", "--bench", str(bench))
+    assert code == 0, err
+    lines = text.splitlines()
+    assert lines[0].startswith("plan for 3.6e+16 training FLOPs (shared-exponent fit, baseline dense): lowrank-32")
+    k = json.loads(out)["series"]["lowrank-32"]["compute_multiplier"]
+    # 3.6e16 FLOPs at 1.5e12 FLOP/s take 24,000 s; with k = 1.25 the dense loss comes after 24,000 / k s
+    assert lines[1].startswith(f"  lowrank-32: worth {k:.3g}x [")
+    assert f"in {24000 / k / 3600:.2g} h at the bench's rate ({k * 1.5:.3g}x [" in lines[1]
+    assert any(line.startswith("  blockdense-32: worth 0.8") for line in lines)
+    code, _, err = cli("plan", "--fits", str(fits), "--budget-flops", "1e16", "--min-speedup", "1.2", "--bench",
+                       str(bench))
+    assert code == 2 and "apply to joint-law plans" in err
+
+
+def test_human_time_units():
+    from lowrank_lm.scaling.planner import human_time
+
+    assert [human_time(s) for s in (42, 143, 3 * 3600 + 600, 20 * 3600, 5 * 86400, 30 * 86400)] == \
+        ["42 s", "2 min", "3.2 h", "20 h", "5 days", "30 days"]
