@@ -179,3 +179,42 @@ def test_human_time_units():
 
     assert [human_time(s) for s in (42, 143, 3 * 3600 + 600, 20 * 3600, 5 * 86400, 30 * 86400)] == \
         ["42 s", "2 min", "3.2 h", "20 h", "5 days", "30 days"]
+
+
+def _joint_table(path, m_true: float = 1.5) -> None:
+    """Two structures at 3 sizes x 3 token budgets on L = 1.8 + 400 (m N)^-0.34 + 900 D^-0.28, 0.2% noise."""
+    rng = np.random.default_rng(4)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["name", "series", "params", "tokens", "flops", "loss"])
+        for name, m in (("dense", 1.0), ("lowrank-32", m_true)):
+            for N, D in ((N, D) for N in (1e6, 4e6, 1.6e7) for D in (2e7, 8e7, 3.2e8)):
+                loss = (1.8 + 400 * (m * N) ** -0.34 + 900 * D ** -0.28) * np.exp(rng.normal(0, 0.002))
+                w.writerow([f"{name}-{N:g}-{D:g}", name, int(N), int(D), 6 * N * D, f"{loss:.6f}"])
+
+
+def test_shared_joint_recovers_a_parameter_multiplier(tmp_path):
+    table = tmp_path / "joint.csv"
+    _joint_table(table)
+    code, out, err = cli("fit", str(table), "--law", "shared-joint", "--bootstrap", "60", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    m = data["series"]["lowrank-32"]
+    assert m["parameter_multiplier"] == pytest.approx(1.5, rel=0.1) and m["ci"][0] < 1.5 < m["ci"][1]
+    assert data["alpha"] == pytest.approx(0.34, rel=0.25) and data["series"]["dense"]["n_cells"] == 9
+    code, text, _ = cli("fit", str(table), "--law", "shared-joint", "--bootstrap", "0")
+    assert f"  lowrank-32: each parameter worth {m['parameter_multiplier']:.3g}x one of dense's (9 points)" in text
+
+
+def test_shared_joint_needs_token_budgets(tmp_path):
+    table = tmp_path / "results.csv"
+    _write_table(table)  # one token budget per run: compute multipliers only
+    with table.open() as fh:
+        rows = list(csv.DictReader(fh))
+    with table.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, [*rows[0], "params", "tokens"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "params": int(float(r["flops"]) / 6e6), "tokens": 1000000})
+    code, _, err = cli("fit", str(table), "--law", "shared-joint")
+    assert code == 2 and "needs runs at two or more token budgets" in err

@@ -23,12 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         '"comparisons": [...]}')
     p.add_argument("--report", metavar="DIR", default=None,
                    help="write report.md, fit.json, points.csv and scaling.png to DIR")
-    p.add_argument("--law", default="compute", choices=["compute", "joint", "shared"],
+    p.add_argument("--law", default="compute", choices=["compute", "joint", "shared", "shared-joint"],
                    help="compute (default): L = E + A C^-alpha per series; joint: L = E + A/N^alpha + B/D^beta per "
                         "series (Hoffmann et al.), with IsoFLOP profiles when the table holds several sizes per "
                         "budget; reads series, params, tokens, loss (and flops, budget, seed); shared: "
                         "L = E + A (k C)^-alpha with E, A, alpha shared by all series and one compute multiplier k "
-                        "per series against --baseline")
+                        "per series against --baseline; shared-joint: L = E + A (m N)^-alpha + B D^-beta, all shared "
+                        "but a parameter multiplier m per series (needs several sizes and token budgets)")
     p.add_argument("--params", default=None, choices=["total", "non-embedding"],
                    help="joint law: N counts all parameters (total, the default) or the non-embedding ones")
     p.add_argument("--x", default=None, metavar="COLUMN",
@@ -50,9 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check_law_options(args: argparse.Namespace) -> None:
     """Options of the other law are errors, not silently ignored."""
-    if args.law == "joint":
+    if args.law in ("joint", "shared-joint"):
         given = [flag for flag, value in (("--x", args.x), ("--mode", args.mode), ("--E", args.fixed_E),
-                                          ("--baseline", args.baseline), ("--overlay-paper", args.overlay_paper))
+                                          ("--baseline", args.baseline if args.law == "joint" else None),
+                                          ("--overlay-paper", args.overlay_paper))
                  if value not in (None, False)]
         if given:
             raise UserError(f"{', '.join(given)} apply to the compute law only; drop them or use --law compute")
@@ -73,6 +75,9 @@ def run(args: argparse.Namespace) -> None:
     _check_law_options(args)
     if args.law == "joint":
         _run_joint(args)
+        return
+    if args.law == "shared-joint":
+        _run_shared_joint(args)
         return
     args.x = args.x or "flops"
     if args.law == "shared":
@@ -141,6 +146,20 @@ def _run_shared(args: argparse.Namespace) -> None:
     if paths:
         sys.stdout.flush()
         print(f"report: {paths['report']} (plot {paths['plot'].name}, fit.json, points.csv)", file=sys.stderr)
+
+
+def _run_shared_joint(args: argparse.Namespace) -> None:
+    from lowrank_lm.scaling.joint import N_COLUMNS, JointOptions, series_from_rows
+    from lowrank_lm.scaling.shared_joint import fit_shared_joint, format_shared_joint
+    from lowrank_lm.scaling.table import read_points
+
+    if args.report:
+        raise UserError("--report is not written for --law shared-joint yet; use --json (or --law shared --report)")
+    rows, _ = read_points(args.results, N_COLUMNS[args.params or "total"])
+    series = series_from_rows(_select(rows, args.series), args.results)
+    fit = fit_shared_joint(series, args.baseline, JointOptions(n_bootstrap=args.bootstrap, level=args.level,
+                                                               seed=args.seed))
+    print(json.dumps(fit.to_json(), indent=2) if args.json else format_shared_joint(fit, args.results))
 
 
 def _select(rows: list[dict], wanted_text: str | None) -> list[dict]:
