@@ -219,9 +219,7 @@ def _parse_structures(path: Path, structures: dict[str, StructureEntry], rank_mu
             raise _err(path, f"structures.{name}: give fractions, e.g. [0.63, 0.32]")
         fractions: list[float | None] = [_fraction(path, f"structures.{name}.fractions", x) for x in fr] if fr \
             else [None]
-        fixed = [s for s in spec.settings if s not in spec.solved] if spec is not None else []
-        if "num_blocks" in fixed and template is None and v.num_blocks is None:
-            raise _err(path, f"structures.{name}: {kind} needs num_blocks (the paper uses 2 or 4)")
+        # a kind whose block count is not solved takes num_blocks, else its default, as `info` and train do
         rm = v.rank_multiple if v.rank_multiple is not None else rank_multiple
         if rm < 1:
             raise _err(path, f"structures.{name}.rank_multiple must be a positive whole number")
