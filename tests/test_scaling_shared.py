@@ -218,3 +218,32 @@ def test_shared_joint_needs_token_budgets(tmp_path):
             w.writerow({**r, "params": int(float(r["flops"]) / 6e6), "tokens": 1000000})
     code, _, err = cli("fit", str(table), "--law", "shared-joint")
     assert code == 2 and "needs runs at two or more token budgets" in err
+
+
+def test_token_budgets_are_a_data_axis():
+    """Series name structures; compute-law curves split by token budget and pair only at equal budgets; the
+    joint law takes every budget; token budgets are not IsoFLOP budgets."""
+    from lowrank_lm.scaling.compare import compare_all
+    from lowrank_lm.scaling.fit import fit_all
+    from lowrank_lm.scaling.isoflop import is_isoflop
+    from lowrank_lm.scaling.joint import series_from_rows
+    from lowrank_lm.scaling.table import split_token_budgets
+
+    rows = []
+    for name, k in (("dense", 1.0), ("lowrank-32", 1.2)):
+        for budget, D in (("t150k", 1.5e5), ("t450k", 4.5e5)):
+            for N in (1e5, 2e5, 4e5, 8e5):
+                loss = 2.0 + 40 * (k * N) ** -0.3 + 300 * D ** -0.3
+                rows.append({"series": name, "x": 6 * N * D, "params": N, "tokens": D, "flops": 6 * N * D,
+                             "budget": budget, "loss": loss, "loss_err": 0.0, "size": f"s{int(N)}"})
+    split = split_token_budgets(rows)
+    assert sorted({r["series"] for r in split}) == ["dense@t150k", "dense@t450k", "lowrank-32@t150k",
+                                                    "lowrank-32@t450k"]
+    points = Series.from_rows(split)
+    result = fit_all(points, FitOptions(n_bootstrap=20))
+    pairs = [(c["a"], c["b"]) for c in compare_all(result, "dense", points=points)]
+    assert sorted(pairs) == [("lowrank-32@t150k", "dense@t150k"), ("lowrank-32@t450k", "dense@t450k")]
+    joint = series_from_rows(rows, "rows")
+    assert joint["dense"].n == 8 and not is_isoflop(joint["dense"])  # 4 sizes per token budget: not IsoFLOP
+    flop = series_from_rows([{**r, "budget": "C1e12"} for r in rows], "rows")
+    assert is_isoflop(flop["dense"])

@@ -112,7 +112,8 @@ overrides: [train.seed=7]
     assert names[:4] == ["s1-dense-tpp2", "s1-dense-tpp4", "s1-lowrank-63-tpp2", "s1-lowrank-63-tpp4"]
     runs = {r.name: r for r in plan.runs}
     r = runs["s2-lowrank-32-tpp4"]
-    assert r.series == "lowrank-32-tpp4" and r.size == "s2" and r.fraction == pytest.approx(0.32)
+    # the series is the structure; the budget is a column of the data, not part of the name
+    assert r.series == "lowrank-32" and r.budget == "tpp4" and r.size == "s2" and r.fraction == pytest.approx(0.32)
     assert r.cfg.model.ffn.rank == 32 and r.cfg.model.hidden_dim == 128  # R = h/4 is the nearest to 32%
     assert r.ffn_fraction == pytest.approx(0.3125)
     assert runs["s2-lowrank-63-tpp4"].cfg.model.ffn.rank == 64

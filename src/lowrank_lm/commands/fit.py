@@ -88,12 +88,13 @@ def run(args: argparse.Namespace) -> None:
     from lowrank_lm.scaling.fit import FitOptions, Series, fit_all
     from lowrank_lm.scaling.report import format_text, write_report
     from lowrank_lm.scaling.seeds import average_seeds, has_seeds
+    from lowrank_lm.scaling.table import split_token_budgets
 
     rows, skipped, source = _compute_rows(args)
-    rows = _select(rows, args.series)
+    rows = split_token_budgets(_select(rows, args.series))
     rows, noise = average_seeds(rows) if has_seeds(rows) else (rows, None)
     series = Series.from_rows(rows)
-    if args.baseline is not None and args.baseline not in series:
+    if args.baseline is not None and args.baseline not in {n.split("@")[0] for n in series} | set(series):
         raise UserError(f"--baseline {args.baseline}: no such series (have: {', '.join(series)})")
     result = fit_all(series, FitOptions(mode=args.mode, fixed_E=args.fixed_E, n_bootstrap=args.bootstrap,
                                         level=args.level, seed=args.seed))

@@ -31,9 +31,9 @@ block count) whose measured fraction is nearest is chosen, counting parameters w
 classes on the meta device, so the count always agrees with ``lowrank-lm info``.
 
 Each run is named ``<size>-<structure>[-<pct>][-<budget>][-seed<S>]`` and belongs to the series
-``<structure>[-<pct>][-<budget>]``: the points of one scaling curve differ only in size (and seed). With FLOP
-budgets the series is ``<structure>[-<pct>]``: an IsoFLOP design's points differ in size and budget, and the
-joint law L(N, D) and the IsoFLOP profiles are fitted per structure over all of them.
+``<structure>[-<pct>]``; its budget is the ``budget`` column of the results. The joint law L(N, D) is fitted
+per structure over every size and budget, IsoFLOP profiles only at FLOP budgets, and the compute laws fit one
+curve per structure and token budget (``fit`` splits them: ``dense@t2M``).
 """
 
 from __future__ import annotations
@@ -335,8 +335,8 @@ def load_sweep(path: str | Path) -> SweepPlan:
                     seed_label = f"seed{seed}" if seed is not None and len(seeds) > 1 else None
                     run_name = "-".join(str(x) for x in (size.name, st.name, label, budget.label, seed_label)
                                         if x is not None)
-                    series = "-".join(str(x) for x in (st.name, label, None if isoflop else budget.label)
-                                      if x is not None)
+                    # the series is the structure; the budget is a column of the data (the joint law uses all)
+                    series = "-".join(str(x) for x in (st.name, label) if x is not None)
                     probe = _load(p, cell_cfg_path, cell_over)
                     kind = probe.model.ffn.kind
                     if budget.flops is not None:
