@@ -189,16 +189,22 @@ def plot_isoflop(iso: dict[str, Any], path: str | Path) -> Path:
     left.set_title("IsoFLOP profiles: parabolas in ln N, vertices with intervals (hollow; cut at the frame)",
                    fontsize=9)
     left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7)
+    _legend(left)
     right.set_xscale("log")
     right.set_yscale("log")
     right.set_xlabel("training FLOPs C")
     right.set_ylabel("compute-optimal parameters N*")
     right.set_title("N*(C) per structure: IsoFLOP vertices (solid fit) and joint law (dashed)", fontsize=9)
     right.grid(True, which="both", alpha=0.3)
-    right.legend(fontsize=7)
+    _legend(right)
     fig.tight_layout()
     return _save(fig, path, plt)
+
+
+def _legend(ax: Any) -> None:
+    """A legend when something is labelled: no empty box, and no matplotlib warning on the console."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def _save(fig: Any, path: str | Path, plt: Any) -> Path:
