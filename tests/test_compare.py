@@ -189,3 +189,13 @@ def test_seed_groups_table_and_figure(seeded, tmp_path):
     assert labels[0] == "s1-lowrank-32 (3 seeds, val 4.950)" and labels[-1] == "s1-cola-32 (1 seed, val 5.500)"
     assert ax.get_xscale() == "linear"  # 512 to 4,096 tokens: under a decade
     plt.close(fig)
+
+
+def test_ema_smooths_long_curves_and_leaves_short_ones():
+    from lowrank_lm.compare_plots import ema
+
+    short = np.array([7.0, 6.0, 5.5, 5.2])
+    assert np.array_equal(ema(short), short)  # 4 points: nothing to smooth, no lag
+    noisy = 5.0 + 0.1 * np.sin(np.arange(400) * 3.0)
+    smooth = ema(noisy)
+    assert smooth[0] == noisy[0] and np.std(smooth[100:]) < 0.2 * np.std(noisy[100:])

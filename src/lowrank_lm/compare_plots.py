@@ -11,12 +11,15 @@ import numpy as np
 
 from lowrank_lm.run_groups import Group
 
-EMA = 0.9
-"""Weight of the past in the training-loss smoothing (per logged point)."""
+EMA_SPAN = 20
+"""The smoothing averages over about 1/EMA_SPAN of a curve's logged points (none for 20 points or fewer)."""
 
 
-def ema(y: np.ndarray, weight: float = EMA) -> np.ndarray:
-    """Exponential moving average with bias correction (the first points are not pulled towards 0)."""
+def ema(y: np.ndarray, weight: float | None = None) -> np.ndarray:
+    """Exponential moving average with bias correction (the first points are not pulled towards 0). The
+    default weight scales with the curve's length, so a short curve is not dragged behind its own points."""
+    if weight is None:
+        weight = max(0.0, 1.0 - EMA_SPAN / max(len(y), 1))
     out = np.empty(len(y))
     acc, norm = 0.0, 0.0
     for i, v in enumerate(y):
