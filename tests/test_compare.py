@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lowrank_lm.train import curves
@@ -40,23 +41,24 @@ def runs(tmp_path) -> list[Path]:
     return [a, b, sweep]
 
 
-def test_compare_prints_one_row_per_finished_run(runs, capsys):
+def test_compare_prints_one_row_per_configuration(runs, capsys):
     code, out, err = cli("compare", *map(str, runs))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == ("| run | FFN | params | FFN params | tokens | training FLOPs | tokens/s | val loss | val ppl "
-                        "| wall time |")
-    assert [line.split(" | ")[0] for line in lines[2:]] == ["| dense", "| lowrank", "| sweep/s-dense",
-                                                             "| sweep/s-lowrank"]
-    assert lines[3] == ("| lowrank | lowrank | 1.57M | 392k | 4,096 | 3.858e+10 | 1,234 | 5.0200 | 151.33 | "
-                        "2m05s |")
-    assert "4.9000 (best)" in lines[4]
+    assert lines[0] == ("| group | FFN | params | tokens | seeds | val loss mean [95% CI] | seed sd | vs dense "
+                        "[95% CI] | test | tokens/s |")
+    # sorted by loss, labels without folder prefixes; one seed each: no seed noise, no intervals
+    assert [line.split(" | ")[0] for line in lines[2:6]] == ["| s-dense", "| s-lowrank", "| lowrank", "| dense"]
+    assert lines[4] == ("| lowrank | lowrank | 1.57M | 4,096 | 1 | 5.0200 |  | -0.0300 | no interval (one seed each) | "
+                        "1,234 |")
+    assert lines[5] == "| dense | dense | 2.5M | 4,096 | 1 | 5.0500 |  |  |  | 1,234 |"  # the baseline itself
+    assert lines[6].startswith("seed noise: not measured")
     assert "skipped 1 unfinished run(s): s-half" in err
 
 
 def test_compare_json_and_out_folder_with_plots(runs, tmp_path):
     code, out, _ = cli("compare", *map(str, runs), "--json")
-    rows = json.loads(out)
+    rows = json.loads(out)["runs"]
     assert [(r["run"], r["params"], r["final_val_loss"]) for r in rows][:2] == [("dense", 2_500_000, 5.05),
                                                                                  ("lowrank", 1_570_000, 5.02)]
     dest = tmp_path / "cmp"
@@ -66,7 +68,9 @@ def test_compare_json_and_out_folder_with_plots(runs, tmp_path):
                                                       "loss_vs_tokens.png"]
     assert (dest / "loss_vs_tokens.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((dest / "compare.json").read_text())
-    assert record["runs"] == rows
+    assert record["runs"] == rows and record["groups"][0]["group"] == "s-dense"
+    md = (dest / "compare.md").read_text()
+    assert md.startswith("## Configurations (mean over seeds)") and "## Runs" in md and "4.9000 (best)" in md
     (dest / "notes.txt").write_text("mine")
     assert cli("compare", str(runs[0]), "--out", str(dest))[0] == 0  # our own folder: replaced, notes kept
     assert (dest / "notes.txt").read_text() == "mine"
@@ -99,3 +103,100 @@ def test_without_matplotlib_compare_writes_the_tables_and_says_so(runs, tmp_path
     assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["compare.json", "compare.md",
                                                                      "loss_vs_flops.png"]
     assert (tmp_path / "cmp" / "loss_vs_flops.png").read_bytes() == b"a plot of my own"
+
+
+def make_seeded(folder: Path, structure: str, seed: int, loss: float, slowed: bool = False) -> Path:
+    """A run of a sweep with seeds: config.yaml with the seed, the summary, and train.log (busy-core warning)."""
+    make_run(folder, 3_000_000 if structure == "dense" else 1_500_000, loss)
+    (folder / "config.yaml").write_text(f"model:\n  hidden_dim: 64\n  ffn:\n    kind: {structure}\n"
+                                        f"train:\n  seed: {seed}\n  out_dir: {folder}\n")
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "structure": structure}))
+    if slowed:
+        (folder / "train.log").write_text("warning: other processes keep 2.0 of 2 cores busy; this run will be "
+                                          "several times slower than on an idle machine\n")
+    return folder
+
+
+@pytest.fixture
+def seeded(tmp_path) -> Path:
+    sweep = tmp_path / "sweep"
+    for seed, loss in zip((1, 2, 3), (5.00, 5.10, 5.05)):
+        make_seeded(sweep / f"s1-dense-seed{seed}", "dense", seed, loss)
+    for seed, loss in zip((1, 2, 3), (4.90, 5.02, 4.93)):
+        make_seeded(sweep / f"s1-lowrank-32-seed{seed}", "lowrank", seed, loss, slowed=seed == 2)
+    for seed, loss in zip((7, 8), (5.20, 5.30)):
+        make_seeded(sweep / f"s1-blockdense-32-seed{seed}", "blockdense", seed, loss)
+    make_seeded(sweep / "s1-cola-32", "cola", 1, 5.5)
+    return sweep
+
+
+def test_seed_groups_means_intervals_and_differences(seeded):
+    from scipy.stats import t
+
+    code, out, _ = cli("compare", str(seeded), "--json", "--baseline", "dense")
+    assert code == 0
+    groups = {g["group"]: g for g in json.loads(out)["groups"]}
+    assert list(groups) == ["s1-lowrank-32", "s1-dense", "s1-blockdense-32", "s1-cola-32"]  # best first
+    low = groups["s1-lowrank-32"]
+    assert low["seeds"] == [1, 2, 3] and low["mean"] == pytest.approx(14.85 / 3)
+    sd = float(np.std([4.90, 5.02, 4.93], ddof=1))
+    half = t.ppf(0.975, 2) * sd / 3 ** 0.5
+    assert low["ci"] == pytest.approx([14.85 / 3 - half, 14.85 / 3 + half])
+    # paired on seeds 1-3: differences -0.10, -0.08, -0.12
+    d = low["vs_baseline"]
+    assert d["test"] == "paired t" and d["diff"] == pytest.approx(-0.10)
+    half = t.ppf(0.975, 2) * 0.02 / 3 ** 0.5
+    assert d["ci"] == pytest.approx([-0.10 - half, -0.10 + half])
+    assert d["p"] == pytest.approx(2 * t.sf(0.10 / (0.02 / 3 ** 0.5), 2))
+    # other seeds: Welch, with the Welch-Satterthwaite degrees of freedom
+    w = groups["s1-blockdense-32"]["vs_baseline"]
+    va, vb = 0.005 / 2, 0.0025 / 3
+    dof = (va + vb) ** 2 / (va**2 / 1 + vb**2 / 2)
+    assert w["test"] == "Welch t" and w["diff"] == pytest.approx(0.20)
+    assert w["ci"][1] - w["diff"] == pytest.approx(t.ppf(0.975, dof) * (va + vb) ** 0.5)
+    assert groups["s1-cola-32"]["vs_baseline"]["test"] == "t on the pooled seed noise"
+    assert groups["s1-dense"]["vs_baseline"] is None
+    assert low["slowed_runs"] == ["sweep/s1-lowrank-32-seed2"] and groups["s1-dense"]["slowed_runs"] == []
+    noise = json.loads(out)["seed_noise"]
+    assert noise["dof"] == 2 + 2 + 1 and noise["cells"] == 3
+
+
+def test_seed_groups_table_and_figure(seeded, tmp_path):
+    code, out, _ = cli("compare", str(seeded))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split(" | ")[7] == "vs s1-dense [95% CI]"
+    assert lines[2].startswith("| s1-lowrank-32 | lowrank | 1.5M | 4,096 | 3 | 4.9500 [")
+    assert "| -0.1000 [-0.1497, -0.0503] | paired t, p = 0.013 | 1,234* |" in lines[2]
+    assert any(line.startswith("run-to-run noise (seed to seed, pooled over 3 cells, 5 degrees") for line in lines)
+    assert any(line.startswith("* tokens/s of sweep/s1-lowrank-32-seed2: other processes") for line in lines)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lowrank_lm.compare_plots import draw_groups
+    from lowrank_lm.run_compare import find_runs
+    from lowrank_lm.run_groups import compare_groups
+
+    groups, _ = compare_groups(find_runs([str(seeded)])[0])
+    fig = draw_groups(groups, "tokens", plt)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 3  # a seed band for each group with two or more seeds
+    assert len(ax.lines) == 3 * 4  # per group: raw mean (faint), smoothed mean, validation points
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "s1-lowrank-32 (3 seeds, val 4.950)" and labels[-1] == "s1-cola-32 (1 seed, val 5.500)"
+    assert ax.get_xscale() == "linear"  # 512 to 4,096 tokens: under a decade
+    plt.close(fig)
+
+
+def test_ema_smooths_long_curves_and_leaves_short_ones():
+    from lowrank_lm.compare_plots import ema
+
+    short = np.array([7.0, 6.0, 5.5, 5.2])
+    assert np.array_equal(ema(short), short)  # 4 points: nothing to smooth, no lag
+    noisy = 5.0 + 0.1 * np.sin(np.arange(400) * 3.0)
+    smooth = ema(noisy)
+    assert smooth[0] == noisy[0] and np.std(smooth[100:]) < 0.2 * np.std(noisy[100:])

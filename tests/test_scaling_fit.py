@@ -220,3 +220,13 @@ def test_report_survives_a_reader_that_closes_the_pipe(tmp_path):
     assert done.returncode == 0 and done.stdout.count("\n") == 1, done.stderr
     for name in ("report.md", "fit.json", "points.csv", "scaling.png"):
         assert (rep / name).stat().st_size > 0
+
+
+def test_report_says_when_an_estimate_lies_outside_its_interval_and_floors_bound_noise():
+    from lowrank_lm.scaling.report import _floor_zero, _meet
+
+    text = _meet({"at": 6.32e11, "ci": [6.6e11, None], "share_of_replicates": 0.6, "searched_up_to": 1e20})
+    assert text.startswith("6.32e+11 [6.6e+11, beyond search] (60% of replicates meet); the estimate lies outside")
+    inside = _meet({"at": 7e11, "ci": [6.6e11, None], "share_of_replicates": 0.6, "searched_up_to": 1e20})
+    assert "outside" not in inside
+    assert _floor_zero((6.3e-40, 0.329)) == (0.0, 0.329) and _floor_zero((0.1, 0.329)) == (0.1, 0.329)

@@ -113,7 +113,8 @@ overrides: [train.seed=7]
     assert names[:4] == ["s1-dense-tpp2", "s1-dense-tpp4", "s1-lowrank-63-tpp2", "s1-lowrank-63-tpp4"]
     runs = {r.name: r for r in plan.runs}
     r = runs["s2-lowrank-32-tpp4"]
-    assert r.series == "lowrank-32-tpp4" and r.size == "s2" and r.fraction == pytest.approx(0.32)
+    # the series is the structure; the budget is a column of the data, not part of the name
+    assert r.series == "lowrank-32" and r.budget == "tpp4" and r.size == "s2" and r.fraction == pytest.approx(0.32)
     assert r.cfg.model.ffn.rank == 32 and r.cfg.model.hidden_dim == 128  # R = h/4 is the nearest to 32%
     assert r.ffn_fraction == pytest.approx(0.3125)
     assert runs["s2-lowrank-63-tpp4"].cfg.model.ffn.rank == 64
@@ -131,7 +132,6 @@ overrides: [train.seed=7]
     ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nbogus: 1\n", "unknown key bogus"),
     ("sizes: {a: nope.yaml}\nstructures: {dense: {}}\n", "config file not found"),
     (f"sizes: {{a: {CPU / 'tiny.yaml'}}}\nstructures: {{lowrank: {{}}}}\n", "give fractions"),
-    (f"sizes: {{a: {CPU / 'tiny.yaml'}}}\nstructures: {{blockdense: {{fractions: [0.5]}}}}\n", "needs num_blocks"),
     (f"sizes: {{a: {CPU / 'tiny.yaml'}}}\nstructures: {{dense: {{}}}}\nbudgets: {{tokens: [10]}}\n",
      "less than one step"),
     (f"sizes: {{a: {CPU / 'tiny.yaml'}}}\nstructures: {{lowrank: {{fractions: [150]}}}}\n", "not a fraction"),
@@ -151,6 +151,18 @@ def test_sweep_file_errors(tmp_path, body, message):
     with pytest.raises(UserError, match=message) as e:
         load_sweep(write_sweep(tmp_path, body))
     assert str(e.value).startswith(f"{tmp_path}") and "\n" not in str(e.value)  # one line, naming the file
+
+
+def test_blockdense_solves_from_its_fraction_alone_as_info_does(tmp_path):
+    from lowrank_lm.layers import registry
+
+    plan = load_sweep(write_sweep(tmp_path, f"sizes: {{a: {CPU / 'tiny.yaml'}}}\n"
+                                            "structures: {blockdense: {fractions: [0.32]}}\n"))
+    ffn = plan.runs[0].cfg.model.ffn
+    dense = load_config(CPU / "tiny.yaml").model
+    settings, _ = registry.solve(dense, "blockdense", 0.32)  # what `info` and model.ffn.fraction resolve to
+    assert (ffn.kind, ffn.rank, ffn.num_blocks) == ("blockdense", settings["rank"], settings["num_blocks"]) \
+        and ffn.num_blocks == 4
 
 
 def test_paper_preset_reproduces_the_paper_runs():

@@ -14,7 +14,7 @@ from lowrank_lm.atomic import write_json_atomic, write_text_atomic
 from lowrank_lm.errors import UserError
 from lowrank_lm.ownership import Ownership
 from lowrank_lm.plotting import pyplot
-from lowrank_lm.train.curves import Run, plot_losses
+from lowrank_lm.train.curves import Run
 from lowrank_lm.train.rundir import CONFIG, SUMMARY
 from lowrank_lm.train.summary import RunSummary
 
@@ -94,20 +94,29 @@ def compare_ownership(out: Path) -> Ownership:
     return Ownership(out, RECORD, "lowrank-lm compare")
 
 
-def write_comparison(runs: list[Run], out: Path) -> list[Path]:
-    """compare.json, compare.md and the two loss plots (when matplotlib is there) under ``out``."""
+def write_comparison(runs: list[Run], out: Path, baseline: str | None = None) -> list[Path]:
+    """compare.json, compare.md (groups over seeds, then every run) and the two loss plots (when matplotlib is
+    there, seed bands per group) under ``out``."""
+    from lowrank_lm.compare_plots import plot_groups
+    from lowrank_lm.run_groups import compare_groups, group_table, notes
+
+    groups, noise = compare_groups(runs, baseline)
     owner = compare_ownership(out)
     plots = OUTPUTS[2:] if pyplot() is not None else ()
     owner.claim({*OUTPUTS[:2], *plots}, NOT_OURS)  # only what it will write: without matplotlib, no plots
     written = [out / "compare.md"]
-    write_text_atomic(out / "compare.md", markdown_table(runs))
+    md = ["## Configurations (mean over seeds)", "", group_table(groups, baseline), *notes(groups, noise), "",
+          "## Runs", "", markdown_table(runs)]
+    write_text_atomic(out / "compare.md", "\n".join(md))
     for x in ("tokens", "flops"):
         target = out / f"loss_vs_{x}.png"
-        made = plot_losses(runs, target, x)
+        made = plot_groups(groups, target, x)
         if made is not None:
             written.append(made)
         else:
             owner.remove([target.name])  # ours from an earlier compare, of other runs
-    record = {"runs": table_rows(runs), "files": [*sorted(p.name for p in written), RECORD]}
+    record = {"runs": table_rows(runs), "groups": [g.to_json() for g in groups],
+              "seed_noise": noise.to_json() if noise else None,
+              "files": [*sorted(p.name for p in written), RECORD]}
     write_json_atomic(out / RECORD, record)
     return [out / RECORD, *written]

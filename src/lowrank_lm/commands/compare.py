@@ -1,8 +1,10 @@
-"""Put finished runs side by side: a table, and loss-vs-tokens and loss-vs-FLOPs plots.
+"""Put finished runs side by side: configurations averaged over seeds, and loss-vs-tokens and loss-vs-FLOPs plots.
 
-The table has params, FFN params, tokens, training FLOPs, tokens/s, validation loss and perplexity and
-wall time; --out DIR also writes it as markdown and JSON with the two plots (PNG, needs matplotlib).
-RUN may be a run folder or a folder of runs (a sweep's output folder).
+Runs that differ only in their seed form one group: its mean validation loss with a 95% interval over the
+seeds, the seed-to-seed noise, and the difference to the baseline group of the same shape and budget
+(--baseline, default dense) with its interval and a paired or Welch t test; groups sorted by loss. --out DIR
+also writes the groups and every run (params, tokens, FLOPs, tokens/s, loss, wall time) as markdown and JSON
+with the two plots (PNG, needs matplotlib). RUN may be a run folder or a folder of runs (a sweep's output).
 """
 
 from __future__ import annotations
@@ -20,21 +22,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with summary.json) or folders of runs")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="also write compare.md, compare.json and the loss plots (PNG, needs matplotlib) here")
-    p.add_argument("--json", action="store_true", help="print the rows as one JSON list instead of the table")
+    p.add_argument("--baseline", default=None, metavar="NAME",
+                   help="the group (or structure) the others are compared with, at equal shape and token budget "
+                        "(default: dense)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"groups": [...], "seed_noise": ..., "runs": [...]} instead of the tables')
 
 
 def run(args: argparse.Namespace) -> None:
-    from lowrank_lm.run_compare import find_runs, markdown_table, table_rows, write_comparison
+    from lowrank_lm.run_compare import find_runs, table_rows, write_comparison
+    from lowrank_lm.run_groups import compare_groups, group_table, notes
 
-    runs, notes = find_runs(args.runs)
-    for note in notes:
+    runs, skipped = find_runs(args.runs)
+    for note in skipped:
         print(f"note: {note}", file=sys.stderr)
+    groups, noise = compare_groups(runs, args.baseline)
     if args.json:
-        print(json.dumps(table_rows(runs), indent=1))
+        print(json.dumps({"groups": [g.to_json() for g in groups], "seed_noise": noise.to_json() if noise else None,
+                          "runs": table_rows(runs)}, indent=1))
     else:
-        print(markdown_table(runs), end="")
+        print(group_table(groups, args.baseline), end="")
+        print("\n".join(notes(groups, noise)))
     if args.out:
-        written = write_comparison(runs, Path(args.out))
+        written = write_comparison(runs, Path(args.out), args.baseline)
         if not any(p.suffix == ".png" for p in written):
             print("note: plots skipped (pip install 'lowrank-lm[analysis]' for matplotlib)", file=sys.stderr)
         print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

@@ -10,7 +10,8 @@ import sys
 from lowrank_lm.errors import UserError
 
 EXAMPLES = ["lowrank-lm fit runs/sweeps/cpu-mini/results.csv --report runs/sweeps/cpu-mini/fit",
-            "lowrank-lm fit paper --series dense,lowrank-63,lowrank-32"]
+            "lowrank-lm fit paper --series dense,lowrank-63,lowrank-32",
+            "lowrank-lm fit paper --law shared --series dense,lowrank-63,lowrank-32"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,10 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         '"comparisons": [...]}')
     p.add_argument("--report", metavar="DIR", default=None,
                    help="write report.md, fit.json, points.csv and scaling.png to DIR")
-    p.add_argument("--law", default="compute", choices=["compute", "joint"],
+    p.add_argument("--law", default="compute", choices=["compute", "joint", "shared", "shared-joint"],
                    help="compute (default): L = E + A C^-alpha per series; joint: L = E + A/N^alpha + B/D^beta per "
                         "series (Hoffmann et al.), with IsoFLOP profiles when the table holds several sizes per "
-                        "budget; reads series, params, tokens, loss (and flops, budget, seed)")
+                        "budget; reads series, params, tokens, loss (and flops, budget, seed); shared: "
+                        "L = E + A (k C)^-alpha with E, A, alpha shared by all series and one compute multiplier k "
+                        "per series against --baseline; shared-joint: L = E + A (m N)^-alpha + B D^-beta, all shared "
+                        "but a parameter multiplier m per series (needs several sizes and token budgets)")
     p.add_argument("--params", default=None, choices=["total", "non-embedding"],
                    help="joint law: N counts all parameters (total, the default) or the non-embedding ones")
     p.add_argument("--x", default=None, metavar="COLUMN",
@@ -40,15 +44,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (fits are deterministic for a seed)")
     p.add_argument("--series", default=None, metavar="A,B,...", help="fit only these series")
     p.add_argument("--baseline", default=None, metavar="NAME",
-                   help="the series the others are compared with for meeting points (default: dense)")
+                   help="the series the others are compared with (meeting points; the shared law's k = 1) "
+                        "(default: dense)")
     p.add_argument("--overlay-paper", action="store_true", help="draw the paper's points on the plot too")
 
 
 def _check_law_options(args: argparse.Namespace) -> None:
     """Options of the other law are errors, not silently ignored."""
-    if args.law == "joint":
+    if args.law in ("joint", "shared-joint"):
         given = [flag for flag, value in (("--x", args.x), ("--mode", args.mode), ("--E", args.fixed_E),
-                                          ("--baseline", args.baseline), ("--overlay-paper", args.overlay_paper))
+                                          ("--baseline", args.baseline if args.law == "joint" else None),
+                                          ("--overlay-paper", args.overlay_paper))
                  if value not in (None, False)]
         if given:
             raise UserError(f"{', '.join(given)} apply to the compute law only; drop them or use --law compute")
@@ -57,6 +63,12 @@ def _check_law_options(args: argparse.Namespace) -> None:
                             "cannot separate them; use --law compute for `fit paper`")
     elif args.params is not None:
         raise UserError("--params applies to the joint law only; add --law joint (or use --x for the compute law)")
+    if args.law == "shared":
+        given = [flag for flag, value in (("--mode", args.mode), ("--E", args.fixed_E),
+                                          ("--overlay-paper", args.overlay_paper)) if value not in (None, False)]
+        if given:
+            raise UserError(f"{', '.join(given)} apply to the compute law only (the shared law fits one free E); "
+                            "drop them or use --law compute")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -64,26 +76,25 @@ def run(args: argparse.Namespace) -> None:
     if args.law == "joint":
         _run_joint(args)
         return
+    if args.law == "shared-joint":
+        _run_shared_joint(args)
+        return
     args.x = args.x or "flops"
+    if args.law == "shared":
+        _run_shared(args)
+        return
     args.mode = args.mode or "auto"
     from lowrank_lm.scaling.compare import compare_all
     from lowrank_lm.scaling.fit import FitOptions, Series, fit_all
-    from lowrank_lm.scaling.paper_data import paper_points
     from lowrank_lm.scaling.report import format_text, write_report
     from lowrank_lm.scaling.seeds import average_seeds, has_seeds
-    from lowrank_lm.scaling.table import read_points
+    from lowrank_lm.scaling.table import split_token_budgets
 
-    if args.results == "paper":
-        rows, skipped, source = paper_points(args.x), 0, "the paper's published points"
-        if not rows:
-            raise UserError(f"the paper dataset has no column {args.x}; use --x flops, params or tokens")
-    else:
-        rows, skipped = read_points(args.results, args.x)
-        source = args.results
-    rows = _select(rows, args.series)
+    rows, skipped, source = _compute_rows(args)
+    rows = split_token_budgets(_select(rows, args.series))
     rows, noise = average_seeds(rows) if has_seeds(rows) else (rows, None)
     series = Series.from_rows(rows)
-    if args.baseline is not None and args.baseline not in series:
+    if args.baseline is not None and args.baseline not in {n.split("@")[0] for n in series} | set(series):
         raise UserError(f"--baseline {args.baseline}: no such series (have: {', '.join(series)})")
     result = fit_all(series, FitOptions(mode=args.mode, fixed_E=args.fixed_E, n_bootstrap=args.bootstrap,
                                         level=args.level, seed=args.seed))
@@ -101,6 +112,55 @@ def run(args: argparse.Namespace) -> None:
     if paths:
         sys.stdout.flush()
         print(f"report: {paths['report']} (plot {paths['plot'].name}, fit.json, points.csv)", file=sys.stderr)
+
+
+def _compute_rows(args: argparse.Namespace) -> tuple[list[dict], int, str]:
+    """The rows of the compute axis (from a table or the paper), the unfinished ones skipped, and the source."""
+    from lowrank_lm.scaling.paper_data import paper_points
+    from lowrank_lm.scaling.table import read_points
+
+    if args.results == "paper":
+        rows = paper_points(args.x)
+        if not rows:
+            raise UserError(f"the paper dataset has no column {args.x}; use --x flops, params or tokens")
+        return rows, 0, "the paper's published points"
+    rows, skipped = read_points(args.results, args.x)
+    return rows, skipped, args.results
+
+
+def _run_shared(args: argparse.Namespace) -> None:
+    from lowrank_lm.scaling.fit import FitOptions, Series
+    from lowrank_lm.scaling.seeds import average_seeds, has_seeds
+    from lowrank_lm.scaling.shared import fit_shared
+    from lowrank_lm.scaling.shared_report import format_shared_text, write_shared_report
+
+    rows, skipped, source = _compute_rows(args)
+    rows = _select(rows, args.series)
+    rows, noise = average_seeds(rows) if has_seeds(rows) else (rows, None)
+    series = Series.from_rows(rows)
+    fit = fit_shared(series, args.baseline, FitOptions(n_bootstrap=args.bootstrap, level=args.level, seed=args.seed))
+    fit.settings.update(x=args.x, source=source, seed_noise=noise.to_json() if noise else None)
+    paths = None
+    if args.report:  # before printing, as for the compute law
+        paths = write_shared_report(fit, series, rows, args.report, source, _command_line(args), skipped)
+    print(json.dumps(fit.to_json(), indent=2) if args.json else format_shared_text(fit, source, skipped))
+    if paths:
+        sys.stdout.flush()
+        print(f"report: {paths['report']} (plot {paths['plot'].name}, fit.json, points.csv)", file=sys.stderr)
+
+
+def _run_shared_joint(args: argparse.Namespace) -> None:
+    from lowrank_lm.scaling.joint import N_COLUMNS, JointOptions, series_from_rows
+    from lowrank_lm.scaling.shared_joint import fit_shared_joint, format_shared_joint
+    from lowrank_lm.scaling.table import read_points
+
+    if args.report:
+        raise UserError("--report is not written for --law shared-joint yet; use --json (or --law shared --report)")
+    rows, _ = read_points(args.results, N_COLUMNS[args.params or "total"])
+    series = series_from_rows(_select(rows, args.series), args.results)
+    fit = fit_shared_joint(series, args.baseline, JointOptions(n_bootstrap=args.bootstrap, level=args.level,
+                                                               seed=args.seed))
+    print(json.dumps(fit.to_json(), indent=2) if args.json else format_shared_joint(fit, args.results))
 
 
 def _select(rows: list[dict], wanted_text: str | None) -> list[dict]:

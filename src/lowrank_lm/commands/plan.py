@@ -1,4 +1,5 @@
-"""Recommend a structure, fraction and model size for a compute budget from joint-law fits (`fit --law joint`)."""
+"""Recommend a structure, fraction and model size for a compute budget from joint-law fits (`fit --law joint`),
+or rank structures by their compute multipliers from a shared-exponent fit (`fit --law shared`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import argparse
 import json
 
 EXAMPLES = ["lowrank-lm plan --fits runs/sweeps/isoflop-cpu/fit/fit.json --budget-flops 1e19",
-            "lowrank-lm plan --fits fit.json --budget-flops 1e19 --bench runs/bench/train.json --min-speedup 1.2"]
+            "lowrank-lm plan --fits fit.json --budget-flops 1e19 --bench runs/bench/train.json --min-speedup 1.2",
+            "lowrank-lm fit paper --law shared --json > shared.json && lowrank-lm plan --fits shared.json "
+            "--budget-flops 1e20"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fits", required=True, metavar="FIT.json",
                    help="joint-law fits: the output of `lowrank-lm fit RESULTS.csv --law joint --json` (or a "
-                        "report's fit.json)")
+                        "report's fit.json); or a shared-exponent fit (`--law shared --json`): compute multipliers")
     p.add_argument("--budget-flops", required=True, type=float, metavar="C", help="training FLOPs to spend, e.g. 1e19")
     p.add_argument("--bench", default=None, metavar="BENCH.json",
                    help="train.json from `lowrank-lm bench train`: adds each structure's measured speed")
@@ -30,6 +33,16 @@ def run(args: argparse.Namespace) -> None:
 
     if not 0 < args.level < 1:
         raise UserError(f"--level must be between 0 and 1, got {args.level}")
+    from lowrank_lm.scaling.multiplier_plan import format_shared_plan, is_shared_fit, load_shared, plan_shared
+
+    if is_shared_fit(args.fits):
+        if args.min_speedup is not None or args.max_step_ms is not None:
+            raise UserError("--min-speedup and --max-step-ms apply to joint-law plans; a shared fit ranks every "
+                            "series by its multiplier")
+        shared = plan_shared(load_shared(args.fits), args.budget_flops,
+                             load_bench(args.bench) if args.bench else None, args.level)
+        print(json.dumps(shared, indent=2) if args.json else format_shared_plan(shared))
+        return
     fits = load_fits(args.fits)
     bench = load_bench(args.bench) if args.bench else None
     result = plan(fits, args.budget_flops, bench, args.min_speedup, args.max_step_ms, args.level)

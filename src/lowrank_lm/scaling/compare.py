@@ -180,15 +180,22 @@ def compare_all(result: FitResult, baseline: str | None = None, level: float | N
                 points: dict[str, Series] | None = None) -> list[dict[str, Any]]:
     """Every pair of fitted series (baseline pairs last, as a - baseline; otherwise the steeper series is a),
     with meeting points against the baseline and, given the ``points`` with sizes, the gap by size."""
+    from lowrank_lm.scaling.table import budget_of
+
     level = level if level is not None else result.settings.get("level", 0.95)
     names = [n for n, f in result.series.items() if f.fitted]
     base = baseline if baseline is not None else default_baseline(names)
-    ordered = ([n for n in names if n != base] + [base]) if base in names else names
+    # with series split by token budget (dense@t2M), each budget's curve of the baseline is a baseline
+    stem = base.split("@")[0] if base is not None else None
+    bases = [n for n in names if n == base or (budget_of(n) is not None and n.split("@")[0] == stem)]
+    ordered = [n for n in names if n not in bases] + bases
     out = []
     for i, na in enumerate(ordered):
         for nb in ordered[i + 1:]:
+            if budget_of(na) != budget_of(nb):
+                continue  # curves of different token budgets are not comparable pairwise
             fa, fb = result.series[na], result.series[nb]
-            if nb != base and (fb.alpha or 0.0) > (fa.alpha or 0.0):
+            if nb not in bases and (fb.alpha or 0.0) > (fa.alpha or 0.0):
                 fa, fb = fb, fa  # between two non-baseline series, a is the steeper one: a - b >= 0
-            out.append(compare_pair(fa, fb, level, meet=nb == base, points=points))
+            out.append(compare_pair(fa, fb, level, meet=nb in bases, points=points))
     return out

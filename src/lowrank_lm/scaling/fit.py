@@ -281,21 +281,47 @@ class _Group:
 
     def solve(self, y: np.ndarray, starts: list[np.ndarray]) -> Any:
         """Bounded least squares from each start; the lowest cost wins (None if every start failed)."""
-        from scipy.optimize import least_squares
+        return multistart(lambda p: self.model(p) - y, self.jac, starts, self.bounds(y), max_nfev=500,
+                          ftol=1e-12, xtol=1e-12, gtol=1e-12)
 
-        lo, hi = self.bounds(y)
-        best = None
-        for p0 in starts:
-            # strictly inside the box: the trust-region solver wants an interior start
-            p0 = np.clip(p0, lo + 1e-9 * (1 + abs(lo)), hi - 1e-9 * (1 + abs(hi)))
-            try:
-                res = least_squares(lambda p: self.model(p) - y, p0, jac=self.jac, bounds=(lo, hi),
-                                    method="trf", x_scale="jac", ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=500)
-            except (ValueError, np.linalg.LinAlgError):
-                continue
-            if res.status > 0 and np.isfinite(res.cost) and (best is None or res.cost < best.cost):
-                best = res
-        return best
+
+def multistart(residual: Any, jac: Any, starts: Any, bounds: tuple[np.ndarray, np.ndarray],
+               accept_unconverged: bool = False, **options: Any) -> Any:
+    """scipy's bounded trust-region least squares from each start; the lowest cost wins (None if all failed).
+
+    The fits here have long valleys (E trades off against A and alpha), where one start can stop in the
+    wrong place, so every law runs its solver from a few starts. Starts are moved strictly inside the box
+    (the trust-region solver wants an interior start); ``options`` go to ``least_squares`` (loss, tolerances).
+    ``accept_unconverged`` also accepts a run that stopped at ``max_nfev`` (still crawling along a flat
+    valley, where the cost barely changes), for fits whose reported quantity does not move along that valley.
+    """
+    from scipy.optimize import least_squares
+
+    lo, hi = bounds
+    best = None
+    for p0 in starts:
+        p0 = np.clip(p0, lo + 1e-9 * (1 + abs(lo)), hi - 1e-9 * (1 + abs(hi)))
+        try:
+            # a trial step far out can overflow exp(); the solver rejects such steps, so no warning is due
+            with np.errstate(over="ignore", invalid="ignore"):
+                res = least_squares(residual, p0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac", **options)
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        ok = res.status > 0 or (accept_unconverged and res.status == 0)
+        if ok and np.isfinite(res.cost) and (best is None or res.cost < best.cost):
+            best = res
+    return best
+
+
+def noise_scales(rng: np.random.Generator, replicates: int, s: float, dof: int, floor: np.ndarray) -> np.ndarray:
+    """Per-replicate, per-point noise of a parametric bootstrap: shape (replicates, points).
+
+    The residual scale ``s`` is drawn per replicate from its sampling distribution, s * sqrt(dof / chi2(dof))
+    (the bootstrap analogue of a t interval; zero without degrees of freedom), and never falls below the
+    point's ``floor`` (its stated error, or the measured seed-to-seed noise of its mean).
+    """
+    scale = s * np.sqrt(dof / rng.chisquare(dof, size=replicates)) if dof > 0 else np.zeros(replicates)
+    return np.maximum(scale[:, None], np.asarray(floor, float)[None, :])
 
 
 def quantile_interval(samples: np.ndarray, level: float) -> tuple[float, float] | None:

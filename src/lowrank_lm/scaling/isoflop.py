@@ -120,11 +120,15 @@ class IsoflopSeries:
 
 
 def _budget_groups(ser: JointSeries) -> dict[str, np.ndarray]:
-    """Row indices per budget: the ``budget`` column when filled, else FLOPs equal within 2%."""
+    """Row indices per FLOP budget: the ``budget`` column when filled (token budgets are not IsoFLOP budgets: the
+    compute of their runs was never fixed), else FLOPs equal within 2%."""
+    from lowrank_lm.scaling.table import is_flop_budget
+
     groups: dict[str, list[int]] = {}
     if all(ser.budgets):
         for i, b in enumerate(ser.budgets):
-            groups.setdefault(b, []).append(i)
+            if is_flop_budget(b):
+                groups.setdefault(b, []).append(i)
     elif ser.C is not None:
         order = np.argsort(ser.C)
         anchor = None

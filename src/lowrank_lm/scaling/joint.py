@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.fit import quantile_interval
+from lowrank_lm.scaling.fit import multistart, noise_scales, quantile_interval
 from lowrank_lm.scaling.seeds import Cells, SeedNoise, group_cells, pooled_noise
 
 EXPONENT_MAX = 3.0
@@ -269,23 +269,8 @@ class _Problem:
 
     def solve(self, y: np.ndarray, starts: np.ndarray) -> Any:
         """Bounded Huber least squares from each start; the lowest cost wins (None if all failed)."""
-        from scipy.optimize import least_squares
-
-        lo, hi = self.bounds(y)
-        best = None
-        for p0 in starts:
-            p0 = np.clip(p0, lo + 1e-9 * (1 + abs(lo)), hi - 1e-9 * (1 + abs(hi)))
-            try:
-                # a trial step far out can overflow exp(); the solver rejects such steps, so no warning is due
-                with np.errstate(over="ignore", invalid="ignore"):
-                    res = least_squares(lambda p: self.model(p) - y, p0, jac=self.jac, bounds=(lo, hi),
-                                        method="trf", loss="huber", f_scale=self.delta, x_scale="jac", ftol=1e-10,
-                                        xtol=1e-10, gtol=1e-10, max_nfev=300)
-            except (ValueError, np.linalg.LinAlgError):
-                continue
-            if res.status > 0 and np.isfinite(res.cost) and (best is None or res.cost < best.cost):
-                best = res
-        return best
+        return multistart(lambda p: self.model(p) - y, self.jac, starts, self.bounds(y), loss="huber",
+                          f_scale=self.delta, ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=300)
 
     def batch_model(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Model and Jacobian for every parameter row of ``P``: shapes (rows, cells) and (rows, cells, 5)."""
@@ -432,7 +417,7 @@ def _bootstrap(fit: JointFit, prob: _Problem, y: np.ndarray, p_hat: np.ndarray, 
     if B == 0 or (dof <= 0 and noise is None):
         return
     fitted = prob.model(p_hat)
-    sig = np.full((B, len(y)), s) * (np.sqrt(dof / rng.chisquare(dof, size=B))[:, None] if dof > 0 else 0.0)
+    sig = noise_scales(rng, B, s, dof, np.zeros(len(y)))
     if noise is not None:
         seed_sd = np.array([noise.draw(rng) for _ in range(B)])
         sig = np.maximum(sig, seed_sd[:, None] / np.sqrt(count)[None, :])

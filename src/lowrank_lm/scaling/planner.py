@@ -188,8 +188,8 @@ def plan(fits: dict[str, JointFit], budget: float, bench: list[dict[str, Any]] |
                 c.excluded = f"speedup {c.speedup:.3g} below {min_speedup:g}" if c.speedup else "no dense bench row"
             elif max_step_ms is not None and (c.step_ms is None or c.step_ms > max_step_ms):
                 c.excluded = f"step {c.step_ms:.3g} ms above {max_step_ms:g} ms" if c.step_ms else "no step time"
-        notes.append("speed is the bench's, measured at its own model size and batch; the hours assume the "
-                     "recommended model runs at the bench model's FLOP rate")
+        notes.append("speed is the bench's, measured at its own model size and batch on its device; the times "
+                     "assume the recommended model runs at the bench model's FLOP rate")
     allowed = sorted((c for c in cands if c.excluded is None), key=lambda c: c.loss)
     ranked = allowed + [c for c in cands if c.excluded is not None]
     best = allowed[0] if allowed else None
@@ -211,6 +211,17 @@ def plan(fits: dict[str, JointFit], budget: float, bench: list[dict[str, Any]] |
     return Plan(budget, ranked, best, runner, p_best, verdict, notes)
 
 
+def human_time(seconds: float) -> str:
+    """A duration in the unit a person reads: 40 s, 12 min, 3.2 h, 4.1 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.2g} h" if seconds < 36000 else f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.2g} days" if seconds < 864000 else f"{seconds / 86400:.0f} days"
+
+
 def format_plan(p: Plan) -> str:
     """The plan as text: the recommendation, then every candidate."""
     lines = [f"plan for {p.budget:.3g} training FLOPs: {p.verdict}"]
@@ -222,14 +233,14 @@ def format_plan(p: Plan) -> str:
                      f"({b.D / b.N:.3g} tokens per parameter); predicted loss {b.loss:.4g}{ci}")
         if b.extrapolation:
             lines.append("  EXTRAPOLATION: " + "; ".join(b.extrapolation))
-    header = ["series", "N*", "D*", "loss [CI]", "speedup", "step ms", "hours", "note"]
+    header = ["series", "N*", "D*", "loss [CI]", "speedup", "step ms", "time at bench rate", "note"]
     rows = []
     for c in p.candidates:
         ci = f" [{c.loss_ci[0]:.4g}, {c.loss_ci[1]:.4g}]" if c.loss_ci else ""
         note = (c.excluded and f"excluded: {c.excluded}") or ("extrapolates" if c.extrapolation else "")
         rows.append([c.series, f"{c.N:.3g}", f"{c.D:.3g}", f"{c.loss:.4g}{ci}",
                      f"{c.speedup:.3g}" if c.speedup else "", f"{c.step_ms:.3g}" if c.step_ms else "",
-                     f"{c.hours:.3g}" if c.hours else "", note])
+                     human_time(c.hours * 3600) if c.hours else "", note])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines.append("")
     lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]

@@ -179,16 +179,22 @@ def plot_isoflop(iso: dict[str, Any], path: str | Path) -> Path:
     left.set_title("IsoFLOP profiles: parabolas in ln N, vertices with intervals (hollow; cut at the frame)",
                    fontsize=9)
     left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7)
+    _legend(left)
     right.set_xscale("log")
     right.set_yscale("log")
     right.set_xlabel("training FLOPs C")
     right.set_ylabel("compute-optimal parameters N*")
     right.set_title("N*(C) per structure: IsoFLOP vertices (solid fit) and joint law (dashed)", fontsize=9)
     right.grid(True, which="both", alpha=0.3)
-    right.legend(fontsize=7)
+    _legend(right)
     fig.tight_layout()
     return _save(fig, path, plt)
+
+
+def _legend(ax: Any) -> None:
+    """A legend when something is labelled: no empty box, and no matplotlib warning on the console."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def _save(fig: Any, path: str | Path, plt: Any) -> Path:
@@ -197,3 +203,52 @@ def _save(fig: Any, path: str | Path, plt: Any) -> Path:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_shared(fit: Any, series: dict[str, Series], path: str | Path, x_column: str = "flops") -> Path:
+    """Draw :func:`shared_figure` to ``path`` (PNG)."""
+    plt = _pyplot()
+    return _save(shared_figure(fit, series, x_column, plt), path, plt)
+
+
+def shared_figure(fit: Any, series: dict[str, Series], x_column: str = "flops", plt: Any = None) -> Any:
+    """Left: each series' points and its fitted curve E + A (k C)^-alpha. Right: every point moved to k C, onto
+    the baseline's curve, drawn with its bootstrap band: series that share the curve fall on one line."""
+    plt = plt or _pyplot()
+    level = float(fit.settings.get("level", 0.95))
+    colours = _colours(fit.names)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=130, sharey=True)
+    lo = min(fit.x_range[n][0] * min(1.0, fit.multiplier(n)) for n in fit.names)
+    hi = max(fit.x_range[n][1] * max(1.0, fit.multiplier(n)) for n in fit.names)
+    grid = np.geomspace(lo / 1.5, hi * 1.5, 200)
+    for name in fit.names:
+        ser, c, k = series[name], colours[name], fit.multiplier(name)
+        own = np.geomspace(ser.x.min() / 1.5, ser.x.max() * 1.5, 100)
+        label = name if name == fit.baseline else f"{name}: k = {k:.3g}"
+        ci = fit.k_ci.get(name)
+        if ci is not None:
+            label += f" [{ci[0]:.3g}, {ci[1]:.3g}]"
+        left.plot(own, fit.predict(name, own), color=c, lw=1.4)
+        left.plot(ser.x, ser.loss, "o", color=c, ms=5, label=label)
+        right.plot(k * ser.x, ser.loss, "o", color=c, ms=5, label=label)
+    right.plot(grid, fit.predict(fit.baseline, grid), color="black", lw=1.4,
+               label=f"{fit.baseline} curve, alpha = {fit.alpha:.3g}")
+    curves = fit.sample_losses(fit.baseline, grid)
+    if len(curves) >= 10:
+        q = (1 - level) / 2
+        band = np.quantile(curves, [q, 1 - q], axis=0)
+        right.fill_between(grid, band[0], band[1], color="black", alpha=0.15, lw=0,
+                           label=f"{level:.0%} bootstrap band")
+    for ax, xlabel, title in ((left, X_LABELS.get(x_column, x_column), "points and fitted curves"),
+                              (right, f"{fit.baseline}-equivalent compute k x C",
+                               f"collapsed onto {fit.baseline} by each series' compute multiplier k")):
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    left.set_ylabel("validation loss (nats / token)")
+    left.yaxis.get_major_formatter().set_useOffset(False)
+    fig.suptitle("shared-exponent fit: L = E + A (k C)^-alpha", fontsize=10)
+    fig.tight_layout()
+    return fig

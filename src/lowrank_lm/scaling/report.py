@@ -33,6 +33,9 @@ def _meet(c: dict[str, Any] | None) -> str:
     lo = f"{ci[0]:.2g}" if ci[0] is not None else "?"
     share = c.get("share_of_replicates")
     tail = f" ({share:.0%} of replicates meet)" if share is not None else ""
+    if (ci[0] is not None and c["at"] < ci[0]) or (ci[1] is not None and c["at"] > ci[1]):
+        tail += ("; the estimate lies outside its interval: the replicates' meeting points are skewed (many meet "
+                 "later or never); trust the interval")
     return f"{c['at']:.3g} [{lo}, {hi}]{tail}"
 
 
@@ -43,11 +46,18 @@ def _gap(g: dict[str, Any] | None) -> str:
     return f"{g['per_decade']:+.3g}/decade{_ci(g['per_decade_ci'], 2)} {g['verdict']} ({gaps})"
 
 
+def _floor_zero(ci: tuple[float, float] | None) -> tuple[float, float] | None:
+    """An interval whose lower end is the solver's rendering of the bound 0 (1e-40 beside 0.3) shows 0."""
+    if ci is None or not (math.isfinite(ci[0]) and math.isfinite(ci[1])):
+        return ci
+    return (0.0 if abs(ci[0]) < 1e-6 * abs(ci[1]) else ci[0], ci[1])
+
+
 def series_rows(result: FitResult) -> list[list[str]]:
     """One row per series: name, points, fit mode, alpha [CI], E [CI], A, slope [CI], loss/decade."""
     rows = []
     for name, f in result.series.items():
-        rows.append([name, str(f.n_points), f.mode, _g(f.alpha) + _ci(f.alpha_ci), _g(f.E) + _ci(f.E_ci),
+        rows.append([name, str(f.n_points), f.mode, _g(f.alpha) + _ci(f.alpha_ci), _g(f.E) + _ci(_floor_zero(f.E_ci)),
                      _g(f.A, 3), _g(f.slope) + _ci(f.slope_ci), _g(f.loss_per_decade) + _ci(f.loss_per_decade_ci),
                      f"{_g(f.x_min, 3)} – {_g(f.x_max, 3)}"])
     return rows
@@ -307,13 +317,16 @@ def write_joint_report(result: Any, iso: dict[str, Any], comparisons: list[dict[
         plot_isoflop(iso, paths["plot_isoflop"])
     s = result.settings
     md = [f"# Joint scaling fit: {source}", "", f"Command: `{command}`", "",
-          f"{sum(f.n_points for f in result.series.values())} runs in {len(result.series)} series"
+          f"{s.get('n_runs', sum(f.n_points for f in result.series.values()))} runs in "
+          f"{s.get('n_series', len(result.series))} series"
           f"{f'; {skipped} unfinished row(s) skipped' if skipped else ''}. Model L(N, D) = E + A/N^alpha + B/D^beta "
           f"(N = {s.get('params', 'total')} parameters, D = training tokens), fitted per series on the mean log-loss "
           f"of each (N, D) cell with a Huber loss (delta {s['huber_delta']:g}) on log residuals from a grid of starts; "
           f"{s['n_bootstrap']} parametric bootstrap replicates, {s['level']:.0%} percentile intervals, "
           f"seed {s['seed']}.",
-          "", _joint_noise_line(result) + ".", "", "## Joint law", "", _table_md(JOINT_HEADER, joint_rows(result)), ""]
+          "", _joint_noise_line(result) + ".", "", "## Joint law", "",
+          _table_md(JOINT_HEADER, joint_rows(result)) if result.series else
+          "No series could be fitted (the warnings below say why).", ""]
     if result.series:
         md += ["![loss vs N and vs D with the fitted surfaces](joint.png)", ""]
     if iso:

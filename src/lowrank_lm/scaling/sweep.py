@@ -31,9 +31,9 @@ block count) whose measured fraction is nearest is chosen, counting parameters w
 classes on the meta device, so the count always agrees with ``lowrank-lm info``.
 
 Each run is named ``<size>-<structure>[-<pct>][-<budget>][-seed<S>]`` and belongs to the series
-``<structure>[-<pct>][-<budget>]``: the points of one scaling curve differ only in size (and seed). With FLOP
-budgets the series is ``<structure>[-<pct>]``: an IsoFLOP design's points differ in size and budget, and the
-joint law L(N, D) and the IsoFLOP profiles are fitted per structure over all of them.
+``<structure>[-<pct>]``; its budget is the ``budget`` column of the results. The joint law L(N, D) is fitted
+per structure over every size and budget, IsoFLOP profiles only at FLOP budgets, and the compute laws fit one
+curve per structure and token budget (``fit`` splits them: ``dense@t2M``).
 """
 
 from __future__ import annotations
@@ -220,9 +220,7 @@ def _parse_structures(path: Path, structures: dict[str, StructureEntry], rank_mu
             raise _err(path, f"structures.{name}: give fractions, e.g. [0.63, 0.32]")
         fractions: list[float | None] = [_fraction(path, f"structures.{name}.fractions", x) for x in fr] if fr \
             else [None]
-        fixed = [s for s in spec.settings if s not in spec.solved] if spec is not None else []
-        if "num_blocks" in fixed and template is None and v.num_blocks is None:
-            raise _err(path, f"structures.{name}: {kind} needs num_blocks (the paper uses 2 or 4)")
+        # a kind whose block count is not solved takes num_blocks, else its default, as `info` and train do
         rm = v.rank_multiple if v.rank_multiple is not None else rank_multiple
         if rm < 1:
             raise _err(path, f"structures.{name}.rank_multiple must be a positive whole number")
@@ -343,8 +341,8 @@ def load_sweep(path: str | Path) -> SweepPlan:
                         raise _err(p, f"size {size.name!r} / structure {st.name!r} make the run name "
                                       f"{run_name!r}, which is not a plain folder name; name sizes and "
                                       "structures without / or \\")
-                    series = "-".join(str(x) for x in (st.name, label, None if isoflop else budget.label)
-                                      if x is not None)
+                    # the series is the structure; the budget is a column of the data (the joint law uses all)
+                    series = "-".join(str(x) for x in (st.name, label) if x is not None)
                     probe = _load(p, cell_cfg_path, cell_over)
                     kind = probe.model.ffn.kind
                     if budget.flops is not None:

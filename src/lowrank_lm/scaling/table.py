@@ -111,3 +111,25 @@ def read_points(path: str | Path, x_column: str = "flops") -> tuple[list[dict[st
     if not rows:
         raise UserError(f"{p}: no rows with a loss to fit (skipped {skipped} unfinished); run the sweep first")
     return rows, skipped
+
+
+def is_flop_budget(label: str) -> bool:
+    """True for a FLOP budget's label (``C3e14``, see :func:`lowrank_lm.scaling.sweep.budget_label`)."""
+    return label.startswith("C") and label[1:2].isdigit()
+
+
+def split_token_budgets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose series spans several token budgets, renamed ``SERIES@BUDGET``: a compute-law curve holds one
+    budget (its points differ in size), while the joint law takes every budget of a structure at once."""
+    budgets: dict[str, set[str]] = {}
+    for r in rows:
+        b = str(r.get("budget") or "").strip()
+        if b and not is_flop_budget(b):
+            budgets.setdefault(r["series"], set()).add(b)
+    return [{**r, "series": f"{r['series']}@{str(r['budget']).strip()}"} if len(budgets.get(r["series"], ())) > 1
+            else r for r in rows]
+
+
+def budget_of(series: str) -> str | None:
+    """The token budget a split series name carries (``dense@t2M`` -> ``t2M``), else None."""
+    return series.rsplit("@", 1)[1] if "@" in series else None
