@@ -29,6 +29,7 @@ VERBS: dict[str, str] = {
     "compare": "compare",
     "config": "config",
     "plan": "plan",
+    "coord-check": "coord_check",
 }
 
 
