@@ -47,6 +47,8 @@ the same operands may land on neighbouring bf16 values; the loss is a mean of lo
 a quantity built from bf16 values is only defined to about one ulp of its own size. The tolerance is that ulp,
 fixed by the format rather than by one machine's run (observed: <= 0.01 on AMD EPYC and on Intel Xeon AMX)."""
 PEAK = ["train.peak_tflops=0.001"]
+MUP = [*LOWRANK, "model.parametrization=mup", "model.mup_base_width=16"]
+"""muP's optimiser has several groups (learning-rate multipliers): FSDP2 and a sharded checkpoint must keep them."""
 
 
 def config(data_dir: Path, out: Path, *overrides: str):
@@ -114,6 +116,8 @@ TWO_PROCESS = {
     "fsdp-2to1": (["train.distributed=fsdp", *BLOCKSHUFFLE], 4),
     "ddp-1to2": (["train.distributed=ddp", *LOWRANK], None),  # resumes a one-process checkpoint of step 4
     "fsdp-1to2": (["train.distributed=fsdp", *BLOCKSHUFFLE], None),
+    "fsdp-mup": (["train.distributed=fsdp", *MUP], None),
+    "fsdp-mup-2to1": (["train.distributed=fsdp", *MUP], 4),
 }
 # name -> overrides: the one-process references
 ONE_PROCESS = {
@@ -122,6 +126,7 @@ ONE_PROCESS = {
     "lowrank-bf16": [*LOWRANK, "train.precision=bf16"],
     "blockshuffle-bf16": [*BLOCKSHUFFLE, "train.precision=bf16"],
     "guided": GUIDED,
+    "mup": MUP,
 }
 EVAL_TOKENS = 2016  # 63 sequences of 32: one more for rank 0 than for rank 1
 
@@ -150,7 +155,7 @@ def runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
     assert proc.returncode == 0, proc.stderr[-4000:]
     (root / "eval-2.json").write_text(proc.stdout.strip().splitlines()[-1])
     # the 2 -> 1 resumes: one process continues the two-process checkpoints of step 4
-    for name, kind in (("ddp-2to1", LOWRANK), ("fsdp-2to1", BLOCKSHUFFLE)):
+    for name, kind in (("ddp-2to1", LOWRANK), ("fsdp-2to1", BLOCKSHUFFLE), ("fsdp-mup-2to1", MUP)):
         shutil.copytree(out[name], root / f"{name}-cut")  # keep the two-process checkpoint for the tests
         run_training(config(tiny_data, out[name], *kind))
     out["root"] = root
@@ -255,6 +260,12 @@ def test_resume_on_another_number_of_processes_continues_the_run(runs, run, refe
         assert [c.name for c in cut] == ["step-00000004"]
         assert is_sharded(cut[0]) == run.startswith("fsdp")
         assert load_state(cut[0])["loaders"]["train"]["position"] == 32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["fsdp-mup", "fsdp-mup-2to1"])
+def test_mup_groups_train_and_resume_under_fsdp_like_one_process(runs, run):
+    assert_same_run(runs["mup"], runs[run])
 
 
 def test_loader_positions_continue_the_stream_on_any_number_of_ranks(tiny_data):

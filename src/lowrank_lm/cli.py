@@ -32,6 +32,7 @@ VERBS: dict[str, str] = {
     "plan": "plan",
     "structurize": "structurize",
     "convert-checkpoint": "convert_checkpoint",
+    "coord-check": "coord_check",
 }
 
 

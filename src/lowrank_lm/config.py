@@ -115,6 +115,11 @@ class ModelConfig:
     """Base of the rotary position embedding's frequencies."""
     init_std: float = 0.02
     """Standard deviation of the N(0, std) initialisation of every weight (no depth scaling)."""
+    parametrization: Literal["standard", "mup"] = "standard"
+    """standard (the paper's: one init std, one learning rate) | mup (maximal-update: init scales, Adam
+    learning-rate multipliers per weight and structured factor, attention logits ~ 1/head_dim; docs/mup.md)."""
+    mup_base_width: Optional[int] = None
+    """Under mup, the hidden_dim the learning rate was tuned at (multipliers are 1 for dense weights there)."""
     ffn: FFNConfig = field(default_factory=FFNConfig)
     """The feed-forward blocks' parametrisation (model.ffn.*)."""
     attn: AttnConfig = field(default_factory=AttnConfig)
@@ -534,6 +539,13 @@ def _check_structure(f: FFNConfig | AttnConfig, m: ModelConfig) -> None:
     registry.check_fit(f, m)
     _check_applicable(f)
     registry.check_saves(f, m)
+    if m.parametrization == "mup":
+        if f.init is None:
+            f.init = "mup"  # type: ignore[assignment]
+        if f.init not in registry.MUP_INITS:
+            raise ConfigError(f"{f.section}.init={f.init} does not apply under model.parametrization=mup (it draws "
+                              f"every factor at its own muP scale); use {' or '.join(registry.MUP_INITS)}, or "
+                              "leave it empty")
     if f.init is None:
         f.init = DEFAULT_INIT[f.kind]  # type: ignore[assignment]
 
@@ -559,6 +571,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.ffn.keep_dense_layers: {i} is not a block index "
                               f"(0..{m.num_layers - 1}); remove it")
     _positive(f.premerge_max_tokens, "model.ffn.premerge_max_tokens")
+    _positive(m.mup_base_width, "model.mup_base_width")
+    if m.parametrization == "mup" and m.mup_base_width is None:
+        raise ConfigError("model.parametrization=mup needs model.mup_base_width (the hidden_dim the learning rate "
+                          f"was tuned at), e.g. model.mup_base_width={m.hidden_dim}")
+    if m.parametrization == "standard" and m.mup_base_width is not None:
+        raise ConfigError(f"model.mup_base_width={m.mup_base_width} does not apply under "
+                          "model.parametrization=standard; remove it, or set model.parametrization=mup")
     _check_structure(f, m)
     _check_structure(m.attn, m)
     structured = bool(m.structured_parts())

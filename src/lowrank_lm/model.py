@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lowrank_lm import mup
 from lowrank_lm.config import ModelConfig
 from lowrank_lm.layers import DenseLinear, StructuredLinear, build_linear, registry
 from lowrank_lm.layers.fused import gelu_linear
@@ -116,8 +117,9 @@ class Attention(nn.Module):
             self.out = nn.Linear(a, h, bias=cfg.bias)
         else:
             self.qkv = build_linear(h, a + 2 * kv, cfg.attn, cfg.bias, cfg.init_std)
-            self.out = build_linear(a, h, cfg.attn, cfg.bias, cfg.init_std)
+            self.out = build_linear(a, h, cfg.attn, cfg.bias, cfg.init_std, output_side=True)
         self.split = (a, kv, kv)
+        self.scale = mup.attention_scale(cfg)  # None: scaled_dot_product_attention's 1/sqrt(head_dim)
 
     def num_matrix_params(self) -> int:
         """Weights of the projections, biases excluded."""
@@ -135,7 +137,8 @@ class Attention(nn.Module):
         if pos is not None and cache is not None:
             q, k = rope(q, pos), rope(k, pos)
             k, v = cache.write_at(layer, k, v, pos)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.visible(pos), enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.visible(pos), enable_gqa=gqa,
+                                               scale=self.scale)
             return self.out(y.transpose(1, 2).reshape(b, t, -1))
         start = cache.pos if cache is not None else 0
         q, k = rope(q, start), rope(k, start)
@@ -145,7 +148,7 @@ class Attention(nn.Module):
         if start > 0 and t > 1:  # a chunk after a prefix: query i sees keys up to start + i
             mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=start == 0 and t > 1,
-                                           enable_gqa=gqa)
+                                           enable_gqa=gqa, scale=self.scale)
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -158,7 +161,7 @@ class FeedForward(nn.Module):
         self.swiglu = cfg.activation == "swiglu"
         self.up = build_linear(h, f, cfg.ffn, cfg.bias, std, dense)
         self.gate = build_linear(h, f, cfg.ffn, cfg.bias, std, dense) if self.swiglu else None
-        self.down = build_linear(f, h, cfg.ffn, cfg.bias, std, dense)
+        self.down = build_linear(f, h, cfg.ffn, cfg.bias, std, dense, output_side=True)
 
     def num_matrix_params(self) -> int:
         """Weights of the linears, biases excluded."""
@@ -207,7 +210,11 @@ class Transformer(nn.Module):
         self.rope = Rotary(cfg.head_dim, cfg.seq_len, cfg.rope_base)
         self.loss_chunk_tokens = 0
         """Tokens per chunk of the loss (train.loss_chunk_tokens; 0 = through the full logits)."""
+        self.readout_scale = mup.readout_scale(cfg)
+        """muP with tied embeddings: the logits' multiplier 1/m (None: no multiplier)."""
         self._init_weights()
+        if mup.enabled(cfg) and not self.embed.weight.is_meta:
+            mup.init_(self)
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -246,8 +253,13 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.pos += t
         if targets is None:
-            return F.linear(self.norm(x), self.head_weight())
-        return lm_loss(self.norm(x), self.head_weight(), targets, self.loss_chunk_tokens, reduction)
+            return F.linear(self.final_norm(x), self.head_weight())
+        return lm_loss(self.final_norm(x), self.head_weight(), targets, self.loss_chunk_tokens, reduction)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The output layer's input: the final norm, times the muP readout multiplier if there is one."""
+        y = self.norm(x)
+        return y if self.readout_scale is None else y * self.readout_scale
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, V) of one token per sequence, ``tokens`` (B, 1), at position ``pos`` (a 0-dim tensor).
@@ -258,7 +270,7 @@ class Transformer(nn.Module):
         x = self.embed(tokens)
         for i, block in enumerate(self.blocks):
             x = block(x, self.rope, cache, i, pos)
-        return F.linear(self.norm(x[:, -1]), self.head_weight())
+        return F.linear(self.final_norm(x[:, -1]), self.head_weight())
 
     def structured_layers(self) -> Iterator[StructuredLinear]:
         """The linears that are not dense, FFN and attention (the ones pre-merge and self-guidance act on)."""

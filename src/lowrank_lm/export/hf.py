@@ -358,6 +358,9 @@ def export_hf(checkpoint: str | Path, out: str | Path, merge: bool = False, arch
     earlier = _check_out(out, overwrite)
     model, cfg, ckpt = load_model(checkpoint, "cpu")
     m = model.cfg
+    if m.parametrization != "standard":  # its attention scale and readout multiplier are in no exported class
+        raise UserError(f"export does not support model.parametrization={m.parametrization} models yet (their "
+                        "attention scale and logit multiplier differ from the exported classes')")
     structured_attn = registry.get(m.attn.kind).structured
     structured = registry.get(m.ffn.kind).structured or structured_attn
     chosen, reason = choose_architecture(m, arch)

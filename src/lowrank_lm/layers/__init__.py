@@ -25,7 +25,7 @@ __all__ = [
 
 
 def build_linear(in_features: int, out_features: int, cfg: FFNConfig | AttnConfig, bias: bool,
-                 std: float, dense: bool = False) -> StructuredLinear:
+                 std: float, dense: bool = False, output_side: bool = False) -> StructuredLinear:
     """The one place that turns a structure's settings (model.ffn or model.attn) into a linear layer
-    (``dense=True`` forces dense)."""
-    return registry.build(in_features, out_features, cfg, bias, std, dense)
+    (``dense=True`` forces dense; ``output_side``: it ends a residual branch, see :func:`registry.build`)."""
+    return registry.build(in_features, out_features, cfg, bias, std, dense, output_side)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .init import mup_std, normal_
+from .structure import Factor
+
 
 class StructuredLinear(nn.Module):
     """A linear map ``in_features -> out_features`` whose weight may be factored or structured."""
@@ -38,6 +41,21 @@ class StructuredLinear(nn.Module):
         """Initialise the weights (``init`` is spectral, random or orthonormal)."""
         raise NotImplementedError
 
+    def factors(self) -> tuple[Factor, ...]:
+        """The weight factors in input-to-output order, each with its own fan-in and fan-out (per block).
+
+        The ``mup`` and ``zero_out`` inits and ``model.parametrization=mup`` (init scales and learning-rate
+        multipliers per factor) read these: a structure gets muP by declaring them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares no factors: muP needs their fan-in and fan-out")
+
+    def inner(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The output of the first factor on ``x`` (the next factors' input), or None for a one-factor layer.
+
+        ``lowrank-lm coord-check`` records its RMS beside the layer's output (the last factor's).
+        """
+        return None
+
     def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(h, W) with ``matrix_forward(x) = h W^T`` for a layer whose last factor is a plain matrix, else None.
 
@@ -60,6 +78,18 @@ class StructuredLinear(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} defines no projection of a dense weight")
 
     # -- shared behaviour --------------------------------------------------------------------
+    @torch.no_grad()
+    def mup_init_(self, zero_last: bool = False) -> None:
+        """Every factor N(0, mup_std(fan_in, fan_out)) in declared order; ``zero_last`` zeroes the last factor
+        (the reference's ``zero_init`` of a residual block's output-side layer)."""
+        factors = self.factors()
+        for i, f in enumerate(factors):
+            weight = getattr(self, f.param)
+            if zero_last and i == len(factors) - 1:
+                weight.zero_()
+            else:
+                normal_(weight, mup_std(f.fan_in, f.fan_out))
+
     def flops_per_token(self) -> int:
         """Forward FLOPs per token of the matrix products (2 per multiply-accumulate)."""
         return 2 * self.num_matrix_params()

@@ -12,7 +12,7 @@ from .base import StructuredLinear
 from .blockdiag import blockdiag_matmul
 from .init import normal_, orthonormal_
 from .projection import rank_factors
-from .structure import SettingError, Settings, Structure, check_blocks, check_rank
+from .structure import MUP_INITS, Factor, SettingError, Settings, Structure, check_blocks, check_rank
 
 
 class BlockDenseLinear(StructuredLinear):
@@ -44,6 +44,13 @@ class BlockDenseLinear(StructuredLinear):
         self.blocks.copy_(v)
         self.u.copy_(u.transpose(0, 1).reshape(self.u.shape))
 
+    def factors(self) -> tuple[Factor, ...]:
+        _, rank_b, in_b = self.blocks.shape
+        return Factor("blocks", in_b, rank_b), Factor("u", self.rank, self.out_features)
+
+    def inner(self, x: torch.Tensor) -> torch.Tensor:
+        return blockdiag_matmul(x, self.blocks)
+
     def reset_parameters(self, std: float, init: str) -> None:
         fill = normal_ if init == "random" else orthonormal_
         fill(self.blocks, std)
@@ -70,7 +77,7 @@ def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict
 
 SPEC = Structure(
     name="blockdense", summary="a block-diagonal matrix down to R, then a dense R -> out matrix",
-    settings=("rank", "num_blocks"), inits=("orthonormal", "random"),
+    settings=("rank", "num_blocks"), inits=("orthonormal", "random", *MUP_INITS),
     build=lambda n_in, n_out, cfg, bias: BlockDenseLinear(n_in, n_out, cfg.rank, cfg.num_blocks, bias),
     check=_check, candidates=_candidates, solved=("rank",),
     defaults={"num_blocks": 4})  # the paper's block count at widths 1024 and 2048

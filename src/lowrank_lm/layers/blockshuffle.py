@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from .base import StructuredLinear
-from .blockdiag import blockshuffle_matmul, shuffle, unshuffle
+from .blockdiag import blockdiag_matmul, blockshuffle_matmul, shuffle, unshuffle
 from .init import normal_, orthonormal_
 from .projection import rank_factors
-from .structure import Structure, check_blocks
+from .structure import MUP_INITS, Factor, Structure, check_blocks
 
 
 class BlockShuffleLinear(StructuredLinear):
@@ -33,6 +33,13 @@ class BlockShuffleLinear(StructuredLinear):
 
     def num_matrix_params(self) -> int:
         return self.blocks_in.numel() + self.blocks_out.numel()
+
+    def factors(self) -> tuple[Factor, ...]:
+        (_, inner_b, in_b), (_, out_b, _) = self.blocks_in.shape, self.blocks_out.shape
+        return Factor("blocks_in", in_b, inner_b), Factor("blocks_out", inner_b, out_b)
+
+    def inner(self, x: torch.Tensor) -> torch.Tensor:
+        return blockdiag_matmul(x, self.blocks_in)
 
     def reset_parameters(self, std: float, init: str) -> None:
         fill = normal_ if init == "random" else orthonormal_
@@ -77,6 +84,6 @@ def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict
 
 SPEC = Structure(
     name="blockshuffle", summary="two block-diagonal matrices around a shuffle (Monarch-like)",
-    settings=("num_blocks",), inits=("orthonormal", "random"),
+    settings=("num_blocks",), inits=("orthonormal", "random", *MUP_INITS),
     build=lambda n_in, n_out, cfg, bias: BlockShuffleLinear(n_in, n_out, cfg.num_blocks, bias),
     check=check_blocks, candidates=_candidates, solved=("num_blocks",))

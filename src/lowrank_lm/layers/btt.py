@@ -1,25 +1,33 @@
 """Block Tensor-Train (BTT) with two cores and BTT rank r (Qiu et al. 2024, "Compute Better Spent").
 
-The input width factors as in = m0 x m1 and the output width as out = n0 x n1 (the most balanced
-divisor pairs, smaller factor first, as the authors' code orders them). An input x is read as an
+The input width factors as in = m0 x m1 and the output width as out = n0 x n1, each split as the authors'
+code splits it (``factorize(n, 2)`` in compute-better-spent nn/cola_nn.py, see :func:`factor_pair`): the
+prime factors, smallest first, each multiplied into the smaller of the two numbers so far; the pair sorted.
+So 192 = 8 x 24 and 768 = 16 x 48, not the most balanced 12 x 16 and 24 x 32. An input x is read as an
 (m1, m0) grid: its index is a m0 + b. The two cores are
 
     core_in  (m1 blocks of (r n0) x m0):  z[a, c, s] = sum_b core_in[a, c r + s, b] x[a, b]
     core_out (n0 blocks of n1 x (m1 r)):  y[c, d]    = sum_(a, s) core_out[c, d, a r + s] z[a, c, s]
 
-and the output index is c n1 + d. So the layer is block-diagonal, a transpose of the (m1, n0) grid
-(with the r channels carried along), block-diagonal again: r (in n0 + m1 out) weights and as many
-multiply-accumulates per token. At r = 1 it is a Monarch matrix (two block-diagonal factors around a
-shuffle); larger r lets each pair of blocks talk through r channels instead of one.
+and the output index is c n1 + d (the reference's cores are these transposed: (m1, m0, n0 r) and
+(n0, m1 r, n1)). So the layer is block-diagonal, a transpose of the (m1, n0) grid (with the r channels carried
+along), block-diagonal again: r (in n0 + m1 out) weights and as many multiply-accumulates per token.
 
-The paper initialises each core with the maximal-update (muP) spectral scaling: Gaussian entries of
-standard deviation sqrt(1 / fan_in) x min(1, sqrt(fan_out / fan_in)), with core_in's fan-in m0 and
-fan-out r n0, core_out's r m1 and n1; like ``orthonormal``, this does not read the model's init_std.
+At r = 1 it is BlockShuffle with B blocks up to a fixed permutation of the outputs (BTT leaves out
+BlockShuffle's final un-shuffle) exactly when m1 = n0 = B and min(in, out) = B^2: then the two cores have
+the shapes of BlockShuffle's two block-diagonals and the transpose is its shuffle (e.g. 16 -> 16 and
+16 -> 32 with B = 4). Otherwise no block count gives BlockShuffle factors of the cores' shapes: at
+64 -> 256 the cores hold 8 blocks of 16 x 8 and 16 blocks of 16 x 8 (3072 weights), BlockShuffle with 8
+blocks 8 of 8 x 8 and 8 of 32 x 8 (2560).
+
+Inits: ``mup`` (the default, the authors' ``cola_init``): each core Gaussian with std sqrt(1 / fan_in) x
+min(1, sqrt(fan_out / fan_in)), core_in's fan-in m0 and fan-out r n0, core_out's r m1 and n1; ``zero_out``
+also zeroes core_out of the layers that end a residual branch (the authors' ``zero_init``); ``orthonormal``.
+None reads the model's init_std. The authors' RMS-capped variant (``btt_norm``) is not offered: see
+docs/mup.md.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -28,13 +36,25 @@ from .base import StructuredLinear
 from .blockdiag import blockdiag_matmul
 from .init import orthonormal_
 from .projection import rank_factors
-from .structure import SettingError, Settings, Structure
+from .structure import Factor, SettingError, Settings, Structure
 
 
-def balanced_factors(n: int) -> tuple[int, int] | None:
-    """(p, q) with p q = n, p <= q and p the largest such divisor; None when n has no factor pair >= 2."""
-    p = next(d for d in range(math.isqrt(n), 0, -1) if n % d == 0) if n > 0 else 1
-    return (p, n // p) if p >= 2 else None
+def factor_pair(n: int) -> tuple[int, int] | None:
+    """(p, q) with p q = n and p <= q, split as the BTT authors' ``factorize(n, 2)`` splits it; None when p = 1.
+
+    Each prime factor of n, smallest first, multiplies the smaller of the two numbers so far (the first on a
+    tie): 192 = 2^6 x 3 gives (8, 8), then (8, 24).
+    """
+    pair, rest, p = [1, 1], n, 2
+    while rest > 1 and p * p <= rest:
+        while rest % p == 0:
+            pair[0 if pair[0] <= pair[1] else 1] *= p
+            rest //= p
+        p += 1
+    if rest > 1:  # the largest prime factor, left over
+        pair[0 if pair[0] <= pair[1] else 1] *= rest
+    low, high = sorted(pair)
+    return (low, high) if low >= 2 else None
 
 
 class BTTLinear(StructuredLinear):
@@ -42,7 +62,7 @@ class BTTLinear(StructuredLinear):
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool) -> None:
         super().__init__(in_features, out_features, bias)
-        factors_in, factors_out = balanced_factors(in_features), balanced_factors(out_features)
+        factors_in, factors_out = factor_pair(in_features), factor_pair(out_features)
         if factors_in is None or factors_out is None:
             raise ValueError(f"BTT needs widths with a factor pair >= 2, got {in_features} -> {out_features}")
         self.rank = rank
@@ -80,16 +100,19 @@ class BTTLinear(StructuredLinear):
         self.core_out.copy_(u.permute(0, 2, 1, 3).reshape(self.core_out.shape))  # [c, d, a, s]
         self.core_in.copy_(v.permute(1, 0, 2, 3).reshape(self.core_in.shape))  # [a, c, s, b]
 
+    def factors(self) -> tuple[Factor, ...]:
+        (m0, m1), (n0, n1), r = self.in_factors, self.out_factors, self.rank
+        return Factor("core_in", m0, r * n0), Factor("core_out", m1 * r, n1)
+
+    def inner(self, x: torch.Tensor) -> torch.Tensor:
+        return blockdiag_matmul(x, self.core_in)
+
     def reset_parameters(self, std: float, init: str) -> None:
         if init == "orthonormal":
             orthonormal_(self.core_in, std)
             orthonormal_(self.core_out, std)
-            return
-        for core in (self.core_in, self.core_out):  # muP: (blocks, fan_out, fan_in)
-            fan_out, fan_in = core.shape[1], core.shape[2]
-            if not core.is_meta:
-                with torch.no_grad():
-                    core.normal_(0.0, fan_in ** -0.5 * min(1.0, (fan_out / fan_in) ** 0.5))
+        else:  # mup, or zero_out on a layer that ends a residual branch (the registry decides which)
+            self.mup_init_(zero_last=init == "zero_out")
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", rank={self.rank}, in={self.in_factors[0]}x{self.in_factors[1]}, "
@@ -98,13 +121,13 @@ class BTTLinear(StructuredLinear):
 
 def btt_params(n_in: int, n_out: int, rank: int) -> int:
     """Weights of a BTT layer n_in -> n_out: r (n_in n0 + m1 n_out)."""
-    (_, m1), (n0, _) = balanced_factors(n_in), balanced_factors(n_out)  # type: ignore[misc]
+    (_, m1), (n0, _) = factor_pair(n_in), factor_pair(n_out)  # type: ignore[misc]
     return rank * (n_in * n0 + m1 * n_out)
 
 
 def _factored(h: int, ff: int) -> None:
     for dim, name in ((h, "hidden_dim"), (ff, "ffn_dim")):
-        if balanced_factors(dim) is None:
+        if factor_pair(dim) is None:
             raise SettingError(f"model.{name}={dim} has no factor pair >= 2 for the Block Tensor-Train's two cores; "
                                "use a width with a divisor (e.g. a multiple of 16) or another structure")
 
@@ -132,6 +155,6 @@ def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict
 
 SPEC = Structure(
     name="btt", summary="Block Tensor-Train: two cores of BTT rank R (R = 1: Monarch-like)", settings=("rank",),
-    inits=("mup", "orthonormal"),
+    inits=("mup", "orthonormal", "zero_out"),
     build=lambda n_in, n_out, cfg, bias: BTTLinear(n_in, n_out, cfg.rank, bias),
     check=_check, candidates=_candidates, solved=("rank",))

@@ -20,7 +20,7 @@ from torch import nn
 
 from .base import StructuredLinear
 from .init import normal_, spectral_
-from .structure import Structure, check_rank
+from .structure import MUP_INITS, Factor, Structure, check_rank
 
 
 class CoLALinear(StructuredLinear):
@@ -45,6 +45,12 @@ class CoLALinear(StructuredLinear):
     def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return F.silu(F.linear(x, self.v)), self.u
 
+    def factors(self) -> tuple[Factor, ...]:
+        return Factor("v", self.in_features, self.rank), Factor("u", self.rank, self.out_features)
+
+    def inner(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.v)  # before the SiLU: the first factor's own output
+
     def reset_parameters(self, std: float, init: str) -> None:
         if init == "spectral":
             spectral_(self.u, self.v, std)
@@ -59,7 +65,7 @@ class CoLALinear(StructuredLinear):
 
 SPEC = Structure(
     name="cola", summary="U silu(V x): a bottleneck of size R with an activation (CoLA)", settings=("rank",),
-    inits=("balanced", "spectral"),
+    inits=("balanced", "spectral", *MUP_INITS),
     build=lambda n_in, n_out, cfg, bias: CoLALinear(n_in, n_out, cfg.rank, bias),
     check=check_rank,
     candidates=lambda h, ff, step, blocks: [{"rank": r} for r in range(step, min(h, ff) + 1, step)],

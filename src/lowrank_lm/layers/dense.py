@@ -8,7 +8,7 @@ from torch import nn
 
 from .base import StructuredLinear
 from .init import normal_, orthonormal_
-from .structure import DENSE, Structure
+from .structure import DENSE, MUP_INITS, Factor, Structure
 
 
 class DenseLinear(StructuredLinear):
@@ -37,10 +37,14 @@ class DenseLinear(StructuredLinear):
     def from_dense_(self, weight: torch.Tensor) -> None:
         self.weight.copy_(weight)
 
+    def factors(self) -> tuple[Factor, ...]:
+        return (Factor("weight", self.in_features, self.out_features),)
+
     def reset_parameters(self, std: float, init: str) -> None:
         (orthonormal_ if init == "orthonormal" else normal_)(self.weight, std)
 
 
 SPEC = Structure(
-    name=DENSE, summary="a plain (out, in) matrix: the baseline", settings=(), inits=("random", "orthonormal"),
+    name=DENSE, summary="a plain (out, in) matrix: the baseline", settings=(),
+    inits=("random", "orthonormal", *MUP_INITS),
     build=lambda n_in, n_out, cfg, bias: DenseLinear(n_in, n_out, bias))

@@ -1,6 +1,8 @@
-"""Initialisers for structured factors: Gaussian, spectral (truncated SVD) and orthonormal."""
+"""Initialisers for structured factors: Gaussian, spectral (truncated SVD), orthonormal and muP."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -36,3 +38,13 @@ def normal_(weight: torch.Tensor, std: float) -> None:
     """Plain N(0, std) (the paper's dense init)."""
     if not weight.is_meta:
         weight.normal_(0.0, std)
+
+
+def mup_std(fan_in: int, fan_out: int) -> float:
+    """The maximal-update std of a factor: sqrt(1 / fan_in) min(1, sqrt(fan_out / fan_in)).
+
+    Gaussian entries of this std give the factor a spectral norm of order sqrt(fan_out / fan_in) (Yang, Simon
+    and Bernstein 2023, "A Spectral Condition for Feature Learning"); the BTT authors' ``cola_init`` (init_method
+    'µP', compute-better-spent nn/cola_nn.py) draws every structured core so.
+    """
+    return math.sqrt(1.0 / fan_in) * min(1.0, math.sqrt(fan_out / fan_in))

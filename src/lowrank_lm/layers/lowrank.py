@@ -9,7 +9,7 @@ from torch import nn
 from .base import StructuredLinear
 from .init import normal_, orthonormal_, spectral_
 from .projection import rank_factors
-from .structure import Structure, check_rank
+from .structure import MUP_INITS, Factor, Structure, check_rank
 
 
 class LowRankLinear(StructuredLinear):
@@ -41,6 +41,12 @@ class LowRankLinear(StructuredLinear):
         self.u.copy_(u)
         self.v.copy_(v)
 
+    def factors(self) -> tuple[Factor, ...]:
+        return Factor("v", self.in_features, self.rank), Factor("u", self.rank, self.out_features)
+
+    def inner(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.v)
+
     def reset_parameters(self, std: float, init: str) -> None:
         if init == "spectral":
             spectral_(self.u, self.v, std)
@@ -57,7 +63,7 @@ class LowRankLinear(StructuredLinear):
 
 SPEC = Structure(
     name="lowrank", summary="U (V x) with a bottleneck of size R", settings=("rank",),
-    inits=("spectral", "orthonormal", "random"),
+    inits=("spectral", "orthonormal", "random", *MUP_INITS),
     build=lambda n_in, n_out, cfg, bias: LowRankLinear(n_in, n_out, cfg.rank, bias),
     check=check_rank,
     candidates=lambda h, ff, step, blocks: [{"rank": r} for r in range(step, min(h, ff) + 1, step)],

@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from lowrank_lm.errors import ConfigError, UserError
-from lowrank_lm.layers.structure import DENSE, SIZE_SETTINGS, SettingError, Structure, check_blocks
+from lowrank_lm.layers.structure import DENSE, MUP_INITS, SIZE_SETTINGS, SettingError, Structure, check_blocks
 
 if TYPE_CHECKING:
     from lowrank_lm.config import AttnConfig, FFNConfig, ModelConfig
@@ -97,12 +97,19 @@ def readers(setting: str) -> list[str]:
 
 
 def build(in_features: int, out_features: int, cfg: FFNConfig | AttnConfig, bias: bool, std: float,
-          dense: bool = False) -> StructuredLinear:
-    """The layer of ``cfg.kind`` (``dense=True`` forces dense), initialised with ``cfg.init`` or its default."""
+          dense: bool = False, output_side: bool = False) -> StructuredLinear:
+    """The layer of ``cfg.kind`` (``dense=True`` forces dense), initialised with ``cfg.init`` or its default.
+
+    ``output_side``: the layer ends a residual branch (FFN down, attention output), the one whose last factor
+    the ``zero_out`` init zeroes; elsewhere ``zero_out`` is ``mup``.
+    """
     spec = REGISTRY[DENSE if dense else cfg.kind]
     layer = spec.build(in_features, out_features, cfg, bias)
     init = spec.default_init if dense else (cfg.init or spec.default_init)
-    layer.reset_parameters(std, init)
+    if init in MUP_INITS:  # drawn from the factors the structure declares, whatever the structure
+        layer.mup_init_(zero_last=init == "zero_out" and output_side)
+    else:
+        layer.reset_parameters(std, init)
     return layer
 
 
@@ -272,7 +279,7 @@ def with_setting(kind: str, ranks: list[int], blocks: list[int], fixed_blocks: i
     return []
 
 
-__all__ = ["DENSE", "HEADLINE", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check", "check_fit",
+__all__ = ["DENSE", "HEADLINE", "MUP_INITS", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check", "check_fit",
            "check_saves", "describe", "ffn_fraction", "get", "inits", "kinds", "linear_kinds", "module_file",
            "part_fraction", "part_of", "part_weights", "part_widths", "rank_steps", "readers", "require_linear",
            "resolve_fraction", "solve", "structured_kinds", "with_setting"]

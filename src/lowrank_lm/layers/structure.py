@@ -19,8 +19,27 @@ if TYPE_CHECKING:
 
 DENSE = "dense"
 """The unstructured baseline every fraction is measured against."""
+MUP_INITS = ("mup", "zero_out")
+"""The inits every structure offers from its declared factors: each factor N(0, sqrt(1/fan_in) min(1,
+sqrt(fan_out/fan_in))); ``zero_out`` also zeroes the last factor of the layers that end a residual branch
+(the FFN's down layer, the attention output), as the BTT authors' ``zero_init`` does."""
 SIZE_SETTINGS = ("rank", "num_blocks")
 """The FFN config keys a structure may read to size itself."""
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One weight tensor of a layer, as a linear map of its own: what the per-factor muP rules read.
+
+    A block-diagonal factor counts one block: its fan-in and fan-out are a block's input and output widths.
+    """
+
+    param: str
+    """The layer's parameter attribute that holds it."""
+    fan_in: int
+    """Inputs each output of the factor sums over (per block)."""
+    fan_out: int
+    """Outputs each input of the factor feeds (per block)."""
 
 
 class SettingError(ValueError):

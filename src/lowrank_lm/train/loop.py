@@ -219,11 +219,13 @@ class Trainer:
             check_compatible(load_manifest(data_dir), self.cfg.model, self.cfg.data)
         return data_dir
 
-    def _build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    def _build_optimizer(self, model: Transformer) -> torch.optim.Optimizer:
+        from lowrank_lm.train.optim import build_adamw
+
         t = self.cfg.train
-        # One group, weight decay on every parameter (embeddings, biases and norms too), as the paper does.
-        return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay,
-                                 fused=self.device.type == "cuda")
+        # Standard: one group, weight decay on every parameter (embeddings, biases and norms too), as the paper
+        # does. muP: a learning-rate multiplier and weight decay per parameter (lowrank_lm.mup), in model order.
+        return build_adamw(model, t.lr, t.betas, t.eps, t.weight_decay, fused=self.device.type == "cuda")
 
     def _wrap(self, model: Transformer) -> nn.Module:
         t = self.cfg.train
@@ -398,7 +400,7 @@ class Trainer:
         model.activation_checkpointing = t.activation_checkpointing
         if self.sharded:
             distributed.shard_fsdp(model, t.precision)
-        optimizer = self._build_optimizer(list(model.parameters()))
+        optimizer = self._build_optimizer(model)
         loaders = {
             "train": TokenLoader(data_dir, "train", cfg.model.seq_len, self.micro, t.seed, d.rank, d.world_size),
             # fixedflop self-guidance re-reads the first batches at the end: a second reader from position 0
@@ -530,7 +532,7 @@ class Trainer:
         guides = {id(p) for p in SelfGuidance.guides(model)}
         self.guidance.detach(model)
         kept = [p for p in model.parameters()]
-        fresh = self._build_optimizer(kept)
+        fresh = self._build_optimizer(model)
         for p in kept:
             if p in optimizer.state:
                 fresh.state[p] = optimizer.state[p]

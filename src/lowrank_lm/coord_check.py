@@ -1,0 +1,157 @@
+"""Coordinate check: the RMS of every layer's output against model width, after each of a few training steps.
+
+The standard test of a muP implementation (Yang et al. 2022, Tensor Programs V, section 8 and figure 5): under
+muP every activation stays the same size as the model widens, so log RMS against log width is flat; under the
+standard parametrisation the logits (and the updates of hidden layers) grow with width.
+
+Each width trains from the same seed, on the config's training data, for a few AdamW steps at the constant
+``train.lr`` (no warm-up and no gradient clipping: both would hide or add width dependence), in fp32 on the
+CPU. After step 0 (the init) and after each step, one fixed probe batch goes through the model and forward hooks
+record the RMS of: the embedding's output, each block's attention and FFN outputs, each structured layer's
+first factor (:meth:`StructuredLinear.inner`) and its output, and the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lowrank_lm.config import Config, load_config
+from lowrank_lm.errors import UserError
+from lowrank_lm.layers import DenseLinear, StructuredLinear
+from lowrank_lm.model import Transformer
+
+
+@dataclass(frozen=True)
+class Record:
+    """The RMS of one layer's output on the probe batch after ``step`` steps at ``width``."""
+
+    layer: str
+    step: int
+    width: int
+    rms: float
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "step": self.step, "width": self.width, "rms": self.rms}
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().float().pow(2).mean().sqrt())
+
+
+def _watch(model: Transformer, seen: dict[str, float]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Forward hooks that write the RMS of every recorded output into ``seen`` (layer name -> RMS)."""
+
+    def out_hook(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            seen[name] = _rms(out)
+        return hook
+
+    def factor_hook(name: str) -> Callable:
+        def hook(layer: StructuredLinear, args: tuple, out: torch.Tensor) -> None:
+            inner = layer.inner(args[0])
+            if inner is not None:
+                seen[f"{name}.inner"] = _rms(inner)
+            seen[name] = _rms(out)
+        return hook
+
+    handles = [model.embed.register_forward_hook(out_hook("embed"))]
+    for i, block in enumerate(model.blocks):
+        handles.append(block.attn.register_forward_hook(out_hook(f"blocks.{i}.attn")))
+        handles.append(block.ffn.register_forward_hook(out_hook(f"blocks.{i}.ffn")))
+    for name, module in model.named_modules():
+        if isinstance(module, StructuredLinear) and not isinstance(module, DenseLinear):
+            handles.append(module.register_forward_hook(factor_hook(name)))
+    return handles
+
+
+def width_config(config: str | Path | None, overrides: list[str], width: int) -> Config:
+    """The config at hidden_dim ``width``: explicit attn_dim / ffn_dim grow in proportion; fp32 on the CPU."""
+    base = load_config(config, overrides)
+    m, extra = base.model, [f"model.hidden_dim={width}", "train.precision=fp32", "train.device=cpu"]
+    for key in ("attn_dim", "ffn_dim"):
+        value = getattr(m, key)
+        if value is not None:
+            if (value * width) % m.hidden_dim:
+                raise UserError(f"model.{key}={value} does not scale to width {width} (x {width}/{m.hidden_dim} is "
+                                f"not whole); pick widths that keep it whole, or leave model.{key} unset")
+            extra.append(f"model.{key}={value * width // m.hidden_dim}")
+    return load_config(config, list(overrides) + extra)
+
+
+def check_width(cfg: Config, data_dir: Path, steps: int) -> list[Record]:
+    """Train ``cfg`` for ``steps`` steps and record every layer's RMS on a probe batch after each (0 = init)."""
+    from lowrank_lm.data import TokenLoader
+    from lowrank_lm.train.optim import build_adamw
+
+    t, width = cfg.train, cfg.model.hidden_dim
+    torch.manual_seed(t.seed)
+    model = Transformer(cfg.model)
+    opt = build_adamw(model, t.lr, t.betas, t.eps, t.weight_decay, fused=False)
+    loader = TokenLoader(data_dir, "train", cfg.model.seq_len, t.micro_batch_size or t.global_batch_size, t.seed, 0, 1)
+    probe, _ = loader.next_batch()
+    seen: dict[str, float] = {}
+    handles = _watch(model, seen)
+    records: list[Record] = []
+    try:
+        for step in range(steps + 1):
+            if step:
+                x, y = loader.next_batch()
+                model.train()
+                model(x, y).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            model.eval()
+            seen.clear()
+            with torch.no_grad():
+                seen["logits"] = _rms(model(probe))
+            records += [Record(name, step, width, rms) for name, rms in seen.items()]
+    finally:
+        for h in handles:
+            h.remove()
+    return records
+
+
+def slopes(records: list[Record], step: int) -> dict[str, float]:
+    """Per layer, the least-squares slope of log RMS against log width at ``step`` (needs two widths or more)."""
+    by_layer: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if r.step == step:
+            by_layer.setdefault(r.layer, []).append((math.log(r.width), math.log(max(r.rms, 1e-30))))
+    out = {}
+    for layer, pts in by_layer.items():
+        mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+        var = sum((p[0] - mx) ** 2 for p in pts)
+        out[layer] = sum((p[0] - mx) * (p[1] - my) for p in pts) / var if var else float("nan")
+    return out
+
+
+def plot(records: list[Record], path: Path) -> Path:
+    """Log RMS against width, one line per layer, one panel per step; written to ``path`` (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("the coord-check plot needs matplotlib: pip install 'lowrank-lm[analysis]' "
+                        "(or pass --json without --out)") from None
+    steps = sorted({r.step for r in records})
+    layers = list(dict.fromkeys(r.layer for r in records))
+    fig, axes = plt.subplots(1, len(steps), figsize=(4 * len(steps), 4), sharey=True, squeeze=False)
+    for ax, step in zip(axes[0], steps, strict=True):
+        for layer in layers:
+            pts = sorted((r.width, r.rms) for r in records if r.step == step and r.layer == layer)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=layer)
+        ax.set(xscale="log", yscale="log", xlabel="width (hidden_dim)", title=f"step {step}")
+    axes[0][0].set_ylabel("RMS of the layer's output")
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
