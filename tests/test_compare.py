@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lowrank_lm.train import curves
+from lowrank_lm import plotting
 from lowrank_lm.train.summary import RunSummary
 
 from .ecosystem import cli
@@ -96,7 +96,7 @@ def test_without_matplotlib_compare_writes_the_tables_and_says_so(runs, tmp_path
     record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     record["files"].remove("loss_vs_flops.png")  # as if an earlier compare had not written it
     (tmp_path / "cmp" / "compare.json").write_text(json.dumps(record))
-    monkeypatch.setattr(curves, "pyplot", lambda: None)  # the loss plots are drawn by train/curves.py
+    monkeypatch.setattr(plotting, "pyplot", lambda: None)  # every plot of compare asks plotting.pyplot
     code, _, err = cli("compare", str(runs[1]), "--out", str(tmp_path / "cmp"))
     assert code == 0 and "plots skipped (pip install 'lowrank-lm[analysis]'" in err
     # our stale loss-vs-tokens plot (of other runs) is gone; the file compare did not write stays

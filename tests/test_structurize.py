@@ -93,14 +93,16 @@ def test_blockdense_from_dense_error_is_the_discarded_spectrum_of_its_column_blo
 
 
 def test_btt_from_dense_error_is_the_discarded_spectrum_of_its_sub_blocks():
-    # 48 = 6 x 8 inputs, 32 = 4 x 8 outputs; each (8 x 6) sub-block W[c*8:(c+1)*8, a*6:(a+1)*6] keeps rank 2
+    # the authors' split: 48 = 4 x 12 inputs, 32 = 4 x 8 outputs; each (8 x 4) sub-block
+    # W[c*8:(c+1)*8, a*4:(a+1)*4] keeps rank 2
     torch.manual_seed(3)
     w = torch.randn(32, 48)
     model = nn.Sequential(nn.Linear(48, 32))
     model[0].weight.data.copy_(w)
     structurize(model, "btt", rank=2, targets="0", init="from_dense")
-    discarded = sum(float(torch.linalg.svdvals(w[8 * c:8 * (c + 1), 6 * a:6 * (a + 1)])[2:].square().sum())
-                    for c in range(4) for a in range(8))
+    assert (model[0].in_factors, model[0].out_factors) == ((4, 12), (4, 8))
+    discarded = sum(float(torch.linalg.svdvals(w[8 * c:8 * (c + 1), 4 * a:4 * (a + 1)])[2:].square().sum())
+                    for c in range(4) for a in range(12))
     assert float((model[0].merged_weight() - w).norm()) == pytest.approx(math.sqrt(discarded), rel=1e-4)
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from lowrank_lm import plotting
 from lowrank_lm.atomic import atomic_open
-from lowrank_lm.plotting import pyplot
 from lowrank_lm.run_groups import Group
 
 EMA_SPAN = 20
@@ -79,7 +79,7 @@ def draw_groups(groups: list[Group], x: str = "tokens", plt: Any = None) -> Any:
 
 def plot_groups(groups: list[Group], path: Path, x: str = "tokens") -> Path | None:
     """Draw :func:`draw_groups` to ``path``; None without matplotlib."""
-    plt = pyplot()
+    plt = plotting.pyplot()
     if plt is None:
         return None
     fig = draw_groups(groups, x, plt)

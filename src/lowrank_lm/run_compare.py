@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lowrank_lm import plotting
 from lowrank_lm.atomic import write_json_atomic, write_text_atomic
 from lowrank_lm.errors import UserError
 from lowrank_lm.ownership import Ownership
-from lowrank_lm.plotting import pyplot
 from lowrank_lm.train.curves import Run
 from lowrank_lm.train.rundir import CONFIG, SUMMARY
 from lowrank_lm.train.summary import RunSummary
@@ -102,7 +102,7 @@ def write_comparison(runs: list[Run], out: Path, baseline: str | None = None) ->
 
     groups, noise = compare_groups(runs, baseline)
     owner = compare_ownership(out)
-    plots = OUTPUTS[2:] if pyplot() is not None else ()
+    plots = OUTPUTS[2:] if plotting.pyplot() is not None else ()
     owner.claim({*OUTPUTS[:2], *plots}, NOT_OURS)  # only what it will write: without matplotlib, no plots
     written = [out / "compare.md"]
     md = ["## Configurations (mean over seeds)", "", group_table(groups, baseline), *notes(groups, noise), "",

@@ -10,8 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lowrank_lm import plotting
 from lowrank_lm.atomic import atomic_open
-from lowrank_lm.plotting import distinct_colours, pyplot
+from lowrank_lm.plotting import distinct_colours
 from lowrank_lm.train.rundir import METRICS, SUMMARY
 from lowrank_lm.train.summary import RunSummary
 
@@ -41,7 +42,7 @@ class Run:
 
 def plot_losses(runs: list[Run], path: Path, x: str = "tokens") -> Path | None:
     """Loss against ``x`` (tokens or flops) for every run, one colour each; None without matplotlib."""
-    plt = pyplot()
+    plt = plotting.pyplot()
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
