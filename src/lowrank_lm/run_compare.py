@@ -14,6 +14,7 @@ from lowrank_lm import plotting
 from lowrank_lm.atomic import write_json_atomic, write_text_atomic
 from lowrank_lm.errors import UserError
 from lowrank_lm.ownership import Ownership
+from lowrank_lm.run_groups import human_count
 from lowrank_lm.train.curves import Run
 from lowrank_lm.train.rundir import CONFIG, SUMMARY
 from lowrank_lm.train.summary import RunSummary
@@ -55,13 +56,6 @@ def find_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
     return runs, notes
 
 
-def _count(n: float) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:g}"
-
-
 def _duration(seconds: float) -> str:
     from lowrank_lm.train.progress import format_duration
 
@@ -83,7 +77,7 @@ def markdown_table(runs: list[Run]) -> str:
     for r in runs:
         s = r.summary
         loss = f"{s.final_val_loss:.4f}" + (" (best)" if s.final_val_loss == best and len(runs) > 1 else "")
-        lines.append(f"| {r.label} | {s.structure} | {_count(s.params)} | {_count(s.params_ffn)} | "
+        lines.append(f"| {r.label} | {s.structure} | {human_count(s.params)} | {human_count(s.params_ffn)} | "
                      f"{s.tokens:,} | {s.train_flops:.3e} | {s.tokens_per_s:,.0f} | {loss} | "
                      f"{s.final_val_ppl:.2f} | {_duration(s.wall_s)} |")
     return "\n".join(lines) + "\n"

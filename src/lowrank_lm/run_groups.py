@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.run_compare import Run
 from lowrank_lm.scaling.seeds import SeedNoise, group_cells, pooled_noise
+from lowrank_lm.train.curves import Run
 from lowrank_lm.train.rundir import CONFIG
 
 # train.* settings that cannot change what a run measures: they do not split a group.
@@ -74,6 +74,14 @@ def slowed(run: Run) -> bool:
         return log.is_file() and SLOWED in log.read_text(errors="replace")
     except OSError:
         return False
+
+
+def human_count(n: float) -> str:
+    """A count for a table: 1.84M, 254k, 1.27B."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:g}"
 
 
 @dataclass
@@ -220,8 +228,6 @@ def _signed(v: float) -> str:
 
 def group_table(groups: list[Group], baseline: str | None = None) -> str:
     """The markdown table of the groups, best first; tokens/s marked * when a run was slowed by others."""
-    from lowrank_lm.run_compare import _count
-
     base = next((g.diff["baseline"] for g in groups if g.diff), baseline or "baseline")
     head = ["group", "FFN", "params", "tokens", "seeds", f"val loss mean [{LEVEL:.0%} CI]", "seed sd",
             f"vs {base} [{LEVEL:.0%} CI]", "test", "tokens/s"]
@@ -236,7 +242,7 @@ def group_table(groups: list[Group], baseline: str | None = None) -> str:
             vs = _signed(d["diff"]) + (f" [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]" if d["ci"] else "")
             test = f"{d['test']}, p = {d['p']:.2g}" if d["p"] is not None else "no interval (one seed each)"
         tps = float(np.mean([r.summary.tokens_per_s for r in g.runs]))
-        lines.append(f"| {g.label} | {g.structure} | {_count(s.params)} | {s.tokens:,} | {len(g.runs)} | "
+        lines.append(f"| {g.label} | {g.structure} | {human_count(s.params)} | {s.tokens:,} | {len(g.runs)} | "
                      f"{g.mean:.4f}{ci} | {'' if g.sd is None else f'{g.sd:.4f}'} | {vs} | {test} | "
                      f"{tps:,.0f}{'*' if g.slowed else ''} |")
     return "\n".join(lines) + "\n"
