@@ -29,6 +29,10 @@
 #      train.compile=auto and torch.cond self-guidance, liger's fused loss, generation with decode=auto and the
 #      cuBLASLt bias + GELU epilogue): prints fast / eager (failed and fell back) / not taken for each, in under
 #      3 minutes; OUT/smoke.txt and OUT/smoke/smoke.json.
+# Issue 25 (muP), stage mup: coord-check of Transformer-s (2 blocks) under muP at widths 256-2048 for dense,
+#   LowRank 32% and BTT (OUT/mup-coord-<kind>/coord_check.{json,png}, slopes in OUT/mup-coord-<kind>.txt),
+#   then a 5-point learning-rate sweep (x2 apart) under muP at widths 256 and 1024 for dense and LowRank 32%
+#   (MUP_STEPS steps each, final train loss in OUT/mup-lr.txt).
 # Each stage has its own time limit (seconds, overridable) so one slow stage cannot eat the others';
 # the limit sends SIGINT, on which the FFN and decode benches still write the sets they finished.
 # Results: OUT/<stage>/ (JSON, markdown, PNG) and OUT/<stage>.txt, the log in OUT/gpu_bench.log.
@@ -57,8 +61,8 @@ T_FFN=${T_FFN:-45} T_FFN_COMPILE=${T_FFN_COMPILE:-75} T_TOKENS=${T_TOKENS:-60} T
 T_COMPILE=${T_COMPILE:-110} T_DECODE=${T_DECODE:-170} T_SCALE=${T_SCALE:-300}
 T_DSTATIC=${T_DSTATIC:-120} T_TABLE2=${T_TABLE2:-170} T_MFU=${T_MFU:-150} T_FFN5120=${T_FFN5120:-45}
 T_STRUCT=${T_STRUCT:-60}
-T_XL=${T_XL:-240} T_SMOKE=${T_SMOKE:-180}
-STAGES=${STAGES:-smoke ffn ffn-compile ffn-tokens train train-compile decode train-scale decode-static table2-m table2-l mfu-m ffn-5120 ffn-structures-fwd ffn-structures-fwdbwd}
+T_XL=${T_XL:-240} T_SMOKE=${T_SMOKE:-180} T_MUP=${T_MUP:-120}
+STAGES=${STAGES:-smoke ffn ffn-compile ffn-tokens train train-compile decode train-scale decode-static table2-m table2-l mfu-m ffn-5120 ffn-structures-fwd ffn-structures-fwdbwd mup}
 # the trainer under torchrun needs the Python that runs lowrank_lm
 if [ -n "${PY:-}" ]; then :
 elif [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"
@@ -75,6 +79,8 @@ if [ "${SMALL:-0}" = 1 ]; then  # toy sizes: checks the commands, not the GPU
     DSTATIC=(configs/paper/transformer-m.yaml "${TOY[@]}" --batches 1,2 --gen 8)
     SEARCH=(--batches 1,2 --gen 8) MFU=(configs/cpu/tiny.yaml --batch 2 --seq 64) FFN5120=(--widths 64 --tokens 256)
     XL=(configs/cpu/tiny.yaml --batch 2 --seq 64)
+    MUP_CONFIG=configs/cpu/tiny.yaml MUP_WIDTHS=32,64 MUP_LR_WIDTHS="32 64" MUP_LRS="1e-3 2e-3 4e-3 8e-3 1.6e-2"
+    MUP_BASE=32 MUP_SEQ=32 MUP_BATCH=4 MUP_STEPS=${MUP_STEPS:-3} MUP_EXTRA=(model.num_layers=2)
 else
     WIDTHS=1536,2048,3072,4096,5120,6144 TOKENS=30720 TOKEN_WIDTHS=2048,5120,6144 COMPILE_WIDTHS=2048,5120
     TOKEN_LIST=1,16,128,256,512,1024,1536,2048,4096
@@ -88,6 +94,9 @@ else
     SEARCH=(--batches 256 --search --max-batch 8192 --gen 256) MFU=(configs/paper/transformer-m.yaml --batch 16 --seq 1024)
     FFN5120=(--widths 5120 --tokens 30720) XL=(configs/paper/transformer-xl.yaml --batch 4 --seq 1024)
     SCALE_STEPS=${SCALE_STEPS:-300}
+    MUP_CONFIG=configs/paper/transformer-s.yaml MUP_WIDTHS=256,512,1024,2048 MUP_LR_WIDTHS="256 1024"
+    MUP_LRS="1e-3 2e-3 4e-3 8e-3 1.6e-2" MUP_BASE=256 MUP_SEQ=256 MUP_BATCH=32 MUP_STEPS=${MUP_STEPS:-200}
+    MUP_EXTRA=(model.num_layers=2)
 fi
 
 mkdir -p "$OUT"
@@ -193,6 +202,37 @@ print(f"\nMFU per device against its peak; FLOPs: {FLOP_CONVENTION}; medians ove
 PYEOF
     log "train-scale: table in $OUT/train-scale.txt"
     cat "$OUT/train-scale.txt" >> "$OUT/gpu_bench.log"
+fi
+
+if [[ " $STAGES " == *" mup "* ]]; then
+    MUP=(model.parametrization=mup "model.mup_base_width=$MUP_BASE" "model.seq_len=$MUP_SEQ" "${MUP_EXTRA[@]}"
+         "train.global_batch_size=$MUP_BATCH" data.source=embedded data.tokenizer=bpe-8192 "data.dir=$OUT/data")
+    for kind in dense lowrank btt; do
+        case $kind in
+            dense) FFN=() ;; lowrank) FFN=(model.ffn.kind=lowrank model.ffn.fraction=0.32) ;;
+            btt) FFN=(model.ffn.kind=btt model.ffn.rank=2) ;;
+        esac
+        STAGES="$STAGES mup-coord-$kind" stage "mup-coord-$kind" "$T_MUP" coord-check "$MUP_CONFIG" "${MUP[@]}" "${FFN[@]}" --widths "$MUP_WIDTHS" --steps 3
+    done
+    echo "| kind | width | lr | final train loss |" > "$OUT/mup-lr.txt"
+    echo "|---|---|---|---|" >> "$OUT/mup-lr.txt"
+    for kind in dense lowrank; do
+        FFN=(); [ "$kind" = lowrank ] && FFN=(model.ffn.kind=lowrank model.ffn.fraction=0.32)
+        for width in $MUP_LR_WIDTHS; do
+            for lr in $MUP_LRS; do
+                run="$OUT/mup-lr/$kind-$width-$lr"
+                log "mup-lr: $kind width $width lr $lr, $MUP_STEPS steps (limit ${T_MUP}s)"
+                timeout --signal=INT --kill-after=30 "$T_MUP" "${CMD[@]}" train "$MUP_CONFIG" "${MUP[@]}" "${FFN[@]}" \
+                    "model.hidden_dim=$width" "train.lr=$lr" "train.tokens=$((MUP_STEPS * MUP_BATCH * MUP_SEQ))" \
+                    "train.device=$DEVICE" "train.out_dir=$run" train.resume=never train.log_interval=1 \
+                    train.eval_tokens=32768 train.checkpoint_interval=100000 >> "$OUT/gpu_bench.log" 2>&1 \
+                    || log "mup-lr: $kind $width $lr FAILED or timed out"
+                loss=$("$PY" -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if '\"loss\"' in l]; print(r[-1]['loss'] if r else 'none')" "$run/metrics.jsonl" 2>/dev/null || echo none)
+                echo "| $kind | $width | $lr | $loss |" >> "$OUT/mup-lr.txt"
+            done
+        done
+    done
+    log "mup: coord-check slopes in $OUT/mup-coord-*.txt, learning-rate table in $OUT/mup-lr.txt"
 fi
 
 log "all stages finished; tables: $OUT/*.txt, JSON/markdown/PNG: $OUT/*/"

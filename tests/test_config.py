@@ -34,10 +34,11 @@ INAPPLICABLE = [
     (["model.ffn.kind=blockshuffle", "model.ffn.num_blocks=4", "model.ffn.rank=16"],
      "model.ffn.rank=16 does not apply to model.ffn.kind=blockshuffle (it reads model.ffn.num_blocks)"),
     (["model.ffn.init=spectral"],
-     "model.ffn.init=spectral does not apply to model.ffn.kind=dense; use random or orthonormal (or leave it "
-     "empty for random)"),
+     "model.ffn.init=spectral does not apply to model.ffn.kind=dense; use random or orthonormal or mup or "
+     "zero_out (or leave it empty for random)"),
     (["model.ffn.kind=blockdense", "model.ffn.rank=16", "model.ffn.num_blocks=4", "model.ffn.init=spectral"],
-     "model.ffn.init=spectral does not apply to model.ffn.kind=blockdense; use orthonormal or random"),
+     "model.ffn.init=spectral does not apply to model.ffn.kind=blockdense; use orthonormal or random or mup "
+     "or zero_out"),
     (["model.ffn.premerge_max_tokens=8"], "model.ffn.premerge_max_tokens does not apply to model.ffn.kind=dense"),
 ]
 

@@ -5,10 +5,11 @@ muP every activation stays the same size as the model widens, so log RMS against
 standard parametrisation the logits (and the updates of hidden layers) grow with width.
 
 Each width trains from the same seed, on the config's training data, for a few AdamW steps at the constant
-``train.lr`` (no warm-up and no gradient clipping: both would hide or add width dependence), in fp32 on the
-CPU. After step 0 (the init) and after each step, one fixed probe batch goes through the model and forward hooks
-record the RMS of: the embedding's output, each block's attention and FFN outputs, each structured layer's
-first factor (:meth:`StructuredLinear.inner`) and its output, and the logits.
+``train.lr`` (no warm-up and no gradient clipping: both would hide or add width dependence), in fp32 on
+``train.device`` (the command's --device, the CPU by default). After step 0 (the init) and after each step,
+one fixed probe batch goes through the model and forward hooks record the RMS of: the embedding's output,
+each block's attention and FFN outputs, each structured layer's first factor
+(:meth:`StructuredLinear.inner`) and its output, and the logits.
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ def _watch(model: Transformer, seen: dict[str, float]) -> list[torch.utils.hooks
     return handles
 
 
-def width_config(config: str | Path | None, overrides: list[str], width: int) -> Config:
-    """The config at hidden_dim ``width``: explicit attn_dim / ffn_dim grow in proportion; fp32 on the CPU."""
+def width_config(config: str | Path | None, overrides: list[str], width: int, device: str = "cpu") -> Config:
+    """The config at hidden_dim ``width``: explicit attn_dim / ffn_dim grow in proportion; fp32 on ``device``."""
     base = load_config(config, overrides)
-    m, extra = base.model, [f"model.hidden_dim={width}", "train.precision=fp32", "train.device=cpu"]
+    m, extra = base.model, [f"model.hidden_dim={width}", "train.precision=fp32", f"train.device={device}"]
     for key in ("attn_dim", "ffn_dim"):
         value = getattr(m, key)
         if value is not None:
@@ -90,11 +91,12 @@ def check_width(cfg: Config, data_dir: Path, steps: int) -> list[Record]:
     from lowrank_lm.train.optim import build_adamw
 
     t, width = cfg.train, cfg.model.hidden_dim
+    device = torch.device(t.device)
     torch.manual_seed(t.seed)
-    model = Transformer(cfg.model)
+    model = Transformer(cfg.model).to(device)
     opt = build_adamw(model, t.lr, t.betas, t.eps, t.weight_decay, fused=False)
     loader = TokenLoader(data_dir, "train", cfg.model.seq_len, t.micro_batch_size or t.global_batch_size, t.seed, 0, 1)
-    probe, _ = loader.next_batch()
+    probe = loader.next_batch()[0].to(device)
     seen: dict[str, float] = {}
     handles = _watch(model, seen)
     records: list[Record] = []
@@ -103,7 +105,7 @@ def check_width(cfg: Config, data_dir: Path, steps: int) -> list[Record]:
             if step:
                 x, y = loader.next_batch()
                 model.train()
-                model(x, y).backward()
+                model(x.to(device), y.to(device)).backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             model.eval()

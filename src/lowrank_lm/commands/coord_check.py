@@ -44,13 +44,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_steps, default=3, help="training steps per width")
     p.add_argument("--out", type=Path, help="folder for coord_check.json and coord_check.png")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ...")
 
 
 def run(args: argparse.Namespace) -> None:
+    import torch
+
     from lowrank_lm.coord_check import check_width, plot, slopes, width_config
     from lowrank_lm.data import prepare
 
-    cfgs = [width_config(args.config, args.overrides, w) for w in args.widths]  # every config checked first
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    cfgs = [width_config(args.config, args.overrides, w, args.device) for w in args.widths]  # all checked first
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file; give a folder")
     data_dir = prepare(cfgs[0].data)
