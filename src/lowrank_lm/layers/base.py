@@ -8,11 +8,27 @@ Techniques that change what a layer computes live outside it and wrap it: pre-me
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from .init import mup_std, normal_
-from .structure import Factor
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One weight tensor of a layer, as a linear map of its own: what the per-factor muP rules read.
+
+    A block-diagonal factor counts one block: its fan-in and fan-out are a block's input and output widths.
+    """
+
+    param: str
+    """The layer's parameter attribute that holds it."""
+    fan_in: int
+    """Inputs each output of the factor sums over (per block)."""
+    fan_out: int
+    """Outputs each input of the factor feeds (per block)."""
 
 
 class StructuredLinear(nn.Module):

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import StructuredLinear
+from .base import Factor, StructuredLinear
 from .blockdiag import blockdiag_matmul
 from .init import normal_, orthonormal_
 from .projection import rank_factors
-from .structure import MUP_INITS, Factor, SettingError, Settings, Structure, check_blocks, check_rank
+from .structure import MUP_INITS, SettingError, Settings, Structure, check_blocks, check_rank
 
 
 class BlockDenseLinear(StructuredLinear):

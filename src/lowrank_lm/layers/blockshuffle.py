@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import StructuredLinear
+from .base import Factor, StructuredLinear
 from .blockdiag import blockdiag_matmul, blockshuffle_matmul, shuffle, unshuffle
 from .init import normal_, orthonormal_
 from .projection import rank_factors
-from .structure import MUP_INITS, Factor, Structure, check_blocks
+from .structure import MUP_INITS, Structure, check_blocks
 
 
 class BlockShuffleLinear(StructuredLinear):

@@ -32,11 +32,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import StructuredLinear
+from .base import Factor, StructuredLinear
 from .blockdiag import blockdiag_matmul
 from .init import orthonormal_
 from .projection import rank_factors
-from .structure import Factor, SettingError, Settings, Structure
+from .structure import SettingError, Settings, Structure
 
 
 def factor_pair(n: int) -> tuple[int, int] | None:

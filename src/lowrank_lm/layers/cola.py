@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import StructuredLinear
+from .base import Factor, StructuredLinear
 from .init import normal_, spectral_
-from .structure import MUP_INITS, Factor, Structure, check_rank
+from .structure import MUP_INITS, Structure, check_rank
 
 
 class CoLALinear(StructuredLinear):

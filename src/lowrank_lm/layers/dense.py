@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import StructuredLinear
+from .base import Factor, StructuredLinear
 from .init import normal_, orthonormal_
-from .structure import DENSE, MUP_INITS, Factor, Structure
+from .structure import DENSE, MUP_INITS, Structure
 
 
 class DenseLinear(StructuredLinear):

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import StructuredLinear
+from .base import Factor, StructuredLinear
 from .init import normal_, orthonormal_, spectral_
 from .projection import rank_factors
-from .structure import MUP_INITS, Factor, Structure, check_rank
+from .structure import MUP_INITS, Structure, check_rank
 
 
 class LowRankLinear(StructuredLinear):

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .base import StructuredLinear
+from .base import StructuredLinear
 
 DENSE = "dense"
 """The unstructured baseline every fraction is measured against."""
@@ -25,21 +24,6 @@ sqrt(fan_out/fan_in))); ``zero_out`` also zeroes the last factor of the layers t
 (the FFN's down layer, the attention output), as the BTT authors' ``zero_init`` does."""
 SIZE_SETTINGS = ("rank", "num_blocks")
 """The FFN config keys a structure may read to size itself."""
-
-
-@dataclass(frozen=True)
-class Factor:
-    """One weight tensor of a layer, as a linear map of its own: what the per-factor muP rules read.
-
-    A block-diagonal factor counts one block: its fan-in and fan-out are a block's input and output widths.
-    """
-
-    param: str
-    """The layer's parameter attribute that holds it."""
-    fan_in: int
-    """Inputs each output of the factor sums over (per block)."""
-    fan_out: int
-    """Outputs each input of the factor feeds (per block)."""
 
 
 class SettingError(ValueError):
