@@ -70,7 +70,11 @@ def read_points(path: str | Path, x_column: str = "flops") -> tuple[list[dict[st
     p = Path(path)
     if not p.is_file():
         raise UserError(f"results file not found: {p}; give a CSV from `lowrank-lm sweep` (or `paper`)")
-    with p.open(newline="") as fh:
+    try:  # decoded whole first: a binary file is one line here, not a traceback from inside csv
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{p} is not a text CSV (not UTF-8); give a results.csv from `lowrank-lm sweep`") from None
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         missing = [c for c in ("series", x_column, "loss") if c not in header]
