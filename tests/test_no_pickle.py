@@ -164,3 +164,19 @@ def test_a_planted_payload_never_runs(trained, tmp_path, plant):
             assert err.count("\n") == 1 and plant.expect in err, (verb, err)
         else:
             assert code in (0, 75), (verb, code, err)  # 75: train --max-steps stopped, resumable
+
+
+def test_planted_records_are_refused_in_one_line(trained, tmp_path):
+    """Exports, results tables and run summaries are JSON or CSV: a pickle there is a malformed file."""
+    marker = tmp_path / "pwned"
+    assert cli("export", str(trained), str(tmp_path / "hf"))[0] == 0
+    _write(tmp_path / "hf" / "lowrank_lm_export.json", pickled(marker))  # export's record of what it wrote
+    _write(tmp_path / "results.csv", pickled(marker))
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    _write(tmp_path / "runs" / "a" / "summary.json", pickled(marker))
+    for argv, expect in ((["export", str(trained), str(tmp_path / "hf"), "--overwrite"], "not an export record"),
+                         (["fit", str(tmp_path / "results.csv")], "not a text CSV"),
+                         (["compare", str(tmp_path / "runs")], "cannot read")):
+        code, _, err = cli(*argv)
+        assert code == 2 and err.count("\n") == 1 and expect in err, (argv, err)
+        assert not marker.exists()
