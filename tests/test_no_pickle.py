@@ -175,7 +175,7 @@ def test_planted_records_are_refused_in_one_line(trained, tmp_path):
     (tmp_path / "runs" / "a").mkdir(parents=True)
     _write(tmp_path / "runs" / "a" / "summary.json", pickled(marker))
     for argv, expect in ((["export", str(trained), str(tmp_path / "hf"), "--overwrite"], "not an export record"),
-                         (["fit", str(tmp_path / "results.csv")], "not a text CSV"),
+                         (["fit", str(tmp_path / "results.csv")], "not a UTF-8 text CSV"),
                          (["compare", str(tmp_path / "runs")], "cannot read")):
         code, _, err = cli(*argv)
         assert code == 2 and err.count("\n") == 1 and expect in err, (argv, err)

@@ -31,7 +31,6 @@ from lowrank_lm.layers.init import mup_std, normal_
 
 if TYPE_CHECKING:
     from lowrank_lm.config import ModelConfig
-    from lowrank_lm.model import Transformer
 
 
 def enabled(cfg: ModelConfig) -> bool:
@@ -61,7 +60,7 @@ def readout_scale(cfg: ModelConfig) -> float | None:
     return 1.0 / width_mult(cfg)
 
 
-def _linears(model: Transformer) -> list[tuple[nn.Module, bool, str | None]]:
+def _linears(model: nn.Module) -> list[tuple[nn.Module, bool, str | None]]:
     """Every attention and FFN linear, whether it ends a residual branch (attention out, FFN down), and its
     part's init (model.attn.init / model.ffn.init)."""
     cfg, out = model.cfg, []
@@ -73,7 +72,7 @@ def _linears(model: Transformer) -> list[tuple[nn.Module, bool, str | None]]:
 
 
 @torch.no_grad()
-def init_(model: Transformer) -> None:
+def init_(model: nn.Module) -> None:
     """Draw the hidden weights at their muP scales and zero the untied output layer (and, with the ``zero_out``
     init, the last factor of every residual branch's output layer). The embedding keeps N(0, init_std)."""
     for layer, output_side, init in _linears(model):
@@ -99,7 +98,7 @@ def _factor_mults(layer: StructuredLinear, m: float) -> dict[int, float]:
     return mults
 
 
-def lr_rules(model: Transformer) -> dict[int, tuple[float, bool]]:
+def lr_rules(model: nn.Module) -> dict[int, tuple[float, bool]]:
     """id(parameter) -> (Adam learning-rate multiplier, whether weight decay applies) for every parameter."""
     m = width_mult(model.cfg)
     mults: dict[int, float] = {id(model.embed.weight): 1.0}
