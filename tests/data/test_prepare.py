@@ -205,3 +205,15 @@ def test_package_exports_are_never_shadowed_by_submodules():
     assert sorted(data.__all__) == sorted(data._EXPORTS)
     assert not any(isinstance(getattr(data, name), types.ModuleType) for name in data.__all__)
     assert callable(data.prepare) and data.prepare.__module__ == "lowrank_lm.data.pipeline"
+
+
+def test_prepare_in_a_worker_importing_the_main_script_is_one_line_not_a_deadlock(tmp_path, monkeypatch):
+    # what a spawned encoder worker sees when the user's script calls prepare() at its top level: the flag
+    # multiprocessing sets while the child imports the main script (it would wait forever on the parent's lock)
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    cfg = DataConfig(source="embedded", tokenizer="bpe-512", dir=str(tmp_path / "d"))
+    with pytest.raises(UserError, match='if __name__ == "__main__"'):
+        prepare(cfg, progress=False)
+    assert not (tmp_path / "d").exists()  # refused before the folder or its lock were made

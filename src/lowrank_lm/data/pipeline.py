@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -143,6 +144,7 @@ def prepare_data(cfg: DataConfig, *, max_tokens: int | None = None, progress: bo
     that is already in the data dir."""
     if max_tokens is not None:
         cfg = dataclasses.replace(cfg, max_tokens=max_tokens)
+    _check_not_starting_a_worker()
     _check_numbers(cfg)
     spec = parse_tokenizer_spec(cfg.tokenizer)
     data_dir = resolve_data_dir(cfg)
@@ -177,6 +179,19 @@ def prepare_data(cfg: DataConfig, *, max_tokens: int | None = None, progress: bo
     except BaseException:
         _tidy(data_dir, existed)
         raise
+
+
+def _check_not_starting_a_worker() -> None:
+    """Refuse to run inside a worker process that is still importing the caller's script.
+
+    Our encoder workers are spawned; each imports the main script again. A script that calls ``prepare`` at
+    its top level, not under ``if __name__ == "__main__":``, would call it again in every worker, and each
+    would wait forever for the data dir's lock that the parent holds. multiprocessing marks that import phase
+    with ``_inheriting`` (its own check, ``spawn._check_not_importing_main``, reads the same flag).
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise UserError("prepare() ran while a worker process was importing your script; call it under "
+                        "`if __name__ == \"__main__\":` (workers import the main script again)")
 
 
 def _check_numbers(cfg: DataConfig) -> None:
