@@ -116,7 +116,7 @@ def test_merged_export_is_dense_and_remote_export_keeps_the_factors(exported):
     # the wrapper, and the modules of the structures it uses (the dense baseline's too: block 0), as recorded
     assert sorted(p.name for p in remote.glob("*.py")) == [
         "base.py", "configuration_lowrank_lm.py", "dense.py", "init.py", "lowrank.py", "modeling_lowrank_lm.py",
-        "structure.py", "structures_lowrank_lm.py"]
+        "projection.py", "structure.py", "structures_lowrank_lm.py"]
     assert set(json.loads((remote / "lowrank_lm_export.json").read_text())["files"]) >= {
         p.name for p in remote.glob("*.py")}
     assert not list(merged.glob("*.py"))

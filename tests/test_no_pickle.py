@@ -174,7 +174,7 @@ def test_planted_records_are_refused_in_one_line(trained, tmp_path):
     _write(tmp_path / "results.csv", pickled(marker))
     (tmp_path / "runs" / "a").mkdir(parents=True)
     _write(tmp_path / "runs" / "a" / "summary.json", pickled(marker))
-    for argv, expect in ((["export", str(trained), str(tmp_path / "hf"), "--overwrite"], "not an export record"),
+    for argv, expect in ((["export", str(trained), str(tmp_path / "hf"), "--overwrite"], "is not a record of"),
                          (["fit", str(tmp_path / "results.csv")], "not a UTF-8 text CSV"),
                          (["compare", str(tmp_path / "runs")], "cannot read")):
         code, _, err = cli(*argv)

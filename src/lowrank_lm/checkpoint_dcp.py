@@ -160,9 +160,11 @@ def sharded_tensor_shapes(ckpt: str | Path) -> dict[str, tuple[int, ...]]:
     """Full shapes of every tensor in a sharded checkpoint (``model.`` and ``optimizer.`` keys), from the
     safetensors headers alone; a shard that cannot be read raises (SafetensorError, OSError)."""
     from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     meta = HuggingFaceStorageReader(str(Path(ckpt) / DCP_DIR)).read_metadata()
-    return {k: tuple(v.size) for k, v in meta.state_dict_metadata.items()}
+    # safetensors shards hold tensors only (never DCP's bytes entries)
+    return {k: tuple(v.size) for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
 
 
 def read_sharded_tensors(ckpt: str | Path) -> dict[str, torch.Tensor]:
@@ -170,10 +172,12 @@ def read_sharded_tensors(ckpt: str | Path) -> dict[str, torch.Tensor]:
     ``optimizer.NAME.KEY`` (for comparisons and conversions; no process group needed)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     reader = HuggingFaceStorageReader(str(Path(ckpt) / DCP_DIR))
     meta = reader.read_metadata()
-    flat = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in meta.state_dict_metadata.items()}
+    flat = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in meta.state_dict_metadata.items()
+            if isinstance(v, TensorStorageMetadata)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(flat, storage_reader=HuggingFaceStorageReader(str(Path(ckpt) / DCP_DIR)))

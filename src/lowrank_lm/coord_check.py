@@ -63,8 +63,8 @@ def _watch(model: Transformer, seen: dict[str, float]) -> list[torch.utils.hooks
 
     handles = [model.embed.register_forward_hook(out_hook("embed"))]
     for i, block in enumerate(model.blocks):
-        handles.append(block.attn.register_forward_hook(out_hook(f"blocks.{i}.attn")))
-        handles.append(block.ffn.register_forward_hook(out_hook(f"blocks.{i}.ffn")))
+        handles.append(block.get_submodule("attn").register_forward_hook(out_hook(f"blocks.{i}.attn")))
+        handles.append(block.get_submodule("ffn").register_forward_hook(out_hook(f"blocks.{i}.ffn")))
     for name, module in model.named_modules():
         if isinstance(module, StructuredLinear) and not isinstance(module, DenseLinear):
             handles.append(module.register_forward_hook(factor_hook(name)))
