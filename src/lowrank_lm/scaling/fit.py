@@ -189,11 +189,12 @@ def _ols_slopes(lnx: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Group:
-    """Series fitted together: one E (free or fixed) and (b, alpha) per series, in normalised compute."""
+class StackedSeries:
+    """Every point of several series in flat arrays: log compute normalised by its mean (``x``), log loss
+    (``y``), the series index of each point and its relative (log-space) error. The shared base of the fits
+    that put several series into one least-squares problem."""
 
     series: list[Series]
-    E_fixed: float | None
     lnx: np.ndarray = field(init=False)
     x: np.ndarray = field(init=False)
     y: np.ndarray = field(init=False)
@@ -208,6 +209,13 @@ class _Group:
         self.y = np.concatenate([np.log(s.loss) for s in self.series])
         self.idx = np.concatenate([np.full(s.n, k) for k, s in enumerate(self.series)])
         self.err = np.concatenate([s.loss_err / s.loss for s in self.series])  # relative = log-space error
+
+
+@dataclass
+class _Group(StackedSeries):
+    """Series fitted together: one E (free or fixed) and (b, alpha) per series, in normalised compute."""
+
+    E_fixed: float | None = None
 
     @property
     def k(self) -> int:

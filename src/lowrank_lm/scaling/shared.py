@@ -33,7 +33,16 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.fit import ALPHA_MAX, FitOptions, Series, fit_all, multistart, noise_scales, quantile_interval
+from lowrank_lm.scaling.fit import (
+    ALPHA_MAX,
+    FitOptions,
+    Series,
+    StackedSeries,
+    fit_all,
+    multistart,
+    noise_scales,
+    quantile_interval,
+)
 
 LOG_K_MAX = 25.0
 """Bound on |ln k|: a multiplier beyond e^25 (7e10) means the series does not share the curve at all."""
@@ -42,24 +51,8 @@ CONSISTENCY_P = 0.05
 
 
 @dataclass
-class _Problem:
+class _Problem(StackedSeries):
     """All points in normalised compute; series 0 is the baseline (ln k = 0)."""
-
-    series: list[Series]
-    lnx: np.ndarray = field(init=False)
-    x: np.ndarray = field(init=False)
-    y: np.ndarray = field(init=False)
-    idx: np.ndarray = field(init=False)
-    err: np.ndarray = field(init=False)
-    c0: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.lnx = np.concatenate([np.log(s.x) for s in self.series])
-        self.c0 = float(self.lnx.mean())
-        self.x = self.lnx - self.c0
-        self.y = np.concatenate([np.log(s.loss) for s in self.series])
-        self.idx = np.concatenate([np.full(s.n, k) for k, s in enumerate(self.series)])
-        self.err = np.concatenate([s.loss_err / s.loss for s in self.series])
 
     @property
     def n_params(self) -> int:
