@@ -263,3 +263,33 @@ def test_a_demo_folder_of_an_older_version_is_adopted_only_with_its_results(tmp_
     with pytest.raises(UserError, match=f"{lone} is not empty and was not written by lowrank-lm demo"):
         demo_ownership(lone, runs).claim({"loss.png", *runs}, "fix")
     assert (lone / "loss.png").read_bytes() == b"my plot"
+
+
+def test_fit_report_is_ours_or_refused(tmp_path):
+    report = tmp_path / "fit"
+    report.mkdir()
+    (report / "notes.md").write_text("mine")
+    code, _, err = cli("fit", "paper", "--series", "dense,lowrank-32", "--bootstrap", "20", "--report", str(report))
+    assert code == 2 and err.count("\n") == 1 and "was not written by lowrank-lm fit" in err
+    assert sorted(p.name for p in report.iterdir()) == ["notes.md"]  # refused before writing anything
+    fresh = tmp_path / "fit2"
+    args = ("fit", "paper", "--series", "dense,lowrank-32", "--bootstrap", "20", "--report", str(fresh))
+    assert cli(*args)[0] == 0
+    assert cli(*args)[0] == 0  # its own folder: rewritten
+    written = {p.name for p in fresh.iterdir()}
+    assert {"report.md", "fit.json", "points.csv", "scaling.png", ".lowrank-lm-fit.json"} <= written
+    (fresh / "fit.json").unlink()
+    (fresh / "fit.json").symlink_to(tmp_path / "victim.json")  # a link planted at one of its names
+    (tmp_path / "victim.json").write_text("victim")
+    assert cli(*args)[0] == 0
+    assert (tmp_path / "victim.json").read_text() == "victim" and not (fresh / "fit.json").is_symlink()
+
+
+def test_coord_check_out_is_ours_or_refused(tmp_path):
+    out = tmp_path / "cc"
+    out.mkdir()
+    (out / "coord_check.png").write_bytes(b"a plot of my own")
+    (out / ".lowrank-lm-coord-check.json").write_text('{"files": []}')  # a coord-check folder, but not its png
+    code, _, err = cli("coord-check", "configs/cpu/tiny.yaml", "--widths", "32,64", "--steps", "1", "--out", str(out))
+    assert code == 2 and err.count("\n") == 1 and "coord_check.png was not written by lowrank-lm coord-check" in err
+    assert (out / "coord_check.png").read_bytes() == b"a plot of my own"

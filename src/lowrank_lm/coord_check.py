@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lowrank_lm.atomic import atomic_open
 from lowrank_lm.config import Config, load_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import DenseLinear, StructuredLinear
@@ -154,6 +155,7 @@ def plot(records: list[Record], path: Path) -> Path:
     axes[0][0].set_ylabel("RMS of the layer's output")
     axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path) as f:  # a temporary file of its own, renamed: a link at path is replaced
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return path

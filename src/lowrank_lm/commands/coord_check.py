@@ -47,22 +47,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ...")
 
 
+OUTPUTS = ("coord_check.json", "coord_check.png")
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    from lowrank_lm.atomic import write_text_atomic
     from lowrank_lm.coord_check import check_width, plot, slopes, width_config
     from lowrank_lm.data import prepare
+    from lowrank_lm.ownership import Ownership
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
     cfgs = [width_config(args.config, args.overrides, w, args.device) for w in args.widths]  # all checked first
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} is a file; give a folder")
+    if args.out is not None:  # ours or refused, before any training (lowrank_lm.ownership)
+        Ownership(args.out, ".lowrank-lm-coord-check.json", "lowrank-lm coord-check").claim(
+            OUTPUTS, "give --out a new or empty folder, or one an earlier coord-check wrote")
     data_dir = prepare(cfgs[0].data)
     records = [r for cfg in cfgs for r in check_width(cfg, data_dir, args.steps)]
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "coord_check.json").write_text(json.dumps([r.to_dict() for r in records], indent=1) + "\n")
+        write_text_atomic(args.out / "coord_check.json", json.dumps([r.to_dict() for r in records], indent=1) + "\n")
         plot(records, args.out / "coord_check.png")
     if args.json:
         print(json.dumps([r.to_dict() for r in records]))

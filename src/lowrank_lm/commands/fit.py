@@ -71,8 +71,26 @@ def _check_law_options(args: argparse.Namespace) -> None:
                             "drop them or use --law compute")
 
 
+REPORT_RECORD = ".lowrank-lm-fit.json"
+REPORT_FILES = ("report.md", "fit.json", "points.csv", "scaling.png", "shared.png", "joint.png", "isoflop.png")
+"""Every file a --report folder may get (whichever law): recorded as fit's before any is written."""
+
+
+def _claim_report(folder: str) -> None:
+    """Make --report DIR fit's own before any work: new, empty, or written by an earlier fit; a same-named file
+    that fit did not write is refused (lowrank_lm.ownership)."""
+    from pathlib import Path
+
+    from lowrank_lm.ownership import Ownership
+
+    Ownership(Path(folder), REPORT_RECORD, "lowrank-lm fit").claim(
+        REPORT_FILES, "give --report a new or empty folder, or one an earlier fit wrote")
+
+
 def run(args: argparse.Namespace) -> None:
     _check_law_options(args)
+    if args.report and args.law != "shared-joint":  # shared-joint refuses --report itself
+        _claim_report(args.report)
     if args.law == "joint":
         _run_joint(args)
         return

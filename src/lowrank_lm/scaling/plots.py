@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from lowrank_lm.atomic import atomic_open
 from lowrank_lm.plotting import distinct_colours
 from lowrank_lm.scaling.fit import FitResult, Series
 
@@ -70,7 +71,8 @@ def plot_fit(result: FitResult, series: dict[str, Series], path: str | Path, x_c
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    with atomic_open(out) as f:  # a temporary file of its own, renamed: a link at out is replaced
+        fig.savefig(f, format="png")
     plt.close(fig)
     return out
 
@@ -200,7 +202,8 @@ def _legend(ax: Any) -> None:
 def _save(fig: Any, path: str | Path, plt: Any) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    with atomic_open(out) as f:  # a temporary file of its own, renamed: a link at out is replaced
+        fig.savefig(f, format="png")
     plt.close(fig)
     return out
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.scaling.fit import FitResult, Series
 from lowrank_lm.scaling.table import write_csv, write_json
 
@@ -197,7 +198,7 @@ def write_report(result: FitResult, series: dict[str, Series], rows: list[dict[s
            "the error of reading values off a figure beyond what `loss_err` states.",
            "- Input points (with their source and quality tags when known) are in `points.csv`; all numbers are "
            "in `fit.json`.", ""]
-    paths["report"].write_text("\n".join(md))
+    write_text_atomic(paths["report"], "\n".join(md))
     return paths
 
 
@@ -355,5 +356,5 @@ def write_joint_report(result: Any, iso: dict[str, Any], comparisons: list[dict[
            "- Intervals cover noise around the fitted surface (the residual scatter, or the measured seed-to-seed "
            "noise when larger). They do not cover a wrong functional form, other hyper-parameters, or the learning-"
            "rate schedule's dependence on the budget.", ""]
-    paths["report"].write_text("\n".join(md))
+    write_text_atomic(paths["report"], "\n".join(md))
     return paths

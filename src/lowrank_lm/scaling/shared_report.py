@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.scaling.fit import Series
 from lowrank_lm.scaling.report import POINT_COLUMNS, _table_md, _table_text, noise_line
 from lowrank_lm.scaling.shared import SharedFit
@@ -125,6 +126,6 @@ def write_shared_report(fit: SharedFit, series: dict[str, Series], points: list[
     md += ["## Figure", "", f"![every series collapsed onto the baseline's curve]({paths['plot'].name})", "",
            "Left: the points and each series' fitted curve. Right: every point moved to k·C, onto the "
            f"{fit.baseline} curve, with its {fit.settings['level']:.0%} bootstrap band.", ""]
-    paths["report"].write_text("\n".join(md))
+    write_text_atomic(paths["report"], "\n".join(md))
     return paths
 
