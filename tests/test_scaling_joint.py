@@ -214,7 +214,8 @@ def test_cli_joint_json_contract_report_and_plan(tmp_path, capsys):
         main(["fit", str(csv_path), "--law", "joint", "--report", str(tmp_path / "rep"), "--bootstrap", "50"])
     text = capsys.readouterr().out
     assert "run-to-run noise" in text and "IsoFLOP" in text
-    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.md", "fit.json", "joint.png", "isoflop.png"}
+    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.md", "fit.json", "joint.png", "isoflop.png",
+                                                              ".lowrank-lm-fit.json"}  # fit's record of its files
     with pytest.raises(SystemExit) as e:
         main(["plan", "--fits", str(fit_path), "--budget-flops", "1e16"])
     assert e.value.code == 0

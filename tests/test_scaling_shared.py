@@ -99,8 +99,8 @@ def test_cli_json_contract_report_and_figure(tmp_path):
     k = data["series"]["lowrank-32"]
     assert k["compute_multiplier"] == pytest.approx(1.25, rel=0.05) and k["ci"][0] < 1.25 < k["ci"][1]
     assert data["settings"]["seed_noise"]["dof"] == 15  # 15 points with two seeds each: the noise is measured
-    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["fit.json", "points.csv", "report.md",
-                                                                     "shared.png"]
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == [".lowrank-lm-fit.json", "fit.json", "points.csv",
+                                                                     "report.md", "shared.png"]
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "lowrank-32: worth 1.2" in report and "better than dense" in report
     code, text, _ = cli("fit", str(table), "--law", "shared", "--bootstrap", "50")
