@@ -332,6 +332,13 @@ def noise_scales(rng: np.random.Generator, replicates: int, s: float, dof: int, 
     return np.maximum(scale[:, None], np.asarray(floor, float)[None, :])
 
 
+def failed_refits_note(samples: np.ndarray) -> str | None:
+    """The warning when more than 5% of the bootstrap refits failed (rows whose first value is NaN), else None."""
+    failed, total = int(np.isnan(samples[:, 0]).sum()), len(samples)
+    return f"{failed} of {total} bootstrap refits failed; the intervals rest on the rest" if failed > 0.05 * total \
+        else None
+
+
 def quantile_interval(samples: np.ndarray, level: float) -> tuple[float, float] | None:
     """The central ``level`` interval of the finite bootstrap samples; None with fewer than 10 of them."""
     ok = samples[np.isfinite(samples)]
@@ -401,9 +408,9 @@ def _fit_group(group: _Group, mode: str, opts: FitOptions,
                 sel = group.idx == k
                 slopes[i, k] = _ols_slopes(group.lnx[sel], y_b[None, sel])[0]
                 per_decade[i, k] = _ols_slopes(log10x[sel], np.exp(y_b[None, sel]))[0]
-    failed = int(np.isnan(samples[:, 0]).sum()) if B and have_noise else 0
-    if B and have_noise and failed > 0.05 * B:
-        notes.append(f"{failed} of {B} bootstrap refits failed; the intervals rest on the rest")
+    failed = failed_refits_note(samples) if B and have_noise else None
+    if failed:
+        notes.append(failed)
     if dof <= 0 and not np.any(group.err > 0):
         notes.append("no residual degrees of freedom and no stated errors: no intervals")
 

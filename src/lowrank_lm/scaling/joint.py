@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.fit import multistart, noise_scales, quantile_interval
+from lowrank_lm.scaling.fit import failed_refits_note, multistart, noise_scales, quantile_interval
 from lowrank_lm.scaling.seeds import Cells, SeedNoise, group_cells, pooled_noise
 
 EXPONENT_MAX = 3.0
@@ -426,9 +426,9 @@ def _bootstrap(fit: JointFit, prob: _Problem, y: np.ndarray, p_hat: np.ndarray, 
     ok = np.isfinite(refits).all(axis=1)
     samples = np.full((B, 5), np.nan)
     samples[ok] = np.array([prob.to_natural(q) for q in refits[ok]]).reshape(-1, 5)
-    failed = int(np.isnan(samples[:, 0]).sum())
-    if failed > 0.05 * B:
-        fit.warnings.append(f"{failed} of {B} bootstrap refits failed; the intervals rest on the rest")
+    failed = failed_refits_note(samples)
+    if failed:
+        fit.warnings.append(failed)
     fit.samples = samples
     fit.alpha_ci = quantile_interval(samples[:, 2], opts.level)
     fit.beta_ci = quantile_interval(samples[:, 4], opts.level)

@@ -38,6 +38,7 @@ from lowrank_lm.scaling.fit import (
     FitOptions,
     Series,
     StackedSeries,
+    failed_refits_note,
     fit_all,
     multistart,
     noise_scales,
@@ -250,9 +251,9 @@ def _bootstrap(fit: SharedFit, prob: _Problem, p_hat: np.ndarray, dof: int, s: f
         if res is not None:
             q = res.x
             samples[i] = [q[0], q[1] + q[2] * prob.c0, q[2], *prob._log_k(q)]
-    failed = int(np.isnan(samples[:, 0]).sum())
-    if failed > 0.05 * B:
-        fit.warnings.append(f"{failed} of {B} bootstrap refits failed; the intervals rest on the rest")
+    failed = failed_refits_note(samples)
+    if failed:
+        fit.warnings.append(failed)
     fit.samples = samples
     fit.E_ci = quantile_interval(samples[:, 0], opts.level)
     fit.alpha_ci = quantile_interval(samples[:, 2], opts.level)
