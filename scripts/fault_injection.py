@@ -21,9 +21,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from lowrank_lm.config import DataConfig, load_config, save_config
+from lowrank_lm.config import DataConfig, save_config
 from lowrank_lm.data import prepare
 from lowrank_lm.reliability import CRASH_POINTS, run_trial, train_subprocess
+from lowrank_lm.resolve import load_config
 
 STEPS = 40
 CHECKPOINT_INTERVAL = 3

@@ -22,10 +22,10 @@ import torch
 
 import lowrank_lm
 from lowrank_lm import fallback
-from lowrank_lm.config import load_config
 from lowrank_lm.decoding import CUDA_GRAPHS
 from lowrank_lm.layers.fused import EPILOGUE
 from lowrank_lm.loss import LIGER
+from lowrank_lm.resolve import load_config
 from lowrank_lm.train import run_training
 from lowrank_lm.train.compiling import COMPILED
 

@@ -27,7 +27,7 @@ STRUCTURES = {"dense": [], "lowrank-32": ["model.ffn.kind=lowrank", "model.ffn.f
 
 def run_one(runs: Path, kind: str, param: str, width: int, lr: float, seed: int, tokens: int, base: int) -> dict:
     """Train one cell and return its record (final validation loss)."""
-    from lowrank_lm.config import load_config
+    from lowrank_lm.resolve import load_config
     from lowrank_lm.train import run_training
 
     extra = [f"model.hidden_dim={width}", f"train.lr={lr}", f"train.seed={seed}", f"train.tokens={tokens}",

@@ -12,8 +12,8 @@ import torch
 from torch.profiler import profile
 
 from lowrank_lm.bench.train import make_step, peer_model
-from lowrank_lm.config import load_config
 from lowrank_lm.model import Transformer
+from lowrank_lm.resolve import load_config
 from lowrank_lm.runtime import tune_malloc
 
 tune_malloc()

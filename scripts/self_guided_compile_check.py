@@ -12,8 +12,8 @@ import time
 import torch
 from torch._dynamo.utils import counters
 
-from lowrank_lm.config import load_config
 from lowrank_lm.model import Transformer
+from lowrank_lm.resolve import load_config
 from lowrank_lm.train.self_guided import SelfGuidance
 
 torch.set_num_threads(2)

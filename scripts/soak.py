@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lowrank_lm.config import DataConfig, load_config, save_config
+from lowrank_lm.config import DataConfig, save_config
 from lowrank_lm.data import prepare
+from lowrank_lm.resolve import load_config
 
 
 def rss_mb(pid: int) -> float:

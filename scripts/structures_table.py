@@ -12,8 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from lowrank_lm.config import load_config
+from lowrank_lm import sizing
 from lowrank_lm.layers import registry
+from lowrank_lm.resolve import load_config
 
 
 def _setting(kind: str, rank: int | None, blocks: int | None) -> str:
@@ -53,7 +54,7 @@ def loss_table(runs: Path) -> str:
                 continue
             summary = json.loads((folder / "summary.json").read_text())
             model = load_config(folder / "config.yaml").model
-            share = registry.ffn_fraction(model) if kind != registry.DENSE else 1.0
+            share = sizing.ffn_fraction(model) if kind != registry.DENSE else 1.0
             cells.append(f"{_setting(kind, model.ffn.rank, model.ffn.num_blocks)}, {share:.1%}, "
                          f"{summary['final_val_loss']:.4f}")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")

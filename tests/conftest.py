@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowrank_lm.config import Config, load_config
+from lowrank_lm.config import Config
+from lowrank_lm.resolve import load_config
 
 torch.set_num_threads(1)
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from lowrank_lm.commands import eval as eval_command
-from lowrank_lm.config import load_config
+from lowrank_lm.resolve import load_config
 from lowrank_lm.train import distributed
 from lowrank_lm.train.loop import Trainer
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from lowrank_lm.config import config_to_dict, load_config
+from lowrank_lm.config import config_to_dict
+from lowrank_lm.resolve import load_config
 from lowrank_lm.scaling.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

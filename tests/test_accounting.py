@@ -3,8 +3,8 @@
 import pytest
 
 from lowrank_lm.accounting import account, count_model
-from lowrank_lm.config import load_config
 from lowrank_lm.model import Transformer
+from lowrank_lm.resolve import load_config
 
 from .conftest import small_config
 

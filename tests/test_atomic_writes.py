@@ -36,7 +36,7 @@ class _Provenance:
 
 
 def _write_config(run: Path) -> None:
-    from lowrank_lm.config import load_config
+    from lowrank_lm.resolve import load_config
     from lowrank_lm.train.rundir import RunDir
 
     RunDir(run).write_config(load_config(None, []), _Provenance())
@@ -71,7 +71,8 @@ def _tokenizer_copy(run: Path) -> None:
 
 
 def _sweep_run_config(run: Path) -> None:
-    from lowrank_lm.config import load_config, save_config
+    from lowrank_lm.config import save_config
+    from lowrank_lm.resolve import load_config
 
     save_config(load_config(None, []), run / "config.yaml")  # what the sweep writes into a run folder
 

@@ -119,7 +119,8 @@ def test_bench_without_what_to_measure_says_so_in_one_line(capsys):
 def test_config_verb_prints_the_resolved_config_that_reloads_to_the_same_config(capsys, tmp_path):
     import yaml
 
-    from lowrank_lm.config import config_to_dict, load_config
+    from lowrank_lm.config import config_to_dict
+    from lowrank_lm.resolve import load_config
 
     code, out, _ = run_cli(capsys, "config", "configs/cpu/tiny.yaml", "model.ffn.kind=lowrank",
                            "model.ffn.fraction=0.32")

@@ -1,7 +1,9 @@
 import pytest
 
-from lowrank_lm.config import KIND_INITS, apply_overrides, config_to_dict, load_config, save_config
+from lowrank_lm.config import apply_overrides, config_to_dict, save_config
 from lowrank_lm.errors import ConfigError
+from lowrank_lm.layers import registry
+from lowrank_lm.resolve import load_config
 
 from .conftest import small_config
 
@@ -53,7 +55,7 @@ def test_a_setting_the_kind_does_not_read_is_an_error_naming_what_it_reads(overr
 def test_every_init_a_kind_accepts_builds_and_reloads(tmp_path):
     for kind, settings in [("dense", []), ("lowrank", ["rank=16"]), ("blockshuffle", ["num_blocks=4"]),
                            ("blockdense", ["rank=16", "num_blocks=4"])]:
-        for init in KIND_INITS[kind]:
+        for init in registry.get(kind).inits:
             cfg = small_config(f"model.ffn.kind={kind}", f"model.ffn.init={init}",
                                *(f"model.ffn.{s}" for s in settings))
             save_config(cfg, tmp_path / "c.yaml")

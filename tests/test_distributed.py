@@ -23,8 +23,9 @@ from lowrank_lm.accounting import account
 from lowrank_lm.checkpoint import list_checkpoints, load_state
 from lowrank_lm.checkpoint_dcp import is_sharded
 from lowrank_lm.cli import main
-from lowrank_lm.config import load_config, save_config
+from lowrank_lm.config import save_config
 from lowrank_lm.data import TokenLoader, validation_batches
+from lowrank_lm.resolve import load_config
 from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import FLOP_CONVENTION, read_metrics, throughput
 from lowrank_lm.train.schedule import lr_at

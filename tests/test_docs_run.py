@@ -208,7 +208,8 @@ def test_running_blocks_run(block, workdir, data_cache, monkeypatch, capsys):
 
 def test_scale_2_is_tiny_but_for_its_out_dir():
     # configs/cpu/scale-2.yaml and the docs say so; this keeps it true
-    from lowrank_lm.config import config_to_dict, load_config
+    from lowrank_lm.config import config_to_dict
+    from lowrank_lm.resolve import load_config
 
     tiny = config_to_dict(load_config(ROOT / "configs/cpu/tiny.yaml"))
     scale_2 = config_to_dict(load_config(ROOT / "configs/cpu/scale-2.yaml"))

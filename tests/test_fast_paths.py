@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowrank_lm.config import load_config
 from lowrank_lm.layers import BlockDenseLinear, BlockShuffleLinear, DenseLinear, LowRankLinear
 from lowrank_lm.layers import blockdiag as blockdiag_module
 from lowrank_lm.layers import fused as fused_module
@@ -14,6 +13,7 @@ from lowrank_lm.layers.blockdiag import blockdiag_matmul, blockshuffle_matmul, s
 from lowrank_lm.layers.fused import gelu_linear
 from lowrank_lm.model import FeedForward
 from lowrank_lm.premerge import PremergedLinear, premerge
+from lowrank_lm.resolve import load_config
 
 LAYERS = {
     "dense": lambda i, o: DenseLinear(i, o, bias=True),

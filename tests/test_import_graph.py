@@ -23,12 +23,6 @@ DOC = ROOT / "docs" / "architecture.md"
 # is (importer, imported) as module names under lowrank_lm. A NEW circle or upward import still fails; an entry
 # whose edge is gone fails too, so the list only shrinks.
 KNOWN = {
-    # config.py builds its Literal types (StructureKind, StructureInit) and defaults from the structure registry,
-    # and the registry sizes a structure from a fraction by building model.Attention / model.FeedForward on the
-    # meta device: config -> layers -> model -> config. Issue 24 item 1: sizing moves above the layers and builds a
-    # layer alone from its spec; the config is loaded, then resolved into a new object.
-    ("config", "layers.registry"),
-    ("layers.registry", "model"),
     # checkpoint and checkpoint_dcp import each other (issue 24 item 1: one checkpoint package with a shared
     # layout module, left to the checkpoint rewrite).
     ("checkpoint_dcp", "checkpoint"),

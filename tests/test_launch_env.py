@@ -11,7 +11,8 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lowrank_lm.config import load_config, save_config
+from lowrank_lm.config import save_config
+from lowrank_lm.resolve import load_config
 from lowrank_lm.train import distributed
 
 from .conftest import tiny_run_config

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from lowrank_lm.accounting import build_meta, count_model
-from lowrank_lm.config import load_config
 from lowrank_lm.decoding import generate
 from lowrank_lm.model import KVCache, Transformer
 from lowrank_lm.premerge import premerge, premerged_layers
+from lowrank_lm.resolve import load_config
 
 from .conftest import small_config
 

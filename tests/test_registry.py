@@ -13,9 +13,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lowrank_lm.config import FFNConfig, ModelConfig, load_config
+from lowrank_lm import sizing
+from lowrank_lm.config import FFNConfig, ModelConfig
 from lowrank_lm.errors import ConfigError
 from lowrank_lm.layers import registry
+from lowrank_lm.resolve import load_config
 from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import read_metrics
 
@@ -84,7 +86,7 @@ def test_merged_weight_is_the_layers_product(kind):
 @pytest.mark.parametrize("kind", registry.structured_kinds())
 def test_solve_picks_the_nearest_hand_share(kind):
     model = ModelConfig(hidden_dim=H, ffn_dim=F, num_q_heads=1, num_layers=1, ffn=FFNConfig(keep_dense_layers=[]))
-    settings, share = registry.solve(model, kind, 0.32)
+    settings, share = sizing.solve(model, kind, 0.32)
     nearest = min(HAND_SHARES[kind](H, F), key=lambda s: abs(s - 0.32))
     assert share == pytest.approx(nearest)
     cfg = load_config(SCALE3, [f"model.ffn.kind={kind}", "model.ffn.fraction=0.32"])

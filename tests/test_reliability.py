@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from lowrank_lm.checkpoint import list_checkpoints, load_model, load_state, save_checkpoint
-from lowrank_lm.config import load_config, save_config
+from lowrank_lm.config import save_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.reliability import compare_runs, run_trial, train_subprocess
+from lowrank_lm.resolve import load_config
 from lowrank_lm.train import run_training
 from lowrank_lm.train.rundir import RunDir
 

@@ -11,7 +11,8 @@ import pytest
 from safetensors.torch import load_file
 
 from lowrank_lm.checkpoint import list_checkpoints, load_state
-from lowrank_lm.config import load_config, save_config
+from lowrank_lm.config import save_config
+from lowrank_lm.resolve import load_config
 from lowrank_lm.train import run_training
 
 from .conftest import tiny_run_config

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import lowrank_lm
-from lowrank_lm.config import load_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.provenance import Provenance, collect_provenance
+from lowrank_lm.resolve import load_config
 from lowrank_lm.train.rundir import RunDir
 from lowrank_lm.train.summary import RunSummary
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from lowrank_lm.cli import main
-from lowrank_lm.config import load_config
 from lowrank_lm.errors import UserError
+from lowrank_lm.resolve import load_config
 from lowrank_lm.scaling.execute import (
     FAILED_MARKER,
     LOCK_NAME,
@@ -154,13 +154,13 @@ def test_sweep_file_errors(tmp_path, body, message):
 
 
 def test_blockdense_solves_from_its_fraction_alone_as_info_does(tmp_path):
-    from lowrank_lm.layers import registry
+    from lowrank_lm import sizing
 
     plan = load_sweep(write_sweep(tmp_path, f"sizes: {{a: {CPU / 'tiny.yaml'}}}\n"
                                             "structures: {blockdense: {fractions: [0.32]}}\n"))
     ffn = plan.runs[0].cfg.model.ffn
     dense = load_config(CPU / "tiny.yaml").model
-    settings, _ = registry.solve(dense, "blockdense", 0.32)  # what `info` and model.ffn.fraction resolve to
+    settings, _ = sizing.solve(dense, "blockdense", 0.32)  # what `info` and model.ffn.fraction resolve to
     assert (ffn.kind, ffn.rank, ffn.num_blocks) == ("blockdense", settings["rank"], settings["num_blocks"]) \
         and ffn.num_blocks == 4
 

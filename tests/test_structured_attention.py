@@ -15,12 +15,14 @@ import pytest
 import torch
 from torch import nn
 
+from lowrank_lm import sizing
 from lowrank_lm.accounting import count_model
 from lowrank_lm.checkpoint import load_model
-from lowrank_lm.config import AttnConfig, SelfGuidedConfig, load_config
+from lowrank_lm.config import AttnConfig, SelfGuidedConfig
 from lowrank_lm.layers import BlockShuffleLinear, LowRankLinear, registry
 from lowrank_lm.model import Transformer
 from lowrank_lm.premerge import premerge, premerged_layers
+from lowrank_lm.resolve import load_config
 from lowrank_lm.scaling.sweep import load_sweep
 from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import read_metrics
@@ -78,7 +80,7 @@ def test_every_kind_structures_attention(capsys, kind):
     code, out, err = _info(f"model.attn.kind={kind}", "model.attn.fraction=0.32")
     assert code == 0, err
     cfg = load_config(SCALE3, [f"model.attn.kind={kind}", "model.attn.fraction=0.32"])
-    share = registry.part_fraction(cfg.model, "attn")
+    share = sizing.part_fraction(cfg.model, "attn")
     assert 0.2 < share < 0.45, share
     assert out["params_attention"] == round(L * (share * DENSE_PROJ + BIASES))
 

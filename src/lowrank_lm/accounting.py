@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lowrank_lm.config import Config, ModelConfig
-from lowrank_lm.layers import StructuredLinear
+from lowrank_lm.layers import StructuredLinear, registry
 from lowrank_lm.model import Attention, FeedForward, Transformer
 
 # Dense bf16 tensor-core peak FLOP/s by device name fragment; MFU is "unknown" for anything else.
@@ -91,7 +91,7 @@ def count_model(model: Transformer) -> ModelCounts:
             layers = [x for x in m.modules() if isinstance(x, StructuredLinear)]
             ffn += sum(x.num_matrix_params() for x in layers)
             ffn_flops += sum(x.flops_per_token() for x in layers)
-    if cfg.linear:  # a non-linear structure cannot have a guide (no merged weight)
+    if registry.all_linear(cfg):  # a non-linear structure cannot have a guide (no merged weight)
         for layer in model.structured_layers():
             guide += 2 * layer.in_features * layer.out_features
     logits = 2 * cfg.vocab_size * cfg.hidden_dim

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lowrank_lm import decoding
-from lowrank_lm.config import Config, load_config
+from lowrank_lm.config import Config
 from lowrank_lm.device import resolve_device as _resolve
 from lowrank_lm.model import Transformer
 from lowrank_lm.premerge import premerge as _premerge
+from lowrank_lm.resolve import load_config
 
 if TYPE_CHECKING:
     from lowrank_lm.data.tokenizer import Tokenizer
@@ -96,7 +97,8 @@ def build(config: Config | str | Path | None = None, overrides: list[str] | None
     """
     if isinstance(config, Config):
         if overrides:
-            from lowrank_lm.config import apply_overrides, config_from_dict, config_to_dict
+            from lowrank_lm.config import apply_overrides, config_to_dict
+            from lowrank_lm.resolve import config_from_dict
 
             config = config_from_dict(apply_overrides(config_to_dict(config), overrides))
         cfg = config

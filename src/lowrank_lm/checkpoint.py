@@ -39,11 +39,12 @@ from lowrank_lm.checkpoint_dcp import (
     load_sharded,
     sharded_tensor_shapes,
 )
-from lowrank_lm.config import Config, load_config, save_config
+from lowrank_lm.config import Config, save_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.faults import crash_point
 from lowrank_lm.model import Transformer
 from lowrank_lm.permissions import follow_umask, make_temp_dir
+from lowrank_lm.resolve import load_config
 from lowrank_lm.safe_state import has_state, read_state, write_state
 
 CHECKPOINTS = "checkpoints"

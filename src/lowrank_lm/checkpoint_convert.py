@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 
 from lowrank_lm.checkpoint import OLD_STATE, check_checkpoint, old_format, save_checkpoint
 from lowrank_lm.checkpoint_dcp import DCP_DIR, MODEL, OLD_METADATA, OPTIMIZER, is_old_sharded
-from lowrank_lm.config import load_config
 from lowrank_lm.errors import UserError
 from lowrank_lm.permissions import make_temp_dir
+from lowrank_lm.resolve import load_config
 
 
 def _read_old_sharded(ckpt: Path) -> dict[str, Any]:

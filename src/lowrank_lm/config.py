@@ -1,12 +1,13 @@
-"""Typed configuration: dataclasses loaded from YAML, dotted command-line overrides, validation.
+"""Typed configuration: dataclasses read from YAML, dotted command-line overrides, validation.
 
 A config file is a YAML mapping with the sections ``model``, ``data`` and ``train``. It may name a
 ``base`` file (a path relative to itself) whose values it overrides, so the paper's structured
 variants are a few lines each. Overrides such as ``model.ffn.rank=512`` are applied to the raw
 mapping before it is converted, so a typo in an override is caught like a typo in the file.
 
-Validation happens before anything is allocated and raises :class:`ConfigError` with one line that
-names the key and the fix.
+Validation happens before anything is allocated, changes nothing, and raises :class:`ConfigError` with one
+line that names the key and the fix. This module knows no structure: :func:`lowrank_lm.resolve.load_config`
+reads a config with :func:`read_config`, validates it, and resolves its structures against the registry.
 """
 
 from __future__ import annotations
@@ -24,20 +25,10 @@ import yaml
 
 from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.errors import ConfigError
-from lowrank_lm.layers import registry
 
-# The structures of model.ffn and model.attn alike (the names once said FFN; FFNKind / FFNInit stay as aliases).
-StructureKind = Literal[registry.kinds()]  # type: ignore[valid-type]
-StructureInit = Literal[registry.inits()]  # type: ignore[valid-type]
-FFNKind, FFNInit = StructureKind, StructureInit
+# The config knows no structure: a kind and an init are names that lowrank_lm.resolve checks against the registry
+# (layers/), which also fills the kind's default init and the settings a fraction solves to.
 _T = TypeVar("_T")
-
-# All three read from the structure registry (layers/): each structure module declares them.
-# The paper's default initialisation for each FFN parametrisation (section 3.1 of the reference).
-DEFAULT_INIT: dict[str, str] = {k: s.default_init for k, s in registry.REGISTRY.items()}
-# What each kind reads: its size settings and the inits its layer implements (spectral needs two factors).
-KIND_SETTINGS: dict[str, tuple[str, ...]] = {k: s.settings for k, s in registry.REGISTRY.items()}
-KIND_INITS: dict[str, tuple[str, ...]] = {k: s.inits for k, s in registry.REGISTRY.items()}
 
 
 @dataclass
@@ -45,7 +36,7 @@ class FFNConfig:
     """How the two (or three, for SwiGLU) linear layers of each feed-forward block are parametrised."""
 
     section: ClassVar[str] = "model.ffn"  # where these settings live, for error messages
-    kind: StructureKind = registry.DENSE
+    kind: str = "dense"
     """The structure of the FFN linears: one of the structures declared under layers/ (dense is the baseline)."""
     rank: Optional[int] = None
     """The rank R of the kinds that read it (a bottleneck size, or a tensor-train rank: each structure says)."""
@@ -54,7 +45,7 @@ class FFNConfig:
     fraction: Optional[float] = None
     """Share of the dense FFN's weights (e.g. 0.32): picks the kind's rank or block count, the nearest share
     counted on the layers themselves; replaces the solved setting in the resolved config."""
-    init: Optional[StructureInit] = None
+    init: Optional[str] = None
     """The init of the structured factors (the kinds' inits differ); empty means the paper's default for the kind."""
     keep_dense_layers: list[int] = field(default_factory=lambda: [0])
     """Indices of Transformer blocks whose FFN stays dense (the paper keeps block 0 dense)."""
@@ -68,7 +59,7 @@ class AttnConfig:
     """How each attention block's fused q/k/v projection and output projection are parametrised."""
 
     section: ClassVar[str] = "model.attn"  # where these settings live, for error messages
-    kind: StructureKind = registry.DENSE
+    kind: str = "dense"
     """The structure of both projections, any model.ffn.kind; dense keeps plain nn.Linear layers."""
     rank: Optional[int] = None
     """Bottleneck size R for the kinds that read a rank (as model.ffn.rank)."""
@@ -77,8 +68,13 @@ class AttnConfig:
     fraction: Optional[float] = None
     """Share of the dense projections' weights (e.g. 0.32): picks the kind's rank or block count as
     model.ffn.fraction does, counted on the attention's own layers."""
-    init: Optional[StructureInit] = None
+    init: Optional[str] = None
     """spectral | random | orthonormal; empty means the kind's default (std = model.init_std)."""
+
+
+StructureConfig = FFNConfig | AttnConfig
+"""The structure settings of one model part (model.ffn or model.attn): kind, size settings, fraction, init.
+What the layers build from, and what lowrank_lm.resolve checks and sizes."""
 
 
 @dataclass
@@ -144,15 +140,6 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.head_dim * self.resolved_kv_heads
-
-    def structured_parts(self) -> list[FFNConfig | AttnConfig]:
-        """The FFN and attention sections whose kind is structured (pre-merge and guides act on these)."""
-        return [part for part in (self.ffn, self.attn) if registry.get(part.kind).structured]
-
-    @property
-    def linear(self) -> bool:
-        """Whether every structured linear of the model has an exact merged weight (pre-merge, guides, merge)."""
-        return all(registry.get(part.kind).linear for part in self.structured_parts())
 
 
 @dataclass
@@ -462,17 +449,17 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_from_dict(raw: dict) -> Config:
-    """Build and validate a :class:`Config` from a raw mapping."""
-    cfg = _from_dict(Config, raw)
-    validate(cfg)
-    return cfg
+def read_dict(raw: dict) -> Config:
+    """A :class:`Config` read from a raw mapping, each value checked against its field's type. Not yet resolved
+    or validated: :func:`lowrank_lm.resolve.config_from_dict` does both."""
+    return _from_dict(Config, raw)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+def read_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides, types checked. Not yet
+    resolved or validated: :func:`lowrank_lm.resolve.load_config`, which every command uses, does both."""
     raw = _read_yaml(Path(path)) if path is not None else {}
-    return config_from_dict(apply_overrides(raw, overrides or []))
+    return read_dict(apply_overrides(raw, overrides or []))
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -515,44 +502,8 @@ def _check_optimizer(t: TrainConfig) -> None:
             raise ConfigError(f"train.{key} must be zero or positive, got {v}")
 
 
-def _check_applicable(f: FFNConfig | AttnConfig) -> None:
-    """A setting the kind does not read is an error naming what the kind does read."""
-    uses, s = KIND_SETTINGS[f.kind], f.section
-    for key in registry.SIZE_SETTINGS:
-        if getattr(f, key) is not None and key not in uses:
-            reads = f"reads {' and '.join(f'{s}.{u}' for u in uses)}" if uses else "has no size setting"
-            users = registry.readers(key)
-            raise ConfigError(f"{s}.{key}={getattr(f, key)} does not apply to {s}.kind={f.kind} "
-                              f"(it {reads}); remove it, or set {s}.kind to {' or '.join(users)}")
-    if f.init is not None and f.init not in KIND_INITS[f.kind]:
-        raise ConfigError(f"{s}.init={f.init} does not apply to {s}.kind={f.kind}; "
-                          f"use {' or '.join(KIND_INITS[f.kind])} (or leave it empty for {DEFAULT_INIT[f.kind]})")
-
-
-def _check_structure(f: FFNConfig | AttnConfig, m: ModelConfig) -> None:
-    """The size settings, fraction and init of model.ffn or model.attn; fills the kind's default init."""
-    _positive(f.rank, f"{f.section}.rank")
-    _positive(f.num_blocks, f"{f.section}.num_blocks")
-    if f.fraction is not None:
-        _check_applicable(f)  # a setting the kind does not read is named before the fraction is solved
-        registry.resolve_fraction(f, m)
-    registry.check_fit(f, m)
-    _check_applicable(f)
-    registry.check_saves(f, m)
-    if m.parametrization == "mup":
-        if f.init is None:
-            f.init = "mup"  # type: ignore[assignment]
-        if f.init not in registry.MUP_INITS:
-            raise ConfigError(f"{f.section}.init={f.init} does not apply under model.parametrization=mup (it draws "
-                              f"every factor at its own muP scale); use {' or '.join(registry.MUP_INITS)}, or "
-                              "leave it empty")
-    if f.init is None:
-        f.init = DEFAULT_INIT[f.kind]  # type: ignore[assignment]
-
-
-def validate(cfg: Config) -> None:
-    """Check shapes and combinations; fill the paper's default init. Raises ConfigError."""
-    m, f = cfg.model, cfg.model.ffn
+def _check_shapes(m: ModelConfig) -> None:
+    """Widths and head counts: positive, and dividing as attention and RoPE need."""
     for key in ("vocab_size", "seq_len", "num_layers", "hidden_dim", "num_q_heads", "attn_dim",
                 "ffn_dim", "num_kv_heads", "init_std", "rope_base", "norm_eps"):
         _positive(getattr(m, key), f"model.{key}")
@@ -566,6 +517,12 @@ def validate(cfg: Config) -> None:
     if m.num_q_heads % m.resolved_kv_heads:
         raise ConfigError(f"model.num_q_heads={m.num_q_heads} is not a multiple of "
                           f"model.num_kv_heads={m.resolved_kv_heads}; use a kv head count that divides it")
+
+
+def _check_model(m: ModelConfig) -> None:
+    """The model section, but for what its structures mean (lowrank_lm.resolve checks that)."""
+    _check_shapes(m)
+    f = m.ffn
     for i in f.keep_dense_layers:
         if not 0 <= i < m.num_layers:
             raise ConfigError(f"model.ffn.keep_dense_layers: {i} is not a block index "
@@ -578,21 +535,26 @@ def validate(cfg: Config) -> None:
     if m.parametrization == "standard" and m.mup_base_width is not None:
         raise ConfigError(f"model.mup_base_width={m.mup_base_width} does not apply under "
                           "model.parametrization=standard; remove it, or set model.parametrization=mup")
-    _check_structure(f, m)
-    _check_structure(m.attn, m)
-    structured = bool(m.structured_parts())
-    if f.premerge_max_tokens is not None and not structured:
-        raise ConfigError(f"model.ffn.premerge_max_tokens does not apply to model.ffn.kind={f.kind} with "
-                          f"model.attn.kind={m.attn.kind} (nothing to merge); remove it, or set a structured "
-                          "model.ffn.kind")
-    if f.premerge_max_tokens is not None:
-        for part in m.structured_parts():
-            if not registry.get(part.kind).linear:
-                raise ConfigError(f"model.ffn.premerge_max_tokens does not apply to {part.section}.kind={part.kind} "
-                                  f"(not linear: no merged weight); remove it, or use one of "
-                                  f"{', '.join(registry.linear_kinds())}")
+    for part in (f, m.attn):
+        _positive(part.rank, f"{part.section}.rank")
+        _positive(part.num_blocks, f"{part.section}.num_blocks")
 
-    t = cfg.train
+
+def _check_schedule(t: TrainConfig) -> None:
+    """Budget, batch sizes and the learning-rate schedule."""
+    if t.tokens is not None and t.tokens_per_param is not None:
+        raise ConfigError("set only one of train.tokens and train.tokens_per_param")
+    if t.micro_batch_size is not None and t.global_batch_size % t.micro_batch_size:
+        raise ConfigError(f"train.micro_batch_size={t.micro_batch_size} does not divide "
+                          f"train.global_batch_size={t.global_batch_size}; pick a divisor")
+    for key in ("min_lr_ratio", "warmup_ratio"):
+        v = getattr(t, key)
+        if not 0 <= v <= 1:
+            raise ConfigError(f"train.{key} must be between 0 and 1, got {v}")
+
+
+def _check_train(t: TrainConfig) -> None:
+    """The train section, but for what self-guided training needs of the structures (lowrank_lm.resolve)."""
     for key in ("tokens", "tokens_per_param", "global_batch_size", "micro_batch_size", "lr",
                 "eval_interval", "eval_tokens", "log_interval", "checkpoint_interval", "checkpoint_minutes",
                 "keep_checkpoints", "max_bad_steps", "peak_tflops"):
@@ -603,28 +565,10 @@ def validate(cfg: Config) -> None:
                           f"{t.dist_timeout_minutes}")
     if t.loss_chunk_tokens < 0:
         raise ConfigError(f"train.loss_chunk_tokens must be 0 (full logits) or positive, got {t.loss_chunk_tokens}")
-    if t.tokens is not None and t.tokens_per_param is not None:
-        raise ConfigError("set only one of train.tokens and train.tokens_per_param")
-    if t.micro_batch_size is not None and t.global_batch_size % t.micro_batch_size:
-        raise ConfigError(f"train.micro_batch_size={t.micro_batch_size} does not divide "
-                          f"train.global_batch_size={t.global_batch_size}; pick a divisor")
-    for key in ("min_lr_ratio", "warmup_ratio"):
-        v = getattr(t, key)
-        if not 0 <= v <= 1:
-            raise ConfigError(f"train.{key} must be between 0 and 1, got {v}")
+    _check_schedule(t)
     sg = t.self_guided
     if sg.enabled and not 0 < sg.ratio <= 1:
         raise ConfigError(f"train.self_guided.ratio must be in (0, 1], got {sg.ratio}")
-    if sg.enabled and not structured:
-        raise ConfigError("train.self_guided needs a structured FFN or attention; set model.ffn.kind or "
-                          f"model.attn.kind ({', '.join(registry.structured_kinds())}) or disable self-guided "
-                          "training")
-    if sg.enabled:
-        for part in m.structured_parts():
-            if not registry.get(part.kind).linear:
-                raise ConfigError(f"train.self_guided starts its dense guide at the merged weight, and "
-                                  f"{part.section}.kind={part.kind} is not linear (no merged weight); use one of "
-                                  f"{', '.join(registry.linear_kinds())} or disable self-guided training")
     if sg.enabled and sg.reduce_flop and t.activation_checkpointing and t.compile is True:
         # the compiled coin is a torch.cond, which torch 2.13 cannot run inside a checkpointed block
         raise ConfigError("train.compile=true cannot compile self-guided steps with reduce_flop under "
@@ -632,6 +576,14 @@ def validate(cfg: Config) -> None:
                           "or turn off activation checkpointing or reduce_flop")
     if t.resume not in ("auto", "never") and not t.resume:
         raise ConfigError("train.resume must be auto, never or a checkpoint path")
+
+
+def validate(cfg: Config) -> None:
+    """The checks that need no structure: shapes, µP's base width, the recipe, the data. Changes nothing; raises
+    ConfigError. What the structures' settings mean (kinds, fit, fractions, inits) is checked where they are
+    resolved, by :func:`lowrank_lm.resolve.resolve`, which calls this first."""
+    _check_model(cfg.model)
+    _check_train(cfg.train)
     _positive(cfg.data.val_tokens, "data.val_tokens")
     _positive(cfg.data.shard_tokens, "data.shard_tokens")
     _positive(cfg.data.max_tokens, "data.max_tokens")

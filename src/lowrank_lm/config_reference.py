@@ -15,10 +15,11 @@ import itertools
 import textwrap
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from lowrank_lm import config as config_module
-from lowrank_lm.config import Config, _type_name
+from lowrank_lm.config import AttnConfig, Config, FFNConfig, _type_name
+from lowrank_lm.layers import registry
 
 
 @dataclass
@@ -68,6 +69,16 @@ def _default(f: dataclasses.Field) -> str:
     return str(value)
 
 
+def _hint(cls: type, name: str, hint: Any) -> Any:
+    """A field's type as the reference names it: a structure's kind and init are plain names in the config, and
+    the registry's choices here."""
+    if cls in (FFNConfig, AttnConfig) and name == "kind":
+        return registry.StructureKind
+    if cls in (FFNConfig, AttnConfig) and name == "init":
+        return Optional[registry.StructureInit]
+    return hint
+
+
 def sections(cls: type = Config, prefix: str = "") -> list[Section]:
     """The sections of ``cls`` in declaration order, depth first (model, model.ffn, data, train, ...)."""
     hints = typing.get_type_hints(cls, vars(config_module))
@@ -79,7 +90,8 @@ def sections(cls: type = Config, prefix: str = "") -> list[Section]:
         if dataclasses.is_dataclass(hints[f.name]):
             nested += sections(hints[f.name], name)
         else:
-            own.keys.append(Key(name, _type_name(hints[f.name]), _default(f), docs.get(f.name, "")))
+            own.keys.append(Key(name, _type_name(_hint(cls, f.name, hints[f.name])), _default(f),
+                                docs.get(f.name, "")))
     return ([own] if own.keys else []) + nested
 
 

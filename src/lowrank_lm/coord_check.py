@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from lowrank_lm.atomic import atomic_open
-from lowrank_lm.config import Config, load_config
+from lowrank_lm.config import Config
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import DenseLinear, StructuredLinear
 from lowrank_lm.model import Transformer
+from lowrank_lm.resolve import load_config
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from lowrank_lm.atomic import atomic_open, write_json_atomic, write_text_atomic
-from lowrank_lm.config import Config, config_to_dict, flatten, load_config
+from lowrank_lm.config import Config, config_to_dict, flatten
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import registry
 from lowrank_lm.ownership import Ownership
+from lowrank_lm.resolve import load_config
 
 # Settings that say where and how verbosely a run writes, not what it computes: a finished run whose saved
 # config differs only in these is the same experiment.

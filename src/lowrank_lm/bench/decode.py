@@ -29,6 +29,7 @@ from lowrank_lm.bench.timer import measure
 from lowrank_lm.config import ModelConfig
 from lowrank_lm.decoding import generate
 from lowrank_lm.errors import UserError
+from lowrank_lm.layers import registry
 from lowrank_lm.model import Transformer
 from lowrank_lm.premerge import premerged_layers
 
@@ -78,7 +79,7 @@ def build_variants(spec: DecodeBenchSpec, device: torch.device) -> list[DecodeVa
         model = Transformer(cfg).to(device=device, dtype=DTYPES[spec.dtype]).eval()
         params = count_model(model).params
         # pre-merge needs a merged weight: structured layers of a linear kind
-        mergeable = cfg.linear and any(True for _ in model.structured_layers())
+        mergeable = registry.all_linear(cfg) and any(True for _ in model.structured_layers())
         modes = [False] if not mergeable or spec.premerge == "off" else (
             [True] if spec.premerge == "on" else [False, True])
         for merged in modes:

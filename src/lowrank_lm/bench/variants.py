@@ -2,7 +2,7 @@
 
 Per FFN linear pair (hidden h -> ffn f -> h), the dense parameter count is 2hf and (reference
 section 3.1) the two matrices keep 2(h+f)R weights with LowRank, R(h+f)(1+1/B) with BlockDense and
-2 min(h,f)(h+f)/B with BlockShuffle. The registry's solver (layers/registry.py) counts these on the
+2 min(h,f)(h+f)/B with BlockShuffle. The one solver (lowrank_lm.sizing) counts these on the
 layers themselves and picks the nearest share, which gives the paper's choices at f=4h: 63% -> R=h/2
 or B=2, 32% -> R=h/4 or B=4.
 """
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lowrank_lm.config import Config, FFNConfig, ModelConfig, validate
+from lowrank_lm import sizing
+from lowrank_lm.config import Config, FFNConfig, ModelConfig
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import registry
+from lowrank_lm.resolve import resolve
 
 KINDS = registry.kinds()
 BLOCKDENSE_BLOCKS = 4
@@ -70,7 +72,7 @@ def structure_for(kind: str, hidden: int, ffn_dim: int, fraction: float,
     blocks = _fixed_blocks(kind, blockdense_blocks)
     model = ModelConfig(hidden_dim=hidden, ffn_dim=ffn_dim, num_q_heads=1, num_layers=1,
                         ffn=FFNConfig(keep_dense_layers=[]))
-    settings, _ = registry.solve(model, kind, fraction, _rank_step(hidden, blocks or 1), blocks)
+    settings, _ = sizing.solve(model, kind, fraction, _rank_step(hidden, blocks or 1), blocks)
     return Structure(kind, fraction, rank=settings.get("rank"), num_blocks=settings.get("num_blocks"))
 
 
@@ -85,8 +87,8 @@ def ffn_model_config(hidden: int, structure: Structure, ffn_dim: int | None = No
     """A validated GPT-style model config whose FFN has this structure (for building one FFN block)."""
     model = ModelConfig(hidden_dim=hidden, ffn_dim=ffn_dim, num_q_heads=1, num_layers=1,
                         ffn=structure.ffn_config())
-    validate(Config(model=model))  # ConfigError (a UserError) names a rank or block count that does not fit
-    return model
+    # ConfigError (a UserError) names a rank or block count that does not fit
+    return resolve(Config(model=model)).model
 
 
 def with_structure(model: ModelConfig, structure: Structure) -> ModelConfig:
@@ -95,6 +97,4 @@ def with_structure(model: ModelConfig, structure: Structure) -> ModelConfig:
 
     ffn = replace(structure.ffn_config(), keep_dense_layers=list(model.ffn.keep_dense_layers),
                   premerge_max_tokens=model.ffn.premerge_max_tokens)
-    out = replace(model, ffn=ffn)
-    validate(Config(model=out))
-    return out
+    return resolve(Config(model=replace(model, ffn=ffn))).model

@@ -265,7 +265,7 @@ def _compile_modes(words: list[str], device: Any) -> tuple[bool, ...]:
 def _run_train(args: argparse.Namespace, device: Any) -> None:
     from lowrank_lm.bench.report import machine_meta
     from lowrank_lm.bench.train import TrainBenchSpec, plot_train, run_train_bench, train_table
-    from lowrank_lm.config import load_config
+    from lowrank_lm.resolve import load_config
 
     cfg = load_config(args.config, args.overrides)
     spec = TrainBenchSpec(model=cfg.model, kinds=args.kinds, fractions=args.fractions,
@@ -298,7 +298,7 @@ def _run_decode(args: argparse.Namespace, device: Any) -> None:
 
     from lowrank_lm.bench.decode import DecodeBenchSpec, decode_table, plot_decode, run_decode_bench
     from lowrank_lm.bench.report import machine_meta
-    from lowrank_lm.config import load_config
+    from lowrank_lm.resolve import load_config
 
     paths = [c for c in args.configs if "=" not in c]
     overrides = [c for c in args.configs if "=" in c]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lowrank_lm.config import Config, load_config
+from lowrank_lm.config import Config
+from lowrank_lm.resolve import load_config
 
 
 def add_config_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:

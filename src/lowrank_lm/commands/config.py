@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> None:
         raise UserError("--markdown prints the reference; it does not apply with CONFIG (drop one of them)")
     import yaml
 
-    from lowrank_lm.config import config_to_dict, load_config
+    from lowrank_lm.config import config_to_dict
+    from lowrank_lm.resolve import load_config
 
     print(yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")

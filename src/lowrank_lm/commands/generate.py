@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from lowrank_lm.api import load
     from lowrank_lm.errors import UserError
+    from lowrank_lm.layers import registry
     from lowrank_lm.textgen import stream_text
 
     if args.max_new_tokens < 1:
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> None:
     threshold = args.premerge_tokens
     if threshold is None:
         # a non-linear structure has no merged weight to keep
-        threshold = model.cfg.ffn.premerge_max_tokens or (DEFAULT_PREMERGE_TOKENS if model.cfg.linear else 0)
+        mergeable = registry.all_linear(model.cfg)
+        threshold = model.cfg.ffn.premerge_max_tokens or (DEFAULT_PREMERGE_TOKENS if mergeable else 0)
     model.premerge(threshold)
     if model.tokenizer is None:
         from lowrank_lm.data.tokenizer import MISSING_HINT

@@ -36,10 +36,10 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> None:
-    from lowrank_lm.config import load_config
     from lowrank_lm.data import check_compatible, load_manifest, prepare_data, verify_shards
     from lowrank_lm.data.tokenizer import check_tokenizer_files, parse_tokenizer_spec
     from lowrank_lm.errors import UserError
+    from lowrank_lm.resolve import load_config
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not Path(config).is_file():

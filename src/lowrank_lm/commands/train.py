@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from lowrank_lm.commands.common import add_config_arguments, config_from_args
-from lowrank_lm.config import Config, load_config
+from lowrank_lm.config import Config
 from lowrank_lm.errors import EXIT_STOPPED, UserError
+from lowrank_lm.resolve import load_config
 
 if TYPE_CHECKING:
     from lowrank_lm.train.summary import StoppedRun

@@ -12,7 +12,7 @@ from lowrank_lm.layers.dense import DenseLinear
 from lowrank_lm.layers.lowrank import LowRankLinear
 
 if TYPE_CHECKING:
-    from lowrank_lm.config import AttnConfig, FFNConfig
+    from lowrank_lm.config import StructureConfig
 
 __all__ = [
     "BlockDenseLinear",
@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-def build_linear(in_features: int, out_features: int, cfg: FFNConfig | AttnConfig, bias: bool,
+def build_linear(in_features: int, out_features: int, cfg: StructureConfig, bias: bool,
                  std: float, dense: bool = False, output_side: bool = False) -> StructuredLinear:
     """The one place that turns a structure's settings (model.ffn or model.attn) into a linear layer
     (``dense=True`` forces dense; ``output_side``: it ends a residual branch, see :func:`registry.build`)."""

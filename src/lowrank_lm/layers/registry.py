@@ -3,25 +3,23 @@
 A structure module ends with a :class:`Structure` ``SPEC`` that says what the rest of the toolkit needs:
 its name, the FFN settings it reads, the inits its layer implements (the first is the paper's default),
 how to build the layer, which settings are valid for a model's widths, and the candidate settings from
-which :func:`solve` picks the one nearest a target fraction of the dense FFN's weights. Config
-validation, ``info``, ``sweep``, ``bench`` and the CLI defaults read this registry, so adding a
-structure is one new module plus its line in :data:`_MODULES`.
+which :func:`lowrank_lm.sizing.solve` picks the one nearest a target fraction of the dense FFN's weights.
+Resolving a config (:mod:`lowrank_lm.resolve`), sizing, ``info``, ``sweep``, ``bench`` and the CLI defaults
+read this registry, so adding a structure is one new module plus its line in :data:`_MODULES`.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
-from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from lowrank_lm.errors import ConfigError, UserError
-from lowrank_lm.layers.structure import DENSE, MUP_INITS, SIZE_SETTINGS, SettingError, Structure, check_blocks
+from lowrank_lm.layers.structure import DENSE, MUP_INITS, SIZE_SETTINGS, SettingError, Structure
 
 if TYPE_CHECKING:
-    from lowrank_lm.config import AttnConfig, FFNConfig, ModelConfig
+    from lowrank_lm.config import ModelConfig, StructureConfig
     from lowrank_lm.layers.base import StructuredLinear
 
 # One module per structure, in the order the CLI and error messages list them.
@@ -61,9 +59,25 @@ def inits() -> tuple[str, ...]:
     return tuple(dict.fromkeys(i for s in REGISTRY.values() for i in s.inits))
 
 
+# The kinds and inits as types, for a schema that checks them on reading (a sweep file's structures); the config
+# itself holds them as plain names, checked when it is resolved (lowrank_lm.resolve).
+StructureKind = Literal[kinds()]  # type: ignore[valid-type]
+StructureInit = Literal[inits()]  # type: ignore[valid-type]
+
+
+def structured_parts(model: ModelConfig) -> list[StructureConfig]:
+    """The FFN and attention sections of ``model`` whose kind is structured (pre-merge and guides act on these)."""
+    return [part for part in (model.ffn, model.attn) if get(part.kind).structured]
+
+
+def all_linear(model: ModelConfig) -> bool:
+    """Whether every structured linear of ``model`` has an exact merged weight (pre-merge, guides, merge)."""
+    return all(get(part.kind).linear for part in structured_parts(model))
+
+
 def require_linear(model: ModelConfig, what: str) -> None:
     """A UserError when ``what`` (which needs merged weights) is asked of a model with a non-linear structure."""
-    for part in model.structured_parts():
+    for part in structured_parts(model):
         if not get(part.kind).linear:
             raise UserError(f"{what} needs linear structures with a merged weight, and {part.section}.kind={part.kind} "
                             f"is not linear; use one of {', '.join(linear_kinds())} for it")
@@ -83,7 +97,7 @@ def module_file(kind: str) -> Path:
     return Path(str(_DECLARED[kind].__file__))
 
 
-def check(f: FFNConfig | AttnConfig, n_in: int, n_out: int) -> None:
+def check(f: StructureConfig, n_in: int, n_out: int) -> None:
     """Whether ``f``'s settings fit a layer ``n_in -> n_out``; raises ConfigError if not."""
     try:
         get(f.kind).check(f, n_in, n_out)
@@ -96,7 +110,7 @@ def readers(setting: str) -> list[str]:
     return [k for k, s in REGISTRY.items() if setting in s.settings]
 
 
-def build(in_features: int, out_features: int, cfg: FFNConfig | AttnConfig, bias: bool, std: float,
+def build(in_features: int, out_features: int, cfg: StructureConfig, bias: bool, std: float,
           dense: bool = False, output_side: bool = False) -> StructuredLinear:
     """The layer of ``cfg.kind`` (``dense=True`` forces dense), initialised with ``cfg.init`` or its default.
 
@@ -111,154 +125,6 @@ def build(in_features: int, out_features: int, cfg: FFNConfig | AttnConfig, bias
     else:
         layer.reset_parameters(std, init)
     return layer
-
-
-# --------------------------------------------------------------------------- fraction solving
-
-
-def part_of(f: FFNConfig | AttnConfig) -> str:
-    """``ffn`` or ``attn``: the model part (and ModelConfig attribute) whose settings ``f`` holds."""
-    return f.section.removeprefix("model.")
-
-
-def part_widths(model: ModelConfig, part: str) -> list[tuple[int, int]]:
-    """The (in, out) widths a part's structure settings must fit, as checks and candidates read them: the FFN's
-    (hidden, ffn) pair (its down layer is the transpose); attention's fused q/k/v and output projections."""
-    h = model.hidden_dim
-    if part == "attn":
-        a = model.resolved_attn_dim
-        return [(h, a + 2 * model.kv_dim), (a, h)]
-    return [(h, model.resolved_ffn_dim)]
-
-
-def part_fraction(model: ModelConfig, part: str = "ffn") -> float:
-    """Weights of one block's structured FFN (or attention projections) relative to dense ones, counted on the
-    real layers (meta)."""
-    structured, dense = part_weights(model, part)
-    return structured / dense
-
-
-def part_weights(model: ModelConfig, part: str = "ffn") -> tuple[int, int]:
-    """(structured, dense) matrix weights of one block's FFN (or attention projections), on the meta device."""
-    import torch
-
-    from lowrank_lm.model import Attention, FeedForward
-
-    cls = Attention if part == "attn" else FeedForward
-    with torch.device("meta"):
-        return cls(model, dense=False).num_matrix_params(), cls(model, dense=True).num_matrix_params()
-
-
-def ffn_fraction(model: ModelConfig) -> float:
-    """Weights of one structured FFN block relative to the dense block, counted on the real layers (meta)."""
-    return part_fraction(model, "ffn")
-
-
-def rank_steps(step: int, num_blocks: int | None, limit: int) -> list[int]:
-    """Ranks step, 2 step, ... up to ``limit``, multiples of ``num_blocks`` too when given."""
-    unit = math.lcm(step, num_blocks) if num_blocks else step
-    return list(range(unit, limit + 1, unit))
-
-
-def solve(model: ModelConfig, kind: str, fraction: float, rank_multiple: int = 8,
-          num_blocks: int | None = None, part: str = "ffn") -> tuple[dict[str, int], float]:
-    """The settings of ``kind`` whose weight share of ``part`` is nearest ``fraction``: (settings, measured share).
-
-    Ranks are multiples of ``rank_multiple``; ``num_blocks`` fixes the block count of a kind that also has
-    a rank (else the kind's default). Shares are counted on the model's own layers on the meta device.
-    """
-    spec = get(kind)
-    if num_blocks is None and "num_blocks" not in spec.solved:
-        num_blocks = spec.defaults.get("num_blocks")
-    (h, ff), *others = part_widths(model, part)
-    try:
-        candidates = [c for c in spec.candidates(h, ff, rank_multiple, num_blocks)  # settings that fit every layer
-                      if all(c in spec.candidates(i, o, rank_multiple, num_blocks) for i, o in others)]
-    except SettingError as e:  # the widths do not suit the structure at all
-        raise UserError(str(e)) from None
-    if not candidates:
-        raise UserError(f"no {kind} setting fits widths {h} / {ff} (rank_multiple {rank_multiple}); lower "
-                        "rank_multiple or choose another structure")
-    best: tuple[float, dict[str, int], float] | None = None
-    for cand in candidates:
-        cfg = replace(getattr(model, part), kind=kind, rank=cand.get("rank"), num_blocks=cand.get("num_blocks"))
-        share = part_fraction(replace(model, **{part: cfg}), part)
-        gap = abs(share - fraction)
-        if best is None or gap < best[0] - 1e-12:  # ties: the smaller (earlier) candidate
-            best = (gap, cand, share)
-    assert best is not None
-    return best[1], best[2]
-
-
-def check_fit(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
-    """The settings of ``f`` (model.ffn or model.attn) fit every layer of its part. Raises ConfigError."""
-    for n_in, n_out in part_widths(model, part_of(f)):
-        check(f, n_in, n_out)
-
-
-def check_saves(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
-    """A structure must have fewer weights than the dense layers it replaces (a rank can fit the widths and still
-    cost more: rank 128 on a 128 x 512 FFN has 1.25x the dense weights). Raises ConfigError naming the largest
-    setting of the kind that does save weights. Settings must already fit (check_fit)."""
-    spec, s, part = REGISTRY[f.kind], f.section, part_of(f)
-    if not spec.structured:
-        return
-    structured, dense = part_weights(model, part)
-    if structured < dense:
-        return
-    what = "FFN" if part == "ffn" else "attention projections"
-    given = ", ".join(f"{s}.{k}={getattr(f, k)}" for k in spec.settings)
-    best = _largest_saving(f, model)
-    fix = (f"the largest setting that saves weights is {', '.join(f'{s}.{k}={v}' for k, v in best.items())}"
-           if best else f"no {f.kind} setting saves weights at these widths; use {s}.kind={DENSE}")
-    raise ConfigError(f"{given} makes the {f.kind} {what} larger than dense {what} ({structured:,} vs {dense:,} "
-                      f"weights per block): it saves nothing; {fix}")
-
-
-def _largest_saving(f: FFNConfig | AttnConfig, model: ModelConfig) -> dict[str, int] | None:
-    """The solved settings of ``f.kind`` (every rank: step 1) with the most weights below the dense part's."""
-    spec, part = REGISTRY[f.kind], part_of(f)
-    fixed = f.num_blocks if "num_blocks" not in spec.solved else None
-    (h, ff), *others = part_widths(model, part)
-    best: tuple[int, dict[str, int]] | None = None
-    for cand in spec.candidates(h, ff, 1, fixed):
-        if not all(cand in spec.candidates(i, o, 1, fixed) for i, o in others):
-            continue
-        cfg = replace(getattr(model, part), rank=cand.get("rank", f.rank), num_blocks=cand.get("num_blocks"))
-        structured, dense = part_weights(replace(model, **{part: cfg}), part)
-        if structured < dense and (best is None or structured > best[0]):
-            best = (structured, {k: v for k, v in cand.items() if k in spec.solved})
-    return best[1] if best else None
-
-
-def resolve_fraction(f: FFNConfig | AttnConfig, model: ModelConfig) -> None:
-    """Replace ``f.fraction`` by the settings it solves to (validation calls this). Raises ConfigError."""
-    spec, s, part = REGISTRY[f.kind], f.section, part_of(f)
-    if not spec.structured:
-        raise ConfigError(f"{s}.fraction={f.fraction} does not apply to {s}.kind={f.kind} (the "
-                          f"baseline); remove it, or set {s}.kind to one of {', '.join(structured_kinds())}")
-    assert f.fraction is not None
-    if not 0 < f.fraction < 1:
-        raise ConfigError(f"{s}.fraction must be between 0 and 1 (e.g. 0.32), got {f.fraction}")
-    for key in spec.solved:
-        if getattr(f, key) is not None:
-            what = "FFN" if part == "ffn" else "attention projections"
-            raise ConfigError(f"{s}.{key}={getattr(f, key)} and {s}.fraction={f.fraction} both size "
-                              f"the {f.kind} {what}; remove one of them")
-    fixed = f.num_blocks if "num_blocks" not in spec.solved else None
-    if fixed is not None:  # a block count the user gave must fit before ranks are tried with it
-        try:
-            for n_in, n_out in part_widths(model, part):
-                check_blocks(f, n_in, n_out)
-        except SettingError as e:
-            raise ConfigError(str(e)) from None
-    try:
-        settings, _ = solve(model, f.kind, f.fraction, num_blocks=fixed, part=part)
-    except UserError as e:
-        raise ConfigError(f"{s}.fraction={f.fraction}: {e}") from None
-    for key, value in settings.items():
-        setattr(f, key, value)
-    f.fraction = None  # the resolved config names the settings themselves, so it reloads unchanged
 
 
 def describe(kind: str, rank: int | None, num_blocks: int | None) -> str:
@@ -279,7 +145,6 @@ def with_setting(kind: str, ranks: list[int], blocks: list[int], fixed_blocks: i
     return []
 
 
-__all__ = ["DENSE", "HEADLINE", "MUP_INITS", "REGISTRY", "SIZE_SETTINGS", "Structure", "build", "check", "check_fit",
-           "check_saves", "describe", "ffn_fraction", "get", "inits", "kinds", "linear_kinds", "module_file",
-           "part_fraction", "part_of", "part_weights", "part_widths", "rank_steps", "readers", "require_linear",
-           "resolve_fraction", "solve", "structured_kinds", "with_setting"]
+__all__ = ["DENSE", "HEADLINE", "MUP_INITS", "REGISTRY", "SIZE_SETTINGS", "Structure", "StructureInit",
+           "StructureKind", "all_linear", "build", "check", "describe", "get", "inits", "kinds", "linear_kinds",
+           "module_file", "readers", "require_linear", "structured_kinds", "structured_parts", "with_setting"]

@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lowrank_lm.atomic import open_append, write_json_atomic
-from lowrank_lm.config import load_config, save_config
+from lowrank_lm.config import save_config
 from lowrank_lm.errors import EXIT_STOPPED, UserError
 from lowrank_lm.locks import held as lock_held
 from lowrank_lm.locks import is_held
 from lowrank_lm.ownership import Ownership
+from lowrank_lm.resolve import load_config
 from lowrank_lm.scaling.job_record import JOB_RECORD
 from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, config_differences, shard_runs
 from lowrank_lm.scaling.table import RESULT_COLUMNS, write_csv, write_json

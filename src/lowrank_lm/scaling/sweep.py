@@ -43,10 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowrank_lm.config import Config, config_to_dict, flatten, load_config
+from lowrank_lm import sizing
+from lowrank_lm.config import Config, config_to_dict, flatten
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import registry
 from lowrank_lm.ownership import plain_name
+from lowrank_lm.resolve import load_config
 from lowrank_lm.scaling.sweep_file import BudgetsEntry, SizeEntry, StructureEntry, read_sweep_file
 
 FFN_KINDS = registry.kinds()
@@ -155,8 +157,8 @@ def budget_label(tokens: int | None = None, tokens_per_param: float | None = Non
 # --------------------------------------------------------------------------- structure solving
 
 
-# The one solver and the share it measures live in the structure registry (layers/registry.py).
-ffn_fraction = registry.ffn_fraction
+# The one solver and the share it measures live in lowrank_lm.sizing.
+ffn_fraction = sizing.ffn_fraction
 
 
 # --------------------------------------------------------------------------- expansion
@@ -323,7 +325,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
                     assert st.kind is not None
                     if registry.get(st.kind).structured:
                         assert frac is not None
-                        settings, share = registry.solve(dense_cfg.model, st.kind, frac, st.rank_multiple,
+                        settings, share = sizing.solve(dense_cfg.model, st.kind, frac, st.rank_multiple,
                                                          st.num_blocks)
                         ffn_over += [f"model.ffn.{k}={v}" for k, v in settings.items()]
                         if abs(share - frac) > 0.05:

@@ -14,8 +14,9 @@ from typing import Any, Optional
 
 import yaml
 
-from lowrank_lm.config import FFNInit, FFNKind, from_mapping
+from lowrank_lm.config import from_mapping
 from lowrank_lm.errors import UserError
+from lowrank_lm.layers.registry import StructureInit, StructureKind
 
 
 @dataclass
@@ -34,7 +35,7 @@ class SizeEntry:
 class StructureEntry:
     """How one series builds its FFN (``structures.<name>``)."""
 
-    kind: Optional[FFNKind] = None
+    kind: Optional[StructureKind] = None
     """The FFN structure; empty: the entry's name, when that is a kind."""
     fractions: Optional[list[float]] = None
     """Shares of the dense FFN's weights, 0.63 or 63; one series each (structured kinds only)."""
@@ -42,7 +43,7 @@ class StructureEntry:
     """Fixed block count of a kind that also has a rank (the rank is solved)."""
     rank_multiple: Optional[int] = None
     """Solved ranks are multiples of this; empty: the sweep's rank_multiple."""
-    init: Optional[FFNInit] = None
+    init: Optional[StructureInit] = None
     """FFN init; empty: the kind's default."""
     config: Optional[str] = None
     """A config file per cell instead of a kind: a template with {size}, {structure}, {pct} and {fraction}."""

@@ -32,7 +32,7 @@ from lowrank_lm.checkpoint import (
     writing,
 )
 from lowrank_lm.checkpoint_dcp import is_sharded
-from lowrank_lm.config import Config, config_to_dict, load_config
+from lowrank_lm.config import Config, config_to_dict
 from lowrank_lm.data.tokenizer import copy_tokenizer
 from lowrank_lm.errors import UserError
 from lowrank_lm.fallback import failed, fell_back, ran
@@ -40,6 +40,7 @@ from lowrank_lm.faults import crash_point
 from lowrank_lm.layers import registry
 from lowrank_lm.model import Transformer
 from lowrank_lm.provenance import Provenance, collect_provenance
+from lowrank_lm.resolve import load_config
 from lowrank_lm.train import distributed
 from lowrank_lm.train.agreement import all_or_none, said_once
 from lowrank_lm.train.compiling import COMPILED, use_compile
