@@ -128,3 +128,49 @@ def test_yaml_is_never_evaluated(tmp_path):
     (tmp_path / "evil.yaml").write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="malformed YAML"):
         load_config(tmp_path / "evil.yaml")
+
+
+SMALL = ["model.vocab_size=97", "model.seq_len=32", "model.num_layers=2", "model.hidden_dim=64", "model.num_q_heads=4"]
+
+
+def test_resolving_returns_a_new_config_and_leaves_the_read_one_as_it_was():
+    import copy
+
+    from lowrank_lm import sizing
+    from lowrank_lm.config import read_config, validate
+    from lowrank_lm.resolve import resolve
+
+    read = read_config(None, [*SMALL, "model.ffn.kind=lowrank", "model.ffn.fraction=0.32",
+                              "model.attn.kind=blockshuffle", "model.attn.fraction=0.5"])
+    before = copy.deepcopy(read)
+    validate(read)
+    assert read == before  # validation changes nothing
+    resolved = resolve(read)
+    assert read == before and resolved is not read and resolved.model.ffn is not read.model.ffn
+    ffn, attn = resolved.model.ffn, resolved.model.attn
+    assert (ffn.rank, ffn.fraction, ffn.init) == (16, None, "spectral")  # 2 x 16 x 320 of 2 x 64 x 256: 31%
+    solved, _ = sizing.solve(read.model, "blockshuffle", 0.5, part="attn")
+    assert (attn.num_blocks, attn.fraction, attn.init) == (solved["num_blocks"], None, "orthonormal")
+    assert resolve(resolved) == resolved  # a resolved config resolves to itself (it reloads unchanged)
+
+
+def test_the_config_module_imports_no_layer_and_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, lowrank_lm.config; bad = sorted(m for m in sys.modules if m == 'torch' or "
+            "m.startswith(('lowrank_lm.layers', 'lowrank_lm.model', 'lowrank_lm.resolve'))); print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.ffn.kind=lowrnk", "model.ffn.kind: 'lowrnk' is not one of dense, lowrank, blockshuffle, blockdense, "
+                              "btt, cola (did you mean 'lowrank'?)"),
+    ("model.attn.init=spectrl", "model.attn.init: 'spectrl' is not one of random, orthonormal, mup, zero_out, "
+                                "spectral, balanced (did you mean 'spectral'?)"),
+])
+def test_an_unknown_kind_or_init_is_named_with_a_did_you_mean(override, message):
+    with pytest.raises(ConfigError) as err:
+        small_config(override)
+    assert str(err.value) == message

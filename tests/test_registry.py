@@ -140,8 +140,11 @@ def test_fraction_keeps_a_given_block_count_and_explicit_settings_still_work():
 
 def test_no_module_outside_layers_names_a_structure():
     # adding a structure is one module under layers/: nothing else may spell a kind's name as a string
-    # (scaling/paper_data.py is the exception: it holds the paper's printed series labels, as data)
+    # (scaling/paper_data.py is the exception: it holds the paper's printed series labels, as data; and the
+    # config, which imports no layer, names its default kind once, as config.DEFAULT_KIND)
     import ast
+
+    from lowrank_lm import config
 
     root = Path(registry.__file__).resolve().parents[1]
     named = []
@@ -149,9 +152,13 @@ def test_no_module_outside_layers_names_a_structure():
         rel = path.relative_to(root).as_posix()
         if rel.startswith("layers/") or rel == "scaling/paper_data.py":
             continue
-        named += [f"{rel}:{node.lineno} {node.value!r}" for node in ast.walk(ast.parse(path.read_text()))
-                  if isinstance(node, ast.Constant) and node.value in registry.kinds()]
+        tree = ast.parse(path.read_text())
+        default = [node.value for node in tree.body if rel == "config.py" and isinstance(node, ast.Assign)
+                   and [ast.unparse(t) for t in node.targets] == ["DEFAULT_KIND"]]
+        named += [f"{rel}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in registry.kinds() and node not in default]
     assert not named
+    assert config.DEFAULT_KIND == registry.DENSE  # the config's one name is the registry's baseline
     assert "paper_data.py" in {p.name for p in (root / "scaling").iterdir()}  # the exception still exists
 
 

@@ -30,13 +30,17 @@ from lowrank_lm.errors import ConfigError
 # (layers/), which also fills the kind's default init and the settings a fraction solves to.
 _T = TypeVar("_T")
 
+DEFAULT_KIND = "dense"
+"""The kind of model.ffn and model.attn when none is given: the dense baseline, declared by layers/dense.py (the
+config's one structure name; a test keeps it equal to the registry's)."""
+
 
 @dataclass
 class FFNConfig:
     """How the two (or three, for SwiGLU) linear layers of each feed-forward block are parametrised."""
 
     section: ClassVar[str] = "model.ffn"  # where these settings live, for error messages
-    kind: str = "dense"
+    kind: str = DEFAULT_KIND
     """The structure of the FFN linears: one of the structures declared under layers/ (dense is the baseline)."""
     rank: Optional[int] = None
     """The rank R of the kinds that read it (a bottleneck size, or a tensor-train rank: each structure says)."""
@@ -59,7 +63,7 @@ class AttnConfig:
     """How each attention block's fused q/k/v projection and output projection are parametrised."""
 
     section: ClassVar[str] = "model.attn"  # where these settings live, for error messages
-    kind: str = "dense"
+    kind: str = DEFAULT_KIND
     """The structure of both projections, any model.ffn.kind; dense keeps plain nn.Linear layers."""
     rank: Optional[int] = None
     """Bottleneck size R for the kinds that read a rank (as model.ffn.rank)."""
