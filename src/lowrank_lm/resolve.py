@@ -21,11 +21,23 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from lowrank_lm import sizing
-from lowrank_lm.config import Config, ModelConfig, StructureConfig, read_config, read_dict, validate
+from lowrank_lm.config import (
+    AttnConfig,
+    Config,
+    FFNConfig,
+    ModelConfig,
+    StructureConfig,
+    read_config,
+    read_dict,
+    validate,
+)
 from lowrank_lm.errors import ConfigError
 from lowrank_lm.layers import registry
+
+_Part = TypeVar("_Part", FFNConfig, AttnConfig)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -87,15 +99,17 @@ def _init(f: StructureConfig, m: ModelConfig) -> str:
     return init
 
 
-def _resolve_part(f: StructureConfig, m: ModelConfig) -> StructureConfig:
+def _resolve_part(f: _Part, m: ModelConfig) -> _Part:
     """model.ffn or model.attn resolved: names known, a fraction solved, settings that apply, fit and save."""
     _check_name(f.kind, registry.kinds(), f"{f.section}.kind")
     if f.init is not None:
         _check_name(f.init, registry.inits(), f"{f.section}.init")
     if f.fraction is not None:
         _check_applicable(f)  # a setting the kind does not read is named before the fraction is solved
-        f = replace(f, **sizing.solve_fraction(f, m), fraction=None)  # the resolved config names the settings
-    sized = replace(m, **{sizing.part_of(f): f})  # the model as these settings make it, for counting weights
+        solved = sizing.solve_fraction(f, m)  # the resolved config names the settings instead of the fraction
+        f = replace(f, rank=solved.get("rank", f.rank), num_blocks=solved.get("num_blocks", f.num_blocks),
+                    fraction=None)
+    sized = sizing.with_part(m, f)  # the model as these settings make it, for counting weights
     sizing.check_fit(f, sized)
     _check_applicable(f)
     sizing.check_saves(f, sized)

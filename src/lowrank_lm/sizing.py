@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from lowrank_lm.config import ModelConfig, StructureConfig
+from lowrank_lm.config import AttnConfig, ModelConfig, StructureConfig
 from lowrank_lm.errors import ConfigError, UserError
 from lowrank_lm.layers import registry
 from lowrank_lm.layers.structure import SettingError, check_blocks
@@ -26,6 +26,11 @@ Part = Literal["ffn", "attn"]
 def part_of(f: StructureConfig) -> Part:
     """``ffn`` or ``attn``: the model part (and ModelConfig attribute) whose settings ``f`` holds."""
     return "attn" if f.section == "model.attn" else "ffn"
+
+
+def with_part(model: ModelConfig, f: StructureConfig) -> ModelConfig:
+    """A copy of ``model`` with ``f`` as its model.ffn or model.attn section (which one: ``f``'s own)."""
+    return replace(model, attn=f) if isinstance(f, AttnConfig) else replace(model, ffn=f)
 
 
 def part_widths(model: ModelConfig, part: str) -> list[tuple[int, int]]:
@@ -103,7 +108,7 @@ def solve(model: ModelConfig, kind: str, fraction: float, rank_multiple: int = 8
     best: tuple[float, dict[str, int], float] | None = None
     for cand in candidates:
         cfg = replace(getattr(model, part), kind=kind, rank=cand.get("rank"), num_blocks=cand.get("num_blocks"))
-        share = part_fraction(replace(model, **{part: cfg}), part)
+        share = part_fraction(with_part(model, cfg), part)
         gap = abs(share - fraction)
         if best is None or gap < best[0] - 1e-12:  # ties: the smaller (earlier) candidate
             best = (gap, cand, share)
@@ -146,7 +151,7 @@ def _largest_saving(f: StructureConfig, model: ModelConfig) -> dict[str, int] | 
     best: tuple[int, dict[str, int]] | None = None
     for cand in _fitting(spec, model, part, 1, fixed):
         cfg = replace(f, rank=cand.get("rank", f.rank), num_blocks=cand.get("num_blocks"))
-        structured, dense = part_weights(replace(model, **{part: cfg}), part)
+        structured, dense = part_weights(with_part(model, cfg), part)
         if structured < dense and (best is None or structured > best[0]):
             best = (structured, {k: v for k, v in cand.items() if k in spec.solved})
     return best[1] if best else None

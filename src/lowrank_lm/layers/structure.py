@@ -33,8 +33,11 @@ class SettingError(ValueError):
 class Settings(Protocol):
     """What a structure reads of its config section (``model.ffn``, or the remote config's ``ffn_*`` values)."""
 
-    section: str
-    """Where the settings live (``model.ffn``, ``model.attn``), for messages."""
+    @property
+    def section(self) -> str:
+        """Where the settings live (``model.ffn``, ``model.attn``), for messages (a class constant of the config's
+        sections, hence read-only here)."""
+
     kind: str
     rank: int | None
     num_blocks: int | None
