@@ -28,7 +28,7 @@ import torch
 
 from lowrank_lm.atomic import fsync_dir
 from lowrank_lm.checkpoint import load_model
-from lowrank_lm.config import AttnConfig, Config, FFNConfig, ModelConfig
+from lowrank_lm.config import Config, ModelConfig, StructureConfig
 from lowrank_lm.data.tokenizer import MISSING_HINT, load_run_tokenizer
 from lowrank_lm.errors import UserError
 from lowrank_lm.export.remote_code import WRAPPER_FILES, load_remote_class, write_remote_code
@@ -228,7 +228,7 @@ def stock_config(arch: str, m: ModelConfig, special_id: int | None, dtype: torch
         norm_epsilon=m.norm_eps, rope_theta=m.rope_base, use_bias=m.bias, sliding_window=None)
 
 
-def structured_parts(m: ModelConfig) -> dict[str, FFNConfig | AttnConfig]:
+def structured_parts(m: ModelConfig) -> dict[str, StructureConfig]:
     """The model's groups of linear layers that take a structure (kind and size settings), by their prefix in the
     remote config: ``ffn`` -> ffn_kind, ffn_rank, ...; ``attn`` -> attn_kind, attn_rank, ..."""
     return {"ffn": m.ffn, "attn": m.attn}
