@@ -101,13 +101,16 @@ class Group:
 
     @property
     def losses(self) -> np.ndarray:
+        """The final validation loss of each run."""
         return np.array([r.summary.final_val_loss for r in self.runs])
 
     @property
     def structure(self) -> str:
+        """The FFN structure the group's runs share."""
         return self.runs[0].summary.structure
 
     def to_json(self) -> dict[str, Any]:
+        """The group as a row of compare.json: its runs, losses and statistics."""
         s = self.runs[0].summary
         return {"group": self.label, "structure": self.structure, "params": s.params, "tokens": s.tokens,
                 "train_flops": s.train_flops, "runs": [r.label for r in self.runs], "seeds": self.seeds,

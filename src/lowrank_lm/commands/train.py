@@ -28,6 +28,7 @@ EXAMPLES = ["lowrank-lm train configs/cpu/tiny.yaml",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CONFIG (a file, or a run folder to continue) with overrides, --overwrite and --max-steps."""
     add_config_arguments(p)
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an out_dir that holds a finished or checkpointed run")
@@ -69,6 +70,7 @@ def stopped_line(result: StoppedRun) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train to the token budget; returns 0 when the run finished, 75 when it stopped early with a checkpoint."""
     from lowrank_lm.runtime import tune_malloc
     from lowrank_lm.train import run_training
     from lowrank_lm.train.agreement import launch_rank, said_once
