@@ -144,6 +144,7 @@ class RunAccounting(ModelCounts):
     self_guided_extra_flops: int
 
     def to_dict(self) -> dict:
+        """The counts as plain JSON-ready data."""
         return asdict(self)
 
 

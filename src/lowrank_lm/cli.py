@@ -79,6 +79,7 @@ def summary_line(doc: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lowrank-lm`` parser: every verb of :mod:`lowrank_lm.commands` with its options."""
     parser = _Parser(prog="lowrank-lm", description="Train and measure Transformer language models whose "
                      "feed-forward layers are low-rank or structured. `lowrank-lm VERB --help` for each verb.")
     from lowrank_lm import __version__
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``lowrank-lm`` entry point: parse ``argv`` and run the verb; a UserError ends in one line, exit 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     unknown = _unknown_verb(argv)
     if unknown:

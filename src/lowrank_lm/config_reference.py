@@ -20,6 +20,7 @@ from typing import Any, Optional
 from lowrank_lm import config as config_module
 from lowrank_lm.config import AttnConfig, Config, FFNConfig, _type_name
 from lowrank_lm.layers import registry
+from lowrank_lm.tables import markdown_table
 
 
 @dataclass
@@ -112,8 +113,8 @@ def reference_markdown() -> str:
              "A key is set in a YAML file (`train: {lr: 3e-4}`) or on the command line as a dotted override "
              "(`train.lr=3e-4`); `empty` is YAML's null (`key=` on the command line).", ""]
     for s in sections():
-        lines += [f"## {s.prefix}", "", s.doc, "", "| key | type | default | what it does |", "|---|---|---|---|"]
-        lines += [f"| `{k.name}` | {_cell(k.type)} | `{k.default}` | {_cell(k.doc)} |" for k in s.keys]
+        rows = [[f"`{k.name}`", _cell(k.type), f"`{k.default}`", _cell(k.doc)] for k in s.keys]
+        lines += [f"## {s.prefix}", "", s.doc, "", markdown_table(["key", "type", "default", "what it does"], rows)]
         lines.append("")
     return "\n".join(lines)
 

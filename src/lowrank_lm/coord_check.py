@@ -40,6 +40,7 @@ class Record:
     rms: float
 
     def to_dict(self) -> dict:
+        """The record as a JSON row of coord_check.json."""
         return {"layer": self.layer, "step": self.step, "width": self.width, "rms": self.rms}
 
 

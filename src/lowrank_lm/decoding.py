@@ -2,7 +2,7 @@
 
 An eager decode step runs the model's Python code once per token and attends to the cache sliced to
 its filled length, so every step has new shapes. On a GPU the step then costs the time to launch its
-few hundred small kernels, whatever the batch (about 10 ms on an H200). A *static* step
+few hundred small kernels, whatever the batch (measured in docs/results/efficiency-gpu.md). A *static* step
 (:meth:`Transformer.decode_step`) has the same shapes at every position of a span: it writes the new
 keys and values at a position held in a tensor and attends, with a mask, to the first ``span`` slots of
 a preallocated cache, the span being the position rounded up to :data:`SPAN_STEP` (so a step reads at

@@ -20,6 +20,7 @@ from lowrank_lm.errors import UserError
 from lowrank_lm.layers import registry
 from lowrank_lm.ownership import Ownership
 from lowrank_lm.resolve import load_config
+from lowrank_lm.tables import markdown_table
 
 # Settings that say where and how verbosely a run writes, not what it computes: a finished run whose saved
 # config differs only in these is the same experiment.
@@ -69,15 +70,14 @@ def twin(cfg: Config, out: Path) -> list[tuple[str, Config]]:
 
 def demo_table(record: dict[str, Any]) -> str:
     """The markdown table of a demo record (``{"rows": [...], "unigram_ppl": x}``, as in results.json)."""
-    head = "| model | params | FFN params | training FLOPs | tokens | tokens/s | val loss | val ppl |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
-    for r in record["rows"]:
-        lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['params_ffn'] / 1e6:.3f}M | "
-                     f"{r['train_flops']:.3e} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['final_val_loss']:.4f} | {r['final_val_ppl']:.2f} |")
+    head = ["model", "params", "FFN params", "training FLOPs", "tokens", "tokens/s", "val loss", "val ppl"]
+    rows: list[list[str | None]] = [
+        [r["name"], f"{r['params'] / 1e6:.2f}M", f"{r['params_ffn'] / 1e6:.3f}M", f"{r['train_flops']:.3e}",
+         f"{r['tokens']:,}", f"{r['tokens_per_s']:,.0f}", f"{r['final_val_loss']:.4f}", f"{r['final_val_ppl']:.2f}"]
+        for r in record["rows"]]
     unigram = record["unigram_ppl"]
-    lines.append(f"| unigram baseline | | | | | | {math.log(unigram):.4f} | {unigram:.2f} |")
-    return "\n".join(lines)
+    rows.append(["unigram baseline", *[None] * 5, f"{math.log(unigram):.4f}", f"{unigram:.2f}"])
+    return markdown_table(head, rows)
 
 
 def config_differences(saved: Config, wanted: Config) -> list[str]:

@@ -22,6 +22,7 @@ from lowrank_lm.loss import lm_loss
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) over the last dim: the rotation that RoPE multiplies by sin."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
@@ -74,6 +75,8 @@ class KVCache:
         self.span = max_len
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write layer ``layer``'s new keys and values at the current position; returns the filled part
+        of its cache (the keys and values to attend to)."""
         end = self.pos + k.shape[-2]
         self.k[layer][:, :, self.pos:end] = k
         self.v[layer][:, :, self.pos:end] = v
@@ -174,6 +177,7 @@ class FeedForward(nn.Module):
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
+    """The model's norm over hidden_dim: RMSNorm, or LayerNorm (with a bias when the model has biases)."""
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
     return nn.LayerNorm(cfg.hidden_dim, eps=cfg.norm_eps, bias=cfg.bias)
@@ -231,6 +235,7 @@ class Transformer(nn.Module):
                     m.bias.zero_()
 
     def head_weight(self) -> torch.Tensor:
+        """The output projection's weight: the embedding when tied, else the head's."""
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,

@@ -48,6 +48,7 @@ class Ownership:
 
     @property
     def record_path(self) -> Path:
+        """Where the record of what this writer wrote lies in the folder."""
         return self.folder / self.record
 
     def read_record(self) -> dict[str, Any] | None:

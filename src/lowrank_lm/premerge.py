@@ -44,14 +44,17 @@ class PremergedLinear(nn.Module):
 
     @property
     def in_features(self) -> int:
+        """The wrapped layer's input width."""
         return self.structured.in_features
 
     @property
     def out_features(self) -> int:
+        """The wrapped layer's output width."""
         return self.structured.out_features
 
     @property
     def bias(self) -> torch.Tensor | None:
+        """The wrapped layer's bias."""
         return self.structured.bias
 
     def num_matrix_params(self) -> int:

@@ -36,6 +36,7 @@ class Provenance:
     """sha256 of the data dir's manifest.json, which pins the tokenizer files and every shard's sha256."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The provenance as plain JSON-ready data."""
         return asdict(self)
 
     @classmethod

@@ -44,6 +44,7 @@ class TrialResult:
 
     @property
     def ok(self) -> bool:
+        """True when every checkpoint read back and the resumed run matched the uninterrupted one."""
         return not self.mismatches and self.unreadable_checkpoints == 0
 
 

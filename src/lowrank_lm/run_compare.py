@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lowrank_lm import plotting
+from lowrank_lm import plotting, tables
 from lowrank_lm.atomic import write_json_atomic, write_text_atomic
 from lowrank_lm.errors import UserError
 from lowrank_lm.ownership import Ownership
@@ -73,14 +73,14 @@ def markdown_table(runs: list[Run]) -> str:
     best = min(r.summary.final_val_loss for r in runs)
     head = ["run", "FFN", "params", "FFN params", "tokens", "training FLOPs", "tokens/s", "val loss", "val ppl",
             "wall time"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in runs:
         s = r.summary
         loss = f"{s.final_val_loss:.4f}" + (" (best)" if s.final_val_loss == best and len(runs) > 1 else "")
-        lines.append(f"| {r.label} | {s.structure} | {human_count(s.params)} | {human_count(s.params_ffn)} | "
-                     f"{s.tokens:,} | {s.train_flops:.3e} | {s.tokens_per_s:,.0f} | {loss} | "
-                     f"{s.final_val_ppl:.2f} | {_duration(s.wall_s)} |")
-    return "\n".join(lines) + "\n"
+        rows.append([r.label, s.structure, human_count(s.params), human_count(s.params_ffn), f"{s.tokens:,}",
+                     f"{s.train_flops:.3e}", f"{s.tokens_per_s:,.0f}", loss, f"{s.final_val_ppl:.2f}",
+                     _duration(s.wall_s)])
+    return tables.markdown_table(head, rows) + "\n"
 
 
 def compare_ownership(out: Path) -> Ownership:

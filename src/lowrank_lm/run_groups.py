@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.scaling.seeds import SeedNoise, group_cells, pooled_noise
+from lowrank_lm.tables import markdown_table
 from lowrank_lm.train.curves import Run
 from lowrank_lm.train.rundir import CONFIG
 
@@ -100,13 +101,16 @@ class Group:
 
     @property
     def losses(self) -> np.ndarray:
+        """The final validation loss of each run."""
         return np.array([r.summary.final_val_loss for r in self.runs])
 
     @property
     def structure(self) -> str:
+        """The FFN structure the group's runs share."""
         return self.runs[0].summary.structure
 
     def to_json(self) -> dict[str, Any]:
+        """The group as a row of compare.json: its runs, losses and statistics."""
         s = self.runs[0].summary
         return {"group": self.label, "structure": self.structure, "params": s.params, "tokens": s.tokens,
                 "train_flops": s.train_flops, "runs": [r.label for r in self.runs], "seeds": self.seeds,
@@ -231,7 +235,7 @@ def group_table(groups: list[Group], baseline: str | None = None) -> str:
     base = next((g.diff["baseline"] for g in groups if g.diff), baseline or "baseline")
     head = ["group", "FFN", "params", "tokens", "seeds", f"val loss mean [{LEVEL:.0%} CI]", "seed sd",
             f"vs {base} [{LEVEL:.0%} CI]", "test", "tokens/s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for g in groups:
         s = g.runs[0].summary
         ci = f" [{g.ci[0]:.4f}, {g.ci[1]:.4f}]" if g.ci else ""
@@ -242,10 +246,10 @@ def group_table(groups: list[Group], baseline: str | None = None) -> str:
             vs = _signed(d["diff"]) + (f" [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]" if d["ci"] else "")
             test = f"{d['test']}, p = {d['p']:.2g}" if d["p"] is not None else "no interval (one seed each)"
         tps = float(np.mean([r.summary.tokens_per_s for r in g.runs]))
-        lines.append(f"| {g.label} | {g.structure} | {human_count(s.params)} | {s.tokens:,} | {len(g.runs)} | "
-                     f"{g.mean:.4f}{ci} | {'' if g.sd is None else f'{g.sd:.4f}'} | {vs} | {test} | "
-                     f"{tps:,.0f}{'*' if g.slowed else ''} |")
-    return "\n".join(lines) + "\n"
+        rows.append([g.label, g.structure, human_count(s.params), f"{s.tokens:,}", str(len(g.runs)),
+                     f"{g.mean:.4f}{ci}", "" if g.sd is None else f"{g.sd:.4f}", vs, test,
+                     f"{tps:,.0f}{'*' if g.slowed else ''}"])
+    return markdown_table(head, rows) + "\n"
 
 
 def notes(groups: list[Group], noise: SeedNoise | None) -> list[str]:

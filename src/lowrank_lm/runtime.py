@@ -20,8 +20,8 @@ def tune_malloc() -> bool:
 
     By default glibc serves every allocation above its mmap threshold (at most 32 MiB) with a new
     ``mmap`` and unmaps it on free, so each step's large tensors (activations, full logits) are page
-    faulted and zeroed by the kernel again: 1.3-3x slower small-model steps and elementwise ops that
-    run at a fifth of their speed (see the CPU reference notes). Raising the threshold to 1 GiB, padding
+    faulted and zeroed by the kernel again, which slows small-model steps and most of all elementwise
+    ops (measured in docs/results/efficiency-cpu.md). Raising the threshold to 1 GiB, padding
     heap growth and never trimming lets freed blocks be reused. The cost is that the process keeps
     its peak heap; it does not change any result. It is the in-process form of
     ``MALLOC_MMAP_THRESHOLD_ / MALLOC_TOP_PAD_ / MALLOC_TRIM_THRESHOLD_``; call it once, early (it

@@ -57,6 +57,7 @@ class HealConfig:
         return cfg
 
     def check(self, where: str = "heal config") -> None:
+        """Raise a one-line UserError naming ``where`` for a setting out of range."""
         for name in ("steps", "batch_size", "warmup_steps", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < (1 if name in ("steps", "batch_size")
                                                                                     else 0):

@@ -49,6 +49,7 @@ class StructurizeReport:
     """Matched layers left dense by ``keep_dense``."""
 
     def to_dict(self) -> dict:
+        """The report as plain JSON-ready data."""
         return asdict(self)
 
     def summary(self) -> str:

@@ -56,6 +56,9 @@ class DecodeBenchSpec:
 
 @dataclass
 class DecodeVariant:
+    """One model timed by bench decode: its label, config, pre-merge and decoder, and the smallest
+    batch that ran out of memory (None: none yet)."""
+
     name: str
     cfg: ModelConfig
     model: Transformer
@@ -216,11 +219,14 @@ SUMMARY_COLUMNS = [("config", "config"), ("kind", "FFN"), ("params", "params"), 
 
 
 def decode_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of every row, then the maximum throughput per variant."""
     return (markdown_table(rows, DECODE_COLUMNS) + "\nMaximum throughput over the batch sizes that fit:\n\n"
             + markdown_table(summary(rows), SUMMARY_COLUMNS))
 
 
 def plot_decode(rows: list[dict[str, Any]], out: Any) -> list[Any]:
+    """tokens/s against batch, one line per variant, written under ``out``; [] without matplotlib or
+    with fewer than two batch sizes."""
     plt = pyplot()
     ok = [r for r in rows if r["tokens_per_s"] is not None]
     if plt is None or len({r["batch"] for r in ok}) < 2:

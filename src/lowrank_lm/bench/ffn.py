@@ -91,6 +91,7 @@ def build_ffn(width: int, structure: Structure, device: torch.device, dtype: tor
 
 
 def ffn_layers(ffn: FeedForward) -> list[StructuredLinear]:
+    """The structured linear layers of an FFN block (up, gate, down)."""
     return [m for m in ffn.modules() if isinstance(m, StructuredLinear)]
 
 
@@ -249,6 +250,7 @@ def _summary_line(label: str, w: dict[str, Any] | None) -> str:
 
 
 def ffn_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of every row, then the worst pre-merge ratios when pre-merge was measured."""
     text = markdown_table(rows, FFN_COLUMNS)
     summary = premerge_summary(rows)
     if summary is not None:

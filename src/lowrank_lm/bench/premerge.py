@@ -31,7 +31,7 @@ SEARCH_VERSION = 2
 """Part of the cache key: entries measured by an older search rule are measured again."""
 MIN_SEARCH_TOKENS = 16
 """Token counts up to this are always tried: at 1-2 tokens the smaller factors can tie with or beat the
-merged weight (fewer bytes to read) while the merged weight still wins at 4-16 (seen on an H200)."""
+merged weight (fewer bytes to read) while the merged weight still wins at 4-16 (docs/results/efficiency-gpu.md)."""
 
 
 def cache_path() -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lowrank_lm import tables
 from lowrank_lm.contention import busy_cores, contention_warning  # noqa: F401  (re-exported for the benches)
 from lowrank_lm.errors import UserError
 from lowrank_lm.ownership import Ownership
@@ -79,10 +80,8 @@ def _cell(value: Any) -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     """A GitHub markdown table of ``rows`` with (key, header) ``columns``."""
-    head = "| " + " | ".join(h for _, h in columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
-    return "\n".join([head, rule, *body]) + "\n"
+    body = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+    return tables.markdown_table([h for _, h in columns], body) + "\n"
 
 
 def meta_lines(meta: dict[str, Any]) -> str:

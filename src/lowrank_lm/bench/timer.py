@@ -26,14 +26,17 @@ class Timing:
 
     @property
     def median_ms(self) -> float:
+        """The median round: what the tables report."""
         return statistics.median(self.samples_ms)
 
     @property
     def min_ms(self) -> float:
+        """The fastest round."""
         return min(self.samples_ms)
 
     @property
     def max_ms(self) -> float:
+        """The slowest round."""
         return max(self.samples_ms)
 
     @property
@@ -45,6 +48,7 @@ class Timing:
         return q[2] - q[0]
 
     def to_dict(self) -> dict:
+        """The summary statistics for a result row (not the samples)."""
         return {"median_ms": self.median_ms, "min_ms": self.min_ms, "max_ms": self.max_ms,
                 "iqr_ms": self.iqr_ms, "rounds": len(self.samples_ms), "calls_per_round": self.calls_per_round}
 

@@ -59,6 +59,9 @@ class TrainBenchSpec:
 
 @dataclass
 class Variant:
+    """One model timed by bench train: ours (with its structure) or the transformers peer, eager or
+    compiled."""
+
     label: str
     structure: Structure | None  # None for the peer
     model: nn.Module
@@ -243,6 +246,7 @@ TRAIN_COLUMNS = [("variant", "variant"), ("params", "params"), ("batch", "batch"
 
 
 def train_table(rows: list[dict[str, Any]], notes: list[str]) -> str:
+    """The markdown table of every row, the reading of its speed-up columns and the notes."""
     text = markdown_table(rows, TRAIN_COLUMNS)
     text += (f"\nspeed-up: tokens/s over our dense model, vs peer: over the transformers model (both at the same "
              f"compile setting); the paper's whole-model "
@@ -251,6 +255,7 @@ def train_table(rows: list[dict[str, Any]], notes: list[str]) -> str:
 
 
 def plot_train(rows: list[dict[str, Any]], out: Any) -> list[Any]:
+    """A horizontal bar chart of tokens/s per variant, written under ``out``; [] without matplotlib or rows."""
     from lowrank_lm.bench.report import pyplot
 
     plt = pyplot()

@@ -34,11 +34,13 @@ class Structure:
 
     @property
     def label(self) -> str:
+        """The name in tables, e.g. ``lowrank 32% (R=64)``; the kind alone for dense."""
         if not registry.get(self.kind).structured:
             return self.kind
         return f"{self.kind} {self.fraction:.0%} ({registry.describe(self.kind, self.rank, self.num_blocks)})"
 
     def ffn_config(self) -> FFNConfig:
+        """The FFN section that builds this structure (every layer structured)."""
         return FFNConfig(kind=self.kind, rank=self.rank, num_blocks=self.num_blocks,  # type: ignore[arg-type]
                          keep_dense_layers=[])
 

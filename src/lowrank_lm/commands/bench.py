@@ -62,6 +62,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``bench`` sub-verbs ffn, train and decode, each with its options and the shared ones."""
     from lowrank_lm.layers import registry  # the kinds the defaults name
 
     # not required=True: argparse would then say "the following arguments are required: bench"; run() says what to do
@@ -229,6 +230,7 @@ def _check_out(out: str | None, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Measure what the sub-verb names and print its table; with --out also write JSON, markdown and plots."""
     if args.bench is None:
         raise UserError("say what to measure: lowrank-lm bench ffn (FFN latency), bench train CONFIG "
                         "(training steps) or bench decode CONFIG (generation)")

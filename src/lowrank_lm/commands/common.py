@@ -17,4 +17,5 @@ def add_config_arguments(p: argparse.ArgumentParser, required: bool = True) -> N
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The config file of ``args.config`` with ``args.overrides`` applied and checked."""
     return load_config(args.config, args.overrides)

@@ -19,6 +19,7 @@ EXAMPLES = ["lowrank-lm compare runs/demo/dense runs/demo/lowrank-32",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """RUN folders, and --out, --baseline, --json."""
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with summary.json) or folders of runs")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="also write compare.md, compare.json and the loss plots (PNG, needs matplotlib) here")
@@ -30,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Print the table of the runs grouped by configuration; with --out also write it with the plots."""
     from lowrank_lm.run_compare import find_runs, table_rows, write_comparison
     from lowrank_lm.run_groups import compare_groups, group_table, notes
 

@@ -19,12 +19,14 @@ EXAMPLES = ["lowrank-lm config configs/cpu/tiny.yaml model.ffn.kind=lowrank mode
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CONFIG and KEY=VALUE overrides (both optional), and --markdown."""
     add_config_arguments(p, required=False)
     p.add_argument("--markdown", action="store_true",
                    help="print the reference as markdown tables (what docs/config.md holds); without CONFIG only")
 
 
 def run(args: argparse.Namespace) -> None:
+    """Print the resolved config as YAML, or without CONFIG the reference of every key."""
     if args.config is None:
         from lowrank_lm.config_reference import reference_markdown, reference_text
 

@@ -17,6 +17,7 @@ EXAMPLES = ["lowrank-lm convert-checkpoint runs/old/checkpoints/step-00001000 ru
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """SRC (an older checkpoint or run folder) and OUT."""
     p.add_argument("checkpoint", metavar="SRC",
                    help="a checkpoint folder of an earlier release (or a run folder: its newest checkpoint); "
                         "its pickles are read, so it must come from a source you trust")
@@ -24,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Convert SRC into OUT and print how to resume from it."""
     from lowrank_lm.checkpoint_convert import convert_checkpoint
 
     out = convert_checkpoint(args.checkpoint, args.out,

@@ -38,6 +38,7 @@ def _steps(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CONFIG with overrides, and the widths, steps and outputs of the check."""
     add_config_arguments(p)
     p.add_argument("--widths", type=_widths, default=_widths("64,128,256,512"), metavar="W,W,...",
                    help="hidden_dim values (attn_dim and ffn_dim follow)")
@@ -51,6 +52,7 @@ OUTPUTS = ("coord_check.json", "coord_check.png")
 
 
 def run(args: argparse.Namespace) -> None:
+    """Train each width a few steps, print each layer's slope of RMS against width, and write --out."""
     import torch
 
     from lowrank_lm.atomic import write_text_atomic

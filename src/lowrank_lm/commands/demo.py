@@ -12,6 +12,7 @@ EXAMPLES = ["lowrank-lm demo configs/cpu/tiny.yaml",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CONFIG with overrides, --out and --overwrite."""
     add_config_arguments(p)
     p.add_argument("--out", default="runs/demo", help="folder for both runs, the table and the plot")
     p.add_argument("--overwrite", action="store_true",
@@ -20,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Train the config and its LowRank-32% twin and write their table and plot under --out."""
     from lowrank_lm.demo import run_demo
     from lowrank_lm.runtime import tune_malloc
 

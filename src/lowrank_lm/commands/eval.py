@@ -14,6 +14,7 @@ EXAMPLES = ["lowrank-lm eval runs/demo/lowrank-32",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """A run or checkpoint folder, and the data, token count, batch size and device of the evaluation."""
     p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a run folder (its newest checkpoint) or one checkpoint folder")
     p.add_argument("--data", default=None, help="a prepared data dir (default: the run's own data)")
@@ -57,6 +58,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Print the validation loss and perplexity of the checkpoint (under torchrun, the processes share the work)."""
     from pathlib import Path
 
     from lowrank_lm.checkpoint import load_model

@@ -15,6 +15,7 @@ EXAMPLES = ["lowrank-lm export runs/demo/lowrank-32 hf-tiny --merge",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """A run or checkpoint folder, OUT, and how to export (--merge, --arch, --dtype, --overwrite)."""
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a run folder (its newest checkpoint) or one checkpoint folder")
     p.add_argument("out", metavar="OUT", help="folder to write (must be new or empty)")
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Write the Hugging Face folder and print its notes and how to load it."""
     from lowrank_lm.export.hf import export_hf
 
     res = export_hf(args.checkpoint, args.out, merge=args.merge, arch=args.arch, dtype=args.dtype,

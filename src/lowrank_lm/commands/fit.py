@@ -15,6 +15,7 @@ EXAMPLES = ["lowrank-lm fit runs/sweeps/cpu-mini/results.csv --report runs/sweep
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """RESULTS.csv (or ``paper``), the law to fit and its options, --report and --json."""
     p.add_argument("results", metavar="RESULTS.csv",
                    help="a results table with columns series, flops, loss (e.g. from `lowrank-lm sweep`), "
                         "or `paper` for the paper's published points")
@@ -88,6 +89,7 @@ def _claim_report(folder: str) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Fit the chosen law to the results, print the fits and comparisons, and write --report."""
     _check_law_options(args)
     if args.report and args.law != "shared-joint":  # shared-joint refuses --report itself
         _claim_report(args.report)

@@ -14,6 +14,7 @@ EXAMPLES = ['lowrank-lm generate runs/demo/lowrank-32 --prompt "It was a dark an
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """A run or checkpoint folder, the prompt and the sampling and decoding options."""
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a run folder (its newest checkpoint) or one checkpoint folder")
     p.add_argument("--prompt", required=True, help="text to continue ('' starts a new document)")
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Print the prompt's continuation token by token."""
     from lowrank_lm.api import load
     from lowrank_lm.errors import UserError
     from lowrank_lm.layers import registry

@@ -13,6 +13,7 @@ EXAMPLES = ["lowrank-lm info configs/cpu/tiny.yaml",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CONFIG with overrides, and --json."""
     add_config_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -30,6 +31,7 @@ def _count(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Print the config's parameter counts and FLOPs (or them as JSON), without allocating the model."""
     from lowrank_lm.accounting import account
     from lowrank_lm.layers import registry
 

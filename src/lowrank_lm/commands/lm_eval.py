@@ -24,6 +24,7 @@ def _limit(text: str) -> float | int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """A run or checkpoint folder, the tasks and lm-eval's options."""
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a run folder (its newest checkpoint) or one checkpoint folder")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. hellaswag,piqa")
@@ -77,6 +78,7 @@ def _offline_error(tasks: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Score the checkpoint on the tasks, print lm-eval's table and save its JSON."""
     import json
 
     from lowrank_lm.api import load

@@ -13,6 +13,7 @@ EXAMPLES = ["lowrank-lm plan --fits runs/sweeps/isoflop-cpu/fit/fit.json --budge
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The compute budget, the joint-law fits to plan from and the options of the recommendation."""
     p.add_argument("--fits", required=True, metavar="FIT.json",
                    help="joint-law fits: the output of `lowrank-lm fit RESULTS.csv --law joint --json` (or a "
                         "report's fit.json); or a shared-exponent fit (`--law shared --json`): compute multipliers")
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Print the recommended structure, fraction and model size for the budget."""
     from lowrank_lm.errors import UserError
     from lowrank_lm.scaling.planner import format_plan, load_bench, load_fits, plan
 

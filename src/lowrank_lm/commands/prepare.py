@@ -11,6 +11,7 @@ EXAMPLES = ["lowrank-lm prepare configs/cpu/tiny.yaml",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CONFIG and/or data.* overrides, and --max-tokens, --verify, --force, --quiet, --json."""
     p.add_argument("config", nargs="?", metavar="CONFIG",
                    help="YAML config (see configs/); without one, the defaults: the embedded books with bpe-8192")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -36,6 +37,7 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Tokenize the config's source into shards under data.dir (nothing to do when they are there)."""
     from lowrank_lm.data import check_compatible, load_manifest, prepare_data, verify_shards
     from lowrank_lm.data.tokenizer import check_tokenizer_files, parse_tokenizer_spec
     from lowrank_lm.errors import UserError

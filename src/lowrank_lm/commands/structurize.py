@@ -23,6 +23,7 @@ RECORD_FILE = "lowrank_lm_structurize.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The model folder, OUT, the structure and fraction, and the optional healing."""
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a local transformers model folder (config.json + weights)")
     p.add_argument("out", metavar="OUT", help="folder to write (must be new or empty)")
     p.add_argument("--kind", required=True, help="the structure (lowrank-lm info lists them)")
@@ -93,6 +94,7 @@ def _seq_len(model, data: Path, requested: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Replace the model's linear layers with the structure, heal it if asked, and write OUT."""
     from lowrank_lm.anymodel import structurize
     from lowrank_lm.anymodel.core import dense_weight
     from lowrank_lm.anymodel.heal import HealConfig, heal, perplexity

@@ -12,6 +12,7 @@ EXAMPLES = ["lowrank-lm sweep configs/sweeps/cpu-mini.yaml --dry-run",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The sweep file and how to run it: --dry-run, --status, --shard, the launcher or executor, cluster settings."""
     p.add_argument("sweep", metavar="SWEEP.yaml", help="a sweep file (see configs/sweeps/)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only shard I of N (0-based, e.g. 0/2 and 1/2 in two terminals or on two GPUs)")
@@ -134,6 +135,7 @@ def _check_executor_options(args: argparse.Namespace, executor: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run this shard of the grid, or print its plan (--dry-run) or status; returns the exit status."""
     from lowrank_lm.scaling.execute import InProcessRunner, SubprocessRunner, execute
     from lowrank_lm.scaling.sweep import load_sweep, parse_shard
 

@@ -29,6 +29,7 @@ EXAMPLES = ["lowrank-lm train configs/cpu/tiny.yaml",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CONFIG (a file, or a run folder to continue) with overrides, --overwrite and --max-steps."""
     add_config_arguments(p)
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an out_dir that holds a finished or checkpointed run")
@@ -70,11 +71,12 @@ def stopped_line(result: StoppedRun) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train to the token budget; returns 0 when the run finished, 75 when it stopped early with a checkpoint."""
     from lowrank_lm.runtime import tune_malloc
     from lowrank_lm.train import run_training
     from lowrank_lm.train.agreement import launch_rank, said_once
 
-    tune_malloc()  # large CPU tensors stay on the heap: up to 3x faster small-model steps, same results
+    tune_malloc()  # large CPU tensors stay on the heap: faster small-model steps (docs/results/efficiency-cpu.md)
     try:
         path = Path(args.config)
         cfg = run_dir_config(path, args.overrides) if path.is_dir() else config_from_args(args)

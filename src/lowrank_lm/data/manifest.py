@@ -71,6 +71,7 @@ class Manifest:
         return [s for s in self.shards if s.split == split]
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest as written to manifest.json (without ``data_dir``, which is where it was read from)."""
         d = dataclasses.asdict(self)
         d.pop("data_dir")
         return d

@@ -27,6 +27,7 @@ def shard_dtype(vocab_size: int) -> str:
 
 
 def shard_name(split: str, index: int) -> str:
+    """The file name of a split's ``index``-th shard, e.g. ``train_000003.bin``."""
     return f"{split}_{index:06d}.bin"
 
 

@@ -88,16 +88,20 @@ class EmbeddedSource(TextSource):
         return self._cached
 
     def describe(self) -> str:
+        """One line for logs: the book count and the package it comes from."""
         return f"embedded corpus ({len(self._books)} books from {embedded.PACKAGE}=={embedded.PACKAGE_VERSION})"
 
     def identity(self) -> dict[str, Any]:
+        """The package version and the corpus file's hash."""
         return {"kind": "embedded", "package": f"{embedded.PACKAGE}=={embedded.PACKAGE_VERSION}",
                 "sha256": embedded.FILE_SHA256}
 
     def sizes(self) -> list[int]:
+        """Each book's size in UTF-8 bytes."""
         return [len(b.text.encode()) for b in self._books]
 
     def documents(self, skip: int = 0) -> Iterator[Document]:
+        """One document per book, from the ``skip``-th."""
         for book in self._books[skip:]:
             yield Document(book.text, book.title)
 
@@ -112,11 +116,13 @@ class LocalFiles(TextSource):
         self.split_mode = "tail" if suffix == ".txt" else "documents"  # type: ignore[misc]
 
     def describe(self) -> str:
+        """One line for logs: file count, kind, folder and total size."""
         mb = sum(p.stat().st_size for p in self.files) / 1e6
         return f"{len(self.files)} {self.suffix} file(s) under {self.root} ({mb:,.1f} MB)"
 
     def identity(self) -> dict[str, Any]:
         # relative paths and sizes: a copy of the same files elsewhere is the same source
+        """Relative paths and sizes (and the text field of records), so a copy elsewhere is the same source."""
         ident: dict[str, Any] = {"kind": self.suffix.lstrip("."),
                                  "files": [[p.relative_to(self.root).as_posix(), p.stat().st_size] for p in self.files]}
         if self.suffix != ".txt":
@@ -124,9 +130,12 @@ class LocalFiles(TextSource):
         return ident
 
     def sizes(self) -> list[int] | None:
+        """Each file's size for .txt files (one document each); None for JSONL and parquet, whose
+        documents are lines or rows."""
         return [p.stat().st_size for p in self.files] if self.suffix == ".txt" else None
 
     def documents(self, skip: int = 0) -> Iterator[Document]:
+        """The documents from the ``skip``-th: one per .txt file, or one per JSONL line or parquet row."""
         if self.suffix == ".txt":
             for path in self.files[skip:]:
                 yield Document(_read_text(path), str(path))
@@ -164,12 +173,15 @@ class HubDataset(TextSource):
         self.text_field = text_field or KNOWN_TEXT_FIELDS.get(name, "text")
 
     def describe(self) -> str:
+        """One line for logs: the dataset, its config and the text field."""
         return f"hf:{self.name}" + (f" ({self.config})" if self.config else "") + f", field {self.text_field!r}"
 
     def identity(self) -> dict[str, Any]:
+        """The dataset name, config and text field."""
         return {"kind": "hf", "name": self.name, "config": self.config, "text_field": self.text_field}
 
     def documents(self, skip: int = 0) -> Iterator[Document]:
+        """The train split streamed from the hub, from the ``skip``-th row; a hub failure is one UserError line."""
         datasets = _import_datasets(f"data.source=hf:{self.name}")
         try:
             ds = datasets.load_dataset(self.name, self.config, split="train", streaming=True)

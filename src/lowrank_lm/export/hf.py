@@ -137,6 +137,7 @@ def _bias(src: dict[str, torch.Tensor], key: str, size: int) -> torch.Tensor:
 
 
 def to_llama(src: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our state dict under ``LlamaForCausalLM``'s names (q/k/v split from our fused projection)."""
     out = {"model.embed_tokens.weight": src["embed.weight"], "model.norm.weight": src["norm.weight"]}
     for i in range(m.num_layers):
         a, p = f"blocks.{i}.", f"model.layers.{i}."
@@ -156,6 +157,8 @@ def to_llama(src: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Te
 
 
 def to_neox(src: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our state dict under ``GPTNeoXForCausalLM``'s names (q/k/v interleaved per head, zero biases
+    where we have none)."""
     h, f = m.hidden_dim, m.resolved_ffn_dim
     out = {"gpt_neox.embed_in.weight": src["embed.weight"],
            "gpt_neox.final_layer_norm.weight": src["norm.weight"],
@@ -178,6 +181,8 @@ def to_neox(src: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Ten
 
 
 def to_starcoder2(src: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our state dict under ``Starcoder2ForCausalLM``'s names (separate q/k/v, zero biases where we
+    have none)."""
     h = m.hidden_dim
     out = {"model.embed_tokens.weight": src["embed.weight"], "model.norm.weight": src["norm.weight"],
            "model.norm.bias": _bias(src, "norm.bias", h)}

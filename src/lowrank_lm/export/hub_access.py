@@ -1,7 +1,7 @@
 """Whether lm-eval's task data can come from the Hugging Face Hub, and a one-line answer when it cannot.
 
-Without a network, the hub clients retry each request with back-off (45 s before a traceback on
-``hellaswag``). A quick probe decides first; when the hub is out of reach, the run goes on in the
+Without a network, the hub clients retry each request with back-off before a traceback (docs/export.md
+gives the time). A quick probe decides first; when the hub is out of reach, the run goes on in the
 clients' offline mode, where cached datasets and local task files still load and anything else
 fails at once, and :func:`hub_failure` recognises that failure for a one-line error.
 """

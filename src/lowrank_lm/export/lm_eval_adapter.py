@@ -59,17 +59,21 @@ class LowRankLM(TemplateLM):  # type: ignore[misc,valid-type]
     # -- tokenisation ------------------------------------------------------------------------
     @property
     def eot_token_id(self) -> int:
+        """The tokenizer's end-of-text id, which lm-eval also uses as the prefix of a rolling window."""
         return self._eot
 
     @property
     def max_length(self) -> int:
+        """The model's context length (``seq_len``)."""
         return self.model.cfg.seq_len
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         # Our tokenizers add no special tokens of their own; documents are not prefixed at training either.
+        """The ids of ``string``; our tokenizers add no special tokens, so the flag changes nothing."""
         return self.tok.encode(string)
 
     def tok_decode(self, tokens: list[int]) -> str:
+        """The text of ``tokens``."""
         return self.tok.decode(tokens)
 
     # -- scoring -----------------------------------------------------------------------------
@@ -115,6 +119,7 @@ class LowRankLM(TemplateLM):  # type: ignore[misc,valid-type]
         return out
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        """The summed log-likelihood of each whole text, over disjoint windows of the context length."""
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
         out = []
@@ -131,6 +136,8 @@ class LowRankLM(TemplateLM):  # type: ignore[misc,valid-type]
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """The continuation of each context, greedy unless the task asks to sample, cut at the first stop
+        string or end-of-text."""
         out = []
         for req in requests:
             context, gen_kwargs = req.args

@@ -26,12 +26,15 @@ class BlockDenseLinear(StructuredLinear):
         self.u = nn.Parameter(torch.empty(out_features, rank))
 
     def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """U (blockdiag(x)): the block-diagonal product, then one dense matmul that adds the bias."""
         return F.linear(blockdiag_matmul(x, self.blocks), self.u, bias)
 
     def num_matrix_params(self) -> int:
+        """The blocks' weights plus U's."""
         return self.blocks.numel() + self.u.numel()
 
     def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the block-diagonal output, U): U is the plain matrix a fused epilogue can run on."""
         return blockdiag_matmul(x, self.blocks), self.u
 
     @torch.no_grad()
@@ -45,10 +48,12 @@ class BlockDenseLinear(StructuredLinear):
         self.u.copy_(u.transpose(0, 1).reshape(self.u.shape))
 
     def factors(self) -> tuple[Factor, ...]:
+        """The blocks (per block: in_b -> rank_b), then U (rank -> out)."""
         _, rank_b, in_b = self.blocks.shape
         return Factor("blocks", in_b, rank_b), Factor("u", self.rank, self.out_features)
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
+        """The block-diagonal product's output, U's input."""
         return blockdiag_matmul(x, self.blocks)
 
     def reset_parameters(self, std: float, init: str) -> None:

@@ -27,18 +27,23 @@ class BlockShuffleLinear(StructuredLinear):
         self.blocks_out = nn.Parameter(torch.empty(b, out_features // b, inner // b))
 
     def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Two block-diagonal products with a shuffle between; the bias is added after the last
+        (there is no final matmul to carry it)."""
         y = blockshuffle_matmul(x, self.blocks_in, self.blocks_out)
         # Ends in a permutation: no matmul to carry the bias. Cast it, so autocast's dtype holds as in F.linear.
         return y if bias is None else y + bias.to(y.dtype)
 
     def num_matrix_params(self) -> int:
+        """The weights of both block-diagonal factors."""
         return self.blocks_in.numel() + self.blocks_out.numel()
 
     def factors(self) -> tuple[Factor, ...]:
+        """blocks_in (per block: in_b -> inner_b), then blocks_out (inner_b -> out_b)."""
         (_, inner_b, in_b), (_, out_b, _) = self.blocks_in.shape, self.blocks_out.shape
         return Factor("blocks_in", in_b, inner_b), Factor("blocks_out", inner_b, out_b)
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
+        """The first block-diagonal product's output, before the shuffle."""
         return blockdiag_matmul(x, self.blocks_in)
 
     def reset_parameters(self, std: float, init: str) -> None:

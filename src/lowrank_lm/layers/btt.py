@@ -72,6 +72,8 @@ class BTTLinear(StructuredLinear):
         self.core_out = nn.Parameter(torch.empty(n0, n1, m1 * rank))
 
     def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """core_in's block-diagonal product, the one (a, c, s) -> (c, a, s) copy, core_out's product, then
+        the bias."""
         (_, m1), (n0, _) = self.in_factors, self.out_factors
         z = blockdiag_matmul(x, self.core_in)  # (..., m1 * n0 * r), index (a, c, s)
         # the one copy: (a, c, s) -> (c, a, s), so that each output block reads contiguous columns
@@ -82,12 +84,14 @@ class BTTLinear(StructuredLinear):
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
+        """The dense (out, in) matrix, contracted from the two cores with one einsum."""
         (m0, m1), (n0, n1), r = self.in_factors, self.out_factors, self.rank
         w_in = self.core_in.view(m1, n0, r, m0)  # [a, c, s, b]
         w_out = self.core_out.view(n0, n1, m1, r)  # [c, d, a, s]
         return torch.einsum("cdas,acsb->cdab", w_out, w_in).reshape(self.out_features, self.in_features)
 
     def num_matrix_params(self) -> int:
+        """The weights of both cores."""
         return self.core_in.numel() + self.core_out.numel()
 
     @torch.no_grad()
@@ -101,10 +105,12 @@ class BTTLinear(StructuredLinear):
         self.core_in.copy_(v.permute(1, 0, 2, 3).reshape(self.core_in.shape))  # [a, c, s, b]
 
     def factors(self) -> tuple[Factor, ...]:
+        """core_in (per block: m0 -> r n0), then core_out (m1 r -> n1)."""
         (m0, m1), (n0, n1), r = self.in_factors, self.out_factors, self.rank
         return Factor("core_in", m0, r * n0), Factor("core_out", m1 * r, n1)
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
+        """core_in's output, before the transpose that core_out reads."""
         return blockdiag_matmul(x, self.core_in)
 
     def reset_parameters(self, std: float, init: str) -> None:

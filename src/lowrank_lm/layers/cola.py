@@ -33,22 +33,28 @@ class CoLALinear(StructuredLinear):
         self.u = nn.Parameter(torch.empty(out_features, rank))
 
     def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """U silu(V x) + bias."""
         return F.linear(F.silu(F.linear(x, self.v)), self.u, bias)
 
     def merged_weight(self) -> torch.Tensor:
+        """Always raises TypeError: the SiLU between the factors leaves no single matrix."""
         raise TypeError("a CoLA layer is not linear: it has no merged weight (the toolkit checks this before "
                         "pre-merge, self-guided training and export --merge)")
 
     def num_matrix_params(self) -> int:
+        """(in + out) x rank: the weights of V and U."""
         return (self.in_features + self.out_features) * self.rank
 
     def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(silu(V x), U): U is the plain last matrix."""
         return F.silu(F.linear(x, self.v)), self.u
 
     def factors(self) -> tuple[Factor, ...]:
+        """V (in -> rank), then U (rank -> out)."""
         return Factor("v", self.in_features, self.rank), Factor("u", self.rank, self.out_features)
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
+        """V x, before the SiLU."""
         return F.linear(x, self.v)  # before the SiLU: the first factor's own output
 
     def reset_parameters(self, std: float, init: str) -> None:

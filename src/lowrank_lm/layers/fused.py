@@ -1,8 +1,8 @@
 """GELU after an FFN linear, fused into its last matmul for inference (CPU: oneDNN; CUDA: cuBLASLt).
 
 In a GPT-style FFN, ``gelu(up(x))`` costs the matmul plus a separate pass over the 4 x width
-activations; on a 2-core CPU in bf16 that pass (and the bias add before it) is a fifth of a LowRank
-FFN's time, so it caps the speed-up that the saved FLOPs could give. oneDNN can apply bias and
+activations; on a CPU that pass (and the bias add before it) is a large share of a LowRank FFN's time
+(docs/results/efficiency-cpu.md), so it caps the speed-up that the saved FLOPs could give. oneDNN can apply bias and
 GELU-tanh to the matmul's output tiles while they are still in cache (the GPU recipes of the paper
 fuse bias-GELU the same way). On CUDA, ``torch._addmm_activation`` runs cuBLASLt's GELU_BIAS epilogue
 (GELU-tanh) on the layer's last dense matrix: dense, LowRank and BlockDense alike; BlockShuffle ends
@@ -27,7 +27,7 @@ from lowrank_lm.layers.blockshuffle import BlockShuffleLinear
 
 _FUSABLE_DTYPES = (torch.float32, torch.bfloat16)
 # Below these token counts the activation pass that fusion saves is smaller than the oneDNN call's own
-# overhead (measured on the 2-core dev CPU: about 0.05 ms a call; BlockShuffle makes B x B calls).
+# overhead (docs/results/efficiency-cpu.md); BlockShuffle makes B x B calls, so pays it B x B times.
 MIN_TOKENS = 16
 MIN_TOKENS_BLOCKSHUFFLE = 256
 

@@ -22,16 +22,20 @@ class LowRankLinear(StructuredLinear):
         self.u = nn.Parameter(torch.empty(out_features, rank))
 
     def matrix_forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """U (V x) + bias: two matmuls, the bias added in the second."""
         return F.linear(F.linear(x, self.v), self.u, bias)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
+        """U V, the dense (out, in) matrix of rank at most ``rank``."""
         return self.u @ self.v
 
     def num_matrix_params(self) -> int:
+        """(in + out) x rank: the weights of V and U."""
         return (self.in_features + self.out_features) * self.rank
 
     def dense_tail(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V x, U): U is the plain last matrix."""
         return F.linear(x, self.v), self.u
 
     @torch.no_grad()
@@ -42,9 +46,11 @@ class LowRankLinear(StructuredLinear):
         self.v.copy_(v)
 
     def factors(self) -> tuple[Factor, ...]:
+        """V (in -> rank), then U (rank -> out)."""
         return Factor("v", self.in_features, self.rank), Factor("u", self.rank, self.out_features)
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
+        """V x, the rank-sized bottleneck."""
         return F.linear(x, self.v)
 
     def reset_parameters(self, std: float, init: str) -> None:

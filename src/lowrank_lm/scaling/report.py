@@ -9,6 +9,7 @@ from typing import Any
 from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.scaling.fit import FitResult, Series
 from lowrank_lm.scaling.table import write_csv, write_json
+from lowrank_lm.tables import markdown_table, text_table
 
 POINT_COLUMNS = ("series", "name", "x", "loss", "loss_err", "quality", "source")
 
@@ -98,17 +99,11 @@ def comparison_text(result: FitResult) -> str:
     return "\n".join(lines)
 
 
-def _table_text(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
+_table_text = text_table
 
 
 def _table_md(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(v.replace("|", "/") for v in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(header, [[v.replace("|", "/") for v in r] for r in rows])
 
 
 def all_warnings(result: FitResult) -> list[str]:

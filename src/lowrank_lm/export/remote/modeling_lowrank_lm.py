@@ -76,6 +76,9 @@ def _rope_tables(config: LowRankLMConfig, position_ids: torch.Tensor,
 
 
 class LowRankLMAttention(nn.Module):
+    """Attention as in our model: fused q/k/v projection, RoPE, grouped-query heads, the KV cache of
+    transformers."""
+
     def __init__(self, config: LowRankLMConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -104,6 +107,8 @@ class LowRankLMAttention(nn.Module):
 
 
 class LowRankLMFeedForward(nn.Module):
+    """The FFN: up (and gate for SwiGLU), activation, down, each layer dense or structured."""
+
     def __init__(self, config: LowRankLMConfig, dense: bool) -> None:
         super().__init__()
         h, f = config.hidden_size, config.intermediate_size
@@ -119,6 +124,8 @@ class LowRankLMFeedForward(nn.Module):
 
 
 class LowRankLMBlock(nn.Module):
+    """One pre-norm block: attention then FFN, each added to the residual stream."""
+
     def __init__(self, config: LowRankLMConfig, layer_idx: int) -> None:
         super().__init__()
         dense = not STRUCTURES[_kind(config, "ffn")].structured or layer_idx in config.dense_ffn_layers
@@ -132,6 +139,8 @@ class LowRankLMBlock(nn.Module):
 
 
 class LowRankLMPreTrainedModel(PreTrainedModel):
+    """The config class and weight initialisation shared by the model and its causal-LM head."""
+
     config_class = LowRankLMConfig
     base_model_prefix = "model"
     _no_split_modules: ClassVar[list[str]] = ["LowRankLMBlock"]
