@@ -138,19 +138,19 @@ def test_fraction_keeps_a_given_block_count_and_explicit_settings_still_work():
 
 def test_no_module_outside_layers_names_a_structure():
     # adding a structure is one module under layers/: nothing else may spell a kind's name as a string
-    # (scaling/paper_data.py is the exception: it holds the paper's printed series labels, as data)
+    # (stats/paper_data.py is the exception: it holds the paper's printed series labels, as data)
     import ast
 
     root = Path(registry.__file__).resolve().parents[1]
     named = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith("layers/") or rel == "scaling/paper_data.py":
+        if rel.startswith("layers/") or rel == "stats/paper_data.py":
             continue
         named += [f"{rel}:{node.lineno} {node.value!r}" for node in ast.walk(ast.parse(path.read_text()))
                   if isinstance(node, ast.Constant) and node.value in registry.kinds()]
     assert not named
-    assert "paper_data.py" in {p.name for p in (root / "scaling").iterdir()}  # the exception still exists
+    assert "paper_data.py" in {p.name for p in (root / "stats").iterdir()}  # the exception still exists
 
 
 @pytest.mark.parametrize("kind", registry.structured_kinds())

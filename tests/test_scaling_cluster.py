@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.cluster import parse_cluster, parse_time
-from lowrank_lm.scaling.execute import InProcessRunner, execute
-from lowrank_lm.scaling.job_record import JobRecord
-from lowrank_lm.scaling.sweep import load_sweep
-from lowrank_lm.scaling.table import read_points
+from lowrank_lm.launch.cluster import parse_cluster, parse_time
+from lowrank_lm.launch.execute import InProcessRunner, execute
+from lowrank_lm.launch.job_record import JobRecord
+from lowrank_lm.launch.sweep import load_sweep
+from lowrank_lm.stats.table import read_points
 
 from .ecosystem import cli
 
@@ -131,8 +131,8 @@ structures:
 
 @pytest.mark.slow
 def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(tiny_data, tmp_path, threads1):
-    from lowrank_lm.scaling.cluster import parse_cluster
-    from lowrank_lm.scaling.submit import run_jobs
+    from lowrank_lm.launch.cluster import parse_cluster
+    from lowrank_lm.launch.submit import run_jobs
 
     seq = load_sweep(write_sweep(tmp_path, tiny_data, "seq", LONG_RUN))
     with open(os.devnull, "w") as sink:
@@ -178,7 +178,7 @@ TWO_LONG_RUNS = LONG_RUN.replace("  a: {overrides: []}\n",
 
 @pytest.mark.slow
 def test_cancel_stops_the_whole_sweep_of_the_local_executor(tiny_data, tmp_path, threads1):
-    from lowrank_lm.scaling.submit import cancel_jobs, run_jobs
+    from lowrank_lm.launch.submit import cancel_jobs, run_jobs
 
     plan = load_sweep(write_sweep(tmp_path, tiny_data, "cancel", TWO_LONG_RUNS))
     first, second = sorted(plan.runs, key=lambda r: (r.flops, r.name))
@@ -381,7 +381,7 @@ def test_executor_option_errors_are_one_line(tmp_path, monkeypatch):
 
 
 def test_the_paper_slurm_preset_is_the_paper_grid_with_a_valid_cluster_section():
-    from lowrank_lm.scaling.cluster import launch_line
+    from lowrank_lm.launch.cluster import launch_line
 
     plan = load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper-slurm.yaml")
     assert len(plan.runs) == 28 and plan.out_dir == Path("runs/sweeps/paper")  # the same folders as paper.yaml

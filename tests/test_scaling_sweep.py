@@ -14,7 +14,7 @@ import pytest
 from lowrank_lm.cli import main
 from lowrank_lm.config import load_config
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.execute import (
+from lowrank_lm.launch.execute import (
     FAILED_MARKER,
     LOCK_NAME,
     RunFailed,
@@ -23,8 +23,8 @@ from lowrank_lm.scaling.execute import (
     run_state,
     write_run_config,
 )
-from lowrank_lm.scaling.sweep import RunSpec, load_sweep, parse_shard, shard_runs
-from lowrank_lm.scaling.table import read_points
+from lowrank_lm.launch.sweep import RunSpec, load_sweep, parse_shard, shard_runs
+from lowrank_lm.stats.table import read_points
 from lowrank_lm.train.rundir import run_ownership
 from lowrank_lm.train.summary import RunSummary
 
@@ -242,7 +242,7 @@ def test_skips_finished_resumes_interrupted_and_fits(tmp_path):
     assert {r["status"] for r in data["runs"]} == {"done"}
 
     # the table feeds `fit` directly: three series of four sizes, exponents in the order of the law
-    from lowrank_lm.scaling.fit import FitOptions, Series, fit_all
+    from lowrank_lm.stats.fit import FitOptions, Series, fit_all
 
     result = fit_all(Series.from_rows(rows), FitOptions(n_bootstrap=50))
     alpha = {k: v.alpha for k, v in result.series.items()}

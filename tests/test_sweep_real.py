@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lowrank_lm.scaling.table import read_points
+from lowrank_lm.stats.table import read_points
 from lowrank_lm.train.summary import RunSummary
 
 from .ecosystem import cli

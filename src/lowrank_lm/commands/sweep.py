@@ -56,8 +56,8 @@ def _ffn_text(spec) -> str:
 
 
 def _plan_text(plan, shard: tuple[int, int]) -> str:
-    from lowrank_lm.scaling.execute import _corpus_train_tokens, _fmt_count
-    from lowrank_lm.scaling.sweep import shard_runs
+    from lowrank_lm.launch.execute import _corpus_train_tokens, _fmt_count
+    from lowrank_lm.launch.sweep import shard_runs
 
     mine = {r.name for r in shard_runs(plan.runs, *shard)}
     corpus: dict = {}
@@ -83,7 +83,7 @@ def _plan_text(plan, shard: tuple[int, int]) -> str:
 
 def _jobs_text(plan, overrides: list[str]) -> str:
     """What each size's jobs ask for and run (--dry-run with --executor submitit)."""
-    from lowrank_lm.scaling.cluster import launch_line, parse_cluster
+    from lowrank_lm.launch.cluster import launch_line, parse_cluster
 
     sizes = list(dict.fromkeys(r.size for r in plan.runs))
     cluster = parse_cluster(plan.cluster, overrides, sizes, where=f"{plan.path}: cluster")
@@ -134,8 +134,8 @@ def _check_executor_options(args: argparse.Namespace, executor: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowrank_lm.scaling.execute import InProcessRunner, SubprocessRunner, execute
-    from lowrank_lm.scaling.sweep import load_sweep, parse_shard
+    from lowrank_lm.launch.execute import InProcessRunner, SubprocessRunner, execute
+    from lowrank_lm.launch.sweep import load_sweep, parse_shard
 
     shard = parse_shard(args.shard) if args.shard else (0, 1)
     executor = args.executor or "local"
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     if args.status or args.cancel:
         return _status_or_cancel(args, plan, shard)
     if executor == "submitit":
-        from lowrank_lm.scaling.submit import run_jobs
+        from lowrank_lm.launch.submit import run_jobs
 
         cluster, scheduler = _cluster_here(args, plan)
         poll = args.poll if args.poll is not None else (60.0 if scheduler == "slurm" else 0.5)
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             threads = max(1, (os.cpu_count() or 1) // parallel)
         launcher = args.launcher
         if launcher is None and slots and args.gpus_per_run and args.gpus_per_run > 1:
-            from lowrank_lm.scaling.cluster import torchrun_command
+            from lowrank_lm.launch.cluster import torchrun_command
 
             launcher = shlex.join([*torchrun_command(), "--standalone", "--nnodes=1",
                                    f"--nproc-per-node={args.gpus_per_run}", "-m", "lowrank_lm"])
@@ -183,8 +183,8 @@ def _cluster_here(args: argparse.Namespace, plan):
     """(cluster settings, "slurm" or "local") for --executor submitit on this machine; refuses settings that the
     scheduler here cannot apply, and --detach without Slurm."""
     from lowrank_lm.errors import UserError
-    from lowrank_lm.scaling.cluster import parse_cluster
-    from lowrank_lm.scaling.submit import detect_scheduler
+    from lowrank_lm.launch.cluster import parse_cluster
+    from lowrank_lm.launch.submit import detect_scheduler
 
     cluster = parse_cluster(plan.cluster, args.cluster, sorted({r.size for r in plan.runs}),
                             where=f"{plan.path}: cluster")
@@ -200,8 +200,8 @@ def _check_as_the_real_run(args: argparse.Namespace, plan, shard: tuple[int, int
     """A dry run refuses what the real run would refuse before its first run: the executor's settings on this
     machine (Slurm-only cluster settings where there is no Slurm), GPU slots, and run folders that hold another
     configuration."""
-    from lowrank_lm.scaling.execute import check_existing
-    from lowrank_lm.scaling.sweep import shard_runs
+    from lowrank_lm.launch.execute import check_existing
+    from lowrank_lm.launch.sweep import shard_runs
 
     if executor == "submitit":
         _cluster_here(args, plan)
@@ -212,15 +212,15 @@ def _check_as_the_real_run(args: argparse.Namespace, plan, shard: tuple[int, int
 
 def _status_or_cancel(args: argparse.Namespace, plan, shard: tuple[int, int]) -> int:
     """--status: the progress view with the jobs' columns, and a fresh results table; --cancel: cancel the jobs."""
-    from lowrank_lm.scaling.execute import progress_view, run_state, write_results
-    from lowrank_lm.scaling.sweep import shard_runs
+    from lowrank_lm.launch.execute import progress_view, run_state, write_results
+    from lowrank_lm.launch.sweep import shard_runs
 
     if args.cancel:
-        from lowrank_lm.scaling.submit import cancel_jobs
+        from lowrank_lm.launch.submit import cancel_jobs
 
         cancel_jobs(plan, shard, out=sys.stdout)
         return 0
-    from lowrank_lm.scaling.submit import job_columns
+    from lowrank_lm.launch.submit import job_columns
 
     states = {r.name: run_state(r) for r in plan.runs}
     print(progress_view(plan, states, shard_runs(plan.runs, *shard) if shard[1] > 1 else None,

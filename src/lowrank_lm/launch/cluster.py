@@ -45,7 +45,7 @@ from lowrank_lm.config import parse_value, set_dotted
 from lowrank_lm.errors import UserError
 
 LAUNCH_ENV = "LOWRANK_LM_LAUNCH"
-"""The variable the job script exports with the command line the job runs (lowrank_lm.scaling.jobs)."""
+"""The variable the job script exports with the command line the job runs (lowrank_lm.launch.jobs)."""
 RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time", "partition", "account", "qos",
                  "sbatch", "setup", "signal_delay_s", "max_timeouts", "retries", "max_parallel")
 CLUSTER_KEYS = (*RESOURCE_KEYS, "sizes")

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.scaling.fit import quantile_interval
-from lowrank_lm.scaling.joint import JointFit, JointSeries, surface
-from lowrank_lm.scaling.seeds import SeedNoise, group_cells
+from lowrank_lm.stats.fit import quantile_interval
+from lowrank_lm.stats.joint import JointFit, JointSeries, surface
+from lowrank_lm.stats.seeds import SeedNoise, group_cells
 
 MIN_SIZES = 3
 """A parabola needs three sizes per budget."""
@@ -122,7 +122,7 @@ class IsoflopSeries:
 def _budget_groups(ser: JointSeries) -> dict[str, np.ndarray]:
     """Row indices per FLOP budget: the ``budget`` column when filled (token budgets are not IsoFLOP budgets: the
     compute of their runs was never fixed), else FLOPs equal within 2%."""
-    from lowrank_lm.scaling.table import is_flop_budget
+    from lowrank_lm.stats.table import is_flop_budget
 
     groups: dict[str, list[int]] = {}
     if all(ser.budgets):
@@ -304,7 +304,7 @@ def compare_optima(a: IsoflopSeries, b: IsoflopSeries, level: float, noise: Seed
                    ) -> dict[str, Any]:
     """a vs b: differences of the N* and D* exponents (both approaches), the ratio of N* and the best measured
     losses at each common budget."""
-    from lowrank_lm.scaling.compare import _overlap, _verdict
+    from lowrank_lm.stats.compare import _overlap, _verdict
 
     out: dict[str, Any] = {"a": a.name, "b": b.name, "exponents": {}, "notes": []}
     for key in ("N_isoflop", "D_isoflop", "N_joint", "D_joint"):

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.fit import failed_refits_note, multistart, noise_scales, quantile_interval
-from lowrank_lm.scaling.seeds import Cells, SeedNoise, group_cells, pooled_noise
+from lowrank_lm.stats.fit import failed_refits_note, multistart, noise_scales, quantile_interval
+from lowrank_lm.stats.seeds import Cells, SeedNoise, group_cells, pooled_noise
 
 EXPONENT_MAX = 3.0
 MIN_CELLS = 6

@@ -2,8 +2,8 @@
 
 submitit's AutoExecutor picks Slurm where ``srun`` exists and its local executor elsewhere (jobs as
 local processes: what the tests use). One job per run, each with its own resources (the ``cluster:``
-section, per size), running the trainer or torchrun (lowrank_lm.scaling.cluster) inside a
-:class:`~lowrank_lm.scaling.jobs.TrainJob` that submitit requeues on the scheduler's signal.
+section, per size), running the trainer or torchrun (lowrank_lm.launch.cluster) inside a
+:class:`~lowrank_lm.launch.jobs.TrainJob` that submitit requeues on the scheduler's signal.
 
 The command submits the runs that are neither finished nor already queued, then follows them,
 printing each run as it ends and rewriting results.csv (the jobs rewrite it too when they end, so
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.cluster import ClusterSpec, executor_parameters, launch_line
-from lowrank_lm.scaling.execute import (
+from lowrank_lm.launch.cluster import ClusterSpec, executor_parameters, launch_line
+from lowrank_lm.launch.execute import (
     FAILED_MARKER,
     JOBS_DIR,
     SweepOutcome,
@@ -37,8 +37,8 @@ from lowrank_lm.scaling.execute import (
     write_results,
     write_run_config,
 )
-from lowrank_lm.scaling.job_record import JobRecord
-from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, shard_runs
+from lowrank_lm.launch.job_record import JobRecord
+from lowrank_lm.launch.sweep import RunSpec, SweepPlan, shard_runs
 
 # Slurm states of a job that is still the run's (queued, running, being requeued)
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
@@ -124,7 +124,7 @@ def make_executor(plan: SweepPlan, cluster: ClusterSpec, scheduler: str) -> Any:
 
 def submit_run(plan: SweepPlan, spec: RunSpec, cluster: ClusterSpec, scheduler: str) -> Any:
     """Submit one run as a job (its config written first) and record the job in RUN/job.json."""
-    from lowrank_lm.scaling.jobs import TrainJob
+    from lowrank_lm.launch.jobs import TrainJob
 
     write_run_config(spec)
     res = cluster.for_size(spec.size)

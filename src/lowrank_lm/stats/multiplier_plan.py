@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.planner import SURE, human_time
-from lowrank_lm.scaling.shared import SharedFit
+from lowrank_lm.stats.planner import SURE, human_time
+from lowrank_lm.stats.shared import SharedFit
 
 
 def is_shared_fit(path: str | Path) -> bool:

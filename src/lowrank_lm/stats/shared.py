@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.fit import (
+from lowrank_lm.stats.fit import (
     ALPHA_MAX,
     FitOptions,
     Series,
@@ -188,7 +188,7 @@ class SharedFit:
 
 def _order(series: dict[str, Series], baseline: str | None) -> list[str]:
     """The series names, baseline first; a one-line error when the baseline is missing or unknown."""
-    from lowrank_lm.scaling.compare import default_baseline
+    from lowrank_lm.stats.compare import default_baseline
 
     names = list(series)
     base = baseline if baseline is not None else default_baseline(names)

@@ -36,9 +36,9 @@ import submitit
 
 from lowrank_lm.atomic import open_append, write_json_atomic
 from lowrank_lm.errors import EXIT_STOPPED
-from lowrank_lm.scaling.cluster import LAUNCH_ENV
-from lowrank_lm.scaling.execute import FAILED_MARKER, LOG_NAME, last_line
-from lowrank_lm.scaling.job_record import JobRecord
+from lowrank_lm.launch.cluster import LAUNCH_ENV
+from lowrank_lm.launch.execute import FAILED_MARKER, LOG_NAME, last_line
+from lowrank_lm.launch.job_record import JobRecord
 from lowrank_lm.train.rundir import SUMMARY
 from lowrank_lm.train.summary import RunSummary
 
@@ -229,7 +229,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         if not self.sweep_file:
             return
         from lowrank_lm.errors import UserError
-        from lowrank_lm.scaling.execute import refresh_results
+        from lowrank_lm.launch.execute import refresh_results
 
         try:
             refresh_results(self.sweep_file)

@@ -39,12 +39,12 @@ from typing import Any, TextIO
 from lowrank_lm.atomic import open_append, write_json_atomic
 from lowrank_lm.config import load_config, save_config
 from lowrank_lm.errors import EXIT_STOPPED, UserError
+from lowrank_lm.launch.job_record import JOB_RECORD
+from lowrank_lm.launch.sweep import RunSpec, SweepPlan, config_differences, shard_runs
 from lowrank_lm.locks import held as lock_held
 from lowrank_lm.locks import is_held
 from lowrank_lm.ownership import Ownership
-from lowrank_lm.scaling.job_record import JOB_RECORD
-from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, config_differences, shard_runs
-from lowrank_lm.scaling.table import RESULT_COLUMNS, write_csv, write_json
+from lowrank_lm.stats.table import RESULT_COLUMNS, write_csv, write_json
 from lowrank_lm.train.rundir import LOCK as LOCK_NAME  # the run-folder layout is the trainer's (no torch)
 from lowrank_lm.train.rundir import METRICS as METRICS_NAME
 from lowrank_lm.train.rundir import SUMMARY, run_ownership
@@ -286,7 +286,7 @@ def write_results(plan: SweepPlan, states: dict[str, RunState]) -> list[dict[str
 
 def refresh_results(sweep_file: str | Path) -> None:
     """Rewrite a sweep's results table from its run folders (what a finishing job calls)."""
-    from lowrank_lm.scaling.sweep import load_sweep
+    from lowrank_lm.launch.sweep import load_sweep
 
     plan = load_sweep(sweep_file)
     write_results(plan, {r.name: run_state(r) for r in plan.runs})

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.fit import multistart, noise_scales, quantile_interval
-from lowrank_lm.scaling.joint import EXPONENT_MAX, JointOptions, JointSeries
-from lowrank_lm.scaling.seeds import SeedNoise, pooled_noise
-from lowrank_lm.scaling.shared import LOG_K_MAX
+from lowrank_lm.stats.fit import multistart, noise_scales, quantile_interval
+from lowrank_lm.stats.joint import EXPONENT_MAX, JointOptions, JointSeries
+from lowrank_lm.stats.seeds import SeedNoise, pooled_noise
+from lowrank_lm.stats.shared import LOG_K_MAX
 
 
 @dataclass
@@ -127,7 +127,7 @@ def _check(series: dict[str, JointSeries], names: list[str], n_cells: int, n_par
 def fit_shared_joint(series: dict[str, JointSeries], baseline: str | None = None,
                      opts: JointOptions | None = None) -> SharedJointFit:
     """Fit the shared surface with a parameter multiplier per series and bootstrap it."""
-    from lowrank_lm.scaling.compare import default_baseline
+    from lowrank_lm.stats.compare import default_baseline
 
     opts = opts or JointOptions()
     names = list(series)

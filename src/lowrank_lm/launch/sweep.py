@@ -1,6 +1,6 @@
 """A sweep file and its plan: sizes x structures x parameter fractions x token budgets -> one run each.
 
-A sweep file (YAML; its schema is :class:`lowrank_lm.scaling.sweep_file.SweepFile`, read by the config's
+A sweep file (YAML; its schema is :class:`lowrank_lm.launch.sweep_file.SweepFile`, read by the config's
 converter, so an unknown key or a wrongly typed value is one line naming it)::
 
     name: cpu-mini                    # default: the file name
@@ -45,9 +45,9 @@ from typing import Any
 
 from lowrank_lm.config import Config, config_to_dict, flatten, load_config
 from lowrank_lm.errors import UserError
+from lowrank_lm.launch.sweep_file import BudgetsEntry, SizeEntry, StructureEntry, read_sweep_file
 from lowrank_lm.layers import registry
 from lowrank_lm.ownership import plain_name
-from lowrank_lm.scaling.sweep_file import BudgetsEntry, SizeEntry, StructureEntry, read_sweep_file
 
 FFN_KINDS = registry.kinds()
 # Settings that change how a run executes but not what it computes: an existing run folder may differ
@@ -108,7 +108,7 @@ class SweepPlan:
     runs: list[RunSpec]
     notes: list[str] = field(default_factory=list)
     cluster: dict[str, Any] | None = None
-    """The sweep file's ``cluster:`` section as written (read by lowrank_lm.scaling.cluster)."""
+    """The sweep file's ``cluster:`` section as written (read by lowrank_lm.launch.cluster)."""
 
     @property
     def results_csv(self) -> Path:
