@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.stats.fit import FitResult, Series, SeriesFit, quantile_interval
+from lowrank_lm.stats.bootstrap import quantile_interval
+from lowrank_lm.stats.fit import FitResult, Series, SeriesFit
 
 NOT_DISTINGUISHABLE = "not distinguishable"
 CROSSING_FACTOR = 1e6

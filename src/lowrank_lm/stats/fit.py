@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
+from lowrank_lm.stats.bootstrap import failed_refits_note, quantile_interval, replicates
+from lowrank_lm.stats.multistart import multistart
 
 MIN_POINTS_EXPONENT = 3
 """Fewer points than this: no exponent (two points still give a slope)."""
@@ -293,62 +295,6 @@ class _Group(StackedSeries):
                           ftol=1e-12, xtol=1e-12, gtol=1e-12)
 
 
-def multistart(residual: Any, jac: Any, starts: Any, bounds: tuple[np.ndarray, np.ndarray],
-               accept_unconverged: bool = False, **options: Any) -> Any:
-    """scipy's bounded trust-region least squares from each start; the lowest cost wins (None if all failed).
-
-    The fits here have long valleys (E trades off against A and alpha), where one start can stop in the
-    wrong place, so every law runs its solver from a few starts. Starts are moved strictly inside the box
-    (the trust-region solver wants an interior start); ``options`` go to ``least_squares`` (loss, tolerances).
-    ``accept_unconverged`` also accepts a run that stopped at ``max_nfev`` (still crawling along a flat
-    valley, where the cost barely changes), for fits whose reported quantity does not move along that valley.
-    """
-    from scipy.optimize import least_squares
-
-    lo, hi = bounds
-    best = None
-    for p0 in starts:
-        p0 = np.clip(p0, lo + 1e-9 * (1 + abs(lo)), hi - 1e-9 * (1 + abs(hi)))
-        try:
-            # a trial step far out can overflow exp(); the solver rejects such steps, so no warning is due
-            with np.errstate(over="ignore", invalid="ignore"):
-                res = least_squares(residual, p0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac", **options)
-        except (ValueError, np.linalg.LinAlgError):
-            continue
-        ok = res.status > 0 or (accept_unconverged and res.status == 0)
-        if ok and np.isfinite(res.cost) and (best is None or res.cost < best.cost):
-            best = res
-    return best
-
-
-def noise_scales(rng: np.random.Generator, replicates: int, s: float, dof: int, floor: np.ndarray) -> np.ndarray:
-    """Per-replicate, per-point noise of a parametric bootstrap: shape (replicates, points).
-
-    The residual scale ``s`` is drawn per replicate from its sampling distribution, s * sqrt(dof / chi2(dof))
-    (the bootstrap analogue of a t interval; zero without degrees of freedom), and never falls below the
-    point's ``floor`` (its stated error, or the measured seed-to-seed noise of its mean).
-    """
-    scale = s * np.sqrt(dof / rng.chisquare(dof, size=replicates)) if dof > 0 else np.zeros(replicates)
-    return np.maximum(scale[:, None], np.asarray(floor, float)[None, :])
-
-
-def failed_refits_note(samples: np.ndarray) -> str | None:
-    """The warning when more than 5% of the bootstrap refits failed (rows whose first value is NaN), else None."""
-    failed, total = int(np.isnan(samples[:, 0]).sum()), len(samples)
-    return f"{failed} of {total} bootstrap refits failed; the intervals rest on the rest" if failed > 0.05 * total \
-        else None
-
-
-def quantile_interval(samples: np.ndarray, level: float) -> tuple[float, float] | None:
-    """The central ``level`` interval of the finite bootstrap samples; None with fewer than 10 of them."""
-    ok = samples[np.isfinite(samples)]
-    if len(ok) < 10:
-        return None
-    q = (1 - level) / 2
-    lo, hi = np.quantile(ok, [q, 1 - q])
-    return float(lo), float(hi)
-
-
 def _fit_group(group: _Group, mode: str, opts: FitOptions,
                rng: np.random.Generator) -> tuple[list[SeriesFit], list[str]]:
     """Fit one group and bootstrap it: one :class:`SeriesFit` per series, and the group's own warnings."""
@@ -397,8 +343,8 @@ def _fit_group(group: _Group, mode: str, opts: FitOptions,
     have_noise = s > 0 or bool(np.any(group.err > 0))
     if B > 0 and have_noise:
         for i in range(B):
-            sig = s * math.sqrt(dof / rng.chisquare(dof)) if dof > 0 else 0.0
-            y_b = fitted + rng.standard_normal(n) * np.maximum(sig, group.err)
+            # one replicate per call, its scale drawn just before its noise: the order every recorded fit used
+            y_b = replicates(rng, fitted, 1, s, dof, group.err)[0]
             res = group.solve(y_b, [p_hat])
             if res is not None:
                 samples[i] = res.x

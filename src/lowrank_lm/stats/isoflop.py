@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.stats.fit import quantile_interval
+from lowrank_lm.stats.bootstrap import noise_scales, perturb, quantile_interval
 from lowrank_lm.stats.joint import JointFit, JointSeries, surface
 from lowrank_lm.stats.seeds import SeedNoise, group_cells
 
@@ -203,9 +203,13 @@ def profile_series(ser: JointSeries, noise: SeedNoise | None, n_bootstrap: int, 
     if B == 0:
         result.warnings.append("three sizes per budget and no seeds: the parabolas leave no residual to estimate "
                                "noise from, so no intervals; add sizes or seeds")
-    sig_fit = s * np.sqrt(dof / rng.chisquare(dof, size=B)) if dof > 0 else np.zeros(B)
-    sig_seed = np.array([noise.draw(rng) for _ in range(B)]) if noise is not None else np.zeros(B)
+    # the noise scale of every point of every profile, drawn once per replicate (shared by the profiles)
+    count = np.concatenate([p.count for p in profiles]) if profiles else np.zeros(0)
+    seed_sd, seed_dof = (noise.sd, noise.dof) if noise is not None else (0.0, 0)
+    sig = noise_scales(rng, B, s, dof, np.zeros(len(count)), seed_sd, seed_dof, count)
+    first = 0
     for p in profiles:
+        p_sig, first = sig[:, first:first + len(p.N)], first + len(p.N)
         x = np.log(p.N) - p.x0
         vx = float(_vertex(p.coef[None, :])[0])
         if math.isfinite(vx):
@@ -220,9 +224,8 @@ def profile_series(ser: JointSeries, noise: SeedNoise | None, n_bootstrap: int, 
             result.warnings.append(f"budget {p.label}: the minimum lies outside the sizes tried "
                                    f"({p.N.min():.3g}-{p.N.max():.3g}); its value is an extrapolation")
         if B:
-            sig = np.maximum(sig_fit[:, None], sig_seed[:, None] / np.sqrt(p.count)[None, :])
             # each replicate perturbs the fitted parabola; a refit is a linear solve, all replicates at once
-            Y = np.polyval(p.coef, x)[None, :] + rng.standard_normal((B, len(x))) * sig
+            Y = perturb(rng, np.polyval(p.coef, x), p_sig)
             coefs = np.linalg.lstsq(np.vander(x, 3), Y.T, rcond=None)[0].T
             vx_s = _vertex(coefs)
             p.samples = vx_s + p.x0

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.stats.fit import failed_refits_note, multistart, noise_scales, quantile_interval
+from lowrank_lm.stats.bootstrap import failed_refits_note, quantile_interval, replicates
+from lowrank_lm.stats.multistart import multistart
 from lowrank_lm.stats.seeds import Cells, SeedNoise, group_cells, pooled_noise
 
 EXPONENT_MAX = 3.0
@@ -417,11 +418,8 @@ def _bootstrap(fit: JointFit, prob: _Problem, y: np.ndarray, p_hat: np.ndarray, 
     if B == 0 or (dof <= 0 and noise is None):
         return
     fitted = prob.model(p_hat)
-    sig = noise_scales(rng, B, s, dof, np.zeros(len(y)))
-    if noise is not None:
-        seed_sd = np.array([noise.draw(rng) for _ in range(B)])
-        sig = np.maximum(sig, seed_sd[:, None] / np.sqrt(count)[None, :])
-    Y = fitted[None, :] + rng.standard_normal((B, len(y))) * sig
+    seed_sd, seed_dof = (noise.sd, noise.dof) if noise is not None else (0.0, 0)
+    Y = replicates(rng, fitted, B, s, dof, np.zeros(len(y)), seed_sd, seed_dof, count)
     refits = prob.solve_many(Y, p_hat)
     ok = np.isfinite(refits).all(axis=1)
     samples = np.full((B, 5), np.nan)
