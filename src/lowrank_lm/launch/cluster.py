@@ -104,11 +104,6 @@ class ClusterSpec:
             if any(self.for_size(s).nodes > 1 for s in ["", *self.sizes]):
                 raise UserError("cluster.nodes above 1 needs Slurm, and there is no Slurm here (no srun on PATH); "
                                 "set nodes: 1 or submit where Slurm is")
-            for s in ["", *self.sizes]:
-                r = self.for_size(s)
-                if r.gpus_per_node and (r.max_parallel or 1) > 1:
-                    raise UserError("submitit's local executor gives every job the same GPUs (0..gpus_per_node-1), "
-                                    "so max_parallel above 1 would share them; use --executor local --gpus instead")
         elif scheduler == "slurm":
             bad = [k for k in LOCAL_ONLY if k in self.given]
             if bad:
@@ -273,8 +268,14 @@ def setup_lines(res: Resources, launch: str) -> list[str]:
     return lines
 
 
-def executor_parameters(res: Resources, name: str, launch: str, scheduler: str) -> dict[str, Any]:
-    """Parameters for ``submitit.AutoExecutor.update_parameters`` of one run's job."""
+def executor_parameters(res: Resources, name: str, launch: str, scheduler: str,
+                        devices: str | None = None) -> dict[str, Any]:
+    """Parameters for ``submitit.AutoExecutor.update_parameters`` of one run's job.
+
+    ``devices``: on the local executor, the GPUs of this job (CUDA_VISIBLE_DEVICES). submitit's local executor
+    gives every job GPUs 0..gpus_per_node-1 (its ``visible_gpus`` is not among AutoExecutor's parameters), so
+    the job script's setup sets them, before the user's own setup lines.
+    """
     params: dict[str, Any] = {
         "name": name,
         "nodes": res.nodes,
@@ -296,5 +297,5 @@ def executor_parameters(res: Resources, name: str, launch: str, scheduler: str) 
         if res.sbatch:
             params["slurm_additional_parameters"] = dict(res.sbatch)
     else:
-        params["local_setup"] = setup
+        params["local_setup"] = ([f"export CUDA_VISIBLE_DEVICES={devices}"] if devices is not None else []) + setup
     return params

@@ -132,7 +132,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         log = run / LOG_NAME
         with open_append(log, "ab") as fh:
             start = fh.tell()
-            fh.write(f"$ {launch}\n".encode())
+            # the GPUs the job was given, as the local runner's log showed them (none: no prefix)
+            gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+            fh.write(f"$ {f'CUDA_VISIBLE_DEVICES={gpus} ' if gpus else ''}{launch}\n".encode())
             fh.flush()
             # The scheduler's signal goes to every process of the job; only this one acts on it, the trainer
             # ignores it (an ignored signal stays ignored across exec) and gets SIGTERM from checkpoint().

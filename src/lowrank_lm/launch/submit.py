@@ -28,6 +28,7 @@ from lowrank_lm.launch.cluster import ClusterSpec, executor_parameters, launch_l
 from lowrank_lm.launch.execute import (
     FAILED_MARKER,
     JOBS_DIR,
+    RunState,
     SweepOutcome,
     _fmt_time,
     check_existing,
@@ -104,7 +105,54 @@ class _Watched:
     spec: RunSpec
     job: Any
     """A submitit Job, or None for a job submitted by an earlier command (followed through its record)."""
+    devices: str | None = None
+    """The GPUs the job holds from this command's :class:`GpuPool` (None: it holds none of them)."""
     since: float = field(default_factory=time.monotonic)
+
+
+class GpuPool:
+    """The GPUs of this machine shared out among the local executor's jobs when several run at once: each job
+    takes its own (its CUDA_VISIBLE_DEVICES) and gives them back when it ends."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = list(ids)
+        self.free = list(ids)
+
+    @staticmethod
+    def here() -> list[str]:
+        """The GPUs this command may use: its CUDA_VISIBLE_DEVICES when set, else every GPU torch sees."""
+        seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if seen is not None:
+            return [x.strip() for x in seen.split(",") if x.strip()]
+        import torch  # only for a local sweep whose jobs ask for GPUs
+
+        return [str(k) for k in range(torch.cuda.device_count())]
+
+    def take(self, n: int) -> str | None:
+        """``n`` free GPUs as a CUDA_VISIBLE_DEVICES value ("" for none), or None while too few are free."""
+        if len(self.free) < n:
+            return None
+        taken, self.free = self.free[:n], self.free[n:]
+        return ",".join(taken)
+
+    def give(self, devices: str) -> None:
+        """A job's GPUs back into the pool (in the machine's order)."""
+        back = {d for d in devices.split(",") if d}
+        self.free = [d for d in self.ids if d in back or d in self.free]
+
+
+def gpu_pool(plan: SweepPlan, cluster: ClusterSpec, runs: list[RunSpec], scheduler: str) -> GpuPool | None:
+    """The pool the local executor's jobs take their GPUs from, when several jobs that ask for GPUs run at once
+    (None otherwise: one job at a time gets submitit's own choice, GPUs 0..gpus_per_node-1)."""
+    wants = {r.size: cluster.for_size(r.size).gpus_per_node for r in runs}
+    if scheduler != "local" or (cluster.base.max_parallel or 1) <= 1 or not any(wants.values()):
+        return None
+    ids = GpuPool.here()
+    size, most = max(wants.items(), key=lambda kv: kv[1])
+    if most > len(ids):
+        raise UserError(f"{plan.path}: a job of size {size} asks for {most} GPUs (cluster.gpus_per_node) and this "
+                        f"machine has {len(ids)} (CUDA_VISIBLE_DEVICES or torch); lower gpus_per_node")
+    return GpuPool(ids)
 
 
 def _done(w: _Watched) -> bool:
@@ -122,8 +170,10 @@ def make_executor(plan: SweepPlan, cluster: ClusterSpec, scheduler: str) -> Any:
                                  local_max_num_timeout=limit)
 
 
-def submit_run(plan: SweepPlan, spec: RunSpec, cluster: ClusterSpec, scheduler: str) -> Any:
-    """Submit one run as a job (its config written first) and record the job in RUN/job.json."""
+def submit_run(plan: SweepPlan, spec: RunSpec, cluster: ClusterSpec, scheduler: str,
+               devices: str | None = None) -> Any:
+    """Submit one run as a job (its config written first) and record the job in RUN/job.json; ``devices``: its
+    GPUs on the local executor (from the :class:`GpuPool`)."""
     from lowrank_lm.launch.jobs import TrainJob
 
     write_run_config(spec)
@@ -131,7 +181,7 @@ def submit_run(plan: SweepPlan, spec: RunSpec, cluster: ClusterSpec, scheduler: 
     launch = launch_line(spec.config_path, res)
     # an executor per job: submitit keeps a parameter that a later update leaves unset, and sizes differ
     executor = make_executor(plan, cluster, scheduler)
-    executor.update_parameters(**executor_parameters(res, spec.name, launch, scheduler))
+    executor.update_parameters(**executor_parameters(res, spec.name, launch, scheduler, devices))
     train = TrainJob(str(spec.run_dir), os.getcwd(), res.retries, stop_timeout_s=max(10, res.signal_delay_s - 10),
                      sweep_file=str(Path(plan.path).resolve()))
     try:
@@ -162,36 +212,29 @@ def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0,
     states = {r.name: run_state(r) for r in plan.runs}
     print(progress_view(plan, states, mine if shard[1] > 1 else None), file=out)
     outcome = SweepOutcome([], [], [], [])
-    waiting: list[RunSpec] = []
-    watched: list[_Watched] = []
-    for spec in sorted(mine, key=lambda r: (r.flops, r.name)):
-        st = states[spec.name]
-        rec = JobRecord.load(spec.run_dir)
-        if st.status in ("done", "running"):
-            why = "finished" if st.status == "done" else "being trained by another process"
-            print(f"{spec.name}: skipped ({why})", file=out)
-            outcome.skipped.append(spec.name)
-        elif job_active(rec):
-            print(f"{spec.name}: already submitted as job {rec.job_id}", file=out)
-            watched.append(_Watched(spec, None))
-        else:
-            (spec.run_dir / FAILED_MARKER).unlink(missing_ok=True)
-            waiting.append(spec)
+    pool = gpu_pool(plan, cluster, mine, scheduler)
+    waiting, watched = _to_submit(mine, states, outcome, out)
     slots = (cluster.base.max_parallel or 1) if scheduler == "local" else len(waiting) + len(watched)
     where = "Slurm" if scheduler == "slurm" else "submitit's local executor (no Slurm here)"
     print(f"{len(waiting)} runs to submit to {where}; job folders in {plan.out_dir / JOBS_DIR}/", file=out)
     try:
         while waiting or (watched and not detach):
             while waiting and len(watched) < slots:
+                devices = pool.take(cluster.for_size(waiting[0].size).gpus_per_node) if pool else None
+                if pool is not None and devices is None:
+                    break  # the next run waits for a running job to give its GPUs back
                 spec = waiting.pop(0)
-                job = submit_run(plan, spec, cluster, scheduler)
-                print(f"{spec.name}: submitted as job {job.job_id}", file=out, flush=True)
-                watched.append(_Watched(spec, job))
+                job = submit_run(plan, spec, cluster, scheduler, devices)
+                gpus = f" on GPUs {devices}" if devices else ""
+                print(f"{spec.name}: submitted as job {job.job_id}{gpus}", file=out, flush=True)
+                watched.append(_Watched(spec, job, devices))
             if detach:
                 break
             time.sleep(poll_s)
             for w in [w for w in watched if _done(w)]:
                 watched.remove(w)
+                if pool is not None and w.devices is not None:
+                    pool.give(w.devices)
                 _report(w.spec, outcome, out, w.since)
                 write_results(plan, {r.name: run_state(r) for r in plan.runs})
                 if _cancelled(w.spec) and waiting:  # sweep --cancel: the whole sweep stops, not one job
@@ -218,6 +261,28 @@ def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0,
     print(f"results: {plan.results_csv} ({sum(s.status == 'done' for s in states.values())} finished runs), "
           f"{plan.results_json}", file=out)
     return outcome
+
+
+def _to_submit(mine: list[RunSpec], states: dict[str, RunState], outcome: SweepOutcome,
+               out: TextIO) -> tuple[list[RunSpec], list[_Watched]]:
+    """(runs to submit, smallest first; jobs of earlier commands still queued or running), with finished runs
+    and runs trained elsewhere counted as skipped."""
+    waiting: list[RunSpec] = []
+    watched: list[_Watched] = []
+    for spec in sorted(mine, key=lambda r: (r.flops, r.name)):
+        st = states[spec.name]
+        rec = JobRecord.load(spec.run_dir)
+        if st.status in ("done", "running"):
+            why = "finished" if st.status == "done" else "being trained by another process"
+            print(f"{spec.name}: skipped ({why})", file=out)
+            outcome.skipped.append(spec.name)
+        elif job_active(rec):
+            print(f"{spec.name}: already submitted as job {rec.job_id}", file=out)
+            watched.append(_Watched(spec, None))
+        else:
+            (spec.run_dir / FAILED_MARKER).unlink(missing_ok=True)
+            waiting.append(spec)
+    return waiting, watched
 
 
 def _remove_template_folder(plan: SweepPlan) -> None:
