@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import sys
 
 EXAMPLES = ["lowrank-lm sweep configs/sweeps/cpu-mini.yaml --dry-run",
@@ -23,13 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads per run (default: all cores, divided among shards when --shard is given)")
     p.add_argument("--in-process", action="store_true",
-                   help="train in this process instead of one child process per run (debugging)")
+                   help="train in this process instead of one submitit job per run (debugging)")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failed run")
     p.add_argument("--quiet", action="store_true", help="do not echo the trainer's output (it is in RUN/train.log)")
     g = p.add_argument_group("executors", "where the runs train (docs/cluster.md)")
     g.add_argument("--executor", choices=("local", "submitit"), default=None,
-                   help="local: child processes of this command (default); submitit: one scheduler job per run "
-                        "through submitit (Slurm where srun exists, submitit's local executor elsewhere)")
+                   help="local: one job per run on this machine (submitit's local executor, set by the options "
+                        "above; default); submitit: one scheduler job per run through submitit (Slurm where srun "
+                        "exists, submitit's local executor elsewhere), set by the sweep's cluster section")
     g.add_argument("--gpus", default=None, metavar="0,1,2,3",
                    help="local: train runs side by side, each on its own GPUs of this list (CUDA_VISIBLE_DEVICES)")
     g.add_argument("--gpus-per-run", type=int, default=None, metavar="K",
@@ -134,7 +133,7 @@ def _check_executor_options(args: argparse.Namespace, executor: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowrank_lm.launch.execute import InProcessRunner, SubprocessRunner, execute
+    from lowrank_lm.launch.execute import InProcessRunner, execute
     from lowrank_lm.launch.sweep import load_sweep, parse_shard
 
     shard = parse_shard(args.shard) if args.shard else (0, 1)
@@ -157,26 +156,16 @@ def run(args: argparse.Namespace) -> int:
         return run_jobs(plan, cluster, shard, detach=args.detach, poll_s=poll, scheduler=scheduler).exit_code
     slots = _gpu_slots(args)
     if args.in_process:
-        runner: InProcessRunner | SubprocessRunner | list[SubprocessRunner] = InProcessRunner()
-    else:
-        threads = args.threads
-        parallel = shard[1] * (len(slots) if slots else 1)
-        if threads is None and parallel > 1 and not os.environ.get("OMP_NUM_THREADS"):
-            # runs side by side on one machine share its cores; oversubscribing them costs far more than it gains
-            threads = max(1, (os.cpu_count() or 1) // parallel)
-        launcher = args.launcher
-        if launcher is None and slots and args.gpus_per_run and args.gpus_per_run > 1:
-            from lowrank_lm.launch.cluster import torchrun_command
+        # the one runner beside submitit's executors (why: lowrank_lm.launch.execute's docstring)
+        return execute(plan, InProcessRunner(), shard, stop_on_error=args.stop_on_error).exit_code
+    from lowrank_lm.launch.local import local_cluster
+    from lowrank_lm.launch.submit import Follow, run_jobs
 
-            launcher = shlex.join([*torchrun_command(), "--standalone", "--nnodes=1",
-                                   f"--nproc-per-node={args.gpus_per_run}", "-m", "lowrank_lm"])
-        echo = None if args.quiet else sys.stderr
-        if slots:
-            runner = [SubprocessRunner(launcher, threads, echo=echo, devices=d) for d in slots]
-        else:
-            runner = SubprocessRunner(launcher, threads, echo=echo)
-    outcome = execute(plan, runner, shard, stop_on_error=args.stop_on_error)
-    return outcome.exit_code
+    cluster = local_cluster(slots, args.gpus_per_run, args.threads, args.launcher, shard[1])
+    follow = Follow(poll_s=0.5, gpu_ids=[d for s in slots for d in s.split(",")] if slots else None,
+                    echo=None if args.quiet else sys.stderr, stop_on_error=args.stop_on_error,
+                    where="submitit's local executor")
+    return run_jobs(plan, cluster, shard, out=sys.stderr, scheduler="local", follow=follow).exit_code
 
 
 def _cluster_here(args: argparse.Namespace, plan):

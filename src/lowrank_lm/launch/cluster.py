@@ -74,6 +74,9 @@ class Resources:
     max_timeouts: int = 10
     retries: int = 2
     max_parallel: int | None = None
+    launcher: str | None = None
+    """Not a key of the section: ``sweep --launcher CMD`` on the local executor, the command that starts the
+    trainer (followed by ``train RUN/config.yaml``) instead of this python or torchrun."""
 
     @property
     def processes(self) -> int:
@@ -241,7 +244,10 @@ def torchrun_command(python: str | None = None) -> list[str]:
 
 
 def launch_line(config_path: str | Path, res: Resources, python: str | None = None) -> str:
-    """The shell line a run's job runs: the trainer alone, or torchrun with one process per GPU."""
+    """The shell line a run's job runs: the trainer alone, or torchrun with one process per GPU (or the
+    resources' own ``launcher`` followed by ``train CONFIG``)."""
+    if res.launcher:
+        return shlex.join([*shlex.split(res.launcher), "train", str(config_path)])
     py = python or sys.executable
     train = ["-m", "lowrank_lm", "train", str(config_path)]
     if res.nodes == 1 and res.gpus_per_node <= 1:

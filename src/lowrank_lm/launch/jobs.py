@@ -119,9 +119,11 @@ class TrainJob(submitit.helpers.Checkpointable):
             self._record(run, env, state="stopped", message="stopped before the end (SIGTERM without the "
                          "scheduler's requeue signal); the checkpoint is kept: submit the sweep again to resume")
             return {"finished": False}
-        why = last_line(log, start) or f"exit status {rc}"
+        last = last_line(log, start)
+        why = f"exit status {rc}" + (f": {last}" if last else "")
         if self.retries_used >= self.retries:
-            self._fail(run, env, f"failed {self.retries_used + 1} times; last: {why}")
+            tries = f"failed {self.retries_used + 1} times; last: " if self.retries else ""
+            self._fail(run, env, f"{tries}{why}; see {log}")
         self.retries_used += 1
         self._record(run, env, state="retrying", message=why)
         self._requeue_now()

@@ -28,6 +28,7 @@ from lowrank_lm.launch.cluster import ClusterSpec, executor_parameters, launch_l
 from lowrank_lm.launch.execute import (
     FAILED_MARKER,
     JOBS_DIR,
+    LOG_NAME,
     RunState,
     SweepOutcome,
     _fmt_time,
@@ -51,8 +52,8 @@ def require_submitit() -> Any:
     try:
         import submitit
     except ImportError:
-        raise UserError("--executor submitit needs submitit: pip install 'lowrank-lm[cluster]' (or pip install "
-                        "submitit)") from None
+        raise UserError("sweeps run their jobs through submitit, which is not installed: pip install "
+                        "'lowrank-lm[cluster]' (or pip install submitit)") from None
     return submitit
 
 
@@ -107,6 +108,8 @@ class _Watched:
     """A submitit Job, or None for a job submitted by an earlier command (followed through its record)."""
     devices: str | None = None
     """The GPUs the job holds from this command's :class:`GpuPool` (None: it holds none of them)."""
+    echoed: int = 0
+    """Bytes of the run's train.log already echoed (or there before the job started)."""
     since: float = field(default_factory=time.monotonic)
 
 
@@ -141,13 +144,14 @@ class GpuPool:
         self.free = [d for d in self.ids if d in back or d in self.free]
 
 
-def gpu_pool(plan: SweepPlan, cluster: ClusterSpec, runs: list[RunSpec], scheduler: str) -> GpuPool | None:
+def gpu_pool(plan: SweepPlan, cluster: ClusterSpec, runs: list[RunSpec], scheduler: str,
+             ids: list[str] | None = None) -> GpuPool | None:
     """The pool the local executor's jobs take their GPUs from, when several jobs that ask for GPUs run at once
     (None otherwise: one job at a time gets submitit's own choice, GPUs 0..gpus_per_node-1)."""
     wants = {r.size: cluster.for_size(r.size).gpus_per_node for r in runs}
     if scheduler != "local" or (cluster.base.max_parallel or 1) <= 1 or not any(wants.values()):
         return None
-    ids = GpuPool.here()
+    ids = GpuPool.here() if ids is None else ids
     size, most = max(wants.items(), key=lambda kv: kv[1])
     if most > len(ids):
         raise UserError(f"{plan.path}: a job of size {size} asks for {most} GPUs (cluster.gpus_per_node) and this "
@@ -197,13 +201,30 @@ def submit_run(plan: SweepPlan, spec: RunSpec, cluster: ClusterSpec, scheduler: 
     return job
 
 
+@dataclass
+class Follow:
+    """How ``run_jobs`` follows its jobs: poll interval, detach, and what the local executor adds (the GPUs it
+    shares out, echoing the trainers' output, stopping at the first failed run)."""
+
+    poll_s: float = 30.0
+    detach: bool = False
+    gpu_ids: list[str] | None = None
+    """The GPUs the local jobs share out (None: those this command sees; see :func:`gpu_pool`)."""
+    echo: TextIO | None = None
+    """Where each running run's new log lines go while the command follows it (None: nowhere)."""
+    stop_on_error: bool = False
+    where: str = "submitit's local executor (no Slurm here)"
+
+
 def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0, 1), detach: bool = False,
-             poll_s: float = 30.0, out: TextIO | None = None, scheduler: str | None = None) -> SweepOutcome:
+             poll_s: float = 30.0, out: TextIO | None = None, scheduler: str | None = None,
+             follow: Follow | None = None) -> SweepOutcome:
     """Submit this shard's unfinished runs as jobs and (unless ``detach``) follow them to their end."""
     out = out or sys.stderr
+    follow = follow or Follow(poll_s, detach)
     scheduler = scheduler or detect_scheduler()
     cluster.check_scheduler(scheduler)
-    if detach and scheduler == "local":
+    if follow.detach and scheduler == "local":
         raise UserError("--detach needs Slurm: without it (no srun here) this command runs the jobs itself; "
                         "drop --detach")
     mine = shard_runs(plan.runs, *shard)
@@ -212,36 +233,12 @@ def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0,
     states = {r.name: run_state(r) for r in plan.runs}
     print(progress_view(plan, states, mine if shard[1] > 1 else None), file=out)
     outcome = SweepOutcome([], [], [], [])
-    pool = gpu_pool(plan, cluster, mine, scheduler)
+    pool = gpu_pool(plan, cluster, mine, scheduler, follow.gpu_ids)
     waiting, watched = _to_submit(mine, states, outcome, out)
-    slots = (cluster.base.max_parallel or 1) if scheduler == "local" else len(waiting) + len(watched)
-    where = "Slurm" if scheduler == "slurm" else "submitit's local executor (no Slurm here)"
+    where = "Slurm" if scheduler == "slurm" else follow.where
     print(f"{len(waiting)} runs to submit to {where}; job folders in {plan.out_dir / JOBS_DIR}/", file=out)
     try:
-        while waiting or (watched and not detach):
-            while waiting and len(watched) < slots:
-                devices = pool.take(cluster.for_size(waiting[0].size).gpus_per_node) if pool else None
-                if pool is not None and devices is None:
-                    break  # the next run waits for a running job to give its GPUs back
-                spec = waiting.pop(0)
-                job = submit_run(plan, spec, cluster, scheduler, devices)
-                gpus = f" on GPUs {devices}" if devices else ""
-                print(f"{spec.name}: submitted as job {job.job_id}{gpus}", file=out, flush=True)
-                watched.append(_Watched(spec, job, devices))
-            if detach:
-                break
-            time.sleep(poll_s)
-            for w in [w for w in watched if _done(w)]:
-                watched.remove(w)
-                if pool is not None and w.devices is not None:
-                    pool.give(w.devices)
-                _report(w.spec, outcome, out, w.since)
-                write_results(plan, {r.name: run_state(r) for r in plan.runs})
-                if _cancelled(w.spec) and waiting:  # sweep --cancel: the whole sweep stops, not one job
-                    print(f"sweep cancelled (sweep --cancel): {len(waiting)} runs not submitted", file=out,
-                          flush=True)
-                    outcome.unfinished += [spec.name for spec in waiting]
-                    waiting.clear()
+        _follow(plan, cluster, scheduler, follow, pool, waiting, watched, outcome, out)
     except KeyboardInterrupt:
         what = ("the jobs keep running on Slurm" if scheduler == "slurm" else
                 "the local jobs got Ctrl-C too and stop; their runs resume from their checkpoints")
@@ -253,7 +250,7 @@ def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0,
     write_results(plan, states)
     if any(_cancelled(spec) for spec in mine):
         outcome = _Cancelled(outcome.finished, outcome.skipped, outcome.failed, outcome.unfinished)
-    if detach:
+    if follow.detach:
         outcome.unfinished += [w.spec.name for w in watched]
         print(f"submitted; watch with: lowrank-lm sweep {plan.path} --status (cancel with --cancel)", file=out)
         return _Detached(outcome.finished, outcome.skipped, outcome.failed, outcome.unfinished)
@@ -261,6 +258,60 @@ def run_jobs(plan: SweepPlan, cluster: ClusterSpec, shard: tuple[int, int] = (0,
     print(f"results: {plan.results_csv} ({sum(s.status == 'done' for s in states.values())} finished runs), "
           f"{plan.results_json}", file=out)
     return outcome
+
+
+def _follow(plan: SweepPlan, cluster: ClusterSpec, scheduler: str, follow: Follow, pool: GpuPool | None,
+            waiting: list[RunSpec], watched: list[_Watched], outcome: SweepOutcome, out: TextIO) -> None:
+    """Submit the waiting runs as slots (and GPUs) free up, and report each job as it ends."""
+    slots = (cluster.base.max_parallel or 1) if scheduler == "local" else len(waiting) + len(watched)
+    while waiting or (watched and not follow.detach):
+        while waiting and len(watched) < slots:
+            devices = pool.take(cluster.for_size(waiting[0].size).gpus_per_node) if pool else None
+            if pool is not None and devices is None:
+                break  # the next run waits for a running job to give its GPUs back
+            spec = waiting.pop(0)
+            log = spec.run_dir / LOG_NAME
+            start = log.stat().st_size if log.is_file() else 0  # echo only what this job writes
+            job = submit_run(plan, spec, cluster, scheduler, devices)
+            gpus = f" on GPUs {devices}" if devices else ""
+            print(f"{spec.name}: submitted as job {job.job_id}{gpus}", file=out, flush=True)
+            watched.append(_Watched(spec, job, devices, echoed=start))
+        if follow.detach:
+            break
+        time.sleep(follow.poll_s)
+        if follow.echo is not None:
+            for w in watched:
+                _echo(w, follow.echo, "    " if slots == 1 else f"    [{w.spec.name}] ")
+        for w in [w for w in watched if _done(w)]:
+            watched.remove(w)
+            if follow.echo is not None:
+                _echo(w, follow.echo, "    " if slots == 1 else f"    [{w.spec.name}] ")
+            if pool is not None and w.devices is not None:
+                pool.give(w.devices)
+            _report(w.spec, outcome, out, w.since)
+            write_results(plan, {r.name: run_state(r) for r in plan.runs})
+            why = ("sweep cancelled (sweep --cancel)" if _cancelled(w.spec) else
+                   "stopped at the first failed run (--stop-on-error)" if follow.stop_on_error
+                   and w.spec.name in outcome.failed else None)
+            if why and waiting:  # the whole sweep stops, not one job
+                print(f"{why}: {len(waiting)} runs not submitted", file=out, flush=True)
+                outcome.unfinished += [spec.name for spec in waiting]
+                waiting.clear()
+
+
+def _echo(w: _Watched, echo: TextIO, prefix: str) -> None:
+    """The whole lines the run's job has added to its train.log since the last look, prefixed."""
+    try:
+        with (w.spec.run_dir / LOG_NAME).open("rb") as fh:
+            fh.seek(w.echoed)
+            text = fh.read()
+    except OSError:
+        return
+    whole = text[:text.rfind(b"\n") + 1]
+    w.echoed += len(whole)
+    for line in whole.decode("utf-8", "replace").splitlines():
+        echo.write(f"{prefix}{line}\n")
+    echo.flush()
 
 
 def _to_submit(mine: list[RunSpec], states: dict[str, RunState], outcome: SweepOutcome,
