@@ -1,4 +1,6 @@
-"""``sweep --executor submitit``: every run a scheduler job, watched and cancelled from one place.
+"""Every run of a sweep a submitit job, watched and cancelled from one place: ``sweep --executor submitit``
+(Slurm, or submitit's local executor where there is no Slurm) and ``sweep --executor local`` (the local
+executor with the command's own settings, :mod:`lowrank_lm.launch.local`).
 
 submitit's AutoExecutor picks Slurm where ``srun`` exists and its local executor elsewhere (jobs as
 local processes: what the tests use). One job per run, each with its own resources (the ``cluster:``
