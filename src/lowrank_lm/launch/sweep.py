@@ -367,7 +367,7 @@ def _run_tokens(probe: Config, budget: _Budget, dense_acc: RunAccounting, match_
     return dense_acc.tokens_requested if match_dense else own.tokens_requested
 
 
-def _run_spec(p: Path, out_dir: Path, size: str, structure: str, label: str | None, frac: float | None,
+def _run_spec(p: Path, out_dir: Path, size: str, structure: str, label: int | None, frac: float | None,
               budget: _Budget,
               seed: int | None, several_seeds: bool, cell_cfg_path: Path | None, cell_over: list[str],
               dense_acc: RunAccounting, match_dense: bool) -> RunSpec:

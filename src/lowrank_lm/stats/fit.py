@@ -412,7 +412,7 @@ def _series_fit(group: _Group, k: int, mode: str, p_hat: np.ndarray, s: float, d
         curve_per_decade = _ols_slopes(log10x[sel], np.exp(fitted[None, sel]))[0]
         fit.per_decade_samples = fit.loss_per_decade + (boot.per_decade[:, k] - curve_per_decade)
         fit.loss_per_decade_ci = quantile_interval(fit.per_decade_samples, level)
-    if fit.alpha_ci is not None and fit.alpha_ci[1] - fit.alpha_ci[0] > fit.alpha:
+    if fit.alpha_ci is not None and fit.alpha_ci[1] - fit.alpha_ci[0] > float(a[k]):
         fit.warnings.append("alpha is poorly determined: its interval is wider than its value")
     decades = math.log10(ser.x.max() / ser.x.min())
     if decades < 1:

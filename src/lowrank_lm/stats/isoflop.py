@@ -238,12 +238,13 @@ def profile_series(ser: JointSeries, noise: SeedNoise | None, n_bootstrap: int, 
     usable = [p for p in profiles if p.N_opt is not None]
     if len(usable) >= 2:
         lnC = np.log([p.C for p in usable])
-        reps = np.column_stack([p.samples for p in usable]) if B and all(p.samples is not None for p in usable) \
-            else None
-        lnN = np.log([p.N_opt for p in usable])
+        samples = [p.samples for p in usable if p.samples is not None]
+        reps = np.column_stack(samples) if B and len(samples) == len(usable) else None
+        lnN = np.log([p.N_opt for p in usable if p.N_opt is not None])
         result.laws["N_isoflop"] = _law("N", "isoflop", lnC, lnN, reps, level)
         d_reps = None if reps is None else np.column_stack([np.log(p.D_at(reps[:, k])) for k, p in enumerate(usable)])
-        result.laws["D_isoflop"] = _law("D", "isoflop", lnC, np.log([p.D_opt for p in usable]), d_reps, level)
+        lnD = np.log([p.D_opt for p in usable if p.D_opt is not None])  # set with N_opt
+        result.laws["D_isoflop"] = _law("D", "isoflop", lnC, lnD, d_reps, level)
     return result
 
 

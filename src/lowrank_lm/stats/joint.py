@@ -334,7 +334,7 @@ class _Problem:
                 lam[idx[~better]] *= 4
                 done[idx[(better & ((gain < 1e-10) | (moved < 1e-8))) | (lam[idx] > 1e10)]] = True
         for r in np.flatnonzero(~done):  # the few slow ones (residuals hovering at delta): scipy, one by one
-            res = self.solve(Y[r], [P[r]])
+            res = self.solve(Y[r], P[r][None, :])
             P[r] = res.x if res is not None else np.nan
         P[~np.isfinite(P).all(axis=1) | (P[:, 0] >= Y.min(axis=1))] = np.nan
         return P
