@@ -14,8 +14,8 @@ import argparse
 
 import numpy as np
 
-from lowrank_lm.scaling.fit import FitOptions, Series
-from lowrank_lm.scaling.shared import fit_shared
+from lowrank_lm.stats.fit import FitOptions, Series
+from lowrank_lm.stats.shared import fit_shared
 
 TRUTH = {"dense": 1.0, "lowrank-32": 1.25, "blockdense-32": 0.8}
 E, A, ALPHA, NOISE = 2.0, 5e4, 0.3, 0.002

@@ -78,7 +78,7 @@ def _sweep_run_config(run: Path) -> None:
 
 
 def _job_record(run: Path) -> None:
-    from lowrank_lm.scaling.job_record import JobRecord
+    from lowrank_lm.launch.job_record import JobRecord
 
     JobRecord("local", "7", "jobs/7").save(run)
 
@@ -88,7 +88,7 @@ def _manifest_like(run: Path) -> None:
 
 
 def _results_table(run: Path) -> None:
-    from lowrank_lm.scaling.table import write_json
+    from lowrank_lm.stats.table import write_json
 
     write_json({"written": True}, run / "results.json")
 
@@ -102,7 +102,7 @@ WRITERS = {
     "job_record.save": (_job_record, "job.json", [".job.json.tmp"]),
     "config.save_config": (_sweep_run_config, "config.yaml", []),
     "data/files.write_atomic": (_manifest_like, "manifest.json", ["manifest.json.tmp"]),
-    "scaling/table": (_results_table, "results.json", []),
+    "stats/table": (_results_table, "results.json", []),
 }
 
 

@@ -176,8 +176,8 @@ def test_a_prepare_that_breaks_on_bad_bytes_leaves_no_lock_behind(tmp_path):
 
 def test_sweep_refuses_a_foreign_out_dir_and_run_folder(tmp_path):
     from lowrank_lm.errors import UserError
-    from lowrank_lm.scaling.execute import execute
-    from lowrank_lm.scaling.sweep import load_sweep
+    from lowrank_lm.launch.execute import execute
+    from lowrank_lm.launch.sweep import load_sweep
 
     from .test_scaling_sweep import CPU, FakeTrainer
 
@@ -238,8 +238,8 @@ def test_lm_eval_default_output_is_checked_like_output(tmp_path):
 
 def test_the_run_layout_knows_the_files_a_sweep_adds():
     """An older sweep's run folder is adopted with the sweep's own files (they must not read as foreign)."""
-    from lowrank_lm.scaling.execute import FAILED_MARKER, LOG_NAME
-    from lowrank_lm.scaling.job_record import JOB_RECORD
+    from lowrank_lm.launch.execute import FAILED_MARKER, LOG_NAME
+    from lowrank_lm.launch.job_record import JOB_RECORD
     from lowrank_lm.train.rundir import SWEEP_FILES
 
     assert set(SWEEP_FILES) == {FAILED_MARKER, LOG_NAME, JOB_RECORD}

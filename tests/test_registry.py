@@ -140,7 +140,7 @@ def test_fraction_keeps_a_given_block_count_and_explicit_settings_still_work():
 
 def test_no_module_outside_layers_names_a_structure():
     # adding a structure is one module under layers/: nothing else may spell a kind's name as a string
-    # (scaling/paper_data.py is the exception: it holds the paper's printed series labels, as data; and the
+    # (stats/paper_data.py is the exception: it holds the paper's printed series labels, as data; and the
     # config, which imports no layer, names its default kind once, as config.DEFAULT_KIND)
     import ast
 
@@ -150,7 +150,7 @@ def test_no_module_outside_layers_names_a_structure():
     named = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith("layers/") or rel == "scaling/paper_data.py":
+        if rel.startswith("layers/") or rel == "stats/paper_data.py":
             continue
         tree = ast.parse(path.read_text())
         default = [node.value for node in tree.body if rel == "config.py" and isinstance(node, ast.Assign)
@@ -159,7 +159,7 @@ def test_no_module_outside_layers_names_a_structure():
                   if isinstance(node, ast.Constant) and node.value in registry.kinds() and node not in default]
     assert not named
     assert config.DEFAULT_KIND == registry.DENSE  # the config's one name is the registry's baseline
-    assert "paper_data.py" in {p.name for p in (root / "scaling").iterdir()}  # the exception still exists
+    assert "paper_data.py" in {p.name for p in (root / "stats").iterdir()}  # the exception still exists
 
 
 @pytest.mark.parametrize("kind", registry.structured_kinds())

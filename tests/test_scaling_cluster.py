@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.cluster import parse_cluster, parse_time
-from lowrank_lm.scaling.execute import InProcessRunner, execute
-from lowrank_lm.scaling.job_record import JobRecord
-from lowrank_lm.scaling.sweep import load_sweep
-from lowrank_lm.scaling.table import read_points
+from lowrank_lm.launch.cluster import parse_cluster, parse_time
+from lowrank_lm.launch.execute import InProcessRunner, execute
+from lowrank_lm.launch.job_record import JobRecord
+from lowrank_lm.launch.sweep import load_sweep
+from lowrank_lm.stats.table import read_points
 
 from .ecosystem import cli
 
@@ -91,17 +91,26 @@ def test_local_gpu_slots_and_submitit_jobs_write_the_sequential_results(tiny_dat
     seen = [(r.run_dir / "train.log").read_text().splitlines()[0].split()[1] for r in slots.runs]
     assert sorted(set(seen)) == ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]
 
-    # --executor submitit on a machine without Slurm: submitit's local executor, two jobs at a time
+    # --executor submitit on a machine without Slurm: submitit's local executor, two jobs at a time, each on its
+    # own GPU of the two this command sees (the runs train on the CPU: the test's GPUs are names only)
     path = write_sweep(tmp_path, tiny_data, "jobs")
-    code, out, err = cli("sweep", str(path), "--executor", "submitit", "--cluster", "max_parallel=2")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+        code, out, err = cli("sweep", str(path), "--executor", "submitit", "--cluster", "max_parallel=2",
+                             "--cluster", "gpus_per_node=1")
     assert code == 0, err
     jobs = load_sweep(path)
     assert losses(jobs.results_csv) == pytest.approx(reference, rel=1e-5)
     assert "4 runs to submit to submitit's local executor" in err and err.count("submitted as job") == 4
+    seen = []
     for r in jobs.runs:
         rec = JobRecord.load(r.run_dir)
         assert (rec.scheduler, rec.state, rec.requeues, rec.retries) == ("local", "done", 0, 0)
-        assert "lowrank_lm train" in (r.run_dir / "train.log").read_text().splitlines()[0]
+        first = (r.run_dir / "train.log").read_text().splitlines()[0]
+        assert "lowrank_lm train" in first
+        seen.append(first.split()[1])
+        assert f"{r.name}: submitted as job {rec.job_id} on GPUs {seen[-1].split('=')[1]}" in err
+    assert sorted(set(seen)) == ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]
 
     # --status: every run done, its progress in steps and tokens, its job and what the scheduler says
     code, out, _ = cli("sweep", str(path), "--status")
@@ -131,8 +140,8 @@ structures:
 
 @pytest.mark.slow
 def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(tiny_data, tmp_path, threads1):
-    from lowrank_lm.scaling.cluster import parse_cluster
-    from lowrank_lm.scaling.submit import run_jobs
+    from lowrank_lm.launch.cluster import parse_cluster
+    from lowrank_lm.launch.submit import run_jobs
 
     seq = load_sweep(write_sweep(tmp_path, tiny_data, "seq", LONG_RUN))
     with open(os.devnull, "w") as sink:
@@ -178,7 +187,7 @@ TWO_LONG_RUNS = LONG_RUN.replace("  a: {overrides: []}\n",
 
 @pytest.mark.slow
 def test_cancel_stops_the_whole_sweep_of_the_local_executor(tiny_data, tmp_path, threads1):
-    from lowrank_lm.scaling.submit import cancel_jobs, run_jobs
+    from lowrank_lm.launch.submit import cancel_jobs, run_jobs
 
     plan = load_sweep(write_sweep(tmp_path, tiny_data, "cancel", TWO_LONG_RUNS))
     first, second = sorted(plan.runs, key=lambda r: (r.flops, r.name))
@@ -363,6 +372,27 @@ def test_cluster_section_parsing_and_errors(tmp_path):
         parse_cluster({"max_parallel": 2, "time": 60}, [], ["s"]).check_scheduler("slurm")
 
 
+def test_the_local_executors_jobs_take_their_own_gpus_and_give_them_back(tmp_path, monkeypatch):
+    from lowrank_lm.launch.submit import GpuPool, gpu_pool
+
+    pool = GpuPool(["2", "5", "7"])
+    first, second = pool.take(2), pool.take(1)
+    assert (first, second, pool.take(1)) == ("2,5", "7", None)  # none left: the next job waits
+    pool.give(first)
+    assert (pool.free, pool.take(0)) == (["2", "5"], "")  # back in the machine's order; a CPU job takes none
+    # which sweeps share GPUs out: several jobs at once on the local executor, some of them asking for GPUs
+    plan = load_sweep(write_sweep(tmp_path, tmp_path / "data", "pool"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    two = parse_cluster({"max_parallel": 2, "gpus_per_node": 1}, [], ["a", "b"])
+    assert gpu_pool(plan, two, plan.runs, "local").free == ["0", "1"]
+    assert gpu_pool(plan, two, plan.runs, "slurm") is None
+    assert gpu_pool(plan, parse_cluster({"max_parallel": 2}, [], ["a", "b"]), plan.runs, "local") is None
+    assert gpu_pool(plan, parse_cluster({"gpus_per_node": 1}, [], ["a", "b"]), plan.runs, "local") is None
+    big = parse_cluster({"max_parallel": 2, "sizes": {"b": {"gpus_per_node": 4}}}, [], ["a", "b"])
+    with pytest.raises(UserError, match=r"a job of size b asks for 4 GPUs .* this machine has 2"):
+        gpu_pool(plan, big, plan.runs, "local")
+
+
 def test_executor_option_errors_are_one_line(tmp_path, monkeypatch):
     path = write_sweep(tmp_path, tmp_path / "data", "opts")
     for argv, message in [
@@ -381,7 +411,7 @@ def test_executor_option_errors_are_one_line(tmp_path, monkeypatch):
 
 
 def test_the_paper_slurm_preset_is_the_paper_grid_with_a_valid_cluster_section():
-    from lowrank_lm.scaling.cluster import launch_line
+    from lowrank_lm.launch.cluster import launch_line
 
     plan = load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "paper-slurm.yaml")
     assert len(plan.runs) == 28 and plan.out_dir == Path("runs/sweeps/paper")  # the same folders as paper.yaml

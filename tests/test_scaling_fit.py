@@ -11,10 +11,10 @@ import pytest
 
 from lowrank_lm.cli import main
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.compare import NOT_DISTINGUISHABLE, compare_all
-from lowrank_lm.scaling.fit import FitOptions, Series, fit_all
-from lowrank_lm.scaling.paper_data import FIGURE_SERIES, paper_points, paper_rows
-from lowrank_lm.scaling.table import read_points
+from lowrank_lm.stats.compare import NOT_DISTINGUISHABLE, compare_all
+from lowrank_lm.stats.fit import FitOptions, Series, fit_all
+from lowrank_lm.stats.paper_data import FIGURE_SERIES, paper_points, paper_rows
+from lowrank_lm.stats.table import read_points
 
 pytest.importorskip("scipy")
 
@@ -223,7 +223,7 @@ def test_report_survives_a_reader_that_closes_the_pipe(tmp_path):
 
 
 def test_report_says_when_an_estimate_lies_outside_its_interval_and_floors_bound_noise():
-    from lowrank_lm.scaling.report import _floor_zero, _meet
+    from lowrank_lm.stats.report import _floor_zero, _meet
 
     text = _meet({"at": 6.32e11, "ci": [6.6e11, None], "share_of_replicates": 0.6, "searched_up_to": 1e20})
     assert text.startswith("6.32e+11 [6.6e+11, beyond search] (60% of replicates meet); the estimate lies outside")

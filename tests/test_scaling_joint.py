@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from lowrank_lm.cli import main
-from lowrank_lm.scaling.isoflop import analyse, profile_series
-from lowrank_lm.scaling.joint import JointFit, JointOptions, JointSeries, _Problem, fit_joint
-from lowrank_lm.scaling.planner import load_fits, plan
-from lowrank_lm.scaling.seeds import average_seeds, group_cells, pooled_noise
+from lowrank_lm.stats.isoflop import analyse, profile_series
+from lowrank_lm.stats.joint import JointFit, JointOptions, JointSeries, _Problem, fit_joint
+from lowrank_lm.stats.planner import load_fits, plan
+from lowrank_lm.stats.seeds import average_seeds, group_cells, pooled_noise
 
 # Chinchilla's fitted law (Hoffmann et al. 2022, approach 3) as the ground truth.
 TRUTH = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}

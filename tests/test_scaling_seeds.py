@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.execute import RunState, result_row
-from lowrank_lm.scaling.sweep import load_sweep
+from lowrank_lm.launch.execute import RunState, result_row
+from lowrank_lm.launch.sweep import load_sweep
 
 from .test_scaling_sweep import write_sweep
 

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from lowrank_lm.scaling.fit import FitOptions, Series
-from lowrank_lm.scaling.shared import fit_shared
+from lowrank_lm.stats.fit import FitOptions, Series
+from lowrank_lm.stats.shared import fit_shared
 
 from .ecosystem import cli
 
@@ -109,7 +109,7 @@ def test_cli_json_contract_report_and_figure(tmp_path):
 
 
 def test_collapsed_figure_contents():
-    from lowrank_lm.scaling.plots import shared_figure
+    from lowrank_lm.stats.plots import shared_figure
 
     series = synthetic(3)
     fit = fit_shared(series, "dense", FitOptions(n_bootstrap=50), check=False)
@@ -175,7 +175,7 @@ def test_plan_reads_multipliers_with_intervals_and_bench_times(tmp_path):
 
 
 def test_human_time_units():
-    from lowrank_lm.scaling.planner import human_time
+    from lowrank_lm.stats.planner import human_time
 
     assert [human_time(s) for s in (42, 143, 3 * 3600 + 600, 20 * 3600, 5 * 86400, 30 * 86400)] == \
         ["42 s", "2 min", "3.2 h", "20 h", "5 days", "30 days"]
@@ -223,11 +223,11 @@ def test_shared_joint_needs_token_budgets(tmp_path):
 def test_token_budgets_are_a_data_axis():
     """Series name structures; compute-law curves split by token budget and pair only at equal budgets; the
     joint law takes every budget; token budgets are not IsoFLOP budgets."""
-    from lowrank_lm.scaling.compare import compare_all
-    from lowrank_lm.scaling.fit import fit_all
-    from lowrank_lm.scaling.isoflop import is_isoflop
-    from lowrank_lm.scaling.joint import series_from_rows
-    from lowrank_lm.scaling.table import split_token_budgets
+    from lowrank_lm.stats.compare import compare_all
+    from lowrank_lm.stats.fit import fit_all
+    from lowrank_lm.stats.isoflop import is_isoflop
+    from lowrank_lm.stats.joint import series_from_rows
+    from lowrank_lm.stats.table import split_token_budgets
 
     rows = []
     for name, k in (("dense", 1.0), ("lowrank-32", 1.2)):
@@ -253,9 +253,9 @@ def test_isoflop_figure_without_laws_has_no_empty_legend(recwarn, monkeypatch):
     """One budget gives profiles but no N*(C) law: the right panel gets no legend box and nothing is warned."""
     import matplotlib.pyplot as plt
 
-    from lowrank_lm.scaling import plots
-    from lowrank_lm.scaling.isoflop import analyse
-    from lowrank_lm.scaling.joint import series_from_rows
+    from lowrank_lm.stats import plots
+    from lowrank_lm.stats.isoflop import analyse
+    from lowrank_lm.stats.joint import series_from_rows
 
     saved = {}
     monkeypatch.setattr(plots, "_save", lambda fig, path, plt_: saved.setdefault("fig", fig))

@@ -14,17 +14,16 @@ import pytest
 from lowrank_lm.cli import main
 from lowrank_lm.errors import UserError
 from lowrank_lm.resolve import load_config
-from lowrank_lm.scaling.execute import (
+from lowrank_lm.launch.execute import (
     FAILED_MARKER,
     LOCK_NAME,
     RunFailed,
-    SubprocessRunner,
     execute,
     run_state,
     write_run_config,
 )
-from lowrank_lm.scaling.sweep import RunSpec, load_sweep, parse_shard, shard_runs
-from lowrank_lm.scaling.table import read_points
+from lowrank_lm.launch.sweep import RunSpec, load_sweep, parse_shard, shard_runs
+from lowrank_lm.stats.table import read_points
 from lowrank_lm.train.rundir import run_ownership
 from lowrank_lm.train.summary import RunSummary
 
@@ -242,7 +241,7 @@ def test_skips_finished_resumes_interrupted_and_fits(tmp_path):
     assert {r["status"] for r in data["runs"]} == {"done"}
 
     # the table feeds `fit` directly: three series of four sizes, exponents in the order of the law
-    from lowrank_lm.scaling.fit import FitOptions, Series, fit_all
+    from lowrank_lm.stats.fit import FitOptions, Series, fit_all
 
     result = fit_all(Series.from_rows(rows), FitOptions(n_bootstrap=50))
     alpha = {k: v.alpha for k, v in result.series.items()}
@@ -346,20 +345,34 @@ json.dump(SUMMARY, open(os.path.join(out, "summary.json"), "w"))
 """
 
 
-def test_subprocess_runner_isolates_runs_and_logs(tmp_path):
-    plan = load_sweep(write_sweep(tmp_path, FOUR_SIZES.replace("s3:", "#").replace("s4:", "#")))
+def test_the_local_executor_isolates_runs_and_logs(tmp_path):
+    # sweep --executor local (the default): each run a job of submitit's local executor, the trainer started by
+    # --launcher in its own process with the thread count and the malloc settings; a crash fails its run only
+    from .ecosystem import cli
+
+    path = write_sweep(tmp_path, FOUR_SIZES.replace("s2:", "#").replace("s3:", "#").replace("s4:", "#"))
+    plan = load_sweep(path)
     script = tmp_path / "fake_train.py"
     # every run gets the same (complete) summary; JSON numbers and strings are Python literals
     script.write_text(FAKE_TRAIN.replace("SUMMARY", json.dumps(fake_summary(plan.runs[0], 3.0, 1.0).to_dict())))
-    runner = SubprocessRunner(f"{sys.executable} {script}", threads=1)
-    with open(os.devnull, "w") as sink:
-        outcome = execute(plan, runner, out=sink)
-    assert sorted(outcome.failed) == ["s1-lowrank-32", "s2-lowrank-32"] and len(outcome.finished) == 4
+    launcher = ["--launcher", f"{sys.executable} {script}", "--threads", "1"]
+    smallest = min(plan.runs, key=lambda r: (r.flops, r.name))
+    assert smallest.name == "s1-lowrank-32"  # submitted first, and it fails
+    code, _, err = cli("sweep", str(path), *launcher, "--stop-on-error", "--quiet")
+    assert code == 1 and err.count(": submitted as job") == 1, err
+    assert "stopped at the first failed run (--stop-on-error): 2 runs not submitted" in err
+    assert "    threads 1" not in err  # --quiet: the trainer's output only in its log
+    code, _, err = cli("sweep", str(path), *launcher)
+    assert code == 1, err
+    assert err.count(": submitted as job") == 3 and err.count(": FAILED") == 1 and err.count(": done") == 2
+    assert "    threads 1 malloc 33554432" in err  # the trainer's output, echoed while the command follows it
     spec = next(r for r in plan.runs if r.name == "s1-dense")
     log = (spec.run_dir / "train.log").read_text()
     assert "threads 1 malloc 33554432" in log and "fake_train.py train" in log
     failed = run_state(next(r for r in plan.runs if r.name == "s1-lowrank-32"))
-    assert "exited with code 3" in failed.error
+    assert failed.status == "failed" and "exit status 3" in failed.error  # no retry on the local executor
+    assert [r["name"] for r in json.loads(plan.results_json.read_text())["runs"] if r["status"] == "done"] == [
+        r.name for r in plan.runs if "lowrank-32" not in r.name]
 
 
 def _run_cli(capsys, *argv):

@@ -39,7 +39,7 @@ def _on_grid(curves: list[list[tuple[int, float]]], grid: np.ndarray) -> np.ndar
 def draw_groups(groups: list[Group], x: str = "tokens", plt: Any = None) -> Any:
     """The figure: per group, the mean training loss over seeds (smoothed; raw faint), its seed band and the
     mean validation points, against tokens or training FLOPs (log axis when it spans a decade or more)."""
-    from lowrank_lm.scaling.plots import distinct_colours
+    from lowrank_lm.stats.plots import distinct_colours
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=130)
     span = []

@@ -5,7 +5,7 @@ group of the same shape and token budget.
 Why: one seed is not a measurement of a structure. A group is every run whose config.yaml is the same once
 the seed and the bookkeeping that cannot change the result (run folder, checkpoints, logging, device) are
 left out. Intervals of a group mean are t intervals over its seeds; a group with one seed borrows the noise
-pooled over every group with two or more (:mod:`lowrank_lm.scaling.seeds`). A difference to the baseline
+pooled over every group with two or more (:mod:`lowrank_lm.stats.seeds`). A difference to the baseline
 is *paired* when both groups ran the same seeds (the seed fixes the initialisation and the data order, so
 the pairs share them and the test is sharper), else a Welch test; a group of one run against one run uses
 the pooled noise.
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.scaling.seeds import SeedNoise, group_cells, pooled_noise
+from lowrank_lm.stats.seeds import SeedNoise, group_cells, pooled_noise
 from lowrank_lm.tables import markdown_table
 from lowrank_lm.train.curves import Run
 from lowrank_lm.train.rundir import CONFIG
@@ -68,7 +68,7 @@ def configuration(run: Run) -> tuple[str, str, int | None]:
 
 def slowed(run: Run) -> bool:
     """True when the run's log holds the busy-core warning (other processes slowed it; tokens/s is low)."""
-    from lowrank_lm.scaling.execute import LOG_NAME
+    from lowrank_lm.launch.execute import LOG_NAME
 
     log = run.path / LOG_NAME
     try:

@@ -104,11 +104,11 @@ def run(args: argparse.Namespace) -> None:
         _run_shared(args)
         return
     args.mode = args.mode or "auto"
-    from lowrank_lm.scaling.compare import compare_all
-    from lowrank_lm.scaling.fit import FitOptions, Series, fit_all
-    from lowrank_lm.scaling.report import format_text, write_report
-    from lowrank_lm.scaling.seeds import average_seeds, has_seeds
-    from lowrank_lm.scaling.table import split_token_budgets
+    from lowrank_lm.stats.compare import compare_all
+    from lowrank_lm.stats.fit import FitOptions, Series, fit_all
+    from lowrank_lm.stats.report import format_text, write_report
+    from lowrank_lm.stats.seeds import average_seeds, has_seeds
+    from lowrank_lm.stats.table import split_token_budgets
 
     rows, skipped, source = _compute_rows(args)
     rows = split_token_budgets(_select(rows, args.series))
@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> None:
 
 def _compute_rows(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     """The rows of the compute axis (from a table or the paper), the unfinished ones skipped, and the source."""
-    from lowrank_lm.scaling.paper_data import paper_points
-    from lowrank_lm.scaling.table import read_points
+    from lowrank_lm.stats.paper_data import paper_points
+    from lowrank_lm.stats.table import read_points
 
     if args.results == "paper":
         rows = paper_points(args.x)
@@ -149,10 +149,10 @@ def _compute_rows(args: argparse.Namespace) -> tuple[list[dict], int, str]:
 
 
 def _run_shared(args: argparse.Namespace) -> None:
-    from lowrank_lm.scaling.fit import FitOptions, Series
-    from lowrank_lm.scaling.seeds import average_seeds, has_seeds
-    from lowrank_lm.scaling.shared import fit_shared
-    from lowrank_lm.scaling.shared_report import format_shared_text, write_shared_report
+    from lowrank_lm.stats.fit import FitOptions, Series
+    from lowrank_lm.stats.seeds import average_seeds, has_seeds
+    from lowrank_lm.stats.shared import fit_shared
+    from lowrank_lm.stats.shared_report import format_shared_text, write_shared_report
 
     rows, skipped, source = _compute_rows(args)
     rows = _select(rows, args.series)
@@ -170,9 +170,9 @@ def _run_shared(args: argparse.Namespace) -> None:
 
 
 def _run_shared_joint(args: argparse.Namespace) -> None:
-    from lowrank_lm.scaling.joint import N_COLUMNS, JointOptions, series_from_rows
-    from lowrank_lm.scaling.shared_joint import fit_shared_joint, format_shared_joint
-    from lowrank_lm.scaling.table import read_points
+    from lowrank_lm.stats.joint import N_COLUMNS, JointOptions, series_from_rows
+    from lowrank_lm.stats.shared_joint import fit_shared_joint, format_shared_joint
+    from lowrank_lm.stats.table import read_points
 
     if args.report:
         raise UserError("--report is not written for --law shared-joint yet; use --json (or --law shared --report)")
@@ -202,10 +202,10 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def _run_joint(args: argparse.Namespace) -> None:
-    from lowrank_lm.scaling.isoflop import analyse
-    from lowrank_lm.scaling.joint import N_COLUMNS, JointOptions, fit_joint, series_from_rows
-    from lowrank_lm.scaling.report import format_joint_text, write_joint_report
-    from lowrank_lm.scaling.table import read_points
+    from lowrank_lm.stats.isoflop import analyse
+    from lowrank_lm.stats.joint import N_COLUMNS, JointOptions, fit_joint, series_from_rows
+    from lowrank_lm.stats.report import format_joint_text, write_joint_report
+    from lowrank_lm.stats.table import read_points
 
     params = args.params or "total"
     rows, skipped = read_points(args.results, N_COLUMNS[params])
@@ -237,8 +237,8 @@ def _run_joint(args: argparse.Namespace) -> None:
 
 def _paper_overlay(x_column: str, names: list[str]) -> dict:
     """The paper's series with the same names as the user's (same colours); if none match, its figure's three."""
-    from lowrank_lm.scaling.fit import Series
-    from lowrank_lm.scaling.paper_data import FIGURE_SERIES, paper_points
+    from lowrank_lm.stats.fit import Series
+    from lowrank_lm.stats.paper_data import FIGURE_SERIES, paper_points
 
     paper = Series.from_rows(paper_points(x_column))
     keep = [n for n in names if n in paper] or [n for n in FIGURE_SERIES if n in paper]

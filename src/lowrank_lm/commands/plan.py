@@ -31,11 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Print the recommended structure, fraction and model size for the budget."""
     from lowrank_lm.errors import UserError
-    from lowrank_lm.scaling.planner import format_plan, load_bench, load_fits, plan
+    from lowrank_lm.stats.planner import format_plan, load_bench, load_fits, plan
 
     if not 0 < args.level < 1:
         raise UserError(f"--level must be between 0 and 1, got {args.level}")
-    from lowrank_lm.scaling.multiplier_plan import format_shared_plan, is_shared_fit, load_shared, plan_shared
+    from lowrank_lm.stats.multiplier_plan import format_shared_plan, is_shared_fit, load_shared, plan_shared
 
     if is_shared_fit(args.fits):
         if args.min_speedup is not None or args.max_step_ms is not None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import sys
 
 EXAMPLES = ["lowrank-lm sweep configs/sweeps/cpu-mini.yaml --dry-run",
@@ -24,13 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads per run (default: all cores, divided among shards when --shard is given)")
     p.add_argument("--in-process", action="store_true",
-                   help="train in this process instead of one child process per run (debugging)")
+                   help="train in this process instead of one submitit job per run (debugging)")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failed run")
     p.add_argument("--quiet", action="store_true", help="do not echo the trainer's output (it is in RUN/train.log)")
     g = p.add_argument_group("executors", "where the runs train (docs/cluster.md)")
     g.add_argument("--executor", choices=("local", "submitit"), default=None,
-                   help="local: child processes of this command (default); submitit: one scheduler job per run "
-                        "through submitit (Slurm where srun exists, submitit's local executor elsewhere)")
+                   help="local: one job per run on this machine (submitit's local executor, set by the options "
+                        "above; default); submitit: one scheduler job per run through submitit (Slurm where srun "
+                        "exists, submitit's local executor elsewhere), set by the sweep's cluster section")
     g.add_argument("--gpus", default=None, metavar="0,1,2,3",
                    help="local: train runs side by side, each on its own GPUs of this list (CUDA_VISIBLE_DEVICES)")
     g.add_argument("--gpus-per-run", type=int, default=None, metavar="K",
@@ -57,8 +56,8 @@ def _ffn_text(spec) -> str:
 
 
 def _plan_text(plan, shard: tuple[int, int]) -> str:
-    from lowrank_lm.scaling.execute import _corpus_train_tokens, _fmt_count
-    from lowrank_lm.scaling.sweep import shard_runs
+    from lowrank_lm.launch.execute import _corpus_train_tokens, _fmt_count
+    from lowrank_lm.launch.sweep import shard_runs
 
     mine = {r.name for r in shard_runs(plan.runs, *shard)}
     corpus: dict = {}
@@ -84,7 +83,7 @@ def _plan_text(plan, shard: tuple[int, int]) -> str:
 
 def _jobs_text(plan, overrides: list[str]) -> str:
     """What each size's jobs ask for and run (--dry-run with --executor submitit)."""
-    from lowrank_lm.scaling.cluster import launch_line, parse_cluster
+    from lowrank_lm.launch.cluster import launch_line, parse_cluster
 
     sizes = list(dict.fromkeys(r.size for r in plan.runs))
     cluster = parse_cluster(plan.cluster, overrides, sizes, where=f"{plan.path}: cluster")
@@ -136,8 +135,8 @@ def _check_executor_options(args: argparse.Namespace, executor: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run this shard of the grid, or print its plan (--dry-run) or status; returns the exit status."""
-    from lowrank_lm.scaling.execute import InProcessRunner, SubprocessRunner, execute
-    from lowrank_lm.scaling.sweep import load_sweep, parse_shard
+    from lowrank_lm.launch.execute import InProcessRunner, execute
+    from lowrank_lm.launch.sweep import load_sweep, parse_shard
 
     shard = parse_shard(args.shard) if args.shard else (0, 1)
     executor = args.executor or "local"
@@ -152,41 +151,31 @@ def run(args: argparse.Namespace) -> int:
     if args.status or args.cancel:
         return _status_or_cancel(args, plan, shard)
     if executor == "submitit":
-        from lowrank_lm.scaling.submit import run_jobs
+        from lowrank_lm.launch.submit import run_jobs
 
         cluster, scheduler = _cluster_here(args, plan)
         poll = args.poll if args.poll is not None else (60.0 if scheduler == "slurm" else 0.5)
         return run_jobs(plan, cluster, shard, detach=args.detach, poll_s=poll, scheduler=scheduler).exit_code
     slots = _gpu_slots(args)
     if args.in_process:
-        runner: InProcessRunner | SubprocessRunner | list[SubprocessRunner] = InProcessRunner()
-    else:
-        threads = args.threads
-        parallel = shard[1] * (len(slots) if slots else 1)
-        if threads is None and parallel > 1 and not os.environ.get("OMP_NUM_THREADS"):
-            # runs side by side on one machine share its cores; oversubscribing them costs far more than it gains
-            threads = max(1, (os.cpu_count() or 1) // parallel)
-        launcher = args.launcher
-        if launcher is None and slots and args.gpus_per_run and args.gpus_per_run > 1:
-            from lowrank_lm.scaling.cluster import torchrun_command
+        # the one runner beside submitit's executors (why: lowrank_lm.launch.execute's docstring)
+        return execute(plan, InProcessRunner(), shard, stop_on_error=args.stop_on_error).exit_code
+    from lowrank_lm.launch.local import local_cluster
+    from lowrank_lm.launch.submit import Follow, run_jobs
 
-            launcher = shlex.join([*torchrun_command(), "--standalone", "--nnodes=1",
-                                   f"--nproc-per-node={args.gpus_per_run}", "-m", "lowrank_lm"])
-        echo = None if args.quiet else sys.stderr
-        if slots:
-            runner = [SubprocessRunner(launcher, threads, echo=echo, devices=d) for d in slots]
-        else:
-            runner = SubprocessRunner(launcher, threads, echo=echo)
-    outcome = execute(plan, runner, shard, stop_on_error=args.stop_on_error)
-    return outcome.exit_code
+    cluster = local_cluster(slots, args.gpus_per_run, args.threads, args.launcher, shard[1])
+    follow = Follow(poll_s=0.5, gpu_ids=[d for s in slots for d in s.split(",")] if slots else None,
+                    echo=None if args.quiet else sys.stderr, stop_on_error=args.stop_on_error,
+                    where="submitit's local executor")
+    return run_jobs(plan, cluster, shard, out=sys.stderr, scheduler="local", follow=follow).exit_code
 
 
 def _cluster_here(args: argparse.Namespace, plan):
     """(cluster settings, "slurm" or "local") for --executor submitit on this machine; refuses settings that the
     scheduler here cannot apply, and --detach without Slurm."""
     from lowrank_lm.errors import UserError
-    from lowrank_lm.scaling.cluster import parse_cluster
-    from lowrank_lm.scaling.submit import detect_scheduler
+    from lowrank_lm.launch.cluster import parse_cluster
+    from lowrank_lm.launch.submit import detect_scheduler
 
     cluster = parse_cluster(plan.cluster, args.cluster, sorted({r.size for r in plan.runs}),
                             where=f"{plan.path}: cluster")
@@ -202,8 +191,8 @@ def _check_as_the_real_run(args: argparse.Namespace, plan, shard: tuple[int, int
     """A dry run refuses what the real run would refuse before its first run: the executor's settings on this
     machine (Slurm-only cluster settings where there is no Slurm), GPU slots, and run folders that hold another
     configuration."""
-    from lowrank_lm.scaling.execute import check_existing
-    from lowrank_lm.scaling.sweep import shard_runs
+    from lowrank_lm.launch.execute import check_existing
+    from lowrank_lm.launch.sweep import shard_runs
 
     if executor == "submitit":
         _cluster_here(args, plan)
@@ -214,15 +203,15 @@ def _check_as_the_real_run(args: argparse.Namespace, plan, shard: tuple[int, int
 
 def _status_or_cancel(args: argparse.Namespace, plan, shard: tuple[int, int]) -> int:
     """--status: the progress view with the jobs' columns, and a fresh results table; --cancel: cancel the jobs."""
-    from lowrank_lm.scaling.execute import progress_view, run_state, write_results
-    from lowrank_lm.scaling.sweep import shard_runs
+    from lowrank_lm.launch.execute import progress_view, run_state, write_results
+    from lowrank_lm.launch.sweep import shard_runs
 
     if args.cancel:
-        from lowrank_lm.scaling.submit import cancel_jobs
+        from lowrank_lm.launch.submit import cancel_jobs
 
         cancel_jobs(plan, shard, out=sys.stdout)
         return 0
-    from lowrank_lm.scaling.submit import job_columns
+    from lowrank_lm.launch.submit import job_columns
 
     states = {r.name: run_state(r) for r in plan.runs}
     print(progress_view(plan, states, shard_runs(plan.runs, *shard) if shard[1] > 1 else None,

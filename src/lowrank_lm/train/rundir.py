@@ -47,7 +47,7 @@ RUN_FILES = (CONFIG, METRICS, SUMMARY, "tokenizer.json", "tokenizer", "tokenizer
 NOT_OURS = "choose another train.out_dir (a new or empty folder, or a run's own)"
 
 
-# What a sweep adds to a run folder it made (lowrank_lm.scaling.execute / job_record): its log, failure marker
+# What a sweep adds to a run folder it made (lowrank_lm.launch.execute / job_record): its log, failure marker
 # and job record.
 SWEEP_FILES = ("train.log", "sweep-failed.json", "job.json")
 

@@ -1,6 +1,6 @@
 """A sweep file and its plan: sizes x structures x parameter fractions x token budgets -> one run each.
 
-A sweep file (YAML; its schema is :class:`lowrank_lm.scaling.sweep_file.SweepFile`, read by the config's
+A sweep file (YAML; its schema is :class:`lowrank_lm.launch.sweep_file.SweepFile`, read by the config's
 converter, so an unknown key or a wrongly typed value is one line naming it)::
 
     name: cpu-mini                    # default: the file name
@@ -41,15 +41,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lowrank_lm import sizing
 from lowrank_lm.config import Config, config_to_dict, flatten
 from lowrank_lm.errors import UserError
+from lowrank_lm.launch.sweep_file import BudgetsEntry, SizeEntry, StructureEntry, read_sweep_file
 from lowrank_lm.layers import registry
 from lowrank_lm.ownership import plain_name
 from lowrank_lm.resolve import load_config
-from lowrank_lm.scaling.sweep_file import BudgetsEntry, SizeEntry, StructureEntry, read_sweep_file
+
+if TYPE_CHECKING:  # accounting imports torch: at run time it is imported where a sweep is loaded
+    from lowrank_lm.accounting import RunAccounting
 
 FFN_KINDS = registry.kinds()
 # Settings that change how a run executes but not what it computes: an existing run folder may differ
@@ -110,7 +113,7 @@ class SweepPlan:
     runs: list[RunSpec]
     notes: list[str] = field(default_factory=list)
     cluster: dict[str, Any] | None = None
-    """The sweep file's ``cluster:`` section as written (read by lowrank_lm.scaling.cluster)."""
+    """The sweep file's ``cluster:`` section as written (read by lowrank_lm.launch.cluster)."""
 
     @property
     def results_csv(self) -> Path:
@@ -287,17 +290,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
     structures = _parse_structures(p, sweep.structures, sweep.rank_multiple)
     budgets = _parse_budgets(p, sweep.budgets)
     seeds = _parse_seeds(p, sweep.seeds)
-    isoflop = budgets[0].flops is not None
-    for size in sizes:
-        if size.flops is not None and not isoflop:
-            raise _err(p, f"sizes.{size.name}.flops applies to FLOP budgets only; set budgets: {{flops: [...]}} "
-                          "or remove it")
-        unknown = [c for c in size.flops or [] if all(not math.isclose(c, b.flops or 0) for b in budgets)]
-        if unknown:
-            raise _err(p, f"sizes.{size.name}.flops: {unknown[0]:g} is not one of budgets.flops")
-    if isoflop and sweep.match_dense_tokens is not None:
-        raise _err(p, "match_dense_tokens does not apply to FLOP budgets (every run gets the tokens its own "
-                      "model needs to spend the budget); remove it")
+    _check_flop_budgets(p, sizes, budgets, sweep.match_dense_tokens)
 
     runs: list[RunSpec] = []
     notes: list[str] = []
@@ -335,45 +328,8 @@ def load_sweep(path: str | Path) -> SweepPlan:
                 mine = [b for b in budgets
                         if size.flops is None or any(math.isclose(b.flops or 0, c) for c in size.flops)]
                 for budget, seed in ((b, sd) for b in mine for sd in seeds):
-                    seed_label = f"seed{seed}" if seed is not None and len(seeds) > 1 else None
-                    run_name = "-".join(str(x) for x in (size.name, st.name, label, budget.label, seed_label)
-                                        if x is not None)
-                    if not plain_name(run_name) or "\0" in run_name:
-                        # the name is a folder under out_dir: a path would leave it (../x) or replace it (/x)
-                        raise _err(p, f"size {size.name!r} / structure {st.name!r} make the run name "
-                                      f"{run_name!r}, which is not a plain folder name; name sizes and "
-                                      "structures without / or \\")
-                    # the series is the structure; the budget is a column of the data (the joint law uses all)
-                    series = "-".join(str(x) for x in (st.name, label) if x is not None)
-                    probe = _load(p, cell_cfg_path, cell_over)
-                    kind = probe.model.ffn.kind
-                    if budget.flops is not None:
-                        tokens = round(budget.flops / account(probe).flops_per_token)
-                    elif budget.tokens is not None:
-                        tokens = budget.tokens
-                    else:
-                        own = account(probe)
-                        if budget.tokens_per_param is not None:
-                            basis = dense_acc.params if match_dense else own.params
-                            tokens = round(budget.tokens_per_param * basis)
-                        else:
-                            tokens = dense_acc.tokens_requested if match_dense else own.tokens_requested
-                    run_dir = out_dir / run_name
-                    # resume=auto: an interrupted run continues from its checkpoints when the sweep runs again
-                    seed_over = [f"train.seed={seed}"] if seed is not None else []
-                    cfg = _load(p, cell_cfg_path, [*cell_over, f"train.tokens={tokens}", "train.tokens_per_param=",
-                                                   *seed_over, f"train.out_dir={run_dir}", "train.resume=auto"])
-                    acc = account(cfg)
-                    if acc.steps < 1:
-                        raise _err(p, f"run {run_name}: {tokens} tokens is less than one step of "
-                                      f"{acc.tokens_per_step}; raise the budget")
-                    runs.append(RunSpec(
-                        name=run_name, series=series, size=size.name, structure=st.name, kind=kind,
-                        fraction=frac, ffn_fraction=ffn_fraction(cfg.model) if registry.get(kind).structured else None,
-                        budget=budget.label, cfg=cfg, run_dir=run_dir, seed=cfg.train.seed, params=acc.params,
-                        params_non_embedding=acc.params_non_embedding, params_ffn=acc.params_ffn,
-                        tokens=acc.train_tokens, steps=acc.steps + acc.self_guided_extra_steps,
-                        flops=acc.train_flops, flops_6n=acc.train_flops_6n))
+                    runs.append(_run_spec(p, out_dir, size.name, st.name, label, frac, budget, seed, len(seeds) > 1,
+                                          cell_cfg_path, cell_over, dense_acc, match_dense))
     seen: dict[str, int] = {}
     for r in runs:
         seen[r.name] = seen.get(r.name, 0) + 1
@@ -381,6 +337,71 @@ def load_sweep(path: str | Path) -> SweepPlan:
     if dup:
         raise _err(p, f"two runs would share the name {dup[0]}; give sizes and structures distinct names")
     return SweepPlan(name=name, path=p, out_dir=out_dir, runs=runs, notes=notes, cluster=sweep.cluster)
+
+
+def _check_flop_budgets(p: Path, sizes: list[_Size], budgets: list[_Budget], match_dense_tokens: bool | None) -> None:
+    """Per-size FLOP lists name budgets of the file, and only FLOP budgets take them (nor match_dense_tokens)."""
+    isoflop = budgets[0].flops is not None
+    for size in sizes:
+        if size.flops is not None and not isoflop:
+            raise _err(p, f"sizes.{size.name}.flops applies to FLOP budgets only; set budgets: {{flops: [...]}} "
+                          "or remove it")
+        unknown = [c for c in size.flops or [] if all(not math.isclose(c, b.flops or 0) for b in budgets)]
+        if unknown:
+            raise _err(p, f"sizes.{size.name}.flops: {unknown[0]:g} is not one of budgets.flops")
+    if isoflop and match_dense_tokens is not None:
+        raise _err(p, "match_dense_tokens does not apply to FLOP budgets (every run gets the tokens its own "
+                      "model needs to spend the budget); remove it")
+
+
+def _run_tokens(probe: Config, budget: _Budget, dense_acc: RunAccounting, match_dense: bool) -> int:
+    """The training tokens of one run: its FLOP budget, its token count, or tokens per (dense) parameter."""
+    from lowrank_lm.accounting import account
+
+    if budget.flops is not None:
+        return round(budget.flops / account(probe).flops_per_token)
+    if budget.tokens is not None:
+        return budget.tokens
+    own = account(probe)
+    if budget.tokens_per_param is not None:
+        basis = dense_acc.params if match_dense else own.params
+        return round(budget.tokens_per_param * basis)
+    return dense_acc.tokens_requested if match_dense else own.tokens_requested
+
+
+def _run_spec(p: Path, out_dir: Path, size: str, structure: str, label: int | None, frac: float | None,
+              budget: _Budget,
+              seed: int | None, several_seeds: bool, cell_cfg_path: Path | None, cell_over: list[str],
+              dense_acc: RunAccounting, match_dense: bool) -> RunSpec:
+    """One run of a cell at one budget and seed: its name, folder, resolved config and counts."""
+    from lowrank_lm.accounting import account
+
+    seed_label = f"seed{seed}" if seed is not None and several_seeds else None
+    run_name = "-".join(str(x) for x in (size, structure, label, budget.label, seed_label) if x is not None)
+    if not plain_name(run_name) or "\0" in run_name:
+        # the name is a folder under out_dir: a path would leave it (../x) or replace it (/x)
+        raise _err(p, f"size {size!r} / structure {structure!r} make the run name {run_name!r}, which is not a "
+                      "plain folder name; name sizes and structures without / or \\")
+    # the series is the structure; the budget is a column of the data (the joint law uses all)
+    series = "-".join(str(x) for x in (structure, label) if x is not None)
+    probe = _load(p, cell_cfg_path, cell_over)
+    kind = probe.model.ffn.kind
+    tokens = _run_tokens(probe, budget, dense_acc, match_dense)
+    run_dir = out_dir / run_name
+    # resume=auto: an interrupted run continues from its checkpoints when the sweep runs again
+    seed_over = [f"train.seed={seed}"] if seed is not None else []
+    cfg = _load(p, cell_cfg_path, [*cell_over, f"train.tokens={tokens}", "train.tokens_per_param=", *seed_over,
+                                   f"train.out_dir={run_dir}", "train.resume=auto"])
+    acc = account(cfg)
+    if acc.steps < 1:
+        raise _err(p, f"run {run_name}: {tokens} tokens is less than one step of {acc.tokens_per_step}; raise the "
+                      "budget")
+    return RunSpec(
+        name=run_name, series=series, size=size, structure=structure, kind=kind, fraction=frac,
+        ffn_fraction=ffn_fraction(cfg.model) if registry.get(kind).structured else None, budget=budget.label,
+        cfg=cfg, run_dir=run_dir, seed=cfg.train.seed, params=acc.params,
+        params_non_embedding=acc.params_non_embedding, params_ffn=acc.params_ffn, tokens=acc.train_tokens,
+        steps=acc.steps + acc.self_guided_extra_steps, flops=acc.train_flops, flops_6n=acc.train_flops_6n)
 
 
 # --------------------------------------------------------------------------- sharding and config identity

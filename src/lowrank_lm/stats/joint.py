@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.fit import failed_refits_note, multistart, noise_scales, quantile_interval
-from lowrank_lm.scaling.seeds import Cells, SeedNoise, group_cells, pooled_noise
+from lowrank_lm.stats.bootstrap import failed_refits_note, quantile_interval, replicates
+from lowrank_lm.stats.multistart import multistart
+from lowrank_lm.stats.seeds import Cells, SeedNoise, group_cells, pooled_noise
 
 EXPONENT_MAX = 3.0
 MIN_CELLS = 6
@@ -291,7 +292,9 @@ class _Problem:
         The bootstrap's hundreds of refits are the slow part of a fit, and scipy solves one problem per
         call, so the refits run as one batched Levenberg-Marquardt iteration in numpy: iteratively
         reweighted least squares for the Huber loss (weight 1 inside delta, delta/|r| outside), a damping
-        factor per replicate, steps projected onto the bounds. Tests check it against scipy's solver.
+        factor per replicate, steps projected onto the bounds. Tests check it against scipy's solver; why it
+        stays beside scipy (scipy alone is 3.6x slower end to end) is measured in docs/scaling.md
+        (scripts/joint_solvers.py).
         The few rows it has not converged after ``iterations`` steps go to scipy one by one; rows that fail
         there too are NaN.
         """
@@ -331,7 +334,7 @@ class _Problem:
                 lam[idx[~better]] *= 4
                 done[idx[(better & ((gain < 1e-10) | (moved < 1e-8))) | (lam[idx] > 1e10)]] = True
         for r in np.flatnonzero(~done):  # the few slow ones (residuals hovering at delta): scipy, one by one
-            res = self.solve(Y[r], [P[r]])
+            res = self.solve(Y[r], P[r][None, :])
             P[r] = res.x if res is not None else np.nan
         P[~np.isfinite(P).all(axis=1) | (P[:, 0] >= Y.min(axis=1))] = np.nan
         return P
@@ -417,11 +420,8 @@ def _bootstrap(fit: JointFit, prob: _Problem, y: np.ndarray, p_hat: np.ndarray, 
     if B == 0 or (dof <= 0 and noise is None):
         return
     fitted = prob.model(p_hat)
-    sig = noise_scales(rng, B, s, dof, np.zeros(len(y)))
-    if noise is not None:
-        seed_sd = np.array([noise.draw(rng) for _ in range(B)])
-        sig = np.maximum(sig, seed_sd[:, None] / np.sqrt(count)[None, :])
-    Y = fitted[None, :] + rng.standard_normal((B, len(y))) * sig
+    seed_sd, seed_dof = (noise.sd, noise.dof) if noise is not None else (0.0, 0)
+    Y = replicates(rng, fitted, B, s, dof, np.zeros(len(y)), seed_sd, seed_dof, count)
     refits = prob.solve_many(Y, p_hat)
     ok = np.isfinite(refits).all(axis=1)
     samples = np.full((B, 5), np.nan)

@@ -45,7 +45,7 @@ from lowrank_lm.config import parse_value, set_dotted
 from lowrank_lm.errors import UserError
 
 LAUNCH_ENV = "LOWRANK_LM_LAUNCH"
-"""The variable the job script exports with the command line the job runs (lowrank_lm.scaling.jobs)."""
+"""The variable the job script exports with the command line the job runs (lowrank_lm.launch.jobs)."""
 RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time", "partition", "account", "qos",
                  "sbatch", "setup", "signal_delay_s", "max_timeouts", "retries", "max_parallel")
 CLUSTER_KEYS = (*RESOURCE_KEYS, "sizes")
@@ -74,6 +74,9 @@ class Resources:
     max_timeouts: int = 10
     retries: int = 2
     max_parallel: int | None = None
+    launcher: str | None = None
+    """Not a key of the section: ``sweep --launcher CMD`` on the local executor, the command that starts the
+    trainer (followed by ``train RUN/config.yaml``) instead of this python or torchrun."""
 
     @property
     def processes(self) -> int:
@@ -104,11 +107,6 @@ class ClusterSpec:
             if any(self.for_size(s).nodes > 1 for s in ["", *self.sizes]):
                 raise UserError("cluster.nodes above 1 needs Slurm, and there is no Slurm here (no srun on PATH); "
                                 "set nodes: 1 or submit where Slurm is")
-            for s in ["", *self.sizes]:
-                r = self.for_size(s)
-                if r.gpus_per_node and (r.max_parallel or 1) > 1:
-                    raise UserError("submitit's local executor gives every job the same GPUs (0..gpus_per_node-1), "
-                                    "so max_parallel above 1 would share them; use --executor local --gpus instead")
         elif scheduler == "slurm":
             bad = [k for k in LOCAL_ONLY if k in self.given]
             if bad:
@@ -246,7 +244,10 @@ def torchrun_command(python: str | None = None) -> list[str]:
 
 
 def launch_line(config_path: str | Path, res: Resources, python: str | None = None) -> str:
-    """The shell line a run's job runs: the trainer alone, or torchrun with one process per GPU."""
+    """The shell line a run's job runs: the trainer alone, or torchrun with one process per GPU (or the
+    resources' own ``launcher`` followed by ``train CONFIG``)."""
+    if res.launcher:
+        return shlex.join([*shlex.split(res.launcher), "train", str(config_path)])
     py = python or sys.executable
     train = ["-m", "lowrank_lm", "train", str(config_path)]
     if res.nodes == 1 and res.gpus_per_node <= 1:
@@ -273,8 +274,14 @@ def setup_lines(res: Resources, launch: str) -> list[str]:
     return lines
 
 
-def executor_parameters(res: Resources, name: str, launch: str, scheduler: str) -> dict[str, Any]:
-    """Parameters for ``submitit.AutoExecutor.update_parameters`` of one run's job."""
+def executor_parameters(res: Resources, name: str, launch: str, scheduler: str,
+                        devices: str | None = None) -> dict[str, Any]:
+    """Parameters for ``submitit.AutoExecutor.update_parameters`` of one run's job.
+
+    ``devices``: on the local executor, the GPUs of this job (CUDA_VISIBLE_DEVICES). submitit's local executor
+    gives every job GPUs 0..gpus_per_node-1 (its ``visible_gpus`` is not among AutoExecutor's parameters), so
+    the job script's setup sets them, before the user's own setup lines.
+    """
     params: dict[str, Any] = {
         "name": name,
         "nodes": res.nodes,
@@ -296,5 +303,5 @@ def executor_parameters(res: Resources, name: str, launch: str, scheduler: str) 
         if res.sbatch:
             params["slurm_additional_parameters"] = dict(res.sbatch)
     else:
-        params["local_setup"] = setup
+        params["local_setup"] = ([f"export CUDA_VISIBLE_DEVICES={devices}"] if devices is not None else []) + setup
     return params

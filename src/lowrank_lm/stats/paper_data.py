@@ -127,7 +127,7 @@ PAPER_COLUMNS = ("name", "series", "size", "structure", "fraction", "params", "p
 
 
 def paper_points(x_column: str = "flops") -> list[dict[str, Any]]:
-    """The rows in the form :func:`lowrank_lm.scaling.table.read_points` returns (``x`` set, no unknown x)."""
+    """The rows in the form :func:`lowrank_lm.stats.table.read_points` returns (``x`` set, no unknown x)."""
     out = []
     for row in paper_rows():
         if row.get(x_column) is None:

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.scaling.fit import quantile_interval
-from lowrank_lm.scaling.joint import JointFit, JointSeries, surface
-from lowrank_lm.scaling.seeds import SeedNoise, group_cells
+from lowrank_lm.stats.bootstrap import noise_scales, perturb, quantile_interval
+from lowrank_lm.stats.joint import JointFit, JointSeries, surface
+from lowrank_lm.stats.seeds import SeedNoise, group_cells
 
 MIN_SIZES = 3
 """A parabola needs three sizes per budget."""
@@ -122,7 +122,7 @@ class IsoflopSeries:
 def _budget_groups(ser: JointSeries) -> dict[str, np.ndarray]:
     """Row indices per FLOP budget: the ``budget`` column when filled (token budgets are not IsoFLOP budgets: the
     compute of their runs was never fixed), else FLOPs equal within 2%."""
-    from lowrank_lm.scaling.table import is_flop_budget
+    from lowrank_lm.stats.table import is_flop_budget
 
     groups: dict[str, list[int]] = {}
     if all(ser.budgets):
@@ -203,9 +203,13 @@ def profile_series(ser: JointSeries, noise: SeedNoise | None, n_bootstrap: int, 
     if B == 0:
         result.warnings.append("three sizes per budget and no seeds: the parabolas leave no residual to estimate "
                                "noise from, so no intervals; add sizes or seeds")
-    sig_fit = s * np.sqrt(dof / rng.chisquare(dof, size=B)) if dof > 0 else np.zeros(B)
-    sig_seed = np.array([noise.draw(rng) for _ in range(B)]) if noise is not None else np.zeros(B)
+    # the noise scale of every point of every profile, drawn once per replicate (shared by the profiles)
+    count = np.concatenate([p.count for p in profiles]) if profiles else np.zeros(0)
+    seed_sd, seed_dof = (noise.sd, noise.dof) if noise is not None else (0.0, 0)
+    sig = noise_scales(rng, B, s, dof, np.zeros(len(count)), seed_sd, seed_dof, count)
+    first = 0
     for p in profiles:
+        p_sig, first = sig[:, first:first + len(p.N)], first + len(p.N)
         x = np.log(p.N) - p.x0
         vx = float(_vertex(p.coef[None, :])[0])
         if math.isfinite(vx):
@@ -220,9 +224,8 @@ def profile_series(ser: JointSeries, noise: SeedNoise | None, n_bootstrap: int, 
             result.warnings.append(f"budget {p.label}: the minimum lies outside the sizes tried "
                                    f"({p.N.min():.3g}-{p.N.max():.3g}); its value is an extrapolation")
         if B:
-            sig = np.maximum(sig_fit[:, None], sig_seed[:, None] / np.sqrt(p.count)[None, :])
             # each replicate perturbs the fitted parabola; a refit is a linear solve, all replicates at once
-            Y = np.polyval(p.coef, x)[None, :] + rng.standard_normal((B, len(x))) * sig
+            Y = perturb(rng, np.polyval(p.coef, x), p_sig)
             coefs = np.linalg.lstsq(np.vander(x, 3), Y.T, rcond=None)[0].T
             vx_s = _vertex(coefs)
             p.samples = vx_s + p.x0
@@ -235,12 +238,13 @@ def profile_series(ser: JointSeries, noise: SeedNoise | None, n_bootstrap: int, 
     usable = [p for p in profiles if p.N_opt is not None]
     if len(usable) >= 2:
         lnC = np.log([p.C for p in usable])
-        reps = np.column_stack([p.samples for p in usable]) if B and all(p.samples is not None for p in usable) \
-            else None
-        lnN = np.log([p.N_opt for p in usable])
+        samples = [p.samples for p in usable if p.samples is not None]
+        reps = np.column_stack(samples) if B and len(samples) == len(usable) else None
+        lnN = np.log([p.N_opt for p in usable if p.N_opt is not None])
         result.laws["N_isoflop"] = _law("N", "isoflop", lnC, lnN, reps, level)
         d_reps = None if reps is None else np.column_stack([np.log(p.D_at(reps[:, k])) for k, p in enumerate(usable)])
-        result.laws["D_isoflop"] = _law("D", "isoflop", lnC, np.log([p.D_opt for p in usable]), d_reps, level)
+        lnD = np.log([p.D_opt for p in usable if p.D_opt is not None])  # set with N_opt
+        result.laws["D_isoflop"] = _law("D", "isoflop", lnC, lnD, d_reps, level)
     return result
 
 
@@ -304,7 +308,7 @@ def compare_optima(a: IsoflopSeries, b: IsoflopSeries, level: float, noise: Seed
                    ) -> dict[str, Any]:
     """a vs b: differences of the N* and D* exponents (both approaches), the ratio of N* and the best measured
     losses at each common budget."""
-    from lowrank_lm.scaling.compare import _overlap, _verdict
+    from lowrank_lm.stats.compare import _overlap, _verdict
 
     out: dict[str, Any] = {"a": a.name, "b": b.name, "exponents": {}, "notes": []}
     for key in ("N_isoflop", "D_isoflop", "N_joint", "D_joint"):

@@ -2,7 +2,7 @@
 
 A sweep file is checked like a config: every key is known (a typo gets one line naming it, with a
 did-you-mean) and every value has its field's type. What the values must mean together (a structure with
-fractions, budgets of one kind, ...) is checked where the sweep is expanded (:mod:`lowrank_lm.scaling.sweep`),
+fractions, budgets of one kind, ...) is checked where the sweep is expanded (:mod:`lowrank_lm.launch.sweep`),
 whose module docstring shows a whole file.
 """
 
@@ -90,7 +90,7 @@ class SweepFile:
     seeds: Optional[list[int]] = None
     """Training seeds (train.seed): every run once per seed."""
     cluster: Optional[dict[str, Any]] = None
-    """The submitit executor's resources, read by :mod:`lowrank_lm.scaling.cluster`."""
+    """The submitit executor's resources, read by :mod:`lowrank_lm.launch.cluster`."""
 
 
 def read_sweep_file(path: Path) -> SweepFile:

@@ -9,14 +9,14 @@ a crash, a reboot, or runs started by hand:
 * failed: the last attempt from a sweep exited with an error (``sweep-failed.json``); retried next time;
 * pending: nothing yet.
 
-Each run is trained in its own process by default (``python -m lowrank_lm train RUN/config.yaml``): a
-crash or an out-of-memory kill ends one run, not the sweep; every run starts from a fresh allocator and
-a fresh torch.compile cache (dynamo's recompile limit is per process and falls back to eager silently
-after about 8 models); the glibc malloc settings that small CPU models need (see the CPU notes) are
-environment variables read at process start; and a thread count can be set per process, which is what
-makes sharding on a few CPU cores work (two 2-thread processes on 2 cores lose 26-48%). The cost, about
-1.3 s of ``import torch`` per run, is noise beside minutes of training. ``--in-process`` exists for
-debugging.
+Runs are jobs of submitit's executors: its local executor here (``sweep --executor local``, the default:
+:mod:`lowrank_lm.launch.local`) and Slurm (``--executor submitit``: :mod:`lowrank_lm.launch.submit`). What
+stays here beside them is the sweep's bookkeeping (states, results table, progress view) and ONE runner of
+our own, :func:`execute` with a runner callable in this process: ``sweep --in-process`` (debugging) and the
+tests' fake trainers. submitit cannot serve that case: its local executor pickles the callable into a child
+process (a fake trainer's record of its calls, or a debugger's breakpoint, stays there), and its in-process
+executor (``DebugExecutor``) opens ``pdb.post_mortem`` on any exception of a job, which would stop a sweep
+at an interactive prompt where a failed run must be recorded and the next one started.
 """
 
 from __future__ import annotations
@@ -24,28 +24,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import queue
-import shlex
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from lowrank_lm.atomic import open_append, write_json_atomic
+from lowrank_lm.atomic import write_json_atomic
 from lowrank_lm.config import save_config
-from lowrank_lm.errors import EXIT_STOPPED, UserError
+from lowrank_lm.errors import UserError
+from lowrank_lm.launch.job_record import JOB_RECORD
+from lowrank_lm.launch.sweep import RunSpec, SweepPlan, config_differences, shard_runs
 from lowrank_lm.locks import held as lock_held
 from lowrank_lm.locks import is_held
 from lowrank_lm.ownership import Ownership
 from lowrank_lm.resolve import load_config
-from lowrank_lm.scaling.job_record import JOB_RECORD
-from lowrank_lm.scaling.sweep import RunSpec, SweepPlan, config_differences, shard_runs
-from lowrank_lm.scaling.table import RESULT_COLUMNS, write_csv, write_json
+from lowrank_lm.stats.table import RESULT_COLUMNS, write_csv, write_json
 from lowrank_lm.train.rundir import LOCK as LOCK_NAME  # the run-folder layout is the trainer's (no torch)
 from lowrank_lm.train.rundir import METRICS as METRICS_NAME
 from lowrank_lm.train.rundir import SUMMARY, run_ownership
@@ -57,10 +52,6 @@ RESULTS_LOCK = ".results.lock"
 SWEEP_RECORD = ".lowrank-lm-sweep.json"
 JOBS_DIR = "jobs"
 """submitit's folders (job scripts, pickles, job logs) go to OUT_DIR/jobs/<job id>/."""
-# glibc malloc settings for small CPU models (reference CPU notes): keep big tensors on the heap.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TOP_PAD_": "2147483648",
-              "MALLOC_TRIM_THRESHOLD_": "8589934592"}
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass
@@ -151,66 +142,6 @@ Runner = Callable[[RunSpec], None]
 """Trains one run to completion from its config (resuming from checkpoints); raises RunFailed."""
 
 
-class SubprocessRunner:
-    """Train each run in a child process: ``LAUNCHER train RUN/config.yaml``, output teed to RUN/train.log.
-
-    ``devices`` (e.g. "0" or "2,3") gives the child only those GPUs (CUDA_VISIBLE_DEVICES), so several
-    runners can train side by side on one machine, each on its own GPUs.
-    """
-
-    def __init__(self, launcher: str | None = None, threads: int | None = None, echo: TextIO | None = None,
-                 devices: str | None = None):
-        self.launcher = shlex.split(launcher) if launcher else [sys.executable, "-m", "lowrank_lm"]
-        self.threads = threads
-        self.echo = echo
-        self.devices = devices
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for k, v in MALLOC_ENV.items():
-            env.setdefault(k, v)  # a user's own setting wins
-        if self.threads is not None:
-            for k in THREAD_ENV:
-                env[k] = str(self.threads)
-        if self.devices is not None:
-            env["CUDA_VISIBLE_DEVICES"] = self.devices
-        return env
-
-    def __call__(self, spec: RunSpec) -> None:
-        cmd = [*self.launcher, "train", str(spec.config_path)]
-        log = spec.run_dir / LOG_NAME
-        prefix = "    " if self.devices is None else f"    [{spec.name}] "  # side by side: say whose line it is
-        with open_append(log) as fh:
-            gpus = f"CUDA_VISIBLE_DEVICES={self.devices} " if self.devices is not None else ""
-            fh.write(f"$ {gpus}{shlex.join(cmd)}\n")
-            fh.flush()
-            start = fh.tell()
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                    env=self.env())
-            try:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    fh.write(line)
-                    if self.echo is not None:
-                        self.echo.write(f"{prefix}{line}")
-                        self.echo.flush()
-                rc = proc.wait()
-            except KeyboardInterrupt:
-                # Ctrl-C reached the child too (same process group); give it time to stop cleanly.
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.terminate()
-                    proc.wait()
-                raise
-        if rc == EXIT_STOPPED:
-            return  # stopped before the end with a checkpoint (a signal): the run resumes next time
-        if rc != 0:
-            last = last_line(log, start)
-            raise RunFailed(f"`{shlex.join(cmd)}` exited with code {rc}" + (f": {last}" if last else "")
-                            + f"; see {log}")
-
-
 def last_line(log: Path, start: int = 0) -> str | None:
     """The last non-empty line written to ``log`` after byte ``start``."""
     try:
@@ -223,7 +154,8 @@ def last_line(log: Path, start: int = 0) -> str | None:
 
 
 class InProcessRunner:
-    """Train in this process with :func:`lowrank_lm.train.run_training` (for debugging; no isolation)."""
+    """Train in this process with :func:`lowrank_lm.train.run_training` (``sweep --in-process``: debugging, no
+    isolation; the other runs are submitit jobs, see the module docstring)."""
 
     def __call__(self, spec: RunSpec) -> None:
         from lowrank_lm.train import run_training  # the trainer is heavy: imported only when a run starts
@@ -287,7 +219,7 @@ def write_results(plan: SweepPlan, states: dict[str, RunState]) -> list[dict[str
 
 def refresh_results(sweep_file: str | Path) -> None:
     """Rewrite a sweep's results table from its run folders (what a finishing job calls)."""
-    from lowrank_lm.scaling.sweep import load_sweep
+    from lowrank_lm.launch.sweep import load_sweep
 
     plan = load_sweep(sweep_file)
     write_results(plan, {r.name: run_state(r) for r in plan.runs})
@@ -449,21 +381,18 @@ def write_run_config(spec: RunSpec) -> None:
 
 
 class _Sweep:
-    """One invocation's bookkeeping, shared by the runners when they train side by side."""
+    """One invocation's bookkeeping: the states, the runs to do, what became of them."""
 
     def __init__(self, plan: SweepPlan, states: dict[str, RunState], todo: list[RunSpec], out: TextIO,
                  stop_on_error: bool):
         self.plan, self.states, self.todo, self.out = plan, states, todo, out
         self.stop_on_error = stop_on_error
         self.outcome = SweepOutcome([], [], [], [])
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        """Set after a failure with stop_on_error, or Ctrl-C: runs not yet started are left alone."""
-        self.interrupted = threading.Event()
+        self.stop = False
+        """Set after a failure with stop_on_error: runs not yet started are left alone."""
 
     def say(self, text: str) -> None:
-        with self.lock:
-            print(text, file=self.out, flush=True)
+        print(text, file=self.out, flush=True)
 
     def run_one(self, k: int, spec: RunSpec, runner: Runner) -> None:
         """Train one run (skipped when finished or trained elsewhere), then rewrite the results table."""
@@ -472,8 +401,7 @@ class _Sweep:
         if st.status in ("done", "running"):
             why = "finished" if st.status == "done" else "being trained by another process"
             self.say(f"{tag}: skipped ({why})")
-            with self.lock:
-                self.outcome.skipped.append(spec.name)
+            self.outcome.skipped.append(spec.name)
             return
         write_run_config(spec)
         (spec.run_dir / FAILED_MARKER).unlink(missing_ok=True)
@@ -485,71 +413,35 @@ class _Sweep:
         try:
             runner(spec)
         except RunFailed as e:
-            if self.interrupted.is_set():
-                return  # Ctrl-C ended it: interrupted, not failed
             write_json_atomic(spec.run_dir / FAILED_MARKER, {"error": str(e), "time": time.time()})
             self.states[spec.name] = run_state(spec)
             self.say(f"{tag}: FAILED: {e}")
-            with self.lock:
-                self.outcome.failed.append(spec.name)
+            self.outcome.failed.append(spec.name)
             write_results(self.plan, self.states)
-            if self.stop_on_error:
-                self.stop.set()
+            self.stop = self.stop_on_error
             return
         st = self.states[spec.name] = run_state(spec)
         if st.status == "done":
             s = st.summary
             self.say(f"{tag}: done in {_fmt_time(time.monotonic() - t0)}: val loss "
                      f"{s.final_val_loss:.4f}, ppl {s.final_val_ppl:.2f}")
-            with self.lock:
-                self.outcome.finished.append(spec.name)
+            self.outcome.finished.append(spec.name)
         else:
             self.say(f"{tag}: stopped before the end ({st.status} at {_progress_text(st)}); it resumes next time")
-            with self.lock:
-                self.outcome.unfinished.append(spec.name)
+            self.outcome.unfinished.append(spec.name)
         write_results(self.plan, self.states)
 
-    def run_side_by_side(self, runners: list[Runner]) -> None:
-        """Each runner trains one run at a time; a run goes to the first runner that is free."""
-        free: queue.Queue[Runner] = queue.Queue()
-        for r in runners:
-            free.put(r)
 
-        def work(k: int, spec: RunSpec) -> None:
-            if self.stop.is_set():
-                return
-            runner = free.get()
-            try:
-                if not self.stop.is_set():
-                    self.run_one(k, spec, runner)
-            finally:
-                free.put(runner)
+def execute(plan: SweepPlan, runner: Runner, shard: tuple[int, int] = (0, 1), stop_on_error: bool = False,
+            out: TextIO | None = None) -> SweepOutcome:
+    """Run this shard's unfinished runs one after another in this process (smallest first), then write the
+    results table.
 
-        pool = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="sweep-run")
-        try:
-            futures = [pool.submit(work, k, spec) for k, spec in enumerate(self.todo, start=1)]
-            for f in futures:
-                f.result()
-        except KeyboardInterrupt:
-            # Ctrl-C reached the trainers too (one process group): they stop, their threads end
-            self.interrupted.set()
-            self.stop.set()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def execute(plan: SweepPlan, runner: Runner | list[Runner], shard: tuple[int, int] = (0, 1),
-            stop_on_error: bool = False, out: TextIO | None = None) -> SweepOutcome:
-    """Run this shard's unfinished runs (smallest first), then write the results table.
-
-    One runner trains the runs one after another; a list of runners (e.g. one per GPU) trains as many
-    side by side. Finished runs are skipped, interrupted ones resume from their checkpoints (the
-    trainer's ``train.resume=auto``), runs another process is training are left to it. The results
-    table is rewritten after every run, so an interrupted sweep still has one.
+    Finished runs are skipped, interrupted ones resume from their checkpoints (the trainer's
+    ``train.resume=auto``), runs another process is training are left to it. The results table is rewritten
+    after every run, so an interrupted sweep still has one.
     """
     out = out or sys.stderr
-    runners = runner if isinstance(runner, list) else [runner]
     mine = shard_runs(plan.runs, *shard)
     claim_sweep_dir(plan)
     check_existing(mine)
@@ -557,13 +449,10 @@ def execute(plan: SweepPlan, runner: Runner | list[Runner], shard: tuple[int, in
     print(progress_view(plan, states, mine if shard[1] > 1 else None), file=out)
     sweep = _Sweep(plan, states, sorted(mine, key=lambda r: (r.flops, r.name)), out, stop_on_error)
     try:
-        if len(runners) > 1:
-            sweep.run_side_by_side(runners)
-        else:
-            for k, spec in enumerate(sweep.todo, start=1):
-                if sweep.stop.is_set():
-                    break
-                sweep.run_one(k, spec, runners[0])
+        for k, spec in enumerate(sweep.todo, start=1):
+            if sweep.stop:
+                break
+            sweep.run_one(k, spec, runner)
     except KeyboardInterrupt:
         states = {r.name: run_state(r) for r in plan.runs}
         write_results(plan, states)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.planner import SURE, human_time
-from lowrank_lm.scaling.shared import SharedFit
+from lowrank_lm.stats.planner import SURE, human_time
+from lowrank_lm.stats.shared import SharedFit
 
 
 def is_shared_fit(path: str | Path) -> bool:
@@ -60,7 +60,7 @@ def plan_shared(fit: SharedFit, budget: float, bench: list[dict[str, Any]] | Non
     for name in fit.names:
         losses = fit.sample_losses(name, np.array([budget]))[:, 0]
         row: dict[str, Any] = {"series": name, "compute_multiplier": fit.multiplier(name),
-                               "ci": list(fit.k_ci[name]) if fit.k_ci.get(name) else None,
+                               "ci": list(ci) if (ci := fit.k_ci.get(name)) else None,
                                "loss": float(fit.predict(name, budget)),
                                "loss_ci": [float(v) for v in np.quantile(losses, [q, 1 - q])] if len(losses) >= 10
                                else None, "replicates": losses}

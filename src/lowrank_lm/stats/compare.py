@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.scaling.fit import FitResult, Series, SeriesFit, quantile_interval
+from lowrank_lm.stats.bootstrap import quantile_interval
+from lowrank_lm.stats.fit import FitResult, Series, SeriesFit
 
 NOT_DISTINGUISHABLE = "not distinguishable"
 CROSSING_FACTOR = 1e6
@@ -180,7 +181,7 @@ def compare_all(result: FitResult, baseline: str | None = None, level: float | N
                 points: dict[str, Series] | None = None) -> list[dict[str, Any]]:
     """Every pair of fitted series (baseline pairs last, as a - baseline; otherwise the steeper series is a),
     with meeting points against the baseline and, given the ``points`` with sizes, the gap by size."""
-    from lowrank_lm.scaling.table import budget_of
+    from lowrank_lm.stats.table import budget_of
 
     level = level if level is not None else result.settings.get("level", 0.95)
     names = [n for n, f in result.series.items() if f.fitted]

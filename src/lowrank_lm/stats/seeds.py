@@ -9,7 +9,7 @@ The spread is *pooled* over all cells of all series (one relative noise level, a
 assume): with two seeds a cell's own standard deviation has one degree of freedom and is nearly useless
 alone, while twelve cells with two seeds each give twelve. The pooled estimate is the root of the summed
 within-cell squares over the summed degrees of freedom, and the bootstrap draws it from its own sampling
-distribution (s^2 * dof / chi2(dof)), as it does the residual scale.
+distribution (s^2 * dof / chi2(dof)), as it does the residual scale (:mod:`bootstrap`).
 """
 
 from __future__ import annotations
@@ -54,10 +54,6 @@ class SeedNoise:
     def sd_loss(self) -> float:
         """The noise in loss units at the typical loss."""
         return self.sd * self.loss_scale
-
-    def draw(self, rng: np.random.Generator) -> float:
-        """One draw of the noise level from its sampling distribution (wider with few degrees of freedom)."""
-        return self.sd * math.sqrt(self.dof / rng.chisquare(self.dof))
 
     def to_json(self) -> dict[str, Any]:
         return {"sd_log": self.sd, "sd_loss": self.sd_loss, "dof": self.dof, "cells": self.cells}

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from lowrank_lm.atomic import write_text_atomic
-from lowrank_lm.scaling.fit import Series
-from lowrank_lm.scaling.report import POINT_COLUMNS, _table_md, _table_text, noise_line
-from lowrank_lm.scaling.shared import SharedFit
-from lowrank_lm.scaling.table import write_csv, write_json
+from lowrank_lm.stats.fit import Series
+from lowrank_lm.stats.report import POINT_COLUMNS, _table_md, _table_text, noise_line
+from lowrank_lm.stats.shared import SharedFit
+from lowrank_lm.stats.table import write_csv, write_json
 
 HEADER = ["series", "points", "compute multiplier k [CI]", "reading"]
 
@@ -103,7 +103,7 @@ def format_shared_text(fit: SharedFit, source: str, skipped: int = 0) -> str:
 def write_shared_report(fit: SharedFit, series: dict[str, Series], points: list[dict[str, Any]],
                         out_dir: str | Path, source: str, command: str, skipped: int = 0) -> dict[str, Path]:
     """report.md, fit.json, points.csv and shared.png (every series collapsed onto the baseline's curve)."""
-    from lowrank_lm.scaling.plots import plot_shared
+    from lowrank_lm.stats.plots import plot_shared
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.isoflop import joint_optimum
-from lowrank_lm.scaling.joint import JointFit, surface
+from lowrank_lm.stats.isoflop import joint_optimum
+from lowrank_lm.stats.joint import JointFit, surface
 
 SURE = 0.95
 """Share of paired replicates in which the best series must win to be called better than the runner-up."""

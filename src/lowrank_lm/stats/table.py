@@ -114,7 +114,7 @@ def read_points(path: str | Path, x_column: str = "flops") -> tuple[list[dict[st
 
 
 def is_flop_budget(label: str) -> bool:
-    """True for a FLOP budget's label (``C3e14``, see :func:`lowrank_lm.scaling.sweep.budget_label`)."""
+    """True for a FLOP budget's label (``C3e14``, see :func:`lowrank_lm.launch.sweep.budget_label`)."""
     return label.startswith("C") and label[1:2].isdigit()
 
 

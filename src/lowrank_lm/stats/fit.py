@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
+from lowrank_lm.stats.bootstrap import failed_refits_note, quantile_interval, replicates
+from lowrank_lm.stats.multistart import multistart
 
 MIN_POINTS_EXPONENT = 3
 """Fewer points than this: no exponent (two points still give a slope)."""
@@ -293,65 +295,23 @@ class _Group(StackedSeries):
                           ftol=1e-12, xtol=1e-12, gtol=1e-12)
 
 
-def multistart(residual: Any, jac: Any, starts: Any, bounds: tuple[np.ndarray, np.ndarray],
-               accept_unconverged: bool = False, **options: Any) -> Any:
-    """scipy's bounded trust-region least squares from each start; the lowest cost wins (None if all failed).
-
-    The fits here have long valleys (E trades off against A and alpha), where one start can stop in the
-    wrong place, so every law runs its solver from a few starts. Starts are moved strictly inside the box
-    (the trust-region solver wants an interior start); ``options`` go to ``least_squares`` (loss, tolerances).
-    ``accept_unconverged`` also accepts a run that stopped at ``max_nfev`` (still crawling along a flat
-    valley, where the cost barely changes), for fits whose reported quantity does not move along that valley.
-    """
-    from scipy.optimize import least_squares
-
-    lo, hi = bounds
-    best = None
-    for p0 in starts:
-        p0 = np.clip(p0, lo + 1e-9 * (1 + abs(lo)), hi - 1e-9 * (1 + abs(hi)))
-        try:
-            # a trial step far out can overflow exp(); the solver rejects such steps, so no warning is due
-            with np.errstate(over="ignore", invalid="ignore"):
-                res = least_squares(residual, p0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac", **options)
-        except (ValueError, np.linalg.LinAlgError):
-            continue
-        ok = res.status > 0 or (accept_unconverged and res.status == 0)
-        if ok and np.isfinite(res.cost) and (best is None or res.cost < best.cost):
-            best = res
-    return best
-
-
-def noise_scales(rng: np.random.Generator, replicates: int, s: float, dof: int, floor: np.ndarray) -> np.ndarray:
-    """Per-replicate, per-point noise of a parametric bootstrap: shape (replicates, points).
-
-    The residual scale ``s`` is drawn per replicate from its sampling distribution, s * sqrt(dof / chi2(dof))
-    (the bootstrap analogue of a t interval; zero without degrees of freedom), and never falls below the
-    point's ``floor`` (its stated error, or the measured seed-to-seed noise of its mean).
-    """
-    scale = s * np.sqrt(dof / rng.chisquare(dof, size=replicates)) if dof > 0 else np.zeros(replicates)
-    return np.maximum(scale[:, None], np.asarray(floor, float)[None, :])
-
-
-def failed_refits_note(samples: np.ndarray) -> str | None:
-    """The warning when more than 5% of the bootstrap refits failed (rows whose first value is NaN), else None."""
-    failed, total = int(np.isnan(samples[:, 0]).sum()), len(samples)
-    return f"{failed} of {total} bootstrap refits failed; the intervals rest on the rest" if failed > 0.05 * total \
-        else None
-
-
-def quantile_interval(samples: np.ndarray, level: float) -> tuple[float, float] | None:
-    """The central ``level`` interval of the finite bootstrap samples; None with fewer than 10 of them."""
-    ok = samples[np.isfinite(samples)]
-    if len(ok) < 10:
-        return None
-    q = (1 - level) / 2
-    lo, hi = np.quantile(ok, [q, 1 - q])
-    return float(lo), float(hi)
-
-
 def _fit_group(group: _Group, mode: str, opts: FitOptions,
                rng: np.random.Generator) -> tuple[list[SeriesFit], list[str]]:
     """Fit one group and bootstrap it: one :class:`SeriesFit` per series, and the group's own warnings."""
+    p_hat, s, dof, notes = _point_fit(group)
+    boot = _bootstrap_group(group, p_hat, s, dof, opts.n_bootstrap, rng)
+    if boot is not None:
+        failed = failed_refits_note(boot.samples)
+        if failed:
+            notes.append(failed)
+    if dof <= 0 and not np.any(group.err > 0):
+        notes.append("no residual degrees of freedom and no stated errors: no intervals")
+    out = [_series_fit(group, k, mode, p_hat, s, dof, boot, opts.level, notes) for k in range(group.k)]
+    return out, (notes if group.k > 1 else [])
+
+
+def _point_fit(group: _Group) -> tuple[np.ndarray, float, int, list[str]]:
+    """The least-squares fit of a group: (parameters, residual SE, degrees of freedom, warnings)."""
     best = group.solve(group.y, group.starts(group.y))
     names = ", ".join(s.name for s in group.series)
     if best is None:
@@ -361,9 +321,8 @@ def _fit_group(group: _Group, mode: str, opts: FitOptions,
     lmin = float(np.exp(group.y.min()))
     if group.free_E and p_hat[0] <= 1e-9 * lmin:
         p_hat[0] = 0.0  # at the bound: report 0, not the solver's 1e-16
-    e_hat, b, a = group.unpack(p_hat)
-    n, n_params = len(group.y), group.n_params
-    dof = n - n_params
+    e_hat, _, a = group.unpack(p_hat)
+    dof = len(group.y) - group.n_params
     rss = float(np.sum((group.model(p_hat) - group.y) ** 2))
     s = math.sqrt(rss / dof) if dof > 0 else 0.0
     notes: list[str] = []
@@ -376,8 +335,7 @@ def _fit_group(group: _Group, mode: str, opts: FitOptions,
     if np.any(a >= ALPHA_MAX * (1 - 1e-6)):
         notes.append(f"alpha hit its upper bound {ALPHA_MAX}: the fit is degenerate")
     # Conditioning, on the parameters not pinned at a bound (a pinned E is reported above already).
-    free_cols = best.active_mask == 0
-    jac = group.jac(p_hat)[:, free_cols]
+    jac = group.jac(p_hat)[:, best.active_mask == 0]
     if jac.shape[1]:
         norms = np.linalg.norm(jac, axis=0)
         norms[norms == 0] = 1.0
@@ -386,67 +344,81 @@ def _fit_group(group: _Group, mode: str, opts: FitOptions,
         if cond > COND_WARN:
             notes.append(f"ill-conditioned fit (condition number {cond:.2g}): E, A and alpha trade off "
                          "against each other; trust the intervals, not the point values")
+    return p_hat, s, dof, notes
 
-    # Bootstrap: parametric, log-space Gaussian noise around the fitted curve (see the module docstring).
+
+@dataclass
+class _GroupBootstrap:
+    """The replicates of one group: refitted parameters, and each series' slope and loss per decade."""
+
+    samples: np.ndarray
+    slopes: np.ndarray
+    per_decade: np.ndarray
+
+
+def _bootstrap_group(group: _Group, p_hat: np.ndarray, s: float, dof: int, B: int,
+                     rng: np.random.Generator) -> _GroupBootstrap | None:
+    """Parametric, log-space Gaussian noise around the fitted curve (see the module docstring); None when
+    there are no replicates or no noise to draw them with."""
+    if B == 0 or not (s > 0 or bool(np.any(group.err > 0))):
+        return None
     fitted = group.model(p_hat)
-    B = opts.n_bootstrap
-    samples = np.full((B, n_params), np.nan)
-    slopes = np.full((B, group.k), np.nan)
-    per_decade = np.full((B, group.k), np.nan)
+    lmin = float(np.exp(group.y.min()))
+    boot = _GroupBootstrap(np.full((B, group.n_params), np.nan), np.full((B, group.k), np.nan),
+                           np.full((B, group.k), np.nan))
     log10x = group.lnx / math.log(10)
-    have_noise = s > 0 or bool(np.any(group.err > 0))
-    if B > 0 and have_noise:
-        for i in range(B):
-            sig = s * math.sqrt(dof / rng.chisquare(dof)) if dof > 0 else 0.0
-            y_b = fitted + rng.standard_normal(n) * np.maximum(sig, group.err)
-            res = group.solve(y_b, [p_hat])
-            if res is not None:
-                samples[i] = res.x
-                if group.free_E and samples[i, 0] <= 1e-9 * lmin:
-                    samples[i, 0] = 0.0
-            for k in range(group.k):
-                sel = group.idx == k
-                slopes[i, k] = _ols_slopes(group.lnx[sel], y_b[None, sel])[0]
-                per_decade[i, k] = _ols_slopes(log10x[sel], np.exp(y_b[None, sel]))[0]
-    failed = failed_refits_note(samples) if B and have_noise else None
-    if failed:
-        notes.append(failed)
-    if dof <= 0 and not np.any(group.err > 0):
-        notes.append("no residual degrees of freedom and no stated errors: no intervals")
+    for i in range(B):
+        # one replicate per call, its scale drawn just before its noise: the order every recorded fit used
+        y_b = replicates(rng, fitted, 1, s, dof, group.err)[0]
+        res = group.solve(y_b, [p_hat])
+        if res is not None:
+            boot.samples[i] = res.x
+            if group.free_E and boot.samples[i, 0] <= 1e-9 * lmin:
+                boot.samples[i, 0] = 0.0
+        for k in range(group.k):
+            sel = group.idx == k
+            boot.slopes[i, k] = _ols_slopes(group.lnx[sel], y_b[None, sel])[0]
+            boot.per_decade[i, k] = _ols_slopes(log10x[sel], np.exp(y_b[None, sel]))[0]
+    return boot
 
-    out = []
-    mode_name = mode
-    for k, ser in enumerate(group.series):
-        sel = group.idx == k
-        lnA = b[k] + a[k] * group.c0
-        fit = SeriesFit(name=ser.name, n_points=ser.n, mode=mode_name, alpha=float(a[k]), E=float(e_hat),
-                        A=float(math.exp(lnA)), slope=loglog_slope(ser.x, ser.loss),
-                        loss_per_decade=loss_per_decade(ser.x, ser.loss), x_min=float(ser.x.min()),
-                        x_max=float(ser.x.max()), residual_se=s, dof=dof,
-                        warnings=list(notes) if group.k == 1 else [])
-        if B and have_noise:
-            e_s = samples[:, 0] if group.free_E else np.full(B, e_hat)
-            b_s, a_s = (samples[:, 1 + k], samples[:, 1 + group.k + k]) if group.free_E \
-                else (samples[:, k], samples[:, group.k + k])
-            fit.samples = np.column_stack([e_s, b_s + a_s * group.c0, a_s])
-            fit.alpha_ci = quantile_interval(a_s, opts.level)
-            fit.E_ci = quantile_interval(e_s, opts.level) if group.free_E else None
-            # The replicate slopes scatter around the slope of the fitted curve; their deviations from it,
-            # added to the observed slope, give the slope's interval.
-            curve_slope = _ols_slopes(group.lnx[sel], fitted[None, sel])[0]
-            fit.slope_samples = fit.slope + (slopes[:, k] - curve_slope)
-            fit.slope_ci = quantile_interval(fit.slope_samples, opts.level)
-            curve_per_decade = _ols_slopes(log10x[sel], np.exp(fitted[None, sel]))[0]
-            fit.per_decade_samples = fit.loss_per_decade + (per_decade[:, k] - curve_per_decade)
-            fit.loss_per_decade_ci = quantile_interval(fit.per_decade_samples, opts.level)
-        if fit.alpha_ci is not None and fit.alpha_ci[1] - fit.alpha_ci[0] > fit.alpha:
-            fit.warnings.append("alpha is poorly determined: its interval is wider than its value")
-        decades = math.log10(ser.x.max() / ser.x.min())
-        if decades < 1:
-            fit.warnings.append(f"the points span only {decades:.2f} decades of compute; exponents from a short "
-                                "range extrapolate poorly")
-        out.append(fit)
-    return out, (notes if group.k > 1 else [])
+
+def _series_fit(group: _Group, k: int, mode: str, p_hat: np.ndarray, s: float, dof: int,
+                boot: _GroupBootstrap | None, level: float, notes: list[str]) -> SeriesFit:
+    """The fit of the group's ``k``-th series, with its intervals from the group's replicates."""
+    ser = group.series[k]
+    e_hat, b, a = group.unpack(p_hat)
+    sel = group.idx == k
+    lnA = b[k] + a[k] * group.c0
+    fit = SeriesFit(name=ser.name, n_points=ser.n, mode=mode, alpha=float(a[k]), E=float(e_hat),
+                    A=float(math.exp(lnA)), slope=loglog_slope(ser.x, ser.loss),
+                    loss_per_decade=loss_per_decade(ser.x, ser.loss), x_min=float(ser.x.min()),
+                    x_max=float(ser.x.max()), residual_se=s, dof=dof,
+                    warnings=list(notes) if group.k == 1 else [])
+    if boot is not None:
+        samples, B = boot.samples, len(boot.samples)
+        e_s = samples[:, 0] if group.free_E else np.full(B, e_hat)
+        b_s, a_s = (samples[:, 1 + k], samples[:, 1 + group.k + k]) if group.free_E \
+            else (samples[:, k], samples[:, group.k + k])
+        fit.samples = np.column_stack([e_s, b_s + a_s * group.c0, a_s])
+        fit.alpha_ci = quantile_interval(a_s, level)
+        fit.E_ci = quantile_interval(e_s, level) if group.free_E else None
+        # The replicate slopes scatter around the slope of the fitted curve; their deviations from it,
+        # added to the observed slope, give the slope's interval.
+        fitted = group.model(p_hat)
+        curve_slope = _ols_slopes(group.lnx[sel], fitted[None, sel])[0]
+        fit.slope_samples = fit.slope + (boot.slopes[:, k] - curve_slope)
+        fit.slope_ci = quantile_interval(fit.slope_samples, level)
+        log10x = group.lnx / math.log(10)
+        curve_per_decade = _ols_slopes(log10x[sel], np.exp(fitted[None, sel]))[0]
+        fit.per_decade_samples = fit.loss_per_decade + (boot.per_decade[:, k] - curve_per_decade)
+        fit.loss_per_decade_ci = quantile_interval(fit.per_decade_samples, level)
+    if fit.alpha_ci is not None and fit.alpha_ci[1] - fit.alpha_ci[0] > float(a[k]):
+        fit.warnings.append("alpha is poorly determined: its interval is wider than its value")
+    decades = math.log10(ser.x.max() / ser.x.min())
+    if decades < 1:
+        fit.warnings.append(f"the points span only {decades:.2f} decades of compute; exponents from a short "
+                            "range extrapolate poorly")
+    return fit
 
 
 # --------------------------------------------------------------------------- the whole table

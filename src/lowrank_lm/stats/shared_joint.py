@@ -6,7 +6,7 @@ parameter is worth 1.3 of dense's". Unlike the compute multiplier of :mod:`share
 structure does per parameter from how many tokens it saw, so it needs runs at several token budgets (or a
 series whose N and D do not move together) besides several sizes: "where the data allow it". Fitted like
 :mod:`joint` (Huber loss on log residuals, delta 1e-3, normalised N and D, cell means over seeds) from a grid
-of starts through :func:`fit.multistart`; bootstrapped like the compute law (:func:`fit.noise_scales`: the
+of starts through :func:`multistart.multistart`; bootstrapped like the compute law (:func:`bootstrap.noise_scales`: the
 residual scale drawn per replicate, floored at the seed-to-seed noise of each cell mean).
 """
 
@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.fit import multistart, noise_scales, quantile_interval
-from lowrank_lm.scaling.joint import EXPONENT_MAX, JointOptions, JointSeries
-from lowrank_lm.scaling.seeds import SeedNoise, pooled_noise
-from lowrank_lm.scaling.shared import LOG_K_MAX
+from lowrank_lm.stats.bootstrap import noise_scales, quantile_interval
+from lowrank_lm.stats.joint import EXPONENT_MAX, JointOptions, JointSeries
+from lowrank_lm.stats.multistart import multistart
+from lowrank_lm.stats.seeds import SeedNoise, pooled_noise
+from lowrank_lm.stats.shared import LOG_K_MAX
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _check(series: dict[str, JointSeries], names: list[str], n_cells: int, n_par
 def fit_shared_joint(series: dict[str, JointSeries], baseline: str | None = None,
                      opts: JointOptions | None = None) -> SharedJointFit:
     """Fit the shared surface with a parameter multiplier per series and bootstrap it."""
-    from lowrank_lm.scaling.compare import default_baseline
+    from lowrank_lm.stats.compare import default_baseline
 
     opts = opts or JointOptions()
     names = list(series)
@@ -163,6 +164,7 @@ def fit_shared_joint(series: dict[str, JointSeries], baseline: str | None = None
     if opts.n_bootstrap:
         rng = np.random.default_rng([opts.seed, 11])
         floor = noise.sd / np.sqrt(count) if noise is not None else np.zeros(len(y))
+        # the noise drawn before its scales (the order of the fits on record; the other laws draw scales first)
         Y = prob.model(p)[None, :] + rng.standard_normal((opts.n_bootstrap, len(y))) * noise_scales(
             rng, opts.n_bootstrap, s, dof, floor)
         samples = np.full((opts.n_bootstrap, len(p)), np.nan)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from lowrank_lm.atomic import write_text_atomic
-from lowrank_lm.scaling.fit import FitResult, Series
-from lowrank_lm.scaling.table import write_csv, write_json
+from lowrank_lm.stats.fit import FitResult, Series
+from lowrank_lm.stats.table import write_csv, write_json
 from lowrank_lm.tables import markdown_table, text_table
 
 POINT_COLUMNS = ("series", "name", "x", "loss", "loss_err", "quality", "source")
@@ -147,7 +147,7 @@ def write_report(result: FitResult, series: dict[str, Series], rows: list[dict[s
                  source: str, command: str, overlay: dict[str, Series] | None = None,
                  skipped: int = 0) -> dict[str, Path]:
     """Write report.md, fit.json, points.csv and scaling.png to ``out_dir``; returns their paths."""
-    from lowrank_lm.scaling.plots import plot_fit
+    from lowrank_lm.stats.plots import plot_fit
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -296,7 +296,7 @@ def format_joint_text(result: Any, iso: dict[str, Any], comparisons: list[dict[s
 def write_joint_report(result: Any, iso: dict[str, Any], comparisons: list[dict[str, Any]], series: dict[str, Any],
                        out_dir: str | Path, source: str, command: str, skipped: int = 0) -> dict[str, Path]:
     """Write report.md, fit.json and the plots (surface, and IsoFLOP profiles when there are any) to ``out_dir``."""
-    from lowrank_lm.scaling.plots import plot_isoflop, plot_joint
+    from lowrank_lm.stats.plots import plot_isoflop, plot_joint
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

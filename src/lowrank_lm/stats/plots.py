@@ -15,7 +15,7 @@ import numpy as np
 
 from lowrank_lm.atomic import atomic_open
 from lowrank_lm.plotting import distinct_colours
-from lowrank_lm.scaling.fit import FitResult, Series
+from lowrank_lm.stats.fit import FitResult, Series
 
 X_LABELS = {"flops": "training FLOPs (paper convention: 3 x forward)", "flops_6n": "training FLOPs (6N)",
             "params": "parameters", "params_non_embedding": "non-embedding parameters", "tokens": "tokens"}

@@ -13,7 +13,7 @@ How the fit works (the same conventions as :mod:`fit`):
 * Log residuals, normalised compute x = ln C - mean ln C, so ln L = ln(E + exp(b - alpha (x + ln k_s))).
   Parameters (E, b, alpha, ln k_s for every series but the baseline), bounded: 0 <= E < min L,
   0 <= alpha <= 5, |ln k| <= 25. scipy's trust-region solver runs from a grid of starts (E x alpha, each with
-  b from the baseline's points and ln k from each series' offset) through :func:`fit.multistart`.
+  b from the baseline's points and ln k from each series' offset) through :func:`multistart.multistart`.
 * Bootstrap: parametric, as the compute law's: Gaussian log-space noise around the fitted curve, its scale
   drawn per replicate from its sampling distribution and floored at each point's stated error, which for a
   table with seeds is the measured seed-to-seed noise of the point's mean (:func:`seeds.average_seeds`).
@@ -33,17 +33,15 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.scaling.fit import (
+from lowrank_lm.stats.bootstrap import failed_refits_note, noise_scales, quantile_interval
+from lowrank_lm.stats.fit import (
     ALPHA_MAX,
     FitOptions,
     Series,
     StackedSeries,
-    failed_refits_note,
     fit_all,
-    multistart,
-    noise_scales,
-    quantile_interval,
 )
+from lowrank_lm.stats.multistart import multistart
 
 LOG_K_MAX = 25.0
 """Bound on |ln k|: a multiplier beyond e^25 (7e10) means the series does not share the curve at all."""
@@ -188,7 +186,7 @@ class SharedFit:
 
 def _order(series: dict[str, Series], baseline: str | None) -> list[str]:
     """The series names, baseline first; a one-line error when the baseline is missing or unknown."""
-    from lowrank_lm.scaling.compare import default_baseline
+    from lowrank_lm.stats.compare import default_baseline
 
     names = list(series)
     base = baseline if baseline is not None else default_baseline(names)
@@ -244,6 +242,7 @@ def _bootstrap(fit: SharedFit, prob: _Problem, p_hat: np.ndarray, dof: int, s: f
         return
     rng = np.random.default_rng([opts.seed, 7])
     fitted = prob.model(p_hat)
+    # the noise drawn before its scales: the order of the fits on record (docs/scaling.md); the others draw scales first
     Y = fitted[None, :] + rng.standard_normal((B, len(fitted))) * noise_scales(rng, B, s, dof, prob.err)
     samples = np.full((B, 3 + len(fit.names)), np.nan)
     for i in range(B):

@@ -36,9 +36,9 @@ import submitit
 
 from lowrank_lm.atomic import open_append, write_json_atomic
 from lowrank_lm.errors import EXIT_STOPPED
-from lowrank_lm.scaling.cluster import LAUNCH_ENV
-from lowrank_lm.scaling.execute import FAILED_MARKER, LOG_NAME, last_line
-from lowrank_lm.scaling.job_record import JobRecord
+from lowrank_lm.launch.cluster import LAUNCH_ENV
+from lowrank_lm.launch.execute import FAILED_MARKER, LOG_NAME, last_line
+from lowrank_lm.launch.job_record import JobRecord
 from lowrank_lm.train.rundir import SUMMARY
 from lowrank_lm.train.summary import RunSummary
 
@@ -119,9 +119,11 @@ class TrainJob(submitit.helpers.Checkpointable):
             self._record(run, env, state="stopped", message="stopped before the end (SIGTERM without the "
                          "scheduler's requeue signal); the checkpoint is kept: submit the sweep again to resume")
             return {"finished": False}
-        why = last_line(log, start) or f"exit status {rc}"
+        last = last_line(log, start)
+        why = f"exit status {rc}" + (f": {last}" if last else "")
         if self.retries_used >= self.retries:
-            self._fail(run, env, f"failed {self.retries_used + 1} times; last: {why}")
+            tries = f"failed {self.retries_used + 1} times; last: " if self.retries else ""
+            self._fail(run, env, f"{tries}{why}; see {log}")
         self.retries_used += 1
         self._record(run, env, state="retrying", message=why)
         self._requeue_now()
@@ -132,7 +134,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         log = run / LOG_NAME
         with open_append(log, "ab") as fh:
             start = fh.tell()
-            fh.write(f"$ {launch}\n".encode())
+            # the GPUs the job was given, as the local runner's log showed them (none: no prefix)
+            gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+            fh.write(f"$ {f'CUDA_VISIBLE_DEVICES={gpus} ' if gpus else ''}{launch}\n".encode())
             fh.flush()
             # The scheduler's signal goes to every process of the job; only this one acts on it, the trainer
             # ignores it (an ignored signal stays ignored across exec) and gets SIGTERM from checkpoint().
@@ -229,7 +233,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         if not self.sweep_file:
             return
         from lowrank_lm.errors import UserError
-        from lowrank_lm.scaling.execute import refresh_results
+        from lowrank_lm.launch.execute import refresh_results
 
         try:
             refresh_results(self.sweep_file)

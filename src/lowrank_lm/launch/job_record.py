@@ -1,7 +1,7 @@
 """``RUN/job.json``: the scheduler job a sweep run was submitted as, and what became of it.
 
 Written by ``sweep --executor submitit`` when it submits the run and by the job as it runs
-(lowrank_lm.scaling.jobs); read by ``sweep --status`` and ``--cancel``. Imports no submitit, so the
+(lowrank_lm.launch.jobs); read by ``sweep --status`` and ``--cancel``. Imports no submitit, so the
 status of a sweep can be read anywhere.
 """
 
