@@ -1,6 +1,6 @@
 import pytest
 
-from lowrank_lm.config import KIND_INITS, apply_overrides, config_to_dict, load_config, save_config
+from lowrank_lm.config import KIND_INITS, config_from_dict, config_to_dict, load_config, save_config
 from lowrank_lm.errors import ConfigError
 
 from .conftest import small_config
@@ -65,8 +65,11 @@ def test_overrides_and_base_files(tmp_path):
     assert cfg.model.hidden_dim == 2048 and cfg.model.ffn.kind == "lowrank" and cfg.model.ffn.rank == 256
     assert cfg.train.lr == 2e-4
     assert load_config(None, ["train.tokens=2.2e9"]).train.tokens == 2_200_000_000
-    raw = apply_overrides({"model": {"hidden_dim": 8}}, ["model.ffn.kind=lowrank", "train.betas=[0.9, 0.95]"])
-    assert raw == {"model": {"hidden_dim": 8, "ffn": {"kind": "lowrank"}}, "train": {"betas": [0.9, 0.95]}}
+    # overrides merge into the mapping: a section they name is created, the others keep their values
+    cfg = config_from_dict({"model": {"hidden_dim": 64, "num_q_heads": 2}},
+                           ["model.ffn.kind=lowrank", "model.ffn.rank=8", "train.betas=[0.9, 0.95]"])
+    assert (cfg.model.hidden_dim, cfg.model.num_q_heads, cfg.model.num_layers) == (64, 2, 12)
+    assert (cfg.model.ffn.kind, cfg.model.ffn.rank, cfg.train.betas) == ("lowrank", 8, (0.9, 0.95))
 
 
 def test_save_and_reload_round_trip(tmp_path):
