@@ -2,8 +2,12 @@
 
 A config file is a YAML mapping with the sections ``model``, ``data`` and ``train``. It may name a
 ``base`` file (a path relative to itself) whose values it overrides, so the paper's structured
-variants are a few lines each. Overrides such as ``model.ffn.rank=512`` are applied to the raw
-mapping before it is converted, so a typo in an override is caught like a typo in the file.
+variants are a few lines each. Overrides such as ``model.ffn.rank=512`` are merged after the files, so a
+typo in an override is caught like a typo in the file.
+
+OmegaConf's structured configs do the merging and check every key and type against the dataclasses; the
+result is the plain dataclasses again (``OmegaConf.to_object``). Around it stay our one-line errors (with a
+did-you-mean) and our rules where its conversions differ (:func:`_prepare`).
 
 Validation happens before anything is allocated and raises :class:`ConfigError` with one line that
 names the key and the fix.
@@ -349,8 +353,10 @@ def _scalar(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp in (bool, str) and isinstance(value, bool) != (tp is bool):
         raise bad
-    if isinstance(value, str):  # OmegaConf's escapes keep ``${...}`` and ``???`` as the text they are
-        return "\\???" if value == "???" else re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", value)
+    if value == "???":  # OmegaConf's mark of a missing value; escaped, it would come back as a str subclass
+        raise ConfigError(f"{key}: ??? is not a value; give the setting, or leave it empty")
+    if isinstance(value, str):  # OmegaConf's escape keeps ``${...}`` the text it is (no interpolation)
+        return re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", value)
     return value
 
 
