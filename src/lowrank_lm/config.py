@@ -313,6 +313,9 @@ def _unoptional(tp: Any) -> Any:
     return tp
 
 
+_hints = functools.cache(typing.get_type_hints)  # a dataclass's field types (its annotations are text)
+
+
 def _prepare(value: Any, tp: Any, key: str) -> Any:
     """A YAML value for the field typed ``tp``, as OmegaConf should see it: where our rules differ from its own
     conversions (a bool is only a bool, 1e6 fills an int field, 2.5 does not, text is never ``${...}``
@@ -324,7 +327,7 @@ def _prepare(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp) or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping{' of settings' * (origin is not dict)}, got {value!r}")
-        hints = typing.get_type_hints(tp) if origin is not dict else dict.fromkeys(value, args[1])
+        hints = _hints(tp) if origin is not dict else dict.fromkeys(value, args[1])
         return {k: _prepare(v, hints.get(k, Any), f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if origin in (list, tuple) and not isinstance(value, (list, tuple)):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}; set it to a valid value")
@@ -362,13 +365,13 @@ def _scalar(value: Any, tp: Any, key: str) -> Any:
 
 def _translate(e: OmegaConfBaseException, unknown: str) -> ConfigError:
     """OmegaConf's error as our one line: an unknown key with a did-you-mean, a value with the type it needs."""
-    key, name, owner = e.full_key, str(e.key), e.object_type
+    key, name, owner = e.full_key or "", str(e.key), e.object_type
     if isinstance(e, ConfigKeyError) and dataclasses.is_dataclass(owner):
         hint = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(owner)], n=1, cutoff=0.5)
         extra = f"; did you mean {key[: len(key) - len(name)]}{hint[0]}?" if hint else ""
         return ConfigError(f"{unknown} {key}{extra}")
     if dataclasses.is_dataclass(owner):
-        tp = typing.get_type_hints(owner).get(name, Any)
+        tp = _hints(owner).get(name, Any)
     else:  # an element of a typed list or mapping: its type is the container's last argument
         tp = (typing.get_args(_unoptional(e.ref_type)) or (Any,))[-1]
     tp = _unoptional(tp)
@@ -382,13 +385,19 @@ def _translate(e: OmegaConfBaseException, unknown: str) -> ConfigError:
     return ConfigError(f"{key}: expected {_type_name(tp)}, got {e.value!r}; set it to a valid value")
 
 
+@functools.cache
+def _schema(cls: type) -> Any:
+    """OmegaConf's structured config of ``cls``, built once (merge copies it, never changes it)."""
+    return OmegaConf.structured(cls)
+
+
 def from_layers(cls: type[_T], layers: list[Any], unknown: str = "unknown config key") -> _T:
     """The dataclass ``cls`` from YAML mappings merged in order (later ones win) over its defaults: OmegaConf's
     structured config checks every key and type; a problem is one ConfigError naming the key (with a
     did-you-mean). Other files with a schema (sweep files) use this too, with their own words for an ``unknown``
     key."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), *(_prepare(raw, cls, "") for raw in layers))
+        merged = OmegaConf.merge(_schema(cls), *(_prepare(raw, cls, "") for raw in layers))
         return typing.cast(_T, OmegaConf.to_object(merged))
     except OmegaConfBaseException as e:
         raise _translate(e, unknown) from None
