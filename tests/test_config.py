@@ -1,7 +1,7 @@
 import pytest
 
-from lowrank_lm.config import KIND_INITS, config_from_dict, config_to_dict, load_config, save_config
-from lowrank_lm.errors import ConfigError, UserError
+from lowrank_lm.config import KIND_INITS, apply_overrides, config_to_dict, load_config, save_config
+from lowrank_lm.errors import ConfigError
 
 from .conftest import small_config
 
@@ -65,11 +65,8 @@ def test_overrides_and_base_files(tmp_path):
     assert cfg.model.hidden_dim == 2048 and cfg.model.ffn.kind == "lowrank" and cfg.model.ffn.rank == 256
     assert cfg.train.lr == 2e-4
     assert load_config(None, ["train.tokens=2.2e9"]).train.tokens == 2_200_000_000
-    # overrides merge into the mapping: a section they name is created, the others keep their values
-    cfg = config_from_dict({"model": {"hidden_dim": 64, "num_q_heads": 2}},
-                           ["model.ffn.kind=lowrank", "model.ffn.rank=8", "train.betas=[0.9, 0.95]"])
-    assert (cfg.model.hidden_dim, cfg.model.num_q_heads, cfg.model.num_layers) == (64, 2, 12)
-    assert (cfg.model.ffn.kind, cfg.model.ffn.rank, cfg.train.betas) == ("lowrank", 8, (0.9, 0.95))
+    raw = apply_overrides({"model": {"hidden_dim": 8}}, ["model.ffn.kind=lowrank", "train.betas=[0.9, 0.95]"])
+    assert raw == {"model": {"hidden_dim": 8, "ffn": {"kind": "lowrank"}}, "train": {"betas": [0.9, 0.95]}}
 
 
 def test_save_and_reload_round_trip(tmp_path):
@@ -131,6 +128,22 @@ def test_text_is_never_interpolated_and_an_empty_section_is_its_defaults(tmp_pat
     assert load_config(tmp_path / "again.yaml") == cfg
 
 
+def test_sweep_files_are_read_by_the_same_engine(tmp_path):
+    from lowrank_lm.errors import UserError
+    from lowrank_lm.scaling.sweep_file import BudgetsEntry, SizeEntry, read_sweep_file
+
+    (tmp_path / "s.yaml").write_text("sizes: {a: x.yaml, b: {overrides: [train.lr=1e-3]}}\n"
+                                     "budgets: {flops: [1.2e13]}\nseeds: [1e3]\n"
+                                     "cluster: {setup: ['cd ${HOME}/work'], nodes: 2}\n")
+    sweep = read_sweep_file(tmp_path / "s.yaml")
+    assert sweep.sizes == {"a": SizeEntry(config="x.yaml"), "b": SizeEntry(overrides=["train.lr=1e-3"])}
+    assert sweep.budgets == BudgetsEntry(flops=[1.2e13]) and sweep.seeds == [1000] and sweep.structures == {}
+    assert sweep.cluster == {"setup": ["cd ${HOME}/work"], "nodes": 2}  # text, never interpolated
+    (tmp_path / "s.yaml").write_text("sizes: {a: {config: x.yaml, flop: [1]}}\n")
+    with pytest.raises(UserError, match=r"s.yaml: unknown key sizes\.a\.flop; did you mean sizes\.a\.flops\?$"):
+        read_sweep_file(tmp_path / "s.yaml")
+
+
 def test_bad_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("model: {hidden_dim: 4\n")
     with pytest.raises(ConfigError, match="malformed YAML"):
@@ -149,18 +162,3 @@ def test_yaml_is_never_evaluated(tmp_path):
     (tmp_path / "evil.yaml").write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="malformed YAML"):
         load_config(tmp_path / "evil.yaml")
-
-
-def test_sweep_files_are_read_by_the_same_engine(tmp_path):
-    from lowrank_lm.scaling.sweep_file import BudgetsEntry, SizeEntry, read_sweep_file
-
-    (tmp_path / "s.yaml").write_text("sizes: {a: x.yaml, b: {overrides: [train.lr=1e-3]}}\n"
-                                     "budgets: {flops: [1.2e13]}\nseeds: [1e3]\n"
-                                     "cluster: {setup: ['cd ${HOME}/work'], nodes: 2}\n")
-    sweep = read_sweep_file(tmp_path / "s.yaml")
-    assert sweep.sizes == {"a": SizeEntry(config="x.yaml"), "b": SizeEntry(overrides=["train.lr=1e-3"])}
-    assert sweep.budgets == BudgetsEntry(flops=[1.2e13]) and sweep.seeds == [1000] and sweep.structures == {}
-    assert sweep.cluster == {"setup": ["cd ${HOME}/work"], "nodes": 2}  # text, never interpolated
-    (tmp_path / "s.yaml").write_text("sizes: {a: {config: x.yaml, flop: [1]}}\n")
-    with pytest.raises(UserError, match=r"s.yaml: unknown key sizes\.a\.flop; did you mean sizes\.a\.flops\?$"):
-        read_sweep_file(tmp_path / "s.yaml")

@@ -2,12 +2,8 @@
 
 A config file is a YAML mapping with the sections ``model``, ``data`` and ``train``. It may name a
 ``base`` file (a path relative to itself) whose values it overrides, so the paper's structured
-variants are a few lines each. Overrides such as ``model.ffn.rank=512`` are merged after the files, so a
-typo in an override is caught like a typo in the file.
-
-OmegaConf's structured configs do the merging and check every key and type against the dataclasses; the
-result is the plain dataclasses again (``OmegaConf.to_object``). Around it stay our one-line errors (with a
-did-you-mean) and our rules where its conversions differ (:func:`_prepare`).
+variants are a few lines each. Overrides such as ``model.ffn.rank=512`` are applied to the raw
+mapping before it is converted, so a typo in an override is caught like a typo in the file.
 
 Validation happens before anything is allocated and raises :class:`ConfigError` with one line that
 names the key and the fix.
@@ -291,6 +287,9 @@ class Config:
 
 
 # --------------------------------------------------------------------------- conversion
+# OmegaConf's structured configs merge a file's base chain and the overrides and check every key and type against
+# the dataclasses; OmegaConf.to_object gives back the plain dataclasses. Around it stay our one-line errors (with a
+# did-you-mean) and our rules where its conversions differ (_prepare).
 
 
 def _type_name(tp: Any) -> str:
@@ -435,6 +434,19 @@ def override_layer(item: str) -> dict:
     return functools.reduce(lambda inner, part: {part: inner}, reversed(dotted.strip().split(".")), parse_value(text))
 
 
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """A raw config mapping with ``a.b.c=value`` overrides merged in, for callers that hold a mapping
+    (:func:`load_config` merges its files and overrides in OmegaConf instead)."""
+    return functools.reduce(_merge, map(override_layer, overrides), raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def parse_value(text: str) -> Any:
     """A command-line value as YAML reads it (``3`` -> 3, ``[1, 2]`` -> a list); text YAML cannot parse stays text."""
     try:
@@ -468,20 +480,19 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _resolve(layers: list[Any], overrides: list[str] | None) -> Config:
-    cfg = from_layers(Config, [*layers, *map(override_layer, overrides or [])])
+def config_from_dict(raw: dict) -> Config:
+    """Build and validate a :class:`Config` from a raw mapping."""
+    cfg = from_layers(Config, [raw])
     validate(cfg)
     return cfg
 
 
-def config_from_dict(raw: dict, overrides: list[str] | None = None) -> Config:
-    """Build and validate a :class:`Config` from a raw mapping and ``key=value`` overrides."""
-    return _resolve([raw], overrides)
-
-
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) with its base chain, apply overrides, validate."""
-    return _resolve(_read_yaml(Path(path)) if path is not None else [], overrides)
+    layers = _read_yaml(Path(path)) if path is not None else []
+    cfg = from_layers(Config, [*layers, *map(override_layer, overrides or [])])
+    validate(cfg)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict:
