@@ -384,10 +384,14 @@ def _translate(e: OmegaConfBaseException, unknown: str) -> ConfigError:
     return ConfigError(f"{key}: expected {_type_name(tp)}, got {e.value!r}; set it to a valid value")
 
 
-@functools.cache
+_SCHEMAS: dict[type, Any] = {}
+
+
 def _schema(cls: type) -> Any:
     """OmegaConf's structured config of ``cls``, built once (merge copies it, never changes it)."""
-    return OmegaConf.structured(cls)
+    if cls not in _SCHEMAS:
+        _SCHEMAS[cls] = OmegaConf.structured(cls)
+    return _SCHEMAS[cls]
 
 
 def from_layers(cls: type[_T], layers: list[Any], unknown: str = "unknown config key") -> _T:
