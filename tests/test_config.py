@@ -132,13 +132,13 @@ def test_sweep_files_are_read_by_the_same_engine(tmp_path):
     from lowrank_lm.errors import UserError
     from lowrank_lm.scaling.sweep_file import BudgetsEntry, SizeEntry, read_sweep_file
 
-    (tmp_path / "s.yaml").write_text("sizes: {a: x.yaml, b: {overrides: [train.lr=1e-3]}}\n"
+    (tmp_path / "s.yaml").write_text("sizes: {a: x.yaml, 1: {overrides: [train.lr=1e-3]}}\n"
                                      "budgets: {flops: [1.2e13]}\nseeds: [1e3]\n"
-                                     "cluster: {setup: ['cd ${HOME}/work'], nodes: 2}\n")
+                                     "cluster: {setup: ['cd ${HOME}/work'], nodes: 2, sbatch: {comment: '${x}'}}\n")
     sweep = read_sweep_file(tmp_path / "s.yaml")
-    assert sweep.sizes == {"a": SizeEntry(config="x.yaml"), "b": SizeEntry(overrides=["train.lr=1e-3"])}
+    assert sweep.sizes == {"a": SizeEntry(config="x.yaml"), "1": SizeEntry(overrides=["train.lr=1e-3"])}
     assert sweep.budgets == BudgetsEntry(flops=[1.2e13]) and sweep.seeds == [1000] and sweep.structures == {}
-    assert sweep.cluster == {"setup": ["cd ${HOME}/work"], "nodes": 2}  # text, never interpolated
+    assert sweep.cluster == {"setup": ["cd ${HOME}/work"], "nodes": 2, "sbatch": {"comment": "${x}"}}  # text
     (tmp_path / "s.yaml").write_text("sizes: {a: {config: x.yaml, flop: [1]}}\n")
     with pytest.raises(UserError, match=r"s.yaml: unknown key sizes\.a\.flop; did you mean sizes\.a\.flops\?$"):
         read_sweep_file(tmp_path / "s.yaml")

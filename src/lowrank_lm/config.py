@@ -323,11 +323,12 @@ def _prepare(value: Any, tp: Any, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if value is None:  # an empty section (``model:`` and nothing under it) is its defaults, as it always was
         return {} if dataclasses.is_dataclass(tp) and not optional else None
-    if dataclasses.is_dataclass(tp) or origin is dict:
+    if dataclasses.is_dataclass(tp) or origin is dict or (isinstance(value, dict) and tp is Any):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping{' of settings' * (origin is not dict)}, got {value!r}")
-        hints = _hints(tp) if origin is not dict else dict.fromkeys(value, args[1])
-        return {k: _prepare(v, hints.get(k, Any), f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        value = {str(k): v for k, v in value.items()}  # YAML reads a size named 1 as a number; names are text
+        hints = _hints(tp) if dataclasses.is_dataclass(tp) else dict.fromkeys(value, (*args, Any)[-1])
+        return {k: _prepare(v, hints.get(k, Any), f"{key}.{k}" if key else k) for k, v in value.items()}
     if origin in (list, tuple) and not isinstance(value, (list, tuple)):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}; set it to a valid value")
     if origin is tuple and len(value) != len(args):
