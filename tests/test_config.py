@@ -102,6 +102,7 @@ BAD = [
     (["model.ffn.keep_dense_layers=[a]"], "model.ffn.keep_dense_layers[0]: expected int, got 'a'"),
     (["data.tokenizer=true"], "data.tokenizer: expected str, got True"),
     (["data.source=[1]"], "data.source: expected str, got [1]"),
+    (["train.out_dir=2024-01-01"], "train.out_dir: expected str, got datetime.date(2024, 1, 1)"),
     (["model.vocab_size="], "model.vocab_size: expected int, got None"),
     (["train.compile=yes please"], "train.compile: 'yes please' is not one of auto, True, False"),
     (["model.ffn.fraction=true"], "model.ffn.fraction: expected float, got True"),
@@ -124,6 +125,8 @@ def test_text_is_never_interpolated_and_an_empty_section_is_its_defaults(tmp_pat
     assert (cfg.data.source, cfg.data.tokenizer, cfg.train.out_dir, cfg.data.dir) == \
         ("a/${HOME}/b", "?${x}?", "x\\${y}", "${oops")
     assert cfg.model == load_config(None).model
+    reset = load_config("configs/cpu/tiny.yaml", ["model.ffn.kind=lowrank", "model.ffn=", "model.hidden_dim=64"])
+    assert reset.model.ffn == load_config(None).model.ffn and reset.model.hidden_dim == 64  # empty: the defaults
     save_config(cfg, tmp_path / "again.yaml")
     assert load_config(tmp_path / "again.yaml") == cfg
 

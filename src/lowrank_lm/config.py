@@ -322,7 +322,7 @@ def _prepare(value: Any, tp: Any, key: str) -> Any:
     optional, tp = tp is not _unoptional(tp), _unoptional(tp)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if value is None:  # an empty section (``model:`` and nothing under it) is its defaults, as it always was
-        return {} if dataclasses.is_dataclass(tp) and not optional else None
+        return _prepare(dataclasses.asdict(tp()), tp, key) if dataclasses.is_dataclass(tp) and not optional else None
     if dataclasses.is_dataclass(tp) or origin is dict or (isinstance(value, dict) and tp is Any):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping{' of settings' * (origin is not dict)}, got {value!r}")
@@ -354,7 +354,9 @@ def _scalar(value: Any, tp: Any, key: str) -> Any:
                 raise ConfigError(f"{key}: expected a whole number, got {value!r}")
             return int(value)
         return value
-    if tp in (bool, str) and isinstance(value, bool) != (tp is bool):
+    if tp is bool and not isinstance(value, bool):
+        raise bad
+    if tp is str and (isinstance(value, bool) or not isinstance(value, (str, int, float))):  # 3 is "3", a date no
         raise bad
     if value == "???":  # OmegaConf's mark of a missing value; escaped, it would come back as a str subclass
         raise ConfigError(f"{key}: ??? is not a value; give the setting, or leave it empty")
