@@ -34,8 +34,8 @@ CPU = torch.device("cpu")
 def malloc_child(tuned: bool) -> None:
     """Print step and GELU medians (ms) in this process, with or without tune_malloc."""
     from lowrank_lm.bench.train import make_step
-    from lowrank_lm.resolve import load_config
     from lowrank_lm.model import Transformer
+    from lowrank_lm.resolve import load_config
 
     if tuned:
         assert tune_malloc(), "tune_malloc did not apply (not glibc?)"

@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 
 from lowrank_lm.config import config_to_dict
-from lowrank_lm.resolve import load_config
 from lowrank_lm.launch.sweep import load_sweep
+from lowrank_lm.resolve import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -98,6 +98,17 @@ BAD = [
     (["train.self_guided.enabled=true"], "self_guided needs a structured FFN"),
     (["model.ffn=3"], "model.ffn: expected a mapping"),
     (["model.ffn.kind"], "has no '='"),
+    (["train.betas=[0.9]"], "train.betas: expected 2 values, got 1"),
+    (["train.betas=[0.9, x]"], "train.betas[1]: expected float, got 'x'"),
+    (["model.ffn.keep_dense_layers=[0.5]"], "model.ffn.keep_dense_layers[0]: expected a whole number, got 0.5"),
+    (["model.ffn.keep_dense_layers=[a]"], "model.ffn.keep_dense_layers[0]: expected int, got 'a'"),
+    (["data.tokenizer=true"], "data.tokenizer: expected str, got True"),
+    (["data.source=[1]"], "data.source: expected str, got [1]"),
+    (["train.out_dir=2024-01-01"], "train.out_dir: expected str, got datetime.date(2024, 1, 1)"),
+    (["model.vocab_size="], "model.vocab_size: expected int, got None"),
+    (["train.compile=yes please"], "train.compile: 'yes please' is not one of auto, True, False"),
+    (["model.ffn.fraction=true"], "model.ffn.fraction: expected float, got True"),
+    (["data.tokenizer=???"], "data.tokenizer: ??? is not a value"),
 ]
 
 
@@ -108,6 +119,35 @@ def test_bad_values_name_the_key_and_the_fix(overrides, message):
     text = str(err.value)
     assert message in text
     assert "\n" not in text
+
+
+def test_text_is_never_interpolated_and_an_empty_section_is_its_defaults(tmp_path):
+    (tmp_path / "c.yaml").write_text("model:\ndata: {source: 'a/${HOME}/b', tokenizer: '?${x}?'}\n")
+    cfg = load_config(tmp_path / "c.yaml", ["train.out_dir=x\\${y}", "data.dir=${oops"])
+    assert (cfg.data.source, cfg.data.tokenizer, cfg.train.out_dir, cfg.data.dir) == \
+        ("a/${HOME}/b", "?${x}?", "x\\${y}", "${oops")
+    assert cfg.model == load_config(None).model
+    reset = load_config("configs/cpu/tiny.yaml", ["model.ffn.kind=lowrank", "model.ffn=", "model.hidden_dim=64"])
+    assert reset.model.ffn == load_config(None).model.ffn and reset.model.hidden_dim == 64  # empty: the defaults
+    save_config(cfg, tmp_path / "again.yaml")
+    assert load_config(tmp_path / "again.yaml") == cfg
+
+
+def test_sweep_files_are_read_by_the_same_engine(tmp_path):
+    from lowrank_lm.scaling.sweep_file import BudgetsEntry, SizeEntry, read_sweep_file
+
+    from lowrank_lm.errors import UserError
+
+    (tmp_path / "s.yaml").write_text("sizes: {a: x.yaml, 1: {overrides: [train.lr=1e-3]}}\n"
+                                     "budgets: {flops: [1.2e13]}\nseeds: [1e3]\n"
+                                     "cluster: {setup: ['cd ${HOME}/work'], nodes: 2, sbatch: {comment: '${x}'}}\n")
+    sweep = read_sweep_file(tmp_path / "s.yaml")
+    assert sweep.sizes == {"a": SizeEntry(config="x.yaml"), "1": SizeEntry(overrides=["train.lr=1e-3"])}
+    assert sweep.budgets == BudgetsEntry(flops=[1.2e13]) and sweep.seeds == [1000] and sweep.structures == {}
+    assert sweep.cluster == {"setup": ["cd ${HOME}/work"], "nodes": 2, "sbatch": {"comment": "${x}"}}  # text
+    (tmp_path / "s.yaml").write_text("sizes: {a: {config: x.yaml, flop: [1]}}\n")
+    with pytest.raises(UserError, match=r"s.yaml: unknown key sizes\.a\.flop; did you mean sizes\.a\.flops\?$"):
+        read_sweep_file(tmp_path / "s.yaml")
 
 
 def test_bad_files(tmp_path):

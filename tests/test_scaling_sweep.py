@@ -13,7 +13,6 @@ import pytest
 
 from lowrank_lm.cli import main
 from lowrank_lm.errors import UserError
-from lowrank_lm.resolve import load_config
 from lowrank_lm.launch.execute import (
     FAILED_MARKER,
     LOCK_NAME,
@@ -23,6 +22,7 @@ from lowrank_lm.launch.execute import (
     write_run_config,
 )
 from lowrank_lm.launch.sweep import RunSpec, load_sweep, parse_shard, shard_runs
+from lowrank_lm.resolve import load_config
 from lowrank_lm.stats.table import read_points
 from lowrank_lm.train.rundir import run_ownership
 from lowrank_lm.train.summary import RunSummary

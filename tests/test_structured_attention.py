@@ -19,11 +19,11 @@ from lowrank_lm import sizing
 from lowrank_lm.accounting import count_model
 from lowrank_lm.checkpoint import load_model
 from lowrank_lm.config import AttnConfig, SelfGuidedConfig
+from lowrank_lm.launch.sweep import load_sweep
 from lowrank_lm.layers import BlockShuffleLinear, LowRankLinear, registry
 from lowrank_lm.model import Transformer
 from lowrank_lm.premerge import premerge, premerged_layers
 from lowrank_lm.resolve import load_config
-from lowrank_lm.launch.sweep import load_sweep
 from lowrank_lm.train import run_training
 from lowrank_lm.train.metrics import read_metrics
 from lowrank_lm.train.self_guided import SelfGuidance

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, TypeVar
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.errors import ConfigError
@@ -274,6 +278,9 @@ class Config:
 
 
 # --------------------------------------------------------------------------- conversion
+# OmegaConf's structured configs merge a file's base chain and the overrides and check every key and type against
+# the dataclasses; OmegaConf.to_object gives back the plain dataclasses. Around it stay our one-line errors (with a
+# did-you-mean) and our rules where its conversions differ (_prepare).
 
 
 def _type_name(tp: Any) -> str:
@@ -281,8 +288,7 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return " | ".join(str(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _type_name(args[0]) + " or empty"
+        return _type_name(_unoptional(tp)) + " or empty"
     if origin in (list, tuple):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     if origin is dict:
@@ -290,106 +296,117 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, key: str, unknown: str = "unknown config key") -> Any:
-    """Convert a YAML value to the annotated type, or raise ConfigError naming the key (an unknown key: ``unknown``
-    and its name)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, args[0], key, unknown)
-    if dataclasses.is_dataclass(tp):
-        if value is None:
-            value = {}
+def _unoptional(tp: Any) -> Any:
+    """``X`` for ``Optional[X]``; other types as they are."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+_hints = functools.cache(typing.get_type_hints)  # a dataclass's field types (its annotations are text)
+
+
+def _prepare(value: Any, tp: Any, key: str) -> Any:
+    """A YAML value for the field typed ``tp``, as OmegaConf should see it: where our rules differ from its own
+    conversions (a bool is only a bool, 1e6 fills an int field, 2.5 does not, text is never ``${...}``
+    interpolation), applied here with our messages. Unknown keys and the other types are OmegaConf's to check."""
+    optional, tp = tp is not _unoptional(tp), _unoptional(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if value is None:  # an empty section (``model:`` and nothing under it) is its defaults, as it always was
+        return _prepare(dataclasses.asdict(tp()), tp, key) if dataclasses.is_dataclass(tp) and not optional else None
+    if dataclasses.is_dataclass(tp) or origin is dict or (isinstance(value, dict) and tp is Any):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
-        return _from_dict(tp, value, key, unknown)
+            raise ConfigError(f"{key}: expected a mapping{' of settings' * (origin is not dict)}, got {value!r}")
+        value = {str(k): v for k, v in value.items()}  # YAML reads a size named 1 as a number; names are text
+        hints = _hints(tp) if dataclasses.is_dataclass(tp) else dict.fromkeys(value, (*args, Any)[-1])
+        return {k: _prepare(v, hints.get(k, Any), f"{key}.{k}" if key else k) for k, v in value.items()}
+    if origin in (list, tuple) and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}; set it to a valid value")
+    if origin is tuple and len(value) != len(args):
+        raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+    if isinstance(value, (list, tuple)):
+        elems = args if origin is tuple else (args or (Any,)) * len(value)
+        return [_prepare(v, elem, f"{key}[{i}]") for i, (v, elem) in enumerate(zip(value, elems))]
+    return _scalar(value, tp, key)
+
+
+def _scalar(value: Any, tp: Any, key: str) -> Any:
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}; set it to a valid value")
-    if origin is dict:  # name -> entry, e.g. a sweep's sizes
-        if not isinstance(value, dict):
-            raise bad
-        elem = typing.get_args(tp)[1]
-        return {str(k): _convert(v, elem, f"{key}.{k}", unknown) for k, v in value.items()}
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}{extra}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        (elem, *_) = typing.get_args(tp)
-        items = [_convert(v, elem, f"{key}[{i}]", unknown) for i, v in enumerate(value)]
-        if origin is tuple:
-            n = len(typing.get_args(tp))
-            if len(items) != n:
-                raise ConfigError(f"{key}: expected {n} values, got {len(items)}")
-            return tuple(items)
-        return items
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
     if tp in (int, float):
         if isinstance(value, bool):
             raise bad
-        if isinstance(value, str):  # YAML 1.1 reads 2.2e9 (no sign) as a string
+        if isinstance(value, str):  # YAML 1.1 reads 2.2e9 (no sign) as text
             try:
                 value = float(value)
             except ValueError:
                 raise bad from None
-        if not isinstance(value, (int, float)):
-            raise bad
-        if tp is int:
-            if float(value) != int(value):
+        if tp is int and isinstance(value, float):
+            if not value.is_integer():
                 raise ConfigError(f"{key}: expected a whole number, got {value!r}")
             return int(value)
-        return float(value)
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        return value
+    if tp is bool and not isinstance(value, bool):
         raise bad
+    if tp is str and (isinstance(value, bool) or not isinstance(value, (str, int, float))):  # 3 is "3", a date no
+        raise bad
+    if value == "???":  # OmegaConf's mark of a missing value; escaped, it would come back as a str subclass
+        raise ConfigError(f"{key}: ??? is not a value; give the setting, or leave it empty")
+    if isinstance(value, str):  # OmegaConf's escape keeps ``${...}`` the text it is (no interpolation)
+        return re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", value)
     return value
 
 
-def _from_dict(cls: type, raw: dict, prefix: str = "", unknown: str = "unknown config key") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for k in raw:
-        if k not in names:
-            where = f"{prefix}.{k}" if prefix else str(k)
-            hint = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
-            extra = f"; did you mean {prefix + '.' if prefix else ''}{hint[0]}?" if hint else ""
-            raise ConfigError(f"{unknown} {where}{extra}")
-    kwargs = {}
-    for name in names:
-        if name in raw:
-            kwargs[name] = _convert(raw[name], hints[name], f"{prefix}.{name}" if prefix else name, unknown)
-    return cls(**kwargs)
+def _translate(e: OmegaConfBaseException, unknown: str) -> ConfigError:
+    """OmegaConf's error as our one line: an unknown key with a did-you-mean, a value with the type it needs."""
+    key, name, owner = e.full_key or "", str(e.key), e.object_type
+    if isinstance(e, ConfigKeyError) and dataclasses.is_dataclass(owner):
+        hint = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(owner)], n=1, cutoff=0.5)
+        extra = f"; did you mean {key[: len(key) - len(name)]}{hint[0]}?" if hint else ""
+        return ConfigError(f"{unknown} {key}{extra}")
+    if dataclasses.is_dataclass(owner):
+        tp = _hints(owner).get(name, Any)
+    else:  # an element of a typed list or mapping: its type is the container's last argument
+        tp = (typing.get_args(_unoptional(e.ref_type)) or (Any,))[-1]
+    tp = _unoptional(tp)
+    if typing.get_origin(tp) is Literal:
+        choices = [str(c) for c in typing.get_args(tp)]
+        hint = difflib.get_close_matches(str(e.value), choices, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return ConfigError(f"{key}: {e.value!r} is not one of {', '.join(choices)}{extra}")
+    if not key:
+        return ConfigError(str(e).splitlines()[0])
+    return ConfigError(f"{key}: expected {_type_name(tp)}, got {e.value!r}; set it to a valid value")
+
+
+_SCHEMAS: dict[type, Any] = {}
+
+
+def _schema(cls: type) -> Any:
+    """OmegaConf's structured config of ``cls``, built once (merge copies it, never changes it)."""
+    if cls not in _SCHEMAS:
+        _SCHEMAS[cls] = OmegaConf.structured(cls)
+    return _SCHEMAS[cls]
+
+
+def from_layers(cls: type[_T], layers: list[Any], unknown: str = "unknown config key") -> _T:
+    """The dataclass ``cls`` from YAML mappings merged in order (later ones win) over its defaults: OmegaConf's
+    structured config checks every key and type; a problem is one ConfigError naming the key (with a
+    did-you-mean). Other files with a schema (sweep files) use this too, with their own words for an ``unknown``
+    key."""
+    try:
+        merged = OmegaConf.merge(_schema(cls), *(_prepare(raw, cls, "") for raw in layers))
+        return typing.cast(_T, OmegaConf.to_object(merged))
+    except OmegaConfBaseException as e:
+        raise _translate(e, unknown) from None
 
 
 def from_mapping(cls: type[_T], raw: Any, unknown: str = "unknown config key") -> _T:
-    """The dataclass ``cls`` read from a YAML mapping by the config's rules: each value converted to its field's
-    annotated type, and an unknown key or a wrong type a ConfigError naming the key (with a did-you-mean).
-    Other files with a schema (sweep files) use this too, with their own words for an ``unknown`` key."""
-    return _convert(raw, cls, "", unknown)
+    """The dataclass ``cls`` read from one YAML mapping (see :func:`from_layers`)."""
+    return from_layers(cls, [raw], unknown)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """Read a config file and its ``base`` chain into one raw mapping."""
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
+    """A config file and its ``base`` chain: the raw mappings, the farthest base first."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: its base chain loops back to itself; remove the cycle")
@@ -404,20 +421,28 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with model/data/train sections")
     base = raw.pop("base", None)
-    if base is not None:
-        raw = _merge(_read_yaml(path.parent / str(base), (*seen, path)), raw)
-    return raw
+    return [*_read_yaml(path.parent / str(base), (*seen, path)), raw] if base is not None else [raw]
+
+
+def override_layer(item: str) -> dict:
+    """One ``a.b.c=value`` override (the value parsed as YAML) as the mapping ``{a: {b: {c: value}}}``."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} has no '='; write it as section.key=value")
+    dotted, text = item.split("=", 1)
+    return functools.reduce(lambda inner, part: {part: inner}, reversed(dotted.strip().split(".")), parse_value(text))
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw config mapping."""
-    raw = _merge({}, raw)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} has no '='; write it as section.key=value")
-        dotted, text = item.split("=", 1)
-        set_dotted(raw, dotted.strip(), parse_value(text), f"override {dotted}")
-    return raw
+    """A raw config mapping with ``a.b.c=value`` overrides merged in, for callers that hold a mapping
+    (:func:`load_config` merges its files and overrides in OmegaConf instead)."""
+    return functools.reduce(_merge, map(override_layer, overrides), raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def parse_value(text: str) -> Any:
@@ -456,14 +481,15 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def read_dict(raw: dict) -> Config:
     """A :class:`Config` read from a raw mapping, each value checked against its field's type. Not yet resolved
     or validated: :func:`lowrank_lm.resolve.config_from_dict` does both."""
-    return _from_dict(Config, raw)
+    return from_layers(Config, [raw])
 
 
 def read_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides, types checked. Not yet
-    resolved or validated: :func:`lowrank_lm.resolve.load_config`, which every command uses, does both."""
-    raw = _read_yaml(Path(path)) if path is not None else {}
-    return read_dict(apply_overrides(raw, overrides or []))
+    """Read a YAML config (or the defaults when ``path`` is None) with its base chain and apply overrides, types
+    checked. Not yet resolved or validated: :func:`lowrank_lm.resolve.load_config`, which every command uses,
+    does both."""
+    layers = _read_yaml(Path(path)) if path is not None else []
+    return from_layers(Config, [*layers, *map(override_layer, overrides or [])])
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -1,4 +1,4 @@
-"""The sweep file's schema: dataclasses read by the config's converter (:func:`lowrank_lm.config.from_mapping`).
+"""The sweep file's schema: dataclasses read as configs are (OmegaConf, :func:`lowrank_lm.config.from_mapping`).
 
 A sweep file is checked like a config: every key is known (a typo gets one line naming it, with a
 did-you-mean) and every value has its field's type. What the values must mean together (a structure with
