@@ -134,7 +134,7 @@ def test_text_is_never_interpolated_and_an_empty_section_is_its_defaults(tmp_pat
 
 
 def test_sweep_files_are_read_by_the_same_engine(tmp_path):
-    from lowrank_lm.scaling.sweep_file import BudgetsEntry, SizeEntry, read_sweep_file
+    from lowrank_lm.launch.sweep_file import BudgetsEntry, SizeEntry, read_sweep_file
 
     from lowrank_lm.errors import UserError
 
