@@ -29,9 +29,6 @@ KNOWN = {
     # layer alone from its spec; the config is loaded, then resolved into a new object.
     ("config", "layers.registry"),
     ("layers.registry", "model"),
-    # checkpoint and checkpoint_dcp import each other (issue 24 item 1: one checkpoint package with a shared
-    # layout module, left to the checkpoint rewrite).
-    ("checkpoint_dcp", "checkpoint"),
 }
 
 

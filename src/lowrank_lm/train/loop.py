@@ -21,6 +21,7 @@ from torch import nn
 from lowrank_lm.accounting import account
 from lowrank_lm.checkpoint import (
     check_checkpoint,
+    is_sharded,
     list_checkpoints,
     load_state,
     model_state,
@@ -31,7 +32,6 @@ from lowrank_lm.checkpoint import (
     save_checkpoint,
     writing,
 )
-from lowrank_lm.checkpoint_dcp import is_sharded
 from lowrank_lm.config import Config, config_to_dict, load_config
 from lowrank_lm.data.tokenizer import copy_tokenizer
 from lowrank_lm.errors import UserError
@@ -277,7 +277,7 @@ class Trainer:
                  "loaders": {k: v.state_dict() for k, v in loaders.items()}}
         meta = {"tokens": st.tokens, "total_steps": self.total_steps, "world_size": self.dist.world_size}
         if self.sharded:  # FSDP: every rank writes its own shards (torch.distributed.checkpoint)
-            from lowrank_lm.checkpoint_dcp import save_sharded_checkpoint
+            from lowrank_lm.checkpoint import save_sharded_checkpoint
 
             save_sharded_checkpoint(self.run_dir.path, st.step, model, optimizer, self.cfg, state, meta,
                                     agree=all_or_none)
@@ -317,7 +317,7 @@ class Trainer:
     def _load_optimizer(self, model: Transformer, optimizer: torch.optim.Optimizer, ckpt: Path,
                         state: dict[str, Any]) -> None:
         """Optimiser state (from a sharded checkpoint the weights too), whatever the world size either side."""
-        from lowrank_lm.checkpoint_dcp import load_sharded, optimizer_state_by_name
+        from lowrank_lm.checkpoint import load_sharded, optimizer_state_by_name
 
         if is_sharded(ckpt):
             load_sharded(ckpt, model, optimizer, state)
