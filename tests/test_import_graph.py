@@ -120,7 +120,7 @@ def rows():
 def test_the_graph_reader_sees_function_level_relative_and_type_checking_imports(tmp_path):
     # the reader on the real tree: known edges of each kind are found
     g = import_graph()
-    assert "checkpoint" in g["train.loop"]  # a top-level from-import
+    assert "checkpoint" in g["train.checkpointer"]  # a top-level from-import
     assert "decoding" in g["api"]  # "from lowrank_lm import decoding": a submodule through the package
     assert "checkpoint" in g["api"]  # inside load(): a function-level import
     assert "export.remote.configuration_lowrank_lm" in g["export.remote.modeling_lowrank_lm"]  # relative

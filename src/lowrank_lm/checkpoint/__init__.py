@@ -21,6 +21,9 @@ from __future__ import annotations
 from lowrank_lm.checkpoint.commit import complete_checkpoint, prune_checkpoints, write_errors, writing
 from lowrank_lm.checkpoint.layout import (
     CHECKPOINTS,
+    CONFIG_FILE,
+    META_FILE,
+    MODEL_FILE,
     OLD_STATE,
     PREFIX,
     checkpoint_name,
@@ -34,6 +37,8 @@ from lowrank_lm.checkpoint.layout import (
 )
 from lowrank_lm.checkpoint.read import check_checkpoint, check_weights, load_model, load_state, weight_shapes
 from lowrank_lm.checkpoint.sharded import (
+    OPTIMIZER_EXTRA,
+    OPTIMIZER_GROUPS,
     load_sharded,
     optimizer_state_by_name,
     read_sharded_tensors,
@@ -42,9 +47,10 @@ from lowrank_lm.checkpoint.sharded import (
 from lowrank_lm.checkpoint.single import model_state, save_checkpoint
 
 __all__ = [
-    "CHECKPOINTS", "OLD_STATE", "PREFIX", "check_checkpoint", "check_weights", "checkpoint_name",
-    "complete_checkpoint", "is_old_sharded", "is_sharded", "list_checkpoints", "load_model", "load_sharded",
-    "load_state", "model_state", "old_format", "optimizer_state_by_name", "prune_checkpoints",
-    "read_sharded_tensors", "refuse_old_format", "resolve_checkpoint", "save_checkpoint",
-    "save_sharded_checkpoint", "shard_files", "weight_shapes", "write_errors", "writing",
+    "CHECKPOINTS", "CONFIG_FILE", "META_FILE", "MODEL_FILE", "OLD_STATE", "OPTIMIZER_EXTRA", "OPTIMIZER_GROUPS",
+    "PREFIX", "check_checkpoint", "check_weights", "checkpoint_name", "complete_checkpoint", "is_old_sharded",
+    "is_sharded", "list_checkpoints", "load_model", "load_sharded", "load_state", "model_state", "old_format",
+    "optimizer_state_by_name", "prune_checkpoints", "read_sharded_tensors", "refuse_old_format",
+    "resolve_checkpoint", "save_checkpoint", "save_sharded_checkpoint", "shard_files", "weight_shapes",
+    "write_errors", "writing",
 ]
