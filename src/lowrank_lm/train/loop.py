@@ -170,8 +170,7 @@ class Trainer:
                        self.accounting.flops_per_token, resolve_peak_flops(self.device, train_cfg.peak_tflops))
         evaluator = Evaluator(data_dir, self.cfg.model.seq_len, self.micro_batch, self.device, train_cfg.precision,
                               train_cfg.eval_tokens, self.dist.rank, self.dist.world_size, self._log, log.record)
-        self._stopped_by = "max_steps"
-        self.checkpointer.last_save = time.perf_counter()
+        self.checkpointer.last_save = time.perf_counter()  # the wall-clock cadence counts from here
         last_eval: dict[str, Any] | None = None
         while state.step < stop_at:
             step = self._train_step(parts, state)
