@@ -25,8 +25,8 @@ ERRORS = {
         "save failed", {0: (OSError(28, "No space left on device"), traceback.StackSummary())}),
 }
 # where the failure strikes: the weights, the training state (both safetensors), config.yaml (Python I/O)
-WRITERS = {"weights": "lowrank_lm.checkpoint.save_file", "state": "lowrank_lm.safe_state.save_file",
-           "config": "lowrank_lm.checkpoint.save_config"}
+WRITERS = {"weights": "lowrank_lm.checkpoint.single.save_file", "state": "lowrank_lm.safe_state.save_file",
+           "config": "lowrank_lm.checkpoint.commit.save_config"}
 
 
 def ended_in_one_line(err: str) -> bool:

@@ -134,9 +134,8 @@ def test_text_is_never_interpolated_and_an_empty_section_is_its_defaults(tmp_pat
 
 
 def test_sweep_files_are_read_by_the_same_engine(tmp_path):
-    from lowrank_lm.launch.sweep_file import BudgetsEntry, SizeEntry, read_sweep_file
-
     from lowrank_lm.errors import UserError
+    from lowrank_lm.launch.sweep_file import BudgetsEntry, SizeEntry, read_sweep_file
 
     (tmp_path / "s.yaml").write_text("sizes: {a: x.yaml, 1: {overrides: [train.lr=1e-3]}}\n"
                                      "budgets: {flops: [1.2e13]}\nseeds: [1e3]\n"

@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lowrank_lm.checkpoint import list_checkpoints, load_state
-from lowrank_lm.checkpoint_dcp import optimizer_state_by_name
+from lowrank_lm.checkpoint import list_checkpoints, load_state, optimizer_state_by_name
 from lowrank_lm.model import Transformer
 from lowrank_lm.reliability import final_state
 from lowrank_lm.resolve import load_config

@@ -20,8 +20,7 @@ from safetensors.torch import load_file
 
 import lowrank_lm
 from lowrank_lm.accounting import account
-from lowrank_lm.checkpoint import list_checkpoints, load_state
-from lowrank_lm.checkpoint_dcp import is_sharded
+from lowrank_lm.checkpoint import is_sharded, list_checkpoints, load_state
 from lowrank_lm.cli import main
 from lowrank_lm.config import save_config
 from lowrank_lm.data import TokenLoader, validation_batches

@@ -19,16 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "lowrank_lm"
 DOC = ROOT / "docs" / "architecture.md"
 
-# Edges that break the rule today and are left to the engineers rewriting those files (issue 24, item 1). Each
-# is (importer, imported) as module names under lowrank_lm. A NEW circle or upward import still fails; an entry
-# whose edge is gone fails too, so the list only shrinks.
-KNOWN = {
-    # checkpoint and checkpoint_dcp import each other (issue 24 item 1: one checkpoint package with a shared
-    # layout module, left to the checkpoint rewrite).
-    ("checkpoint_dcp", "checkpoint"),
-}
-
-
 def module_files() -> dict[str, Path]:
     """Dotted module name under lowrank_lm (``__init__`` for the package itself) -> its file."""
     out = {}
@@ -117,7 +107,7 @@ def rows():
 def test_the_graph_reader_sees_function_level_relative_and_type_checking_imports(tmp_path):
     # the reader on the real tree: known edges of each kind are found
     g = import_graph()
-    assert "checkpoint" in g["train.loop"]  # a top-level from-import
+    assert "checkpoint" in g["train.checkpointer"]  # a top-level from-import
     assert "decoding" in g["api"]  # "from lowrank_lm import decoding": a submodule through the package
     assert "checkpoint" in g["api"]  # inside load(): a function-level import
     assert "export.remote.configuration_lowrank_lm" in g["export.remote.modeling_lowrank_lm"]  # relative
@@ -142,7 +132,7 @@ def test_nothing_imports_upward_or_sideways(graph, rows):
         layer, unit = unit_of(module, rows)
         for target, line in targets.items():
             t_layer, t_unit = unit_of(target, rows)
-            if (t_unit == unit or t_layer < layer) or (module, target) in KNOWN:
+            if (t_unit == unit or t_layer < layer):
                 continue
             bad.append(f"{module} ({unit}, layer {layer}) imports {target} ({t_unit}, layer {t_layer}) "
                        f"at {graph_path(module)}:{line}")
@@ -194,18 +184,5 @@ def test_circle_finder_finds_a_circle_and_only_circles():
 
 
 def test_no_circle_between_modules(graph):
-    edges = {m: {t for t in targets if (m, t) not in KNOWN} for m, targets in graph.items()}
-    circles = strongly_connected(edges)
+    circles = strongly_connected({m: set(targets) for m, targets in graph.items()})
     assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
-
-
-def test_every_known_exception_still_exists(graph):
-    gone = [edge for edge in KNOWN if edge[1] not in graph.get(edge[0], {})]
-    assert not gone, f"fixed, remove from KNOWN in tests/test_import_graph.py: {gone}"
-
-
-def test_the_page_names_the_same_exceptions(graph):
-    # docs/architecture.md lists the known exceptions too, so the page says where the house still leans
-    text = DOC.read_text()
-    for importer, imported in KNOWN:
-        assert f"`{importer}` -> `{imported}`" in text, f"docs/architecture.md does not list {importer} -> {imported}"

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from lowrank_lm import mup
-from lowrank_lm.checkpoint import list_checkpoints
-from lowrank_lm.checkpoint_dcp import optimizer_state_by_name
+from lowrank_lm.checkpoint import list_checkpoints, optimizer_state_by_name
 from lowrank_lm.model import Transformer
 from lowrank_lm.train import loop as train_loop
 from lowrank_lm.train import run_training

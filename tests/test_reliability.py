@@ -85,7 +85,7 @@ def test_an_out_dir_in_use_is_refused(tmp_path):
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tiny_data, tmp_path, monkeypatch):
-    import lowrank_lm.checkpoint as checkpoint
+    import lowrank_lm.checkpoint.single as checkpoint
 
     out = tmp_path / "run"
     cfg = tiny_run_config(tiny_data, out)

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from lowrank_lm.checkpoint import list_checkpoints, load_model, load_state
-from lowrank_lm.checkpoint_dcp import is_sharded, read_sharded_tensors
+from lowrank_lm.checkpoint import is_sharded, list_checkpoints, load_model, load_state, read_sharded_tensors
 from lowrank_lm.config import save_config
 from lowrank_lm.resolve import load_config
 from lowrank_lm.train.metrics import read_metrics

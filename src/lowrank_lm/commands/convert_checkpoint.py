@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Convert SRC into OUT and print how to resume from it."""
-    from lowrank_lm.checkpoint_convert import convert_checkpoint
+    from lowrank_lm.checkpoint.convert import convert_checkpoint
 
     out = convert_checkpoint(args.checkpoint, args.out,
                              warn=lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))

@@ -254,6 +254,33 @@ class _Piece:
     nbytes: int
 
 
+@dataclass
+class _Output:
+    """Where one prepare pass puts the ids, and how far it has got."""
+
+    splitter: Splitter
+    writer: ShardWriter
+    """The training shards."""
+    val_writer: ShardWriter
+    dtype: Any
+    """The shards' id type (from the vocabulary size)."""
+    streamed_val: bool
+    """documents mode: validation ids go straight to shards; tail mode: held in ``val_pending`` to the end."""
+    resumed_shards: int
+    """Complete training shards of an interrupted pass that this one continues."""
+    val_pending: list[np.ndarray] = dataclasses.field(default_factory=list)
+    skip_train: int = 0
+    """Training ids of the resumed document that are already in complete shards."""
+    emitted: int = 0
+    """Training ids handed to the writer, completed or not."""
+    val_count: int = 0
+    n_tokens: int = 0
+    saved_val: int = -1
+    """How many ``val_pending`` parts VAL_PARTIAL holds."""
+    shown: float = 0.0
+    """When the progress bar's postfix was last set (time.monotonic)."""
+
+
 class _Run:
     """One prepare pass (fresh or resumed) into ``data_dir``."""
 
@@ -265,7 +292,8 @@ class _Run:
                      "tokenizer_file": file_sha256(spec.model_file) if spec.model_file else None, **_settings(cfg)}
 
     def run(self) -> PrepareResult:
-        t0 = time.perf_counter()
+        """Tokenize the source into shards (resuming an interrupted pass) and write the manifest."""
+        began = time.perf_counter()
         checkpoint = self._load_checkpoint()
         if checkpoint is None:
             _remove_ours(self.data_dir)
@@ -276,9 +304,23 @@ class _Run:
                      f"{len(checkpoint['train_shards'])} complete shard(s)")
         files = tokenizer_file_hashes(self.data_dir, self.spec.kind)
         tok = open_tokenizer(self.spec.kind, self.spec.spec, self.data_dir)
-        dtype = shard_dtype(tok.vocab_size)
+        out = self._open_output(checkpoint, shard_dtype(tok.vocab_size), tok.eot_id, reserved_docs)
+        workers = self.cfg.num_workers or default_workers()
+        trained_tokenizer = self.spec.kind == "bpe"
+        encoder = Encoder(self.spec.kind, self.spec.spec, self.data_dir, workers)
+        start_doc = out.splitter.state.doc_index
+        total_bytes = sum((self.source.sizes() or [])[start_doc:]) or None
+        bar = _bar(self.say.enabled, total_bytes)
+        docs = self._documents(encoder, start_doc, tok.splittable, trained_tokenizer, tok.eot_id, bar)
+        self._stream(out, docs, bar, reserved_docs)
+        manifest = self._finish(out, bar, files, tok.vocab_size, tok.eot_id)
+        return PrepareResult(self.data_dir, manifest, created=True, seconds=time.perf_counter() - began,
+                             workers=workers, resumed_shards=out.resumed_shards, source_bytes=int(bar.n))
+
+    def _open_output(self, checkpoint: dict | None, dtype: Any, eot_id: int, reserved_docs: int | None) -> _Output:
+        """The splitter and the shard writers of this pass, fresh or where ``checkpoint`` left them."""
         splitter = Splitter(self.source.split_mode, self.cfg.val_tokens, self.cfg.max_tokens, self.source.sizes(),
-                            tok.eot_id, reserved_docs)
+                            eot_id, reserved_docs)
         done = {split: [ShardInfo(**s) for s in checkpoint[f"{split}_shards"]] if checkpoint else []
                 for split in ("train", "val")}
         writer = ShardWriter(self.data_dir, "train", dtype, self.cfg.shard_tokens, done["train"])
@@ -286,94 +328,100 @@ class _Run:
         # documents mode: the validation documents come first, so their ids go straight to shards and the set
         # is complete before the first training shard. tail mode: every document adds to it, so it is kept
         # (compactly) in memory until the end and saved with each progress checkpoint.
-        streamed_val = self.source.split_mode == "documents"
-        val_pending: list[np.ndarray] = []
-        skip_train = 0
+        out = _Output(splitter, writer, val_writer, dtype, streamed_val=self.source.split_mode == "documents",
+                      resumed_shards=len(done["train"]))
         if checkpoint is not None:
             splitter.load_state_dict(checkpoint["splitter"])
-            skip_train = checkpoint["skip_train"]
-            if not streamed_val:
-                val_pending.append(np.fromfile(self.data_dir / VAL_PARTIAL, dtype=np.uint32))
-        workers = self.cfg.num_workers or default_workers()
-        trained_tokenizer = self.spec.kind == "bpe"
-        encoder = Encoder(self.spec.kind, self.spec.spec, self.data_dir, workers)
-        start_doc = splitter.state.doc_index
-        total_bytes = sum((self.source.sizes() or [])[start_doc:]) or None
-        bar = _bar(self.say.enabled, total_bytes)
-        emitted = writer.tokens  # ids handed to the writer, completed or not
-        val_count = val_writer.tokens + sum(len(v) for v in val_pending)  # a running count: streams are long
-        n_tokens = writer.tokens + val_count
-        saved_val = -1
-        docs = self._documents(encoder, start_doc, tok.splittable, trained_tokenizer, tok.eot_id, bar)
-        shown = 0.0
+            out.skip_train = checkpoint["skip_train"]
+            if not out.streamed_val:
+                out.val_pending.append(np.fromfile(self.data_dir / VAL_PARTIAL, dtype=np.uint32))
+        out.emitted = writer.tokens  # ids handed to the writer, completed or not
+        out.val_count = val_writer.tokens + sum(len(v) for v in out.val_pending)  # a running count: streams are long
+        out.n_tokens = writer.tokens + out.val_count
+        return out
+
+    def _stream(self, out: _Output, docs: Iterator[tuple[int, str, np.ndarray, int | None]], bar: Any,
+                reserved_docs: int | None) -> None:
+        """Split, write and checkpoint every document until the splitter is done; an interruption keeps the
+        complete shards (and says so) and discards the partial ones."""
         try:
             for doc_index, name, doc_ids, reserved in docs:
-                before = splitter.state_dict()
-                pending_before = len(val_pending)
-                train, val_part = splitter.split(name, doc_ids, reserved)
-                skip = min(skip_train, len(train))  # ids of a resumed document already in complete shards
-                skip_train -= skip
-                start_of_doc = emitted - skip  # where this document's training ids begin in the train stream
-                shards_before = len(writer.shards)
-                if len(val_part):
-                    if streamed_val:
-                        val_writer.append(val_part)
-                    else:
-                        val_pending.append(val_part.astype(np.uint32))
-                    val_count += len(val_part)
-                if streamed_val and splitter.state.val_left == 0:
-                    val_writer.close()  # complete (a no-op once closed)
-                writer.append(train[skip:])
-                emitted += len(train) - skip
-                n_tokens += len(train) - skip + len(val_part)
-                if time.monotonic() - shown > 0.5:  # formatting the postfix for every short document costs
-                    bar.set_postfix(docs=f"{splitter.state.doc_index:,}", tokens=f"{n_tokens:,}", refresh=False)
-                    shown = time.monotonic()
-                if len(writer.shards) > shards_before:
-                    if not streamed_val and pending_before != saved_val:
-                        write_atomic(self.data_dir / VAL_PARTIAL, _joined(val_pending[:pending_before]).tobytes())
-                        saved_val = pending_before
-                    self._save_checkpoint(before, writer, val_writer, writer.tokens - start_of_doc, reserved_docs,
-                                          doc_index, streamed_val)
-                if splitter.done:
+                self._take(out, doc_index, name, doc_ids, reserved, bar, reserved_docs)
+                if out.splitter.done:
                     break
         except UserError:
-            writer.abort()
-            val_writer.abort()
+            out.writer.abort()
+            out.val_writer.abort()
             raise
         except BaseException:
-            writer.abort()
-            val_writer.abort()
+            out.writer.abort()
+            out.val_writer.abort()
             bar.close()
             if (self.data_dir / PROGRESS).exists():
-                self.say(f"interrupted: {len(writer.shards)} complete shard(s) kept; run the same command again "
-                         "to resume")
+                self.say(f"interrupted: {len(out.writer.shards)} complete shard(s) kept; run the same command "
+                         "again to resume")
             raise
         finally:
             docs.close()
-        bar.set_postfix(docs=f"{splitter.state.doc_index:,}", tokens=f"{n_tokens:,}")
+
+    def _take(self, out: _Output, doc_index: int, name: str, doc_ids: np.ndarray, reserved: int | None, bar: Any,
+              reserved_docs: int | None) -> None:
+        """One document: its validation ids and training ids to their writers; a progress checkpoint whenever
+        a training shard completes."""
+        splitter, writer = out.splitter, out.writer
+        before = splitter.state_dict()
+        pending_before = len(out.val_pending)
+        train, val_part = splitter.split(name, doc_ids, reserved)
+        skip = min(out.skip_train, len(train))  # ids of a resumed document already in complete shards
+        out.skip_train -= skip
+        start_of_doc = out.emitted - skip  # where this document's training ids begin in the train stream
+        shards_before = len(writer.shards)
+        if len(val_part):
+            if out.streamed_val:
+                out.val_writer.append(val_part)
+            else:
+                out.val_pending.append(val_part.astype(np.uint32))
+            out.val_count += len(val_part)
+        if out.streamed_val and splitter.state.val_left == 0:
+            out.val_writer.close()  # complete (a no-op once closed)
+        writer.append(train[skip:])
+        out.emitted += len(train) - skip
+        out.n_tokens += len(train) - skip + len(val_part)
+        if time.monotonic() - out.shown > 0.5:  # formatting the postfix for every short document costs
+            bar.set_postfix(docs=f"{splitter.state.doc_index:,}", tokens=f"{out.n_tokens:,}", refresh=False)
+            out.shown = time.monotonic()
+        if len(writer.shards) > shards_before:
+            if not out.streamed_val and pending_before != out.saved_val:
+                write_atomic(self.data_dir / VAL_PARTIAL, _joined(out.val_pending[:pending_before]).tobytes())
+                out.saved_val = pending_before
+            self._save_checkpoint(before, writer, out.val_writer, writer.tokens - start_of_doc, reserved_docs,
+                                  doc_index, out.streamed_val)
+
+    def _finish(self, out: _Output, bar: Any, files: dict[str, str], vocab_size: int, eot_id: int) -> Manifest:
+        """Close the writers, write the manifest and drop the progress files; returns the manifest."""
+        bar.set_postfix(docs=f"{out.splitter.state.doc_index:,}", tokens=f"{out.n_tokens:,}")
         bar.close()
-        splitter.finish(self.source)
-        writer.close()
-        if writer.tokens == 0:
+        out.splitter.finish(self.source)
+        out.writer.close()
+        if out.writer.tokens == 0:
             raise UserError(f"{self.source.describe()} left no training ids after the {self.cfg.val_tokens:,} "
                             "validation ids; add text or lower data.val_tokens")
-        if val_pending:
-            val_writer.append(_joined(val_pending))
-        val_writer.close()
-        st = splitter.state
+        if out.val_pending:
+            out.val_writer.append(_joined(out.val_pending))
+        out.val_writer.close()
+        counts = out.splitter.state
         manifest = Manifest(
             source=self.cfg.source, source_identity=self.source.identity(), tokenizer=self.spec.spec,
-            tokenizer_kind=self.spec.kind, tokenizer_files=files, vocab_size=tok.vocab_size, eot_id=tok.eot_id,
-            dtype=dtype, split_mode=self.source.split_mode, tokens={"train": writer.tokens, "val": val_writer.tokens},
-            documents={"train": st.train_docs, "val": st.val_docs}, shards=writer.shards + val_writer.shards,
-            settings=_settings(self.cfg), tool_version=__version__,
+            tokenizer_kind=self.spec.kind, tokenizer_files=files, vocab_size=vocab_size, eot_id=eot_id,
+            dtype=out.dtype, split_mode=self.source.split_mode,
+            tokens={"train": out.writer.tokens, "val": out.val_writer.tokens},
+            documents={"train": counts.train_docs, "val": counts.val_docs},
+            shards=out.writer.shards + out.val_writer.shards, settings=_settings(self.cfg), tool_version=__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), data_dir=self.data_dir)
         write_manifest(manifest)
         for name in (PROGRESS, VAL_PARTIAL):
             (self.data_dir / name).unlink(missing_ok=True)
-        return PrepareResult(self.data_dir, manifest, created=True, seconds=time.perf_counter() - t0,
-                             workers=workers, resumed_shards=len(done["train"]), source_bytes=int(bar.n))
+        return manifest
 
     def _install_tokenizer(self) -> int | None:
         """Write the tokenizer files (training bpe-N on the training split); returns the documents held back."""

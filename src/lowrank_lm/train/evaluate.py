@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from lowrank_lm.train.distributed import all_reduce_sum
+from lowrank_lm.train.progress import EvalProgress
 
 
 def autocast(device: torch.device, precision: str):
@@ -34,14 +35,14 @@ def evaluate(model: torch.nn.Module, data_dir: str | Path, seq_len: int, batch_s
     model.eval()
     total, count = 0.0, 0
     try:
-        for x, y in validation_batches(data_dir, seq_len, batch_size, max_tokens, rank, world_size):
-            x, y = x.to(device), y.to(device)
+        for inputs, targets in validation_batches(data_dir, seq_len, batch_size, max_tokens, rank, world_size):
+            inputs, targets = inputs.to(device), targets.to(device)
             # -1 marks a batch that only keeps this rank in step with the others (see validation_batches);
             # the model's loss skips it and, with train.loss_chunk_tokens, never holds the full logits
             with autocast(device, precision):
-                loss = model(x, y, reduction="sum")
+                loss = model(inputs, targets, reduction="sum")
             total += float(loss)
-            count += int((y != -1).sum())
+            count += int((targets != -1).sum())
             if progress is not None:  # tokens scored so far, by all ranks (they move in step)
                 progress(count * world_size)
     finally:
@@ -61,3 +62,29 @@ def validation_size(data_dir: str | Path, seq_len: int, max_tokens: int | None =
     if max_tokens is not None:
         sequences = min(sequences, max_tokens // seq_len)
     return max(0, sequences) * seq_len
+
+
+class Evaluator:
+    """The validation loss during a run: scored on every rank, its progress shown and its record logged by
+    rank 0 (``say`` prints a line, ``record`` writes a metrics record)."""
+
+    def __init__(self, data_dir: str | Path, seq_len: int, batch_size: int, device: torch.device, precision: str,
+                 max_tokens: int | None, rank: int, world_size: int, say: Callable[[str], None],
+                 record: Callable[[dict], None]) -> None:
+        self.data_dir, self.seq_len, self.batch_size, self.max_tokens = data_dir, seq_len, batch_size, max_tokens
+        self.device, self.precision, self.rank, self.world_size = device, precision, rank, world_size
+        self.say, self.record = say, record
+
+    def __call__(self, model: torch.nn.Module, step: int, tokens: int) -> dict:
+        """Evaluate ``model`` after ``step`` steps (``tokens`` trained); returns the metrics record."""
+        shown = EvalProgress(validation_size(self.data_dir, self.seq_len, self.max_tokens), self.say,
+                             enabled=self.rank == 0)
+        result = evaluate(model, self.data_dir, self.seq_len, self.batch_size, self.device, self.precision,
+                          self.max_tokens, self.rank, self.world_size, progress=shown)
+        shown.close()
+        record = {"step": step, "tokens": tokens, "val_loss": result["loss"], "val_ppl": result["ppl"],
+                  "val_tokens": result["tokens"]}
+        self.record(record)
+        self.say(f"step {step}: val loss {result['loss']:.4f}, ppl {result['ppl']:.2f} "
+                 f"({result['tokens']:,} tokens)")
+        return record

@@ -50,18 +50,18 @@ class MemoryFloor:
 
 def training_floor(cfg: Config, params: int, micro_batch: int, world: int, sharded: bool) -> MemoryFloor:
     """The least memory one process needs to train ``cfg`` (see the module docstring for what is counted)."""
-    m, t = cfg.model, cfg.train
-    tokens = micro_batch * m.seq_len
-    elem = 2 if t.precision == "bf16" else 4
-    ffn_dim, attn_dim = m.resolved_ffn_dim, m.resolved_attn_dim
-    if t.activation_checkpointing:
-        per_token = m.hidden_dim
+    model_cfg, train_cfg = cfg.model, cfg.train
+    tokens = micro_batch * model_cfg.seq_len
+    element_bytes = 2 if train_cfg.precision == "bf16" else 4
+    ffn_dim, attn_dim = model_cfg.resolved_ffn_dim, model_cfg.resolved_attn_dim
+    if train_cfg.activation_checkpointing:
+        per_token = model_cfg.hidden_dim
     else:
-        per_token = 4 * m.hidden_dim + 2 * attn_dim + 2 * m.kv_dim + 2 * ffn_dim
-    logit_tokens = min(tokens, t.loss_chunk_tokens) if t.loss_chunk_tokens else tokens
+        per_token = 4 * model_cfg.hidden_dim + 2 * attn_dim + 2 * model_cfg.kv_dim + 2 * ffn_dim
+    logit_tokens = min(tokens, train_cfg.loss_chunk_tokens) if train_cfg.loss_chunk_tokens else tokens
     return MemoryFloor(optimizer=16 * params // (world if sharded else 1),
-                       activations=tokens * m.num_layers * per_token * elem,
-                       logits=logit_tokens * m.vocab_size * 4, tokens=tokens)
+                       activations=tokens * model_cfg.num_layers * per_token * element_bytes,
+                       logits=logit_tokens * model_cfg.vocab_size * 4, tokens=tokens)
 
 
 def available_bytes(device: torch.device) -> int | None:

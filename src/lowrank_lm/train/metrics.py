@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lowrank_lm.atomic import open_append, write_text_atomic
+from lowrank_lm.train.progress import TrainProgress
 
 FLOP_CONVENTION = "paper: 3 x forward, full-context attention, no embeddings"
 """How ``mfu`` counts FLOPs (see :mod:`lowrank_lm.accounting`); named in every record that carries an MFU."""
@@ -101,3 +103,42 @@ class MetricsLogger:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl file."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class TrainLog:
+    """The training steps' records: to ``metrics`` (rank 0's :class:`MetricsLogger`; None on the other ranks)
+    and to ``progress``, with the throughput of the steps since the last logged one."""
+
+    def __init__(self, metrics: MetricsLogger | None, progress: TrainProgress, world_size: int,
+                 flops_per_token: int, peak: float | None) -> None:
+        self.metrics, self.progress = metrics, progress
+        self.world_size, self.flops_per_token, self.peak = world_size, flops_per_token, peak
+        self.window_tokens, self.window_seconds = 0, 0.0
+        self.started = time.perf_counter()
+
+    def count(self, tokens: int, seconds: float) -> None:
+        """A training step of ``tokens`` (all ranks) took ``seconds``."""
+        self.window_tokens += tokens
+        self.window_seconds += seconds
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Write one record (an evaluation, a skipped step) to the metrics file, on rank 0."""
+        if self.metrics is not None:
+            self.metrics.log(record)
+
+    def step(self, record: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Log a training step: ``record`` (step, tokens, loss, lr, ...), the window's throughput, the time
+        since the start and ``extra``; shown as progress too. Returns the full record."""
+        full = {**record, **throughput(self.window_tokens, self.window_seconds, self.world_size,
+                                       self.flops_per_token, self.peak),
+                "elapsed_s": time.perf_counter() - self.started, **(extra or {})}
+        self.window_tokens, self.window_seconds = 0, 0.0
+        self.record(full)
+        self.progress.update(full)
+        return full
+
+    def close(self) -> None:
+        """Close the progress display (if still open) and the metrics file."""
+        self.progress.close()
+        if self.metrics is not None:
+            self.metrics.close()

@@ -35,7 +35,7 @@ def mup_groups(model: Transformer, weight_decay: float) -> list[dict]:
     """Parameter groups in ``model.named_parameters()`` order, consecutive parameters with the same rule merged.
 
     Keeping the model's order means the optimiser numbers parameters as a single group would, which
-    :func:`lowrank_lm.checkpoint_dcp.optimizer_state_by_name` relies on to key a saved state by name.
+    :func:`lowrank_lm.checkpoint.sharded.optimizer_state_by_name` relies on to key a saved state by name.
     """
     rules = mup.lr_rules(model)
     groups: list[dict] = []

@@ -98,11 +98,11 @@ def attach_guide(layer: StructuredLinear, stochastic: bool, start: torch.Tensor 
     """Give ``layer`` a dense guide W (``start``, by default the layer's merged weight: continuity at alpha = 1)
     with alpha = 1; with ``stochastic`` (reduce_flop) the guide runs in a training forward only when the
     layer's coin (set by :meth:`GuideHook.set_coin`) is up."""
-    p = layer.bias if layer.bias is not None else next(iter(layer.parameters()))
-    w = layer.merged_weight() if start is None else start.to(p.device, p.dtype)
-    layer.register_parameter(GUIDE, nn.Parameter(w.contiguous()))
-    layer.register_buffer("guide_alpha", torch.ones((), device=p.device), persistent=False)
-    layer.register_buffer("guide_coin", torch.ones((), dtype=torch.bool, device=p.device), persistent=False)
+    like = layer.bias if layer.bias is not None else next(iter(layer.parameters()))  # the layer's device, dtype
+    weight = layer.merged_weight() if start is None else start.to(like.device, like.dtype)
+    layer.register_parameter(GUIDE, nn.Parameter(weight.contiguous()))
+    layer.register_buffer("guide_alpha", torch.ones((), device=like.device), persistent=False)
+    layer.register_buffer("guide_coin", torch.ones((), dtype=torch.bool, device=like.device), persistent=False)
     hook = GuideHook(stochastic)
     hook.handle = layer.register_forward_hook(hook)
     return hook
@@ -156,9 +156,9 @@ class SelfGuidance:
         return guide_alpha_at(step, self.guided_steps, self.cfg.schedule)
 
     def set_step(self, model: Transformer, step: int) -> None:
-        a = self.alpha(step)
+        alpha = self.alpha(step)
         for layer, hook in self._guides:
-            hook.set_alpha(layer, a)
+            hook.set_alpha(layer, alpha)
             hook.used = False
         self._coins.manual_seed(coin_seed(self.seed, self.rank, step))
 
@@ -169,13 +169,13 @@ class SelfGuidance:
         if not model.training:
             return
         tokens = args[0].numel()
-        for i, (layer, hook) in enumerate(self._guides):
+        for index, (layer, hook) in enumerate(self._guides):
             if hook.alpha > 0:
                 if hook.stochastic:
                     hook.set_coin(layer, float(torch.rand((), generator=self._coins)) < hook.alpha)
                 if hook.coin:  # always True without reduce_flop
                     hook.used = True
-                    self._tokens[i] += tokens
+                    self._tokens[index] += tokens
 
     @torch.no_grad()
     def clear_skipped_grads(self, used_anywhere: Callable[[list[int]], list[int]] | None = None) -> None:
@@ -186,8 +186,8 @@ class SelfGuidance:
         used = [int(hook.used) for _, hook in self._guides]
         if used_anywhere is not None:
             used = used_anywhere(used)
-        for (layer, _), n in zip(self._guides, used, strict=True):
-            if not n:
+        for (layer, _), ranks_using in zip(self._guides, used, strict=True):
+            if not ranks_using:
                 layer.guide.grad = None
 
     @property
@@ -208,7 +208,8 @@ class SelfGuidance:
         """Training FLOPs spent in the guides for ``tokens`` guided tokens per structured layer (3 x 2 x in x out
         per guided token), e.g. :meth:`guided_tokens` or those summed over all ranks."""
         layers = list(model.structured_layers())
-        return sum(6 * layer.in_features * layer.out_features * n for layer, n in zip(layers, tokens, strict=True))
+        return sum(6 * layer.in_features * layer.out_features * count
+                   for layer, count in zip(layers, tokens, strict=True))
 
     def detach(self, model: Transformer) -> None:
         """Guidance over: the guides leave every layer and the coins stop."""

@@ -3,7 +3,7 @@
 Earlier releases kept the training state in ``state.pt`` (``torch.save``) and, for FSDP runs, indexed the
 shards with DCP's pickled ``dcp/.metadata``. Reading either unpickles, which can run code a crafted file
 carries, so no other command reads them. This module does, once, for a checkpoint the user trusts, and
-writes the same weights and state in the current format (see :mod:`lowrank_lm.checkpoint`): an unsharded
+writes the same weights and state in the current format (see :mod:`lowrank_lm.checkpoint.layout`): an unsharded
 checkpoint, whose optimiser state is keyed by parameter name, so that it resumes on any number of processes
 and under FSDP as well as DDP.
 """
@@ -21,8 +21,20 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from lowrank_lm.checkpoint import OLD_STATE, check_checkpoint, old_format, save_checkpoint
-from lowrank_lm.checkpoint_dcp import DCP_DIR, MODEL, OLD_METADATA, OPTIMIZER, is_old_sharded
+from lowrank_lm.checkpoint.layout import (
+    CONFIG_FILE,
+    DCP_DIR,
+    META_FILE,
+    MODEL_FILE,
+    OLD_METADATA,
+    OLD_STATE,
+    is_old_sharded,
+    list_checkpoints,
+    old_format,
+)
+from lowrank_lm.checkpoint.read import check_checkpoint
+from lowrank_lm.checkpoint.sharded import MODEL, OPTIMIZER
+from lowrank_lm.checkpoint.single import save_checkpoint
 from lowrank_lm.errors import UserError
 from lowrank_lm.permissions import make_temp_dir
 from lowrank_lm.resolve import load_config
@@ -57,7 +69,7 @@ def _read_old(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | Non
         if state is not None and OPTIMIZER in full:
             state = {**state, "optimizer": full[OPTIMIZER]}  # by parameter name: loads on any layout
         return full[MODEL], state
-    return load_file(ckpt / "model.safetensors"), state
+    return load_file(ckpt / MODEL_FILE), state
 
 
 def convert_checkpoint(src: str | Path, out: str | Path, warn: Callable[[str], None] = lambda _: None) -> Path:
@@ -68,9 +80,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, warn: Callable[[str], N
     pickles are read, which files those are.
     """
     src, out = Path(src), Path(out)
-    if not (src / "meta.json").is_file():
-        from lowrank_lm.checkpoint import list_checkpoints
-
+    if not (src / META_FILE).is_file():
         found = list_checkpoints(src)
         if not found:
             raise UserError(f"{src} is neither a checkpoint folder (with meta.json) nor a run folder with "
@@ -80,12 +90,12 @@ def convert_checkpoint(src: str | Path, out: str | Path, warn: Callable[[str], N
         raise UserError(f"{src} is already in the current format (no state.pt, no dcp/.metadata); use it as it is")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty folder; give a new folder for the converted checkpoint")
-    cfg = load_config(src / "config.yaml")
+    cfg = load_config(src / CONFIG_FILE)
     pickles = [str(p) for p in (src / OLD_STATE, src / DCP_DIR / OLD_METADATA) if p.is_file()]
     warn(f"unpickling {' and '.join(pickles)}: a crafted file runs its code now; this is safe only for a "
          "checkpoint you trust")
     weights, state = _read_old(src)
-    meta = json.loads((src / "meta.json").read_text())
+    meta = json.loads((src / META_FILE).read_text())
     step = int(meta["step"])
     meta = {k: v for k, v in meta.items() if k not in ("step", "format")}  # format: now unsharded
     meta["converted_from"] = str(src)

@@ -1,6 +1,6 @@
 """Sharded checkpoints of FSDP2 runs, written by every rank with torch.distributed.checkpoint (DCP).
 
-A sharded checkpoint is a normal checkpoint folder (see :mod:`lowrank_lm.checkpoint`) whose weights and
+A sharded checkpoint is a normal checkpoint folder (see :mod:`lowrank_lm.checkpoint.layout`) whose weights and
 optimiser tensors live in ``dcp/`` instead of ``model.safetensors`` and ``state.safetensors``::
 
     step-00000100/
@@ -18,7 +18,8 @@ number of processes, a DDP or single-process run, and a single process without a
 weights for eval, export, generate and ``lowrank_lm.load``.
 
 Checkpoints of earlier releases kept a pickled ``dcp/.metadata`` (DCP's ``FileSystemWriter``); they are
-refused (see :func:`lowrank_lm.checkpoint.refuse_old_format`) and ``lowrank-lm convert-checkpoint`` rewrites them.
+refused (see :func:`lowrank_lm.checkpoint.layout.refuse_old_format`) and ``lowrank-lm convert-checkpoint``
+rewrites them.
 """
 
 from __future__ import annotations
@@ -34,34 +35,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-DCP_DIR = "dcp"
-OLD_METADATA = ".metadata"
-"""The pickled metadata file of DCP's FileSystemWriter (the format of earlier releases): never read here."""
+from lowrank_lm.checkpoint.commit import complete_checkpoint, writing
+from lowrank_lm.checkpoint.layout import CHECKPOINTS, DCP_DIR, checkpoint_name, temp_prefix
+from lowrank_lm.faults import crash_point
+
 MODEL, OPTIMIZER = "model", "optimizer"
 OPTIMIZER_GROUPS = "optimizer_param_groups"
 """Key of the optimiser's ``param_groups`` (plain data, parameter names) in a sharded checkpoint's state."""
 OPTIMIZER_EXTRA = "optimizer_extra"
 """Key of the per-parameter optimiser entries that are not tensors (none for AdamW) in the state."""
-
-
-def shard_files(ckpt: str | Path) -> list[Path]:
-    """The safetensors shards of a sharded checkpoint (empty for an unsharded one)."""
-    folder = Path(ckpt) / DCP_DIR
-    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-
-
-def is_sharded(ckpt: str | Path) -> bool:
-    """Whether a checkpoint folder holds safetensors shards of an FSDP run rather than ``model.safetensors``."""
-    return bool(shard_files(ckpt))
-
-
-def is_old_sharded(ckpt: str | Path) -> bool:
-    """Whether a checkpoint folder holds an earlier release's DCP shards (pickled ``.metadata``), which we refuse.
-
-    Only when the folder has no weights in the current format: a ``.metadata`` beside them is never read."""
-    ckpt = Path(ckpt)
-    return ((ckpt / DCP_DIR / OLD_METADATA).is_file() and not is_sharded(ckpt)
-            and not (ckpt / "model.safetensors").is_file())
 
 
 def split_optimizer_state(osd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -99,13 +81,10 @@ def save_sharded_checkpoint(run_dir: str | Path, step: int, model: nn.Module, op
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    from lowrank_lm.checkpoint import CHECKPOINTS, checkpoint_name, complete_checkpoint, writing
-    from lowrank_lm.faults import crash_point
-
     main = dist.get_rank() == 0
     root = Path(run_dir) / CHECKPOINTS
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{final.name}-sharded"  # one name that every rank knows without a broadcast
+    tmp = root / f"{temp_prefix(final)}sharded"  # one name that every rank knows without a broadcast
     try:
         with agree():
             if main:
