@@ -16,3 +16,8 @@ def test_text_table_pads_to_the_widest_cell_and_trims_line_ends():
     text = text_table(["name", "n"], [["a", "100"], ["longer", ""]])
     assert text.splitlines() == ["name    n", "a       100", "longer"]
     assert text_table(["h1", "h2"], []) == "h1  h2"
+
+
+def test_text_table_indents_every_line_and_still_trims():
+    text = text_table(["run", "loss"], [["a", ""], ["bb", "5.0"]], indent="  ")
+    assert text.splitlines() == ["  run  loss", "  a", "  bb   5.0"]

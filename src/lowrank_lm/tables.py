@@ -29,8 +29,9 @@ def _markdown_row(cells: Sequence[str | None]) -> str:
     return "|" + "|".join(" " if c is None else f" {c} " for c in cells) + "|"
 
 
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns two spaces apart, each as wide as its widest cell; no trailing blanks."""
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:
+    """Left-aligned columns two spaces apart, each as wide as its widest cell, every line after ``indent``; no
+    trailing blanks."""
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     lines = [header, *rows]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join(indent + "  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)

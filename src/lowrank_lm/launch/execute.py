@@ -41,6 +41,7 @@ from lowrank_lm.locks import is_held
 from lowrank_lm.ownership import Ownership
 from lowrank_lm.resolve import load_config
 from lowrank_lm.stats.table import RESULT_COLUMNS, write_csv, write_json
+from lowrank_lm.tables import text_table
 from lowrank_lm.train.rundir import LOCK as LOCK_NAME  # the run-folder layout is the trainer's (no torch)
 from lowrank_lm.train.rundir import METRICS as METRICS_NAME
 from lowrank_lm.train.rundir import SUMMARY, run_ownership
@@ -301,9 +302,7 @@ def progress_view(plan: SweepPlan, states: dict[str, RunState], mine: list[RunSp
                      _fmt_count(s.tokens_per_s) if s else "",
                      _fmt_time(s.wall_s) if s else "",
                      *job_cells.get(r.name, [""] * len(job_header))])
-    widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
-    lines = [head, "  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(x, widths)).rstrip() for x in rows]
+    lines = [head, text_table(header, rows, indent="  ")]
     lines += [f"  {r.name} failed: {states[r.name].error}" for r in plan.runs
               if states[r.name].status == "failed" and states[r.name].error]
     left = remaining_seconds(mine if mine is not None else plan.runs, states)

@@ -29,6 +29,7 @@ import numpy as np
 from lowrank_lm.errors import UserError
 from lowrank_lm.stats.isoflop import joint_optimum
 from lowrank_lm.stats.joint import JointFit, surface
+from lowrank_lm.tables import text_table
 
 SURE = 0.95
 """Share of paired replicates in which the best series must win to be called better than the runner-up."""
@@ -241,8 +242,6 @@ def format_plan(p: Plan) -> str:
         rows.append([c.series, f"{c.N:.3g}", f"{c.D:.3g}", f"{c.loss:.4g}{ci}",
                      f"{c.speedup:.3g}" if c.speedup else "", f"{c.step_ms:.3g}" if c.step_ms else "",
                      human_time(c.hours * 3600) if c.hours else "", note])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines.append("")
-    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines += ["", text_table(header, rows, indent="  ")]
     lines += [f"note: {n}" for n in p.notes]
     return "\n".join(lines)
