@@ -293,8 +293,8 @@ class _Problem:
         call, so the refits run as one batched Levenberg-Marquardt iteration in numpy: iteratively
         reweighted least squares for the Huber loss (weight 1 inside delta, delta/|r| outside), a damping
         factor per replicate, steps projected onto the bounds. Tests check it against scipy's solver; why it
-        stays beside scipy (scipy alone is 3.6x slower end to end) is measured in docs/scaling.md
-        (scripts/joint_solvers.py).
+        stays beside scipy (scipy alone makes `fit --law joint` several times slower, past the 3x bar) is
+        measured in docs/scaling.md (scripts/joint_solvers.py).
         The few rows it has not converged after ``iterations`` steps go to scipy one by one; rows that fail
         there too are NaN.
         """

@@ -9,9 +9,9 @@ COMPILED = "compiled training step (torch.compile)"
 compiled falls back to eager (Trainer._step_or_eager)."""
 
 COMPILE_ON_CPU = False
-"""What ``auto`` means on a CPU. Measured on the 2-core dev CPU (docs/results/fast-paths-cpu.md): compiling
-made our training step 8% (scale-4) and 3.6% (Transformer-s) faster, but the first step took 21-31 s to
-compile, in every run and resume, and the CPU runs of this project last minutes; so auto stays eager."""
+"""What ``auto`` means on a CPU: eager. Compiling made the step only a little faster on the 2-core CPUs this
+project runs on, while the first step's compile costs tens of seconds in every run and resume, and these CPU
+runs last minutes (the measurement and its command: docs/results/fast-paths-cpu.md)."""
 
 
 def use_compile(setting: str | bool, device: torch.device) -> bool:
