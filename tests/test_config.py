@@ -1,6 +1,6 @@
 import pytest
 
-from lowrank_lm.config import apply_overrides, config_to_dict, save_config
+from lowrank_lm.config import config_to_dict, read_dict, save_config
 from lowrank_lm.errors import ConfigError
 from lowrank_lm.layers import registry
 from lowrank_lm.resolve import load_config
@@ -67,8 +67,9 @@ def test_overrides_and_base_files(tmp_path):
     assert cfg.model.hidden_dim == 2048 and cfg.model.ffn.kind == "lowrank" and cfg.model.ffn.rank == 256
     assert cfg.train.lr == 2e-4
     assert load_config(None, ["train.tokens=2.2e9"]).train.tokens == 2_200_000_000
-    raw = apply_overrides({"model": {"hidden_dim": 8}}, ["model.ffn.kind=lowrank", "train.betas=[0.9, 0.95]"])
-    assert raw == {"model": {"hidden_dim": 8, "ffn": {"kind": "lowrank"}}, "train": {"betas": [0.9, 0.95]}}
+    read = read_dict({"model": {"hidden_dim": 8}}, ["model.ffn.kind=lowrank", "train.betas=[0.9, 0.95]"])
+    assert (read.model.hidden_dim, read.model.ffn.kind, read.train.betas) == (8, "lowrank", (0.9, 0.95))
+    assert read.model.num_layers == read_dict({}).model.num_layers  # the rest stays at the defaults
 
 
 def test_save_and_reload_round_trip(tmp_path):

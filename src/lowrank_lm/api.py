@@ -97,10 +97,10 @@ def build(config: Config | str | Path | None = None, overrides: list[str] | None
     """
     if isinstance(config, Config):
         if overrides:
-            from lowrank_lm.config import apply_overrides, config_to_dict
+            from lowrank_lm.config import config_to_dict
             from lowrank_lm.resolve import config_from_dict
 
-            config = config_from_dict(apply_overrides(config_to_dict(config), overrides))
+            config = config_from_dict(config_to_dict(config), overrides)
         cfg = config
     else:
         cfg = load_config(config, overrides)

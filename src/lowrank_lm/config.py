@@ -432,19 +432,6 @@ def override_layer(item: str) -> dict:
     return functools.reduce(lambda inner, part: {part: inner}, reversed(dotted.strip().split(".")), parse_value(text))
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """A raw config mapping with ``a.b.c=value`` overrides merged in, for callers that hold a mapping
-    (:func:`load_config` merges its files and overrides in OmegaConf instead)."""
-    return functools.reduce(_merge, map(override_layer, overrides), raw)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def parse_value(text: str) -> Any:
     """A command-line value as YAML reads it (``3`` -> 3, ``[1, 2]`` -> a list); text YAML cannot parse stays text."""
     try:
@@ -478,10 +465,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_dict(raw: dict) -> Config:
-    """A :class:`Config` read from a raw mapping, each value checked against its field's type. Not yet resolved
-    or validated: :func:`lowrank_lm.resolve.config_from_dict` does both."""
-    return from_layers(Config, [raw])
+def read_dict(raw: dict, overrides: list[str] | None = None) -> Config:
+    """A :class:`Config` read from a raw mapping and ``key=value`` overrides, each value checked against its
+    field's type. Not yet resolved or validated: :func:`lowrank_lm.resolve.config_from_dict` does both."""
+    return from_layers(Config, [raw, *map(override_layer, overrides or [])])
 
 
 def read_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

@@ -46,9 +46,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return resolve(read_config(path, overrides))
 
 
-def config_from_dict(raw: dict) -> Config:
-    """A validated, resolved :class:`Config` from a raw mapping (a config file's contents)."""
-    return resolve(read_dict(raw))
+def config_from_dict(raw: dict, overrides: list[str] | None = None) -> Config:
+    """A validated, resolved :class:`Config` from a raw mapping (a config file's contents) and ``key=value``
+    overrides."""
+    return resolve(read_dict(raw, overrides))
 
 
 def resolve(cfg: Config) -> Config:
