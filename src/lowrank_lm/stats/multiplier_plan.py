@@ -33,6 +33,7 @@ def is_shared_fit(path: str | Path) -> bool:
 
 
 def load_shared(path: str | Path) -> SharedFit:
+    """The shared-exponent fit that `fit --law shared --json` wrote to ``path``; a missing field is one line."""
     try:
         return SharedFit.from_json(json.loads(Path(path).read_text()))
     except (KeyError, TypeError, ValueError) as e:

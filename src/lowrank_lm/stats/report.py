@@ -75,6 +75,8 @@ MEASURES = (("alpha", "alpha", "verdict"), ("slope", "log-log slope", "slope_ver
 
 
 def comparison_rows(result: FitResult) -> list[list[str]]:
+    """One table row per compared pair: each measure's difference [interval] and verdict, where the curves meet,
+    and the gap by size."""
     rows = []
     for c in result.comparisons:
         row = [c["a"], c["b"]]

@@ -39,6 +39,7 @@ def reading(fit: SharedFit, name: str) -> str:
 
 
 def rows(fit: SharedFit) -> list[list[str]]:
+    """One table row per series: its name, points, compute multiplier [interval] and what that reads as."""
     out = []
     for name in fit.names:
         ci = fit.k_ci.get(name)

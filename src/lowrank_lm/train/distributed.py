@@ -105,6 +105,7 @@ def broadcast_path(path: Path | None, device: torch.device) -> Path | None:
 
 
 def teardown() -> None:
+    """Leave the process group, if this process is in one (safe to call more than once)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
