@@ -306,6 +306,11 @@ def _unoptional(tp: Any) -> Any:
 _hints = functools.cache(typing.get_type_hints)  # a dataclass's field types (its annotations are text)
 
 
+def _is_schema(tp: Any) -> typing.TypeGuard[type]:
+    """Whether ``tp`` is a dataclass (the class, not an instance): a section with its own fields."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
 def _prepare(value: Any, tp: Any, key: str) -> Any:
     """A YAML value for the field typed ``tp``, as OmegaConf should see it: where our rules differ from its own
     conversions (a bool is only a bool, 1e6 fills an int field, 2.5 does not, text is never ``${...}``
@@ -313,12 +318,12 @@ def _prepare(value: Any, tp: Any, key: str) -> Any:
     optional, tp = tp is not _unoptional(tp), _unoptional(tp)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if value is None:  # an empty section (``model:`` and nothing under it) is its defaults, as it always was
-        return _prepare(dataclasses.asdict(tp()), tp, key) if dataclasses.is_dataclass(tp) and not optional else None
+        return _prepare(dataclasses.asdict(tp()), tp, key) if _is_schema(tp) and not optional else None
     if dataclasses.is_dataclass(tp) or origin is dict or (isinstance(value, dict) and tp is Any):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping{' of settings' * (origin is not dict)}, got {value!r}")
         value = {str(k): v for k, v in value.items()}  # YAML reads a size named 1 as a number; names are text
-        hints = _hints(tp) if dataclasses.is_dataclass(tp) else dict.fromkeys(value, (*args, Any)[-1])
+        hints = _hints(tp) if _is_schema(tp) else dict.fromkeys(value, (*args, Any)[-1])
         return {k: _prepare(v, hints.get(k, Any), f"{key}.{k}" if key else k) for k, v in value.items()}
     if origin in (list, tuple) and not isinstance(value, (list, tuple)):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}; set it to a valid value")

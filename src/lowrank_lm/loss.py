@@ -63,7 +63,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             lse = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(1, safe[:, None]).squeeze(1)
             total += torch.where(keep, lse - picked, 0.0).sum()
-            if need_grad:
+            if grad_h is not None and grad_w is not None:  # need_grad
                 # d loss / d logits = softmax - one_hot, zero on ignored rows (computed in place: one buffer)
                 g = logits.sub_(lse[:, None]).exp_()
                 g[torch.arange(g.shape[0], device=g.device), safe] -= 1.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,7 +55,7 @@ class Encoder:
         self._args = (kind, name, str(data_dir))
         self._local: Tokenizer | None = open_tokenizer(kind, name, data_dir) if workers == 1 else None
 
-    def map(self, batches: Iterable[tuple[Meta, list[str]]]) -> Iterator[tuple[Meta, list[np.ndarray]]]:
+    def map(self, batches: Iterable[tuple[Meta, list[str]]]) -> Generator[tuple[Meta, list[np.ndarray]], None, None]:
         """Yield ``(meta, ids of each text)`` in input order. Closing the iterator early stops the workers."""
         if self._local is not None:
             for meta, texts in batches:

@@ -19,7 +19,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -340,7 +340,7 @@ class _Run:
         out.n_tokens = writer.tokens + out.val_count
         return out
 
-    def _stream(self, out: _Output, docs: Iterator[tuple[int, str, np.ndarray, int | None]], bar: Any,
+    def _stream(self, out: _Output, docs: Generator[tuple[int, str, np.ndarray, int | None], None, None], bar: Any,
                 reserved_docs: int | None) -> None:
         """Split, write and checkpoint every document until the splitter is done; an interruption keeps the
         complete shards (and says so) and discards the partial ones."""
@@ -438,7 +438,7 @@ class _Run:
         return reserved_docs
 
     def _documents(self, encoder: Encoder, start_doc: int, splittable: bool, trained: bool, eot_id: int,
-                   bar: Any) -> Iterator[tuple[int, str, np.ndarray, int | None]]:
+                   bar: Any) -> Generator[tuple[int, str, np.ndarray, int | None], None, None]:
         """(index, name, ids ending with end-of-text, ids held back from bpe training or None) per document."""
         parts: list[np.ndarray] = []
         held_back = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class ShardWriter:
                  done: list[ShardInfo] | None = None) -> None:
         self.data_dir, self.split, self.dtype, self.shard_tokens = data_dir, split, np.dtype(dtype), shard_tokens
         self.shards: list[ShardInfo] = list(done or [])
-        self._file = None
+        self._file: IO[Any] | None = None
         self._tmp: Path | None = None
         self._hash = hashlib.sha256()
         self._count = 0
@@ -53,7 +54,7 @@ class ShardWriter:
         start = 0
         while start < len(ids):
             if self._file is None:
-                self._open()
+                self._file = self._open()
             take = min(len(ids) - start, self.shard_tokens - self._count)
             chunk = np.ascontiguousarray(ids[start:start + take], dtype=self.dtype).tobytes()
             self._file.write(chunk)
@@ -80,11 +81,12 @@ class ShardWriter:
     def _name(self) -> str:
         return shard_name(self.split, len(self.shards))
 
-    def _open(self) -> None:
+    def _open(self) -> IO[Any]:
         # open across append calls; closed in _finish or abort
         self._file, self._tmp = temp_beside(self.data_dir / self._name())
         self._hash = hashlib.sha256()
         self._count = 0
+        return self._file
 
     def _finish(self) -> None:
         assert self._file is not None

@@ -313,7 +313,7 @@ class TransformersTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids`` as written, special tokens kept, no space clean-up."""
-        return self._tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return str(self._tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
 
     def save(self, folder: Path) -> None:
         """Write the tokenizer's files into ``folder`` (save_pretrained)."""

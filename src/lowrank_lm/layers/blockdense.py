@@ -12,7 +12,7 @@ from .base import Factor, StructuredLinear
 from .blockdiag import blockdiag_matmul
 from .init import normal_, orthonormal_
 from .projection import rank_factors
-from .structure import MUP_INITS, SettingError, Settings, Structure, check_blocks, check_rank
+from .structure import MUP_INITS, SettingError, Settings, Structure, check_blocks, check_rank, given
 
 
 class BlockDenseLinear(StructuredLinear):
@@ -83,6 +83,7 @@ def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict
 SPEC = Structure(
     name="blockdense", summary="a block-diagonal matrix down to R, then a dense R -> out matrix",
     settings=("rank", "num_blocks"), inits=("orthonormal", "random", *MUP_INITS),
-    build=lambda n_in, n_out, cfg, bias: BlockDenseLinear(n_in, n_out, cfg.rank, cfg.num_blocks, bias),
+    build=lambda n_in, n_out, cfg, bias: BlockDenseLinear(n_in, n_out, given(cfg, "rank"), given(cfg, "num_blocks"),
+                                                          bias),
     check=_check, candidates=_candidates, solved=("rank",),
     defaults={"num_blocks": 4})  # the paper's block count at widths 1024 and 2048

@@ -11,7 +11,7 @@ like the matmuls they replace.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -36,7 +36,7 @@ def _cpu_operands(x: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor
     return (x, *weights)
 
 
-def _no_autocast() -> object:
+def _no_autocast() -> AbstractContextManager:
     # out= matmuls are not autocast-eligible; the operands are already cast.
     return torch.autocast("cpu", enabled=False) if torch.is_autocast_enabled("cpu") else nullcontext()
 

@@ -9,7 +9,7 @@ from .base import Factor, StructuredLinear
 from .blockdiag import blockdiag_matmul, blockshuffle_matmul, shuffle, unshuffle
 from .init import normal_, orthonormal_
 from .projection import rank_factors
-from .structure import MUP_INITS, Structure, check_blocks
+from .structure import MUP_INITS, Structure, check_blocks, given
 
 
 class BlockShuffleLinear(StructuredLinear):
@@ -90,5 +90,5 @@ def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict
 SPEC = Structure(
     name="blockshuffle", summary="two block-diagonal matrices around a shuffle (Monarch-like)",
     settings=("num_blocks",), inits=("orthonormal", "random", *MUP_INITS),
-    build=lambda n_in, n_out, cfg, bias: BlockShuffleLinear(n_in, n_out, cfg.num_blocks, bias),
+    build=lambda n_in, n_out, cfg, bias: BlockShuffleLinear(n_in, n_out, given(cfg, "num_blocks"), bias),
     check=check_blocks, candidates=_candidates, solved=("num_blocks",))

@@ -36,7 +36,7 @@ from .base import Factor, StructuredLinear
 from .blockdiag import blockdiag_matmul
 from .init import orthonormal_
 from .projection import rank_factors
-from .structure import SettingError, Settings, Structure
+from .structure import SettingError, Settings, Structure, given
 
 
 def factor_pair(n: int) -> tuple[int, int] | None:
@@ -162,5 +162,5 @@ def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict
 SPEC = Structure(
     name="btt", summary="Block Tensor-Train: two cores of BTT rank R (R = 1: Monarch-like)", settings=("rank",),
     inits=("mup", "orthonormal", "zero_out"),
-    build=lambda n_in, n_out, cfg, bias: BTTLinear(n_in, n_out, cfg.rank, bias),
+    build=lambda n_in, n_out, cfg, bias: BTTLinear(n_in, n_out, given(cfg, "rank"), bias),
     check=_check, candidates=_candidates, solved=("rank",))

@@ -20,7 +20,7 @@ from torch import nn
 
 from .base import Factor, StructuredLinear
 from .init import normal_, spectral_
-from .structure import MUP_INITS, Structure, check_rank
+from .structure import MUP_INITS, Structure, check_rank, given
 
 
 class CoLALinear(StructuredLinear):
@@ -72,7 +72,7 @@ class CoLALinear(StructuredLinear):
 SPEC = Structure(
     name="cola", summary="U silu(V x): a bottleneck of size R with an activation (CoLA)", settings=("rank",),
     inits=("balanced", "spectral", *MUP_INITS),
-    build=lambda n_in, n_out, cfg, bias: CoLALinear(n_in, n_out, cfg.rank, bias),
+    build=lambda n_in, n_out, cfg, bias: CoLALinear(n_in, n_out, given(cfg, "rank"), bias),
     check=check_rank,
     candidates=lambda h, ff, step, blocks: [{"rank": r} for r in range(step, min(h, ff) + 1, step)],
     solved=("rank",), linear=False)

@@ -9,7 +9,7 @@ from torch import nn
 from .base import Factor, StructuredLinear
 from .init import normal_, orthonormal_, spectral_
 from .projection import rank_factors
-from .structure import MUP_INITS, Structure, check_rank
+from .structure import MUP_INITS, Structure, check_rank, given
 
 
 class LowRankLinear(StructuredLinear):
@@ -70,7 +70,7 @@ class LowRankLinear(StructuredLinear):
 SPEC = Structure(
     name="lowrank", summary="U (V x) with a bottleneck of size R", settings=("rank",),
     inits=("spectral", "orthonormal", "random", *MUP_INITS),
-    build=lambda n_in, n_out, cfg, bias: LowRankLinear(n_in, n_out, cfg.rank, bias),
+    build=lambda n_in, n_out, cfg, bias: LowRankLinear(n_in, n_out, given(cfg, "rank"), bias),
     check=check_rank,
     candidates=lambda h, ff, step, blocks: [{"rank": r} for r in range(step, min(h, ff) + 1, step)],
     solved=("rank",))

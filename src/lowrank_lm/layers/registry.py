@@ -139,7 +139,8 @@ def with_setting(kind: str, ranks: list[int], blocks: list[int], fixed_blocks: i
     spec = get(kind)
     if "rank" in spec.settings:
         b = fixed_blocks if fixed_blocks is not None else spec.defaults.get("num_blocks")
-        return [{"rank": r, **({"num_blocks": b} if "num_blocks" in spec.settings else {})} for r in ranks]
+        blocks_of: dict[str, int] = {"num_blocks": b} if "num_blocks" in spec.settings and b is not None else {}
+        return [{"rank": r, **blocks_of} for r in ranks]
     if "num_blocks" in spec.settings:
         return [{"num_blocks": b} for b in blocks]
     return []

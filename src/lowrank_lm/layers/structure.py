@@ -85,6 +85,15 @@ def _widths(f: Settings, h: int, ff: int) -> tuple[str, str]:
     return f"{h} (the input width of a {h} -> {ff} layer)", f"{ff} (the output width of a {h} -> {ff} layer)"
 
 
+def given(f: Settings, setting: str) -> int:
+    """A size setting a structure's layer needs (``rank`` or ``num_blocks``); resolved configs always have it, so
+    a missing one is a caller that built a layer from unchecked settings."""
+    value = getattr(f, setting)
+    if value is None:
+        raise SettingError(f"{f.section}.{setting} is required for kind {f.kind}; set it (or a fraction)")
+    return value
+
+
 def check_rank(f: Settings, h: int, ff: int) -> None:
     """A rank is given and no larger than the narrower width (``f.section`` names the settings in messages)."""
     s = f.section

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import typing
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -138,6 +139,6 @@ def shard_fsdp(model: torch.nn.Module, precision: str) -> None:
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if precision == "bf16" else MixedPrecisionPolicy()
-    for block in model.blocks:
+    for block in typing.cast(torch.nn.ModuleList, model.blocks):
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)

@@ -47,11 +47,11 @@ def evaluate(model: torch.nn.Module, data_dir: str | Path, seq_len: int, batch_s
                 progress(count * world_size)
     finally:
         model.train(was_training)
-    total, count = all_reduce_sum([total, float(count)], device)
-    if count == 0:
+    loss_sum, tokens = all_reduce_sum([total, float(count)], device)
+    if tokens == 0:
         return {"loss": float("nan"), "ppl": float("nan"), "tokens": 0}
-    loss = total / count
-    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": int(count)}
+    loss = loss_sum / tokens
+    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": int(tokens)}
 
 
 def validation_size(data_dir: str | Path, seq_len: int, max_tokens: int | None = None) -> int:
