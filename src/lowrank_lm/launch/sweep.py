@@ -84,8 +84,6 @@ class RunSpec:
     run_dir: Path
     seed: int | None = None
     """The training seed (``train.seed``) of this run."""
-    lr: float | None = None
-    """The peak learning rate (``train.lr``) of this run."""
     params: int = 0
     params_non_embedding: int = 0
     params_ffn: int = 0
@@ -104,7 +102,7 @@ class RunSpec:
                 "fraction": self.fraction, "budget": self.budget, "params": self.params,
                 "params_non_embedding": self.params_non_embedding, "params_ffn": self.params_ffn,
                 "tokens": self.tokens, "steps": self.steps, "flops": self.flops, "flops_6n": self.flops_6n,
-                "lr": self.lr, "seed": self.seed, "out_dir": str(self.run_dir)}
+                "seed": self.seed, "out_dir": str(self.run_dir)}
 
 
 @dataclass
@@ -474,7 +472,7 @@ def _run_spec(p: Path, out_dir: Path, size: str, structure: str, label: int | No
     return RunSpec(
         name=run_name, series=series, size=size, structure=structure, kind=kind, fraction=frac,
         ffn_fraction=ffn_fraction(cfg.model) if registry.get(kind).structured else None, budget=budget.label,
-        cfg=cfg, run_dir=run_dir, seed=cfg.train.seed, lr=cfg.train.lr, params=acc.params,
+        cfg=cfg, run_dir=run_dir, seed=cfg.train.seed, params=acc.params,
         params_non_embedding=acc.params_non_embedding, params_ffn=acc.params_ffn, tokens=acc.train_tokens,
         steps=acc.steps + acc.self_guided_extra_steps, flops=acc.train_flops, flops_6n=acc.train_flops_6n)
 
