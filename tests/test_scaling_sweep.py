@@ -163,6 +163,7 @@ overrides: [train.seed=7]
     ("sizes: {a: {config: x.yaml, overrides: [train.lr=2e-3]}}\nstructures: {dense: {learning_rates: [1e-3]}}\n",
      r"sizes\.a\.overrides has 'train\.lr=2e-3' while learning_rates set the learning rate of structure dense"),
     ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nlearning_rates: 1e-3\n", "learning_rates: expected a list"),
+    ("sizes: {a: {config: x.yaml, seeds: []}}\nstructures: {dense: {}}\n", r"sizes\.a\.seeds must be a non-empty list"),
 ])
 def test_sweep_file_errors(tmp_path, body, message):
     with pytest.raises(UserError, match=message) as e:
@@ -228,6 +229,20 @@ def test_a_results_table_without_the_lr_column_still_reads(tmp_path):
     assert [m["loss"] for m in merged] == [4.0, 4.4] and noise is None
 
 
+def test_a_size_with_its_own_seeds(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, f"""
+sizes:
+  a: {{config: {CPU / 'tiny.yaml'}, seeds: [3, 4]}}
+  b: {{config: {CPU / 'tiny.yaml'}, overrides: [model.num_layers=2]}}
+structures: {{dense: {{}}}}
+seeds: [7]
+"""))
+    # a's list replaces the sweep's one seed; the seed label appears where a size has several seeds
+    assert [(r.name, r.seed, r.cfg.train.seed) for r in plan.runs] == [
+        ("a-dense-seed3", 3, 3), ("a-dense-seed4", 4, 4), ("b-dense", 7, 7)]
+    assert {r.series for r in plan.runs} == {"dense"}
+
+
 def test_lr_cpu_preset_reads_as_a_mup_transfer_grid():
     from lowrank_lm.launch.sweep_file import read_sweep_file
 
@@ -238,6 +253,7 @@ def test_lr_cpu_preset_reads_as_a_mup_transfer_grid():
     assert list(sweep.structures) == ["dense", "lowrank", "blockdense", "btt", "cola"]
     assert all(v.fractions in (None, [0.32]) for v in sweep.structures.values())
     assert [v.overrides for v in sweep.sizes.values()] == [[f"model.hidden_dim={w}"] for w in (64, 128, 256)]
+    assert [v.seeds for v in sweep.sizes.values()] == [[1005, 2005], None, None]  # two seeds at the base width
     assert {"model.parametrization=mup", "model.mup_base_width=64"} <= set(sweep.overrides)
 
 

@@ -11,6 +11,7 @@ converter, so an unknown key or a wrongly typed value is one line naming it)::
       s1: ../cpu/scale-1.yaml
       s2: {config: ../cpu/scale-2.yaml, overrides: [train.tokens=2500000]}
       # with FLOP budgets, {config, overrides, flops: [1e14]}: the budgets this size trains at (default all)
+      # {..., seeds: [1, 2]}: this size's own seeds, replacing the sweep's (e.g. two at a µP base width)
     structures:                       # name -> how the FFN is built (kind defaults to the name)
       dense: {}
       lowrank: {fractions: [0.63, 0.32]}           # the rank is solved for each size (see below)
@@ -185,6 +186,8 @@ class _Size:
     overrides: list[str]
     flops: list[float] | None = None
     """The FLOP budgets this size trains at (an IsoFLOP design slides its sizes with the budget); None: all."""
+    seeds: list[int | None] | None = None
+    """This size's own seeds (replacing the sweep's); None: the sweep's."""
 
 
 @dataclass
@@ -216,7 +219,8 @@ def _parse_sizes(path: Path, sizes: dict[str, SizeEntry]) -> list[_Size]:
     for name, v in sizes.items():
         if v.flops is not None and not v.flops:
             raise _err(path, f"sizes.{name}.flops must be a non-empty list of budgets from budgets.flops")
-        out.append(_Size(name, path.parent / v.config if v.config else None, v.overrides, v.flops))
+        seeds = _parse_seeds(path, v.seeds, f"sizes.{name}.seeds") if v.seeds is not None else None
+        out.append(_Size(name, path.parent / v.config if v.config else None, v.overrides, v.flops, seeds))
     return out
 
 
@@ -273,14 +277,14 @@ def _parse_budgets(path: Path, budgets: BudgetsEntry | None) -> list[_Budget]:
     return out
 
 
-def _parse_seeds(path: Path, seeds: list[int] | None) -> list[int | None]:
+def _parse_seeds(path: Path, seeds: list[int] | None, key: str = "seeds") -> list[int | None]:
     """The ``seeds`` list (distinct whole numbers), or [None]: one run per cell with the config's own seed."""
     if seeds is None:
         return [None]
     if not seeds:
-        raise _err(path, "seeds must be a non-empty list of whole numbers, e.g. [1, 2]")
+        raise _err(path, f"{key} must be a non-empty list of whole numbers, e.g. [1, 2]")
     if len(set(seeds)) != len(seeds):
-        raise _err(path, f"seeds has a repeated value ({seeds}); each seed once")
+        raise _err(path, f"{key} has a repeated value ({seeds}); each seed once")
     return list(seeds)
 
 
@@ -381,11 +385,12 @@ def load_sweep(path: str | Path) -> SweepPlan:
                         if size.flops is None or any(math.isclose(b.flops or 0, c) for c in size.flops)]
                 rates: list[float | None] = list(st.learning_rates) if st.learning_rates else [None]
                 several_rates = len(rates) > 1
-                for budget, lr, seed in ((b, r, sd) for b in mine for r in rates for sd in seeds):
+                size_seeds = size.seeds if size.seeds is not None else seeds
+                for budget, lr, seed in ((b, r, sd) for b in mine for r in rates for sd in size_seeds):
                     lr_over = [f"train.lr={lr!r}"] if lr is not None else []
-                    runs.append(_run_spec(p, out_dir, size.name, st.name, label, frac, budget, seed, len(seeds) > 1,
-                                          cell_cfg_path, cell_over + lr_over, dense_acc, match_dense,
-                                          lr_label(lr) if lr is not None else None, several_rates))
+                    runs.append(_run_spec(p, out_dir, size.name, st.name, label, frac, budget, seed,
+                                          len(size_seeds) > 1, cell_cfg_path, cell_over + lr_over, dense_acc,
+                                          match_dense, lr_label(lr) if lr is not None else None, several_rates))
     seen: dict[str, int] = {}
     for r in runs:
         seen[r.name] = seen.get(r.name, 0) + 1

@@ -29,6 +29,9 @@ class SizeEntry:
     """key=value overrides of this size, after the sweep's own."""
     flops: Optional[list[float]] = None
     """With FLOP budgets: the budgets this size trains at (each one of budgets.flops); empty: all of them."""
+    seeds: Optional[list[int]] = None
+    """Training seeds of this size's runs, replacing the sweep's seeds (e.g. a second seed at a µP base width
+    only); empty: the sweep's."""
 
 
 @dataclass
