@@ -352,6 +352,16 @@ CASES: list[Case] = [
          "--level must be between 0 and 1"),
     Case("a flag value of the wrong type", lambda d, t: ["eval", str(t), "--batch-size", "eight"],
          "invalid int value: 'eight'"),
+    # the sweep file's learning-rate axis
+    Case("a sweep with a learning rate of zero", lambda d, t: ["sweep", str(t / "sweep.yaml"), "--dry-run"],
+         "learning_rates: 0.0 is not a positive learning rate", _sweep(TWO_SIZES + "learning_rates: [1e-3, 0]\n")),
+    Case("a sweep with an empty list of learning rates", lambda d, t: ["sweep", str(t / "sweep.yaml"), "--dry-run"],
+         "learning_rates must be a non-empty list", _sweep(TWO_SIZES + "learning_rates: []\n")),
+    Case("a structure with learning_rates and a train.lr override",
+         lambda d, t: ["sweep", str(t / "sweep.yaml"), "--dry-run"],
+         "structures.dense.overrides has 'train.lr=2e-3' while structures.dense.learning_rates sets",
+         _sweep("sizes:\n  a: {overrides: []}\nstructures:\n  dense: {learning_rates: [1e-3], "
+                "overrides: [train.lr=2e-3]}\n")),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -19,9 +20,10 @@ from lowrank_lm.launch.execute import (
     RunFailed,
     execute,
     run_state,
+    write_results,
     write_run_config,
 )
-from lowrank_lm.launch.sweep import RunSpec, load_sweep, parse_shard, shard_runs
+from lowrank_lm.launch.sweep import RunSpec, load_sweep, lr_label, parse_shard, shard_runs
 from lowrank_lm.resolve import load_config
 from lowrank_lm.stats.table import read_points
 from lowrank_lm.train.rundir import run_ownership
@@ -145,11 +147,114 @@ overrides: [train.seed=7]
     ("sizes: {a: x.yaml}\nstructures: {x: {kind: lowrnk}}\n", r"structures\.x\.kind: 'lowrnk' is not one of .*"
                                                                  r"did you mean 'lowrank'"),
     ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nrank_multiple: eight\n", "rank_multiple: expected int, got 'eight'"),
+    # the learning-rate axis: positive, non-empty, each rate once, and never beside a train.lr override it replaces
+    ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nlearning_rates: [1e-3, 0]\n",
+     r"learning_rates: 0\.0 is not a positive learning rate"),
+    ("sizes: {a: x.yaml}\nstructures: {dense: {learning_rates: []}}\n",
+     r"structures\.dense\.learning_rates must be a non-empty list"),
+    ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nlearning_rates: [1e-3, 0.0010001]\n",
+     r"learning_rates has 0\.001 and 0\.0010001, which are the same rate lr1e-3"),
+    ("sizes: {a: x.yaml}\nstructures: {dense: {learning_rates: [1e-3], overrides: [train.lr=2e-3]}}\n",
+     r"structures\.dense\.overrides has 'train\.lr=2e-3' while structures\.dense\.learning_rates sets"),
+    ("sizes: {a: x.yaml}\nstructures: {dense: {overrides: [train.lr=2e-3]}}\nlearning_rates: [1e-3]\n",
+     r"structures\.dense\.overrides has 'train\.lr=2e-3' while learning_rates sets"),
+    ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nlearning_rates: [1e-3]\noverrides: [' train.lr = 2e-3']\n",
+     r"overrides has ' train\.lr = 2e-3' while learning_rates sets"),
+    ("sizes: {a: {config: x.yaml, overrides: [train.lr=2e-3]}}\nstructures: {dense: {learning_rates: [1e-3]}}\n",
+     r"sizes\.a\.overrides has 'train\.lr=2e-3' while learning_rates set the learning rate of structure dense"),
+    ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nlearning_rates: 1e-3\n", "learning_rates: expected a list"),
+    ("sizes: {a: {config: x.yaml, seeds: []}}\nstructures: {dense: {}}\n", r"sizes\.a\.seeds must be a non-empty list"),
 ])
 def test_sweep_file_errors(tmp_path, body, message):
     with pytest.raises(UserError, match=message) as e:
         load_sweep(write_sweep(tmp_path, body))
     assert str(e.value).startswith(f"{tmp_path}") and "\n" not in str(e.value)  # one line, naming the file
+
+
+@pytest.mark.parametrize("lr,label", [(2e-3, "lr2e-3"), (0.1 * 3, "lr3e-1"), (6.25e-4, "lr6.25e-4"),
+                                      (0.0015, "lr1.5e-3"), (1.0, "lr1e0"), (0.04, "lr4e-2")])
+def test_lr_label_is_short_and_free_of_float_noise(lr, label):
+    assert lr_label(lr) == label
+
+
+LR_AXIS = f"""
+sizes: {{a: {CPU / 'tiny.yaml'}}}
+structures:
+  dense: {{}}
+  lowrank: {{fractions: [0.32], learning_rates: [5e-3]}}
+learning_rates: [1e-3, 2e-3]
+seeds: [1, 2]
+"""
+
+
+def test_learning_rate_axis_names_configs_series_and_rows(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, LR_AXIS))
+    # the rates multiply the grid like seeds do (rate outside seed); a structure's own list replaces the sweep's
+    assert [r.name for r in plan.runs] == [
+        "a-dense-lr1e-3-seed1", "a-dense-lr1e-3-seed2", "a-dense-lr2e-3-seed1", "a-dense-lr2e-3-seed2",
+        "a-lowrank-32-lr5e-3-seed1", "a-lowrank-32-lr5e-3-seed2"]
+    assert [(r.cfg.train.lr, r.cfg.train.seed) for r in plan.runs] == [
+        (0.001, 1), (0.001, 2), (0.002, 1), (0.002, 2), (0.005, 1), (0.005, 2)]
+    # several rates: one series per rate (a fit never pools them); a single rate: the plain series
+    assert [r.series for r in plan.runs] == ["dense-lr1e-3"] * 2 + ["dense-lr2e-3"] * 2 + ["lowrank-32"] * 2
+    assert load_config(CPU / "tiny.yaml").train.lr == 2e-3  # the config's own rate is replaced, not kept
+
+    for spec in plan.runs:
+        fake_summary(spec, 5.0 + 1000 * spec.cfg.train.lr).write(_mkdir(spec.run_dir) / "summary.json")
+    write_results(plan, {r.name: run_state(r) for r in plan.runs})
+    rows, _ = read_points(plan.results_csv)
+    assert [(r["name"], float(r["lr"]), r["loss"]) for r in rows][::2] == [
+        ("a-dense-lr1e-3-seed1", 0.001, 6.0), ("a-dense-lr2e-3-seed1", 0.002, 7.0), ("a-lowrank-32-lr5e-3-seed1",
+                                                                                 0.005, 10.0)]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_a_results_table_without_the_lr_column_still_reads(tmp_path):
+    from lowrank_lm.stats.seeds import average_seeds
+
+    old = tmp_path / "results.csv"
+    old.write_text("name,series,size,budget,params,tokens,flops,seed,loss\n"
+                   "a,dense,s1,,100,1000,6e5,1,4.0\nb,dense,s1,,100,1000,6e5,2,4.4\n")
+    rows, _ = read_points(old)
+    assert [r.get("lr") for r in rows] == [None, None]  # a missing column reads as empty
+    merged, noise = average_seeds(rows)  # two seeds of one cell, as before the column existed
+    assert len(merged) == 1 and merged[0]["seeds"] == 2 and noise is not None
+    # with the column, different rates are different cells even inside one series
+    rows_lr = [{**r, "lr": lr} for r, lr in zip(rows, ("0.001", "0.002"))]
+    merged, noise = average_seeds(rows_lr)
+    assert [m["loss"] for m in merged] == [4.0, 4.4] and noise is None
+
+
+def test_a_size_with_its_own_seeds(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, f"""
+sizes:
+  a: {{config: {CPU / 'tiny.yaml'}, seeds: [3, 4]}}
+  b: {{config: {CPU / 'tiny.yaml'}, overrides: [model.num_layers=2]}}
+structures: {{dense: {{}}}}
+seeds: [7]
+"""))
+    # a's list replaces the sweep's one seed; the seed label appears where a size has several seeds
+    assert [(r.name, r.seed, r.cfg.train.seed) for r in plan.runs] == [
+        ("a-dense-seed3", 3, 3), ("a-dense-seed4", 4, 4), ("b-dense", 7, 7)]
+    assert {r.series for r in plan.runs} == {"dense"}
+
+
+def test_lr_cpu_preset_reads_as_a_mup_transfer_grid():
+    from lowrank_lm.launch.sweep_file import read_sweep_file
+
+    sweep = read_sweep_file(ROOT / "configs" / "sweeps" / "lr-cpu.yaml")
+    rates = sweep.learning_rates
+    assert rates is not None and len(rates) == 7
+    assert all(b / a == pytest.approx(2.0) for a, b in itertools.pairwise(rates))
+    assert list(sweep.structures) == ["dense", "lowrank", "blockdense", "btt", "cola"]
+    assert all(v.fractions in (None, [0.32]) for v in sweep.structures.values())
+    assert [v.overrides for v in sweep.sizes.values()] == [[f"model.hidden_dim={w}"] for w in (64, 128, 256)]
+    assert [v.seeds for v in sweep.sizes.values()] == [[1005, 2005], None, None]  # two seeds at the base width
+    assert {"model.parametrization=mup", "model.mup_base_width=64"} <= set(sweep.overrides)
 
 
 def test_blockdense_solves_from_its_fraction_alone_as_info_does(tmp_path):
@@ -394,3 +499,13 @@ def test_cli_dry_run_status_and_errors(tmp_path, capsys):
     assert code == 2 and "--shard" in err and err.count("\n") == 1
     code, out, err = _run_cli(capsys, "sweep", str(tmp_path / "missing.yaml"))
     assert code == 2 and "sweep file not found" in err
+
+
+def test_dry_run_lists_the_learning_rates(tmp_path, capsys):
+    code, out, _ = _run_cli(capsys, "sweep", str(write_sweep(tmp_path, LR_AXIS)), "--dry-run")
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == "learning rates: 3 (1e-3, 2e-3, 5e-3)"
+    assert lines[1].split()[:4] == ["run", "series", "FFN", "lr"]
+    row = next(x.split() for x in lines if x.strip().startswith("a-dense-lr2e-3-seed2"))
+    assert row[:4] == ["a-dense-lr2e-3-seed2", "dense-lr2e-3", "dense", "2e-3"]
+    assert not (tmp_path / "runs").exists()

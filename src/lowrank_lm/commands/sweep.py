@@ -62,12 +62,13 @@ def _plan_text(plan, shard: tuple[int, int]) -> str:
     mine = {r.name for r in shard_runs(plan.runs, *shard)}
     corpus: dict = {}
     sharded = shard[1] > 1
-    header = ["run", "series", "FFN", "params", "non-emb", "tokens", "epochs", "steps", "FLOPs"]
+    header = ["run", "series", "FFN", "lr", "params", "non-emb", "tokens", "epochs", "steps", "FLOPs"]
     header += [f"shard {shard[0]}/{shard[1]}"] if sharded else []
     rows = []
     for r in plan.runs:
         n = _corpus_train_tokens(r, corpus)
-        rows.append([r.name, r.series, _ffn_text(r), _fmt_count(r.params), _fmt_count(r.params_non_embedding),
+        rows.append([r.name, r.series, _ffn_text(r), _lr_text(r.cfg.train.lr), _fmt_count(r.params),
+                     _fmt_count(r.params_non_embedding),
                      _fmt_count(r.tokens), f"{r.tokens / n:.2f}" if n else "?", str(r.steps), f"{r.flops:.3g}"]
                     + (["yes" if r.name in mine else "-"] if sharded else []))
     widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
@@ -77,8 +78,18 @@ def _plan_text(plan, shard: tuple[int, int]) -> str:
     total = sum(r.flops for r in plan.runs)
     lines.append(f"total {total:.3g} training FLOPs, {_fmt_count(sum(r.tokens for r in plan.runs))} tokens"
                  + ("" if corpus and all(corpus.values()) else "; epochs '?' until the data has been prepared"))
+    rates = sorted({r.cfg.train.lr for r in plan.runs})
+    if len(rates) > 1:
+        lines.append(f"learning rates: {len(rates)} ({', '.join(_lr_text(x) for x in rates)})")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def _lr_text(lr: float) -> str:
+    """A learning rate as run names write it (2e-3)."""
+    from lowrank_lm.launch.sweep import lr_label
+
+    return lr_label(lr).removeprefix("lr")
 
 
 def _jobs_text(plan, overrides: list[str]) -> str:

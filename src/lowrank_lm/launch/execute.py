@@ -189,6 +189,7 @@ def _corpus_train_tokens(spec: RunSpec, cache: dict[str, int | None]) -> int | N
 def result_row(spec: RunSpec, state: RunState, corpus: dict[str, int | None] | None = None) -> dict[str, Any]:
     """The results-table row of one run: the plan, and what the finished run measured."""
     row = spec.row()
+    row["lr"] = spec.cfg.train.lr  # the peak learning rate: an axis of the data, as the budget is
     row["status"] = state.status
     s = state.summary
     if state.status == "done" and s is not None:

@@ -11,10 +11,11 @@ converter, so an unknown key or a wrongly typed value is one line naming it)::
       s1: ../cpu/scale-1.yaml
       s2: {config: ../cpu/scale-2.yaml, overrides: [train.tokens=2500000]}
       # with FLOP budgets, {config, overrides, flops: [1e14]}: the budgets this size trains at (default all)
+      # {..., seeds: [1, 2]}: this size's own seeds, replacing the sweep's (e.g. two at a µP base width)
     structures:                       # name -> how the FFN is built (kind defaults to the name)
       dense: {}
       lowrank: {fractions: [0.63, 0.32]}           # the rank is solved for each size (see below)
-      blockdense: {fractions: [0.63], num_blocks: 2}
+      blockdense: {fractions: [0.63], num_blocks: 2, learning_rates: [2e-3, 4e-3]}  # its own rates
       blockshuffle: {fractions: [0.63, 0.32]}      # the block count is solved
       # or a config file per cell: {config: "../paper/structured/transformer-{size}-lowrank-{pct}.yaml",
       #                             fractions: [63, 32]}
@@ -22,6 +23,7 @@ converter, so an unknown key or a wrongly typed value is one line naming it)::
                                       # or {flops: [1e14, 3e14]}: an IsoFLOP design (tokens = budget / FLOPs per token)
     match_dense_tokens: true          # structured runs get the dense model's token budget (the paper's rule)
     rank_multiple: 8                  # solved ranks are multiples of this
+    learning_rates: [1e-3, 2e-3]      # peak learning rates (train.lr): every run once per rate
     seeds: [1, 2]                     # training seeds (train.seed): every run once per seed
     cluster: {gpus_per_node: 8, time: "24:00:00"}   # --executor submitit: the jobs' resources (docs/cluster.md)
 
@@ -30,10 +32,11 @@ A *fraction* is the share of a structured FFN layer's weights relative to the de
 block count) whose measured fraction is nearest is chosen, counting parameters with the real layer
 classes on the meta device, so the count always agrees with ``lowrank-lm info``.
 
-Each run is named ``<size>-<structure>[-<pct>][-<budget>][-seed<S>]`` and belongs to the series
-``<structure>[-<pct>]``; its budget is the ``budget`` column of the results. The joint law L(N, D) is fitted
-per structure over every size and budget, IsoFLOP profiles only at FLOP budgets, and the compute laws fit one
-curve per structure and token budget (``fit`` splits them: ``dense@t2M``).
+Each run is named ``<size>-<structure>[-<pct>][-<budget>][-lr<LR>][-seed<S>]`` and belongs to the series
+``<structure>[-<pct>]``, or ``<structure>[-<pct>]-lr<LR>`` when its structure trains at several learning
+rates (a scaling law never pools rates silently); its budget and rate are the ``budget`` and ``lr`` columns.
+The joint law L(N, D) is fitted per structure over every size and budget, IsoFLOP profiles only at FLOP
+budgets, and the compute laws fit one curve per structure and token budget (``fit`` splits them: ``dense@t2M``).
 """
 
 from __future__ import annotations
@@ -143,6 +146,15 @@ def pct(fraction: float) -> int:
     return math.floor(fraction * 100 + 0.5)
 
 
+def lr_label(lr: float) -> str:
+    """A run name's label of a learning rate: 2e-3 -> lr2e-3, 0.0015 -> lr1.5e-3, 1 -> lr1e0.
+
+    Four significant digits in powers-of-ten form, so a name never shows float noise (0.1 * 3 -> lr3e-1).
+    """
+    mantissa, exponent = f"{lr:.3e}".split("e")
+    return f"lr{float(mantissa):g}e{int(exponent)}"
+
+
 def budget_label(tokens: int | None = None, tokens_per_param: float | None = None, flops: float | None = None) -> str:
     """A short label: t2M, t2.5M, t500k, t2.2B, tpp20, or C3e14 for a FLOP budget."""
     if flops is not None:
@@ -174,6 +186,8 @@ class _Size:
     overrides: list[str]
     flops: list[float] | None = None
     """The FLOP budgets this size trains at (an IsoFLOP design slides its sizes with the budget); None: all."""
+    seeds: list[int | None] | None = None
+    """This size's own seeds (replacing the sweep's); None: the sweep's."""
 
 
 @dataclass
@@ -186,6 +200,8 @@ class _Structure:
     init: str | None
     template: str | None
     overrides: list[str]
+    learning_rates: list[float] | None = None
+    """The rates this structure trains at (its own list, else the sweep's); None: each config's own train.lr."""
 
 
 @dataclass
@@ -203,11 +219,13 @@ def _parse_sizes(path: Path, sizes: dict[str, SizeEntry]) -> list[_Size]:
     for name, v in sizes.items():
         if v.flops is not None and not v.flops:
             raise _err(path, f"sizes.{name}.flops must be a non-empty list of budgets from budgets.flops")
-        out.append(_Size(name, path.parent / v.config if v.config else None, v.overrides, v.flops))
+        seeds = _parse_seeds(path, v.seeds, f"sizes.{name}.seeds") if v.seeds is not None else None
+        out.append(_Size(name, path.parent / v.config if v.config else None, v.overrides, v.flops, seeds))
     return out
 
 
-def _parse_structures(path: Path, structures: dict[str, StructureEntry], rank_multiple: int) -> list[_Structure]:
+def _parse_structures(path: Path, structures: dict[str, StructureEntry], rank_multiple: int,
+                      learning_rates: list[float] | None) -> list[_Structure]:
     if not structures:
         raise _err(path, "structures must be a mapping of name -> settings, e.g. {dense: {}, lowrank: "
                          "{fractions: [0.63, 0.32]}}")
@@ -229,7 +247,11 @@ def _parse_structures(path: Path, structures: dict[str, StructureEntry], rank_mu
         rm = v.rank_multiple if v.rank_multiple is not None else rank_multiple
         if rm < 1:
             raise _err(path, f"structures.{name}.rank_multiple must be a positive whole number")
-        out.append(_Structure(name, kind, fractions, v.num_blocks, rm, v.init, template, v.overrides))
+        own = _parse_rates(path, f"structures.{name}.learning_rates", v.learning_rates)
+        rates = own if own is not None else learning_rates
+        _check_no_lr_override(path, f"structures.{name}.overrides", v.overrides, rates,
+                              f"structures.{name}.learning_rates" if own is not None else "learning_rates")
+        out.append(_Structure(name, kind, fractions, v.num_blocks, rm, v.init, template, v.overrides, rates))
     return out
 
 
@@ -255,15 +277,46 @@ def _parse_budgets(path: Path, budgets: BudgetsEntry | None) -> list[_Budget]:
     return out
 
 
-def _parse_seeds(path: Path, seeds: list[int] | None) -> list[int | None]:
+def _parse_seeds(path: Path, seeds: list[int] | None, key: str = "seeds") -> list[int | None]:
     """The ``seeds`` list (distinct whole numbers), or [None]: one run per cell with the config's own seed."""
     if seeds is None:
         return [None]
     if not seeds:
-        raise _err(path, "seeds must be a non-empty list of whole numbers, e.g. [1, 2]")
+        raise _err(path, f"{key} must be a non-empty list of whole numbers, e.g. [1, 2]")
     if len(set(seeds)) != len(seeds):
-        raise _err(path, f"seeds has a repeated value ({seeds}); each seed once")
+        raise _err(path, f"{key} has a repeated value ({seeds}); each seed once")
     return list(seeds)
+
+
+def _parse_rates(path: Path, key: str, rates: list[float] | None) -> list[float] | None:
+    """A ``learning_rates`` list (positive, distinct labels), or None when the file does not set it."""
+    if rates is None:
+        return None
+    if not rates:
+        raise _err(path, f"{key} must be a non-empty list of learning rates, e.g. [1e-3, 2e-3, 4e-3]; or remove it")
+    seen: dict[str, float] = {}
+    for r in rates:
+        if not (math.isfinite(r) and r > 0):
+            raise _err(path, f"{key}: {r!r} is not a positive learning rate")
+        label = lr_label(r)
+        if label in seen:
+            raise _err(path, f"{key} has {seen[label]!r} and {r!r}, which are the same rate {label} (rates are told "
+                             "apart by 4 significant digits); give each rate once")
+        seen[label] = r
+    return list(rates)
+
+
+def _lr_override(overrides: list[str]) -> str | None:
+    """The first override that sets train.lr, or None."""
+    return next((o for o in overrides if o.split("=", 1)[0].strip() == "train.lr"), None)
+
+
+def _check_no_lr_override(path: Path, where: str, overrides: list[str], rates: list[float] | None, by: str) -> None:
+    """A train.lr override would be replaced by a learning_rates list: both at once is one line, not a guess."""
+    hit = _lr_override(overrides)
+    if rates is not None and hit is not None:
+        raise _err(path, f"{where} has {hit!r} while {by} sets the learning rate of these runs; keep one "
+                         "(a single rate is learning_rates: [X])")
 
 
 def _load(path: Path, config: Path | None, overrides: list[str]) -> Config:
@@ -287,7 +340,10 @@ def load_sweep(path: str | Path) -> SweepPlan:
         raise _err(p, "rank_multiple must be a positive whole number")
     match_dense = sweep.match_dense_tokens if sweep.match_dense_tokens is not None else True
     sizes = _parse_sizes(p, sweep.sizes)
-    structures = _parse_structures(p, sweep.structures, sweep.rank_multiple)
+    learning_rates = _parse_rates(p, "learning_rates", sweep.learning_rates)
+    _check_no_lr_override(p, "overrides", overrides, learning_rates, "learning_rates")
+    structures = _parse_structures(p, sweep.structures, sweep.rank_multiple, learning_rates)
+    _check_sizes_leave_lr(p, sweep.sizes, structures)
     budgets = _parse_budgets(p, sweep.budgets)
     seeds = _parse_seeds(p, sweep.seeds)
     _check_flop_budgets(p, sizes, budgets, sweep.match_dense_tokens)
@@ -327,9 +383,14 @@ def load_sweep(path: str | Path) -> SweepPlan:
                     cell_over = size_over + ffn_over + st.overrides
                 mine = [b for b in budgets
                         if size.flops is None or any(math.isclose(b.flops or 0, c) for c in size.flops)]
-                for budget, seed in ((b, sd) for b in mine for sd in seeds):
-                    runs.append(_run_spec(p, out_dir, size.name, st.name, label, frac, budget, seed, len(seeds) > 1,
-                                          cell_cfg_path, cell_over, dense_acc, match_dense))
+                rates: list[float | None] = list(st.learning_rates) if st.learning_rates else [None]
+                several_rates = len(rates) > 1
+                size_seeds = size.seeds if size.seeds is not None else seeds
+                for budget, lr, seed in ((b, r, sd) for b in mine for r in rates for sd in size_seeds):
+                    lr_over = [f"train.lr={lr!r}"] if lr is not None else []
+                    runs.append(_run_spec(p, out_dir, size.name, st.name, label, frac, budget, seed,
+                                          len(size_seeds) > 1, cell_cfg_path, cell_over + lr_over, dense_acc,
+                                          match_dense, lr_label(lr) if lr is not None else None, several_rates))
     seen: dict[str, int] = {}
     for r in runs:
         seen[r.name] = seen.get(r.name, 0) + 1
@@ -337,6 +398,16 @@ def load_sweep(path: str | Path) -> SweepPlan:
     if dup:
         raise _err(p, f"two runs would share the name {dup[0]}; give sizes and structures distinct names")
     return SweepPlan(name=name, path=p, out_dir=out_dir, runs=runs, notes=notes, cluster=sweep.cluster)
+
+
+def _check_sizes_leave_lr(p: Path, sizes: dict[str, SizeEntry], structures: list[_Structure]) -> None:
+    """A size's train.lr override would be replaced in every structure that has learning_rates: an error."""
+    swept = next((st for st in structures if st.learning_rates is not None), None)
+    for name, entry in sizes.items():
+        hit = _lr_override(entry.overrides)
+        if swept is not None and hit is not None:
+            raise _err(p, f"sizes.{name}.overrides has {hit!r} while learning_rates set the learning rate of "
+                          f"structure {swept.name}; keep one (rates per structure: structures.NAME.learning_rates)")
 
 
 def _check_flop_budgets(p: Path, sizes: list[_Size], budgets: list[_Budget], match_dense_tokens: bool | None) -> None:
@@ -372,18 +443,25 @@ def _run_tokens(probe: Config, budget: _Budget, dense_acc: RunAccounting, match_
 def _run_spec(p: Path, out_dir: Path, size: str, structure: str, label: int | None, frac: float | None,
               budget: _Budget,
               seed: int | None, several_seeds: bool, cell_cfg_path: Path | None, cell_over: list[str],
-              dense_acc: RunAccounting, match_dense: bool) -> RunSpec:
-    """One run of a cell at one budget and seed: its name, folder, resolved config and counts."""
+              dense_acc: RunAccounting, match_dense: bool, lr_text: str | None = None,
+              several_rates: bool = False) -> RunSpec:
+    """One run of a cell at one budget, learning rate and seed: its name, folder, resolved config and counts.
+
+    ``lr_text``: the rate's label when it comes from learning_rates (it is then in ``cell_over``); the series
+    carries it only when the structure has ``several_rates``, so a fit never pools two rates in one curve.
+    """
     from lowrank_lm.accounting import account
 
     seed_label = f"seed{seed}" if seed is not None and several_seeds else None
-    run_name = "-".join(str(x) for x in (size, structure, label, budget.label, seed_label) if x is not None)
+    run_name = "-".join(str(x) for x in (size, structure, label, budget.label, lr_text, seed_label)
+                        if x is not None)
     if not plain_name(run_name) or "\0" in run_name:
         # the name is a folder under out_dir: a path would leave it (../x) or replace it (/x)
         raise _err(p, f"size {size!r} / structure {structure!r} make the run name {run_name!r}, which is not a "
                       "plain folder name; name sizes and structures without / or \\")
-    # the series is the structure; the budget is a column of the data (the joint law uses all)
-    series = "-".join(str(x) for x in (structure, label) if x is not None)
+    # the series is the structure; the budget is a column of the data (the joint law uses all); the learning
+    # rate is a column too, but different rates are different curves, so the series names a rate when there are several
+    series = "-".join(str(x) for x in (structure, label, lr_text if several_rates else None) if x is not None)
     probe = _load(p, cell_cfg_path, cell_over)
     kind = probe.model.ffn.kind
     tokens = _run_tokens(probe, budget, dense_acc, match_dense)

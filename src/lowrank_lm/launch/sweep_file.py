@@ -29,6 +29,9 @@ class SizeEntry:
     """key=value overrides of this size, after the sweep's own."""
     flops: Optional[list[float]] = None
     """With FLOP budgets: the budgets this size trains at (each one of budgets.flops); empty: all of them."""
+    seeds: Optional[list[int]] = None
+    """Training seeds of this size's runs, replacing the sweep's seeds (e.g. a second seed at a µP base width
+    only); empty: the sweep's."""
 
 
 @dataclass
@@ -49,6 +52,9 @@ class StructureEntry:
     """A config file per cell instead of a kind: a template with {size}, {structure}, {pct} and {fraction}."""
     overrides: list[str] = field(default_factory=list)
     """key=value overrides of this structure's runs, after the size's."""
+    learning_rates: Optional[list[float]] = None
+    """Peak learning rates (train.lr) of this structure's runs, each run once per rate; replaces the sweep's
+    learning_rates (a µP study tunes one grid per structure); empty: the sweep's."""
 
 
 @dataclass
@@ -65,7 +71,7 @@ class BudgetsEntry:
 
 @dataclass
 class SweepFile:
-    """A sweep file as written: sizes x structures x fractions x budgets (x seeds)."""
+    """A sweep file as written: sizes x structures x fractions x budgets (x learning rates x seeds)."""
 
     name: Optional[str] = None
     """The sweep's name; empty: the file name."""
@@ -89,6 +95,8 @@ class SweepFile:
     """Solved ranks are multiples of this."""
     seeds: Optional[list[int]] = None
     """Training seeds (train.seed): every run once per seed."""
+    learning_rates: Optional[list[float]] = None
+    """Peak learning rates (train.lr): every run once per rate (run names get -lr2e-3); empty: each config's own."""
     cluster: Optional[dict[str, Any]] = None
     """The submitit executor's resources, read by :mod:`lowrank_lm.launch.cluster`."""
 

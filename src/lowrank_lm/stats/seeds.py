@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-CONFIG_KEYS = ("size", "params", "tokens", "budget")
+CONFIG_KEYS = ("size", "params", "tokens", "budget", "lr")
 """Columns that, with the series and x, identify one configuration (the runs of one cell differ in seed only)."""
 
 
@@ -94,10 +94,10 @@ def has_seeds(rows: Sequence[dict[str, Any]]) -> bool:
 def average_seeds(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], SeedNoise | None]:
     """Rows of ``fit``'s compute law with the seeds of one point merged: (one row per point, pooled noise).
 
-    A point is one configuration of a series (the same x, size, parameters, tokens and budget). Its loss
-    becomes the geometric mean over seeds and its ``loss_err`` the error of that mean, sqrt(stated error^2 +
-    (noise * loss)^2 / seeds), which the bootstrap uses as a floor; the noise is the pooled seed-to-seed
-    spread over every point of every series.
+    A point is one configuration of a series (the same x, size, parameters, tokens, budget and learning rate;
+    a table without an lr column reads as one rate). Its loss becomes the geometric mean over seeds and its
+    ``loss_err`` the error of that mean, sqrt(stated error^2 + (noise * loss)^2 / seeds), which the bootstrap
+    uses as a floor; the noise is the pooled seed-to-seed spread over every point of every series.
     """
     by_series: dict[str, list[dict[str, Any]]] = {}
     for r in rows:

@@ -3,6 +3,7 @@
 ``fit`` needs only the columns ``series``, ``flops`` (or whichever x column is chosen) and ``loss``;
 everything else is carried along. An optional ``loss_err`` column gives each loss's stated one-sigma
 error (the paper dataset has one); an optional ``status`` column lets unfinished runs sit in the table.
+Columns added later (``lr``, the run's peak learning rate) read as empty from tables written before them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from lowrank_lm.errors import UserError
 # Column order of the sweep's results table (fit ignores the ones it does not use).
 RESULT_COLUMNS: tuple[str, ...] = (
     "name", "series", "size", "structure", "fraction", "budget", "params", "params_non_embedding",
-    "params_ffn", "tokens", "epochs", "flops", "flops_6n", "seed", "loss", "ppl", "tokens_per_s", "wall_s",
+    "params_ffn", "tokens", "epochs", "flops", "flops_6n", "lr", "seed", "loss", "ppl", "tokens_per_s", "wall_s",
     "steps", "status", "out_dir",
 )
 
