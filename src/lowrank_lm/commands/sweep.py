@@ -58,6 +58,7 @@ def _ffn_text(spec) -> str:
 def _plan_text(plan, shard: tuple[int, int]) -> str:
     from lowrank_lm.launch.execute import _corpus_train_tokens, _fmt_count
     from lowrank_lm.launch.sweep import shard_runs
+    from lowrank_lm.tables import text_table
 
     mine = {r.name for r in shard_runs(plan.runs, *shard)}
     corpus: dict = {}
@@ -71,10 +72,8 @@ def _plan_text(plan, shard: tuple[int, int]) -> str:
                      _fmt_count(r.params_non_embedding),
                      _fmt_count(r.tokens), f"{r.tokens / n:.2f}" if n else "?", str(r.steps), f"{r.flops:.3g}"]
                     + (["yes" if r.name in mine else "-"] if sharded else []))
-    widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(header)]
     lines = [f"sweep {plan.name} ({plan.path}): {len(plan.runs)} runs into {plan.out_dir}/",
-             "  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(x, widths)).rstrip() for x in rows]
+             text_table(header, rows, indent="  ")]
     total = sum(r.flops for r in plan.runs)
     lines.append(f"total {total:.3g} training FLOPs, {_fmt_count(sum(r.tokens for r in plan.runs))} tokens"
                  + ("" if corpus and all(corpus.values()) else "; epochs '?' until the data has been prepared"))
