@@ -113,7 +113,7 @@ def test_joint_figure_has_compact_log_ticks():
     left, right = fig.axes
     assert left.get_xscale() == right.get_xscale() == "log"
     assert len(left.lines) == 2 * 3 and len(right.lines) == 2 * 4  # a slice and its runs per D, then per N
-    assert [t.get_text() for t in left.get_legend().get_texts()] == ["D = 1.5e+05", "D = 2.6e+05", "D = 4.5e+05"]
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["D = 1.5e5", "D = 2.6e5", "D = 4.5e5"]
     assert len(set(hexes(left.lines[::2]))) == 3  # one shade per slice
     assert not [t for t in left.xaxis.get_ticklabels(which="minor") if t.get_text()]
     check_style(fig)
@@ -230,3 +230,13 @@ def test_coord_check_figure():
     assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["ffn", "logits"]
     check_style(fig)
     plt.close(fig)
+
+
+def test_series_of_one_structure_share_its_family_in_shades():
+    names = ["dense", "lowrank-63", "lowrank-32", "dense-gqa", "wide-lowrank", "btt-32"]
+    c = {n: to_hex(v) for n, v in plotting.series_colours(names).items()}
+    oranges, blues = plt.get_cmap("Oranges"), plt.get_cmap("Blues")
+    assert c["lowrank-63"] == to_hex(oranges(0.45)) and c["lowrank-32"] == to_hex(oranges(0.95))
+    assert c["dense"] == to_hex(blues(0.45)) and c["dense-gqa"] == to_hex(blues(0.95))
+    assert c["btt-32"] == to_hex(plt.get_cmap("Reds")(0.75))  # a known structure keeps its family
+    assert len(set(c.values())) == len(names)

@@ -56,6 +56,8 @@ RAW_ALPHA = 0.25
 """Opacity of the raw (unsmoothed) training loss drawn under its EMA."""
 EMA_SPAN = 20
 """The smoothing averages over about 1/EMA_SPAN of a curve's logged points (none for 20 points or fewer)."""
+EMA_RELATIVE = 0.1
+"""...and over at most about a tenth of the points before the current one (a constant width on a log axis)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,18 +113,16 @@ def structure_of(name: str) -> str:
 
 
 def _family_maps(families: list[str]) -> dict[str, str]:
-    """A colormap per family: a known structure's own for the first family of that structure, spares after."""
+    """A colormap per family: a known structure's own for the first family of that structure; the others take
+    the spares, then the known families no series here uses, in order."""
     out: dict[str, str] = {}
-    taken: set[str] = set()
     for fam in families:
         cmap = FAMILIES.get(structure_of(fam))
-        if cmap is not None and cmap not in taken:
+        if cmap is not None and cmap not in out.values():
             out[fam] = cmap
-            taken.add(cmap)
-    spares = [c for c in SPARE_FAMILIES if c not in taken] or list(SPARE_FAMILIES)
-    rest = [f for f in families if f not in out]
-    for i, fam in enumerate(rest):
-        out[fam] = spares[i % len(spares)]
+    free = [c for c in (*SPARE_FAMILIES, *FAMILIES.values()) if c not in out.values()] or list(SPARE_FAMILIES)
+    for i, fam in enumerate(f for f in families if f not in out):
+        out[fam] = free[i % len(free)]
     return out
 
 
@@ -157,8 +157,20 @@ def paired_colours(keys: Sequence[tuple[str, Any]]) -> list[Any]:
 
 
 def series_colours(names: Sequence[str]) -> dict[str, Any]:
-    """One colour per series, a family each (a structure's own where it has one), at one shade."""
-    return dict(zip(names, paired_colours([(n, None) for n in names])))
+    """One colour per series: a family per structure (``lowrank-63`` and ``lowrank-32`` are both lowrank),
+    one shade per series of that structure (one series: a middle shade)."""
+    import matplotlib
+
+    by_structure: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        by_structure.setdefault(structure_of(name), []).append(name)
+    maps = _family_maps(list(by_structure))
+    out = {}
+    for struct, members in by_structure.items():
+        shades = [0.75] if len(members) == 1 else np.linspace(0.45, 0.95, len(members))
+        for name, shade in zip(members, shades):
+            out[name] = matplotlib.colormaps[maps[struct]](float(shade))
+    return out
 
 
 def short_labels(labels: Sequence[str]) -> list[str]:
@@ -174,14 +186,17 @@ def short_labels(labels: Sequence[str]) -> list[str]:
 
 def ema(y: np.ndarray, weight: float | None = None) -> np.ndarray:
     """Exponential moving average with bias correction (the first points are not pulled towards 0). The
-    default weight scales with the curve's length, so a short curve is not dragged behind its own points."""
+    default weight scales with the curve's length, so a short curve is not dragged behind its own points, and
+    the window at point i is at most about EMA_RELATIVE * i points, so the steep start of a curve (wide on a
+    log axis) is not dragged behind either."""
     if weight is None:
         weight = max(0.0, 1.0 - EMA_SPAN / max(len(y), 1))
     out = np.empty(len(y))
     acc, norm = 0.0, 0.0
     for i, v in enumerate(y):
-        acc = weight * acc + (1 - weight) * v
-        norm = weight * norm + (1 - weight)
+        w = min(weight, EMA_RELATIVE * i / (EMA_RELATIVE * i + 1))
+        acc = w * acc + (1 - w) * v
+        norm = w * norm + (1 - w)
         out[i] = acc / norm
     return out
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.plotting import finish, paired_colours, save, series_colours, styled
+from lowrank_lm.plotting import compact_number, finish, paired_colours, save, series_colours, styled
 from lowrank_lm.stats.fit import FitResult, Series
 
 X_LABELS = {"flops": "training FLOPs (paper convention: 3 x forward)", "flops_6n": "training FLOPs (6N)",
@@ -109,7 +109,7 @@ def joint_figure(result: Any, series: dict[str, Any]) -> Any:
             grid = np.geomspace(along.min() / 1.5, along.max() * 1.5, 200)
             for k, (level, c) in enumerate(zip(levels, colours)):
                 curve = fit.predict(grid, level) if label == "D" else fit.predict(level, grid)
-                ax.plot(grid, curve, color=c, lw=1.4, label=f"{label} = {level:.3g}")
+                ax.plot(grid, curve, color=c, lw=1.4, label=f"{label} = {compact_number(level)}")
                 sel = nearest == k
                 on_slice = fit.predict(along[sel], level) if label == "D" else fit.predict(level, along[sel])
                 ax.plot(along[sel], on_slice + residual[sel], "o", color=c, ms=4)
