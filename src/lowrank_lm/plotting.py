@@ -173,6 +173,24 @@ def series_colours(names: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def series_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per series ``color``, ``linestyle`` and ``marker``: the colour of :func:`series_colours`, and the line
+    style and marker of its place among the series of its structure, so shades of one family stay apart."""
+    colours = series_colours(names)
+    seen: dict[str, int] = {}
+    out = {}
+    for name in colours:
+        k = seen.get(structure_of(name), 0)
+        seen[structure_of(name)] = k + 1
+        out[name] = {"color": colours[name], "linestyle": LINESTYLES[k % len(LINESTYLES)],
+                     "marker": MARKERS[k % len(MARKERS)]}
+    return out
+
+
 def short_labels(labels: Sequence[str]) -> list[str]:
     """Legend texts without folder paths: a path's last part, ``name (parent)`` where names repeat."""
     names = [Path(lb).name if "/" in lb else lb for lb in labels]

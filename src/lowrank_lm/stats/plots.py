@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_lm.plotting import compact_number, finish, paired_colours, save, series_colours, styled
+from lowrank_lm.plotting import compact_number, finish, paired_colours, save, series_colours, series_styles, styled
 from lowrank_lm.stats.fit import FitResult, Series
 
 X_LABELS = {"flops": "training FLOPs (paper convention: 3 x forward)", "flops_6n": "training FLOPs (6N)",
@@ -37,12 +37,12 @@ def fit_figure(result: FitResult, series: dict[str, Series], x_column: str = "fl
 
     level = float(result.settings.get("level", 0.95))
     names = list(series)
-    colours = series_colours(names + [n for n in (overlay or {}) if n not in series])
+    styles = series_styles(names + [n for n in (overlay or {}) if n not in series])
     fig, ax = plt.subplots(figsize=(7.5, 5.0))
     bands = 0
     for name, ser in series.items():
         fit = result.series.get(name)
-        c = colours[name]
+        c, ls, m = styles[name]["color"], styles[name]["linestyle"], styles[name]["marker"]
         if fit is not None and fit.fitted:
             lo, hi = math.log10(ser.x.min()), math.log10(ser.x.max())
             pad = 0.1 * max(hi - lo, 0.5)
@@ -50,19 +50,20 @@ def fit_figure(result: FitResult, series: dict[str, Series], x_column: str = "fl
             label = f"{name}: alpha {fit.alpha:.3g}"
             if fit.alpha_ci is not None:
                 label += f" [{fit.alpha_ci[0]:.3g}, {fit.alpha_ci[1]:.3g}]"
-            ax.plot(grid, fit.predict(grid), color=c, lw=1.6, label=label)
+            ax.plot(grid, fit.predict(grid), color=c, ls=ls, lw=1.6, label=label)
             curves = fit.sample_curves(grid)
             if len(curves) >= 10:
                 q = (1 - level) / 2
                 band = np.quantile(curves, [q, 1 - q], axis=0)
                 ax.fill_between(grid, band[0], band[1], color=c, alpha=0.18, lw=0)
                 bands += 1
-            ax.plot(ser.x, ser.loss, "o", color=c, ms=5)
+            ax.plot(ser.x, ser.loss, m, color=c, ms=5)
         else:
-            ax.plot(ser.x, ser.loss, "s--", color=c, ms=5, lw=0.8, label=f"{name} (points only, {ser.n})")
+            ax.plot(ser.x, ser.loss, m, color=c, ls=ls, ms=5, lw=0.8, label=f"{name} (points only, {ser.n})")
     for name, ser in (overlay or {}).items():
-        ax.plot(ser.x, ser.loss, "o", mfc="none", mec=colours[name], ms=7, mew=1.2, ls=":", lw=0.8,
-                color=colours[name], label=f"paper: {name}")
+        c = styles[name]["color"]
+        ax.plot(ser.x, ser.loss, styles[name]["marker"], mfc="none", mec=c, ms=7, mew=1.2, ls=":", lw=0.8,
+                color=c, label=f"paper: {name}")
     ax.set_xscale("log")
     mode = result.settings.get("mode")
     bands_note = f", {level:.0%} bootstrap bands" if bands else ", no fit to draw a band for"
