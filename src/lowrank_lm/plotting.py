@@ -76,10 +76,12 @@ def pyplot() -> Any | None:
 
 @contextmanager
 def style() -> Iterator[Any]:
-    """Draw inside this: pyplot (Agg) with the project's rcParams; the caller must have matplotlib."""
+    """Draw inside this: pyplot (Agg) with the project's rcParams; None (and no style) without matplotlib, for
+    writers that skip their figure then."""
     plt = pyplot()
     if plt is None:
-        raise ImportError("matplotlib is not installed")
+        yield None
+        return
     with plt.rc_context(STYLE):
         yield plt
 

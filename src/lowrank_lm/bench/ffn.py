@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from lowrank_lm import plotting
 from lowrank_lm.bench.premerge import calibrate
 from lowrank_lm.bench.report import Interrupted, markdown_table, pyplot
 from lowrank_lm.bench.timer import measure
@@ -271,6 +272,7 @@ def _series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+@plotting.styled
 def plot_ffn(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Figure 4's panels, where the rows vary along the axis: latency vs width, params, tokens."""
     plt = pyplot()
@@ -308,12 +310,7 @@ def plot_ffn(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             if axis == "tokens":
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
-        ax.set_ylabel("median latency (ms)")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
+        plotting.finish(ax, title, None, "median latency (ms)")
         fig.tight_layout()
-        path = out / f"ffn-latency-vs-{name}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(plotting.save(fig, out / f"ffn-latency-vs-{name}.png"))
     return written
