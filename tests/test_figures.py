@@ -240,3 +240,21 @@ def test_series_of_one_structure_share_its_family_in_shades():
     assert c["dense"] == to_hex(blues(0.45)) and c["dense-gqa"] == to_hex(blues(0.95))
     assert c["btt-32"] == to_hex(plt.get_cmap("Reds")(0.75))  # a known structure keeps its family
     assert len(set(c.values())) == len(names)
+
+
+def test_shared_figure_in_the_style():
+    from lowrank_lm.stats.fit import FitOptions
+    from lowrank_lm.stats.plots import shared_figure
+    from lowrank_lm.stats.shared import fit_shared
+
+    from .test_scaling_shared import synthetic
+
+    series = synthetic(3)
+    fit = fit_shared(series, "dense", FitOptions(n_bootstrap=20), check=False)
+    fig = drawn(shared_figure, fit, series)
+    left, right = fig.axes
+    assert left.get_xscale() == right.get_xscale() == "log"
+    assert fig._suptitle.get_text().startswith("shared-exponent fit")
+    assert hexes(left.lines[1::2]) == [to_hex(v) for v in plotting.series_colours(fit.names).values()]
+    check_style(fig)
+    plt.close(fig)
