@@ -73,30 +73,28 @@ def report(records: list[dict], widths: list[int], lrs: list[float], seeds: list
 
 
 def plot(records: list[dict], widths: list[int], seed: int, path: Path) -> None:
-    """Loss against learning rate (log), one panel per structure and parametrization, one line per width."""
-    from lowrank_lm.plotting import pyplot
+    """Loss against learning rate (log), one panel per structure and parametrization, one line per width: the
+    structure's colour family, darker for wider (the project's one style, lowrank_lm.plotting)."""
+    from lowrank_lm import plotting
 
-    plt = pyplot()
-    if plt is None:
-        return
-    fig, axes = plt.subplots(len(STRUCTURES), 2, figsize=(9, 3.2 * len(STRUCTURES)), squeeze=False)
-    for row, kind in enumerate(STRUCTURES):
-        for col, param in enumerate(("standard", "mup")):
-            ax = axes[row][col]
-            for width in widths:
-                key = (kind, param, width, seed)
-                pts = sorted((r["lr"], r["val_loss"]) for r in records
-                             if (r["structure"], r["parametrization"], r["width"], r["seed"]) == key)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=f"width {width}")
-            ax.set_xscale("log", base=2)
-            ax.set_title(f"{kind}, {param}")
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel("validation loss")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with plotting.style() as plt:
+        if plt is None:
+            return
+        fig, axes = plt.subplots(len(STRUCTURES), 2, figsize=(9, 3.2 * len(STRUCTURES)), squeeze=False)
+        for row, kind in enumerate(STRUCTURES):
+            colours = plotting.paired_colours([(kind, w) for w in widths])
+            for col, param in enumerate(("standard", "mup")):
+                ax = axes[row][col]
+                for width, colour in zip(widths, colours):
+                    key = (kind, param, width, seed)
+                    pts = sorted((r["lr"], r["val_loss"]) for r in records
+                                 if (r["structure"], r["parametrization"], r["width"], r["seed"]) == key)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color=colour,
+                            label=f"width {width}")
+                ax.set_xscale("log")
+                plotting.finish(ax, f"{kind}, {param}", "learning rate", "validation loss (nats / token)")
+        fig.tight_layout()
+        plotting.save(fig, path)
 
 
 def main() -> None:

@@ -193,7 +193,7 @@ def test_seed_groups_table_and_figure(seeded, tmp_path):
 
 
 def test_ema_smooths_long_curves_and_leaves_short_ones():
-    from lowrank_lm.compare_plots import ema
+    from lowrank_lm.plotting import ema
 
     short = np.array([7.0, 6.0, 5.5, 5.2])
     assert np.array_equal(ema(short), short)  # 4 points: nothing to smooth, no lag

@@ -249,7 +249,7 @@ def test_token_budgets_are_a_data_axis():
     assert is_isoflop(flop["dense"])
 
 
-def test_isoflop_figure_without_laws_has_no_empty_legend(recwarn, monkeypatch):
+def test_isoflop_figure_without_laws_has_no_empty_legend(recwarn):
     """One budget gives profiles but no N*(C) law: the right panel gets no legend box and nothing is warned."""
     import matplotlib.pyplot as plt
 
@@ -257,13 +257,11 @@ def test_isoflop_figure_without_laws_has_no_empty_legend(recwarn, monkeypatch):
     from lowrank_lm.stats.isoflop import analyse
     from lowrank_lm.stats.joint import series_from_rows
 
-    saved = {}
-    monkeypatch.setattr(plots, "_save", lambda fig, path, plt_: saved.setdefault("fig", fig))
     rows = [{"series": "dense", "x": N, "params": N, "tokens": 1e12 / (6 * N), "flops": 1e12, "budget": "C1e12",
              "loss": 3.0 + 0.2 * (np.log(N / 2e5)) ** 2, "loss_err": 0.0} for N in (5e4, 1e5, 2e5, 4e5, 8e5)]
     iso, _ = analyse(series_from_rows(rows, "rows"), {}, None, 0, 0.95, 0)
-    plots.plot_isoflop(iso, "unused.png")
-    left, right = saved["fig"].axes
+    fig = plots.isoflop_figure(iso)
+    left, right = fig.axes
     assert left.get_legend() is not None and right.get_legend() is None
     assert not [w for w in recwarn if "legend" in str(w.message)]
-    plt.close(saved["fig"])
+    plt.close(fig)

@@ -18,11 +18,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from lowrank_lm.atomic import atomic_open
 from lowrank_lm.config import Config
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import DenseLinear, StructuredLinear
@@ -137,27 +137,33 @@ def slopes(records: list[Record], step: int) -> dict[str, float]:
 
 
 def plot(records: list[Record], path: Path) -> Path:
-    """Log RMS against width, one line per layer, one panel per step; written to ``path`` (matplotlib)."""
-    try:
-        import matplotlib
+    """Draw :func:`coord_figure` to ``path`` (PNG; needs matplotlib)."""
+    from lowrank_lm import plotting
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if plotting.pyplot() is None:
         raise UserError("the coord-check plot needs matplotlib: pip install 'lowrank-lm[analysis]' "
-                        "(or pass --json without --out)") from None
-    steps = sorted({r.step for r in records})
-    layers = list(dict.fromkeys(r.layer for r in records))
-    fig, axes = plt.subplots(1, len(steps), figsize=(4 * len(steps), 4), sharey=True, squeeze=False)
-    for ax, step in zip(axes[0], steps, strict=True):
-        for layer in layers:
-            pts = sorted((r.width, r.rms) for r in records if r.step == step and r.layer == layer)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=layer)
-        ax.set(xscale="log", yscale="log", xlabel="width (hidden_dim)", title=f"step {step}")
-    axes[0][0].set_ylabel("RMS of the layer's output")
-    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    with atomic_open(path) as f:  # a temporary file of its own, renamed: a link at path is replaced
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-    return path
+                        "(or pass --json without --out)")
+    return plotting.save(coord_figure(records), path)
+
+
+def coord_figure(records: list[Record]) -> Any:
+    """Log RMS against width, one line per layer, one panel per step, in the project's style: flat lines are
+    widths that transfer, rising lines are activations that grow with width."""
+    from lowrank_lm import plotting
+
+    with plotting.style() as plt:
+        steps = sorted({r.step for r in records})
+        layers = list(dict.fromkeys(r.layer for r in records))
+        colours = plotting.distinct_colours(len(layers))
+        fig, axes = plt.subplots(1, len(steps), figsize=(4 * len(steps) + 1.5, 4), sharey=True, squeeze=False)
+        for i, (ax, step) in enumerate(zip(axes[0], steps, strict=True)):
+            for layer, colour in zip(layers, colours):
+                pts = sorted((r.width, r.rms) for r in records if r.step == step and r.layer == layer)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour, label=layer)
+            ax.set(xscale="log", yscale="log")
+            plotting.finish(ax, f"step {step}", "width (hidden_dim)",
+                            "RMS of the layer's output" if i == 0 else None, legend=False)
+        axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.suptitle("coordinate check: activation size against width", fontsize=10)
+        fig.tight_layout()
+    return fig

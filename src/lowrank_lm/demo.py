@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lowrank_lm.atomic import atomic_open, write_json_atomic, write_text_atomic
+from lowrank_lm.atomic import write_json_atomic, write_text_atomic
 from lowrank_lm.config import Config, config_to_dict, flatten
 from lowrank_lm.errors import UserError
 from lowrank_lm.layers import registry
@@ -99,34 +99,19 @@ def _check_reusable(run_dir: Path, cfg: Config) -> None:
                         "pass --overwrite to train it again, or choose another --out")
 
 
-def _plot(out: Path, names: list[str]) -> Path | None:
-    try:
-        import matplotlib
+def _plot(out: Path, names: list[str], unigram_loss: float) -> Path | None:
+    """out/loss.png: both runs' losses against tokens in the project's style, with the unigram baseline;
+    None without matplotlib."""
+    from lowrank_lm import plotting
+    from lowrank_lm.train.curves import Run, loss_figure
+    from lowrank_lm.train.rundir import SUMMARY
+    from lowrank_lm.train.summary import RunSummary
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if plotting.pyplot() is None:
         return None
-    from lowrank_lm.train.metrics import read_metrics
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in names:
-        recs = read_metrics(out / name / "metrics.jsonl")
-        train = [(r["tokens"], r["loss"]) for r in recs if "loss" in r and not r.get("skipped")]
-        val = [(r["tokens"], r["val_loss"]) for r in recs if "val_loss" in r]
-        line = ax.plot(*zip(*train), lw=1, alpha=0.6, label=f"{name} train")[0]
-        if val:
-            ax.plot(*zip(*val), "o-", color=line.get_color(), label=f"{name} val")
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    path = out / "loss.png"
-    fig.tight_layout()
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    runs = [Run(name, out / name, RunSummary.read(out / name / SUMMARY)) for name in names]
+    fig = loss_figure(runs, "tokens", "demo: dense and its LowRank twin on the same tokens", unigram_loss)
+    return plotting.save(fig, out / "loss.png")
 
 
 def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
@@ -161,7 +146,7 @@ def run_demo(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
     table = demo_table(record)
     write_json_atomic(out / "results.json", record)
     write_text_atomic(out / "results.md", table + "\n")
-    plot = _plot(out, [r["name"] for r in rows])
+    plot = _plot(out, [r["name"] for r in rows], math.log(record["unigram_ppl"]))
     print()
     print(table)
     print(f"\nruns: {', '.join(f'{out}/{name}' for name, _ in pairs)} (metrics.jsonl, TensorBoard events, checkpoints)")

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from lowrank_lm import plotting
 from lowrank_lm.accounting import count_model
 from lowrank_lm.bench.memory import peak_bytes_during
 from lowrank_lm.bench.premerge import apply_premerge
@@ -224,6 +225,7 @@ def decode_table(rows: list[dict[str, Any]]) -> str:
             + markdown_table(summary(rows), SUMMARY_COLUMNS))
 
 
+@plotting.styled
 def plot_decode(rows: list[dict[str, Any]], out: Any) -> list[Any]:
     """tokens/s against batch, one line per variant, written under ``out``; [] without matplotlib or
     with fewer than two batch sizes."""
@@ -236,12 +238,7 @@ def plot_decode(rows: list[dict[str, Any]], out: Any) -> list[Any]:
         pts = sorted((r["batch"], r["tokens_per_s"]) for r in ok if (r["config"], r["premerge"], r["decode"]) == key)
         ax.plot(*zip(*pts), marker="o", label=key[0] + (" +pre-merge" if key[1] else "") + f" ({key[2]})")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("generated tokens/s")
-    ax.set_title(f"Decoding throughput ({ok[0]['gen']} tokens, {ok[0]['dtype']})", fontsize=10)
-    ax.legend(fontsize=7)
+    plotting.finish(ax, f"Decoding throughput ({ok[0]['gen']} tokens, {ok[0]['dtype']})", "batch size",
+                    "generated tokens/s")
     fig.tight_layout()
-    path = out / "decode-throughput.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [plotting.save(fig, out / "decode-throughput.png")]

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from lowrank_lm import plotting
 from lowrank_lm.bench.premerge import calibrate
 from lowrank_lm.bench.report import Interrupted, markdown_table, pyplot
 from lowrank_lm.bench.timer import measure
@@ -271,6 +272,7 @@ def _series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+@plotting.styled
 def plot_ffn(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Figure 4's panels, where the rows vary along the axis: latency vs width, params, tokens."""
     plt = pyplot()
@@ -292,28 +294,25 @@ def plot_ffn(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         if axis == "params":
-            for kind in dict.fromkeys(r["kind"] for r in subset):
+            kinds = plotting.series_colours(list(dict.fromkeys(r["kind"] for r in subset)))
+            for kind, colour in kinds.items():
                 pts = sorted((r["params"] / 1e6, r["median_ms"]) for r in subset if r["kind"] == kind)
-                ax.plot(*zip(*pts), marker="o", label=kind)
+                ax.plot(*zip(*pts), marker="o", label=kind, color=colour)
             ax.set_xlabel("FFN parameters (M)")
         else:
-            colors: dict[str, Any] = {}  # a structure and its pre-merged twin share a colour
-            for label, series in _series(subset).items():
+            groups = _series(subset)
+            # a colour family per structure; a structure and its pre-merged twin share a colour
+            colors = plotting.series_colours([label.removesuffix(" +pre-merge") for label in groups])
+            for label, series in groups.items():
                 pts = sorted((r[axis], r["median_ms"]) for r in series)
                 base = label.removesuffix(" +pre-merge")
-                line = ax.plot(*zip(*pts), marker="o", label=label, color=colors.get(base),
-                               linestyle="--" if base != label else "-")
-                colors.setdefault(base, line[0].get_color())
+                ax.plot(*zip(*pts), marker="o", label=label, color=colors[base],
+                        linestyle="--" if base != label else "-")
             ax.set_xlabel(axis)
             if axis == "tokens":
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
-        ax.set_ylabel("median latency (ms)")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
+        plotting.finish(ax, title, None, "median latency (ms)")
         fig.tight_layout()
-        path = out / f"ffn-latency-vs-{name}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(plotting.save(fig, out / f"ffn-latency-vs-{name}.png"))
     return written

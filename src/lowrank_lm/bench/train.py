@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowrank_lm import plotting
 from lowrank_lm.accounting import build_meta, count_model, peak_flops
 from lowrank_lm.bench.memory import peak_bytes_during
 from lowrank_lm.bench.report import markdown_table
@@ -254,6 +255,7 @@ def train_table(rows: list[dict[str, Any]], notes: list[str]) -> str:
     return text + "".join(f"\nnote: {n}\n" for n in notes)
 
 
+@plotting.styled
 def plot_train(rows: list[dict[str, Any]], out: Any) -> list[Any]:
     """A horizontal bar chart of tokens/s per variant, written under ``out``; [] without matplotlib or rows."""
     from lowrank_lm.bench.report import pyplot
@@ -261,16 +263,14 @@ def plot_train(rows: list[dict[str, Any]], out: Any) -> list[Any]:
     plt = pyplot()
     if plt is None or not rows:
         return []
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(rows)))
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.4 * len(rows)))
     labels = [r["variant"] for r in rows]
     ax.barh(labels, [r["tokens_per_s"] for r in rows],
             xerr=[[r["tokens_per_s"] - r["tokens_per_step"] / (r["max_ms"] / 1e3) for r in rows],
                   [r["tokens_per_step"] / (r["min_ms"] / 1e3) - r["tokens_per_s"] for r in rows]])
     ax.invert_yaxis()
-    ax.set_xlabel("training tokens/s (median; bars: min..max round)")
+    ax.grid(False, axis="y")
+    plotting.finish(ax, "Training throughput per variant", "training tokens/s (median; bars: min..max round)")
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    path = out / "train-throughput.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [plotting.save(fig, out / "train-throughput.png")]

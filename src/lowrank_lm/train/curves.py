@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lowrank_lm import plotting
-from lowrank_lm.atomic import atomic_open
-from lowrank_lm.plotting import distinct_colours
 from lowrank_lm.train.rundir import METRICS, SUMMARY
 from lowrank_lm.train.summary import RunSummary
 
@@ -40,37 +39,44 @@ class Run:
         return self.summary.train_flops / max(self.summary.tokens, 1)
 
 
-def plot_losses(runs: list[Run], path: Path, x: str = "tokens") -> Path | None:
-    """Loss against ``x`` (tokens or flops) for every run, one colour each; None without matplotlib."""
-    plt = plotting.pyplot()
-    if plt is None:
+def plot_losses(runs: list[Run], path: Path, x: str = "tokens", title: str | None = None) -> Path | None:
+    """Draw :func:`loss_figure` to ``path``; None without matplotlib."""
+    if plotting.pyplot() is None:
         return None
+    return plotting.save(loss_figure(runs, x, title), path)
+
+
+@plotting.styled
+def loss_figure(runs: list[Run], x: str = "tokens", title: str | None = None, unigram: float | None = None) -> Any:
+    """Loss against ``x`` (tokens or flops) for every run in the project's style: a colour family per
+    structure, training loss EMA-smoothed over the raw curve (faint), validation loss as dots, a log axis when
+    the run spans a decade or more; the unigram baseline's loss as a line when given."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, colour in zip(runs, distinct_colours(len(runs))):
+    colours = plotting.paired_colours([(r.summary.structure or r.label, None) for r in runs])
+    span: list[float] = []
+    for run, colour, name in zip(runs, colours, plotting.short_labels([r.label for r in runs])):
         scale = run.flops_per_token if x == "flops" else 1.0
         train, val = run.curves()
+        label = f"{name} (val {run.summary.final_val_loss:.3f})" if val else name
         if train:
-            ax.plot([t * scale for t, _ in train], [v for _, v in train], lw=1, alpha=0.5, color=colour)
+            plotting.training_curve(ax, [t * scale for t, _ in train], [v for _, v in train], colour, label)
+            span += [train[0][0] * scale, train[-1][0] * scale]
         if val:
-            ax.plot([t * scale for t, _ in val], [v for _, v in val], "o-", ms=3, color=colour,
-                    label=f"{run.label} (val {run.summary.final_val_loss:.3f})")
-        elif train:
-            ax.lines[-1].set_label(run.label)
-    ax.set_xlabel("training FLOPs (paper convention)" if x == "flops" else "tokens")
-    ax.set_ylabel("loss (thin: training, dots: validation)")
-    if x == "flops":
+            ax.plot([t * scale for t, _ in val], [v for _, v in val], "o", ms=4, color=colour, mec="black",
+                    mew=0.5, label=None if train else label)
+    plotting.unigram_line(ax, unigram)
+    if x == "flops" or plotting.spans_decades(span):
         ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    plotting.finish(ax, title or "training loss (EMA; raw faint) and validation loss (dots)",
+                    "training FLOPs (paper convention)" if x == "flops" else "tokens", "loss (nats / token)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:  # a temporary file of its own, renamed: a link at path is replaced
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_run_plot(run_dir: Path) -> Path | None:
     """RUN/loss.png (training and validation loss against tokens) of a finished run; None without matplotlib."""
     run = Run(run_dir.name, run_dir, RunSummary.read(run_dir / SUMMARY))
-    return plot_losses([run], run_dir / "loss.png")
+    return plot_losses([run], run_dir / "loss.png",
+                       title=f"{run_dir.name}: training loss (EMA; raw faint) and validation loss (dots)")
