@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 from matplotlib.colors import to_hex
 
 from lowrank_lm import plotting
+from lowrank_lm.layers import registry
 
 from .test_compare import make_run
 
@@ -65,13 +66,14 @@ def hexes(artists) -> list[str]:
 
 def test_paired_colours_share_a_shade_per_budget_and_a_family_per_structure():
     keys = [("dense", 1e15), ("lowrank-32", 1e15), ("dense", 1e16), ("lowrank-32", 1e16)]
-    c = plotting.paired_colours(keys)
+    c = plotting.paired_colours(keys, registry.colormaps())
     assert len({to_hex(x) for x in c}) == 4
     blues, oranges = plt.get_cmap("Blues"), plt.get_cmap("Oranges")
     assert to_hex(c[0]) == to_hex(blues(0.45)) and to_hex(c[2]) == to_hex(blues(0.95))  # small budget lighter
     assert to_hex(c[1]) == to_hex(oranges(0.45)) and to_hex(c[3]) == to_hex(oranges(0.95))
     # two series of one structure, or one key twice: a family each, never one colour for two lines
-    two = plotting.paired_colours([("lowrank-32", None), ("lowrank-63", None), ("lowrank-32", None)])
+    two = plotting.paired_colours([("lowrank-32", None), ("lowrank-63", None), ("lowrank-32", None)],
+                                  registry.colormaps())
     assert len({to_hex(x) for x in two}) == 3 and to_hex(two[0]) == to_hex(oranges(0.75))
 
 
@@ -234,7 +236,7 @@ def test_coord_check_figure():
 
 def test_series_of_one_structure_share_its_family_in_shades():
     names = ["dense", "lowrank-63", "lowrank-32", "dense-gqa", "wide-lowrank", "btt-32"]
-    c = {n: to_hex(v) for n, v in plotting.series_colours(names).items()}
+    c = {n: to_hex(v) for n, v in plotting.series_colours(names, registry.colormaps()).items()}
     oranges, blues = plt.get_cmap("Oranges"), plt.get_cmap("Blues")
     assert c["lowrank-63"] == to_hex(oranges(0.45)) and c["lowrank-32"] == to_hex(oranges(0.95))
     assert c["dense"] == to_hex(blues(0.45)) and c["dense-gqa"] == to_hex(blues(0.95))
@@ -255,6 +257,6 @@ def test_shared_figure_in_the_style():
     left, right = fig.axes
     assert left.get_xscale() == right.get_xscale() == "log"
     assert fig._suptitle.get_text().startswith("shared-exponent fit")
-    assert hexes(left.lines[1::2]) == [to_hex(v) for v in plotting.series_colours(fit.names).values()]
+    assert hexes(left.lines[1::2]) == [to_hex(v) for v in plotting.series_colours(fit.names, registry.colormaps()).values()]
     check_style(fig)
     plt.close(fig)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm import plotting
+from lowrank_lm.layers import registry
 from lowrank_lm.plotting import ema, finish, paired_colours, short_labels, spans_decades, styled
 from lowrank_lm.run_groups import Group
 
@@ -28,7 +29,7 @@ def draw_groups(groups: list[Group], x: str = "tokens", plt: Any = None, unigram
     import matplotlib.pyplot as pyplot
 
     fig, ax = (plt or pyplot).subplots(figsize=(7.5, 4.8))
-    colours = paired_colours([(g.structure, g.shape) for g in groups])
+    colours = paired_colours([(g.structure, g.shape) for g in groups], registry.colormaps())
     names = short_labels([g.label for g in groups])
     span = []
     for g, colour, name in zip(groups, colours, names):

@@ -5,7 +5,8 @@ A figure writer draws inside :func:`style` (or is decorated with :func:`styled`)
 every panel with :func:`finish` (labels, title, grid, a legend only when something is labelled, log axes whose
 tick labels cannot overlap, no offset notation) and the figure with :func:`save`.
 
-Colours: one colour family per structure (dense blues, lowrank oranges, ...), and within a family one shade per
+Colours: one colour family per structure (each structure module declares its colormap; callers pass
+``registry.colormaps()``), and within a family one shade per
 budget or size, the same shade for the same budget in every family, so that dense and lowrank of one budget
 read as a pair. Low in the import layers so that the trainer (a run's loss curve), compare, the scaling
 figures, the demo and coord-check draw alike without importing each other.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,9 +47,6 @@ STYLE: dict[str, Any] = {
 }
 """rcParams of every figure: readable at column width, light grid, no offset notation, frameless legends."""
 
-FAMILIES = {"dense": "Blues", "lowrank": "Oranges", "blockdense": "Greens", "blockshuffle": "Purples",
-            "btt": "Reds", "cola": "YlOrBr"}
-"""The colour family (a sequential colormap) of each structure: the same in every figure."""
 SPARE_FAMILIES = ("PuRd", "BuGn", "Greys", "RdPu", "GnBu", "OrRd")
 """Families for series of other structures, or a second series of one structure (lowrank-32 next to lowrank-63)."""
 
@@ -114,16 +112,18 @@ def structure_of(name: str) -> str:
     return m.group(0).lower() if m else name
 
 
-def _family_maps(families: list[str]) -> dict[str, str]:
-    """A colormap per family: a known structure's own for the first family of that structure; the others take
-    the spares, then the known families no series here uses, in order."""
+def _family_maps(names: list[str], families: Mapping[str, str] | None) -> dict[str, str]:
+    """A colormap per family name: a known structure's own (``families``: structure -> colormap, the registry's
+    declarations) for the first family of that structure; the others take the spares, then the known families no
+    series here uses, in order."""
+    known = dict(families or {})
     out: dict[str, str] = {}
-    for fam in families:
-        cmap = FAMILIES.get(structure_of(fam))
+    for fam in names:
+        cmap = known.get(structure_of(fam))
         if cmap is not None and cmap not in out.values():
             out[fam] = cmap
-    free = [c for c in (*SPARE_FAMILIES, *FAMILIES.values()) if c not in out.values()] or list(SPARE_FAMILIES)
-    for i, fam in enumerate(f for f in families if f not in out):
+    free = [c for c in (*SPARE_FAMILIES, *known.values()) if c not in out.values()] or list(SPARE_FAMILIES)
+    for i, fam in enumerate(f for f in names if f not in out):
         out[fam] = free[i % len(free)]
     return out
 
@@ -136,7 +136,7 @@ def _level_order(levels: list[Any]) -> list[Any]:
     return distinct
 
 
-def paired_colours(keys: Sequence[tuple[str, Any]]) -> list[Any]:
+def paired_colours(keys: Sequence[tuple[str, Any]], families: Mapping[str, str] | None = None) -> list[Any]:
     """One colour per ``(family, level)`` key, in order: the family (a structure or series name) picks the hue,
     the level (budget, size, slice) the shade, light to dark, ranked over all keys so that one level has one
     shade in every family. A repeated key gets a family of its own (two lowrank series at one budget)."""
@@ -148,7 +148,7 @@ def paired_colours(keys: Sequence[tuple[str, Any]]) -> list[Any]:
         k = seen.get((fam, level), 0)
         seen[(fam, level)] = k + 1
         resolved.append((fam if k == 0 else f"{fam}#{k}", level))
-    maps = _family_maps(list(dict.fromkeys(f for f, _ in resolved)))
+    maps = _family_maps(list(dict.fromkeys(f for f, _ in resolved)), families)
     order = _level_order([lv for _, lv in resolved])
     n = len(order)
     out = []
@@ -158,7 +158,7 @@ def paired_colours(keys: Sequence[tuple[str, Any]]) -> list[Any]:
     return out
 
 
-def series_colours(names: Sequence[str]) -> dict[str, Any]:
+def series_colours(names: Sequence[str], families: Mapping[str, str] | None = None) -> dict[str, Any]:
     """One colour per series: a family per structure (``lowrank-63`` and ``lowrank-32`` are both lowrank),
     one shade per series of that structure (one series: a middle shade)."""
     import matplotlib
@@ -166,7 +166,7 @@ def series_colours(names: Sequence[str]) -> dict[str, Any]:
     by_structure: dict[str, list[str]] = {}
     for name in dict.fromkeys(names):
         by_structure.setdefault(structure_of(name), []).append(name)
-    maps = _family_maps(list(by_structure))
+    maps = _family_maps(list(by_structure), families)
     out = {}
     for struct, members in by_structure.items():
         shades = [0.75] if len(members) == 1 else np.linspace(0.45, 0.95, len(members))
@@ -179,10 +179,10 @@ LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
-def series_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+def series_styles(names: Sequence[str], families: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Per series ``color``, ``linestyle`` and ``marker``: the colour of :func:`series_colours`, and the line
     style and marker of its place among the series of its structure, so shades of one family stay apart."""
-    colours = series_colours(names)
+    colours = series_colours(names, families)
     seen: dict[str, int] = {}
     out = {}
     for name in colours:

@@ -294,7 +294,7 @@ def plot_ffn(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         if axis == "params":
-            kinds = plotting.series_colours(list(dict.fromkeys(r["kind"] for r in subset)))
+            kinds = plotting.series_colours(list(dict.fromkeys(r["kind"] for r in subset)), registry.colormaps())
             for kind, colour in kinds.items():
                 pts = sorted((r["params"] / 1e6, r["median_ms"]) for r in subset if r["kind"] == kind)
                 ax.plot(*zip(*pts), marker="o", label=kind, color=colour)
@@ -302,7 +302,8 @@ def plot_ffn(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         else:
             groups = _series(subset)
             # a colour family per structure; a structure and its pre-merged twin share a colour
-            colors = plotting.series_colours([label.removesuffix(" +pre-merge") for label in groups])
+            colors = plotting.series_colours([label.removesuffix(" +pre-merge") for label in groups],
+                                             registry.colormaps())
             for label, series in groups.items():
                 pts = sorted((r[axis], r["median_ms"]) for r in series)
                 base = label.removesuffix(" +pre-merge")

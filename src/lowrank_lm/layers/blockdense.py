@@ -81,6 +81,7 @@ def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict
 
 
 SPEC = Structure(
+    colormap="Greens",
     name="blockdense", summary="a block-diagonal matrix down to R, then a dense R -> out matrix",
     settings=("rank", "num_blocks"), inits=("orthonormal", "random", *MUP_INITS),
     build=lambda n_in, n_out, cfg, bias: BlockDenseLinear(n_in, n_out, given(cfg, "rank"), given(cfg, "num_blocks"),

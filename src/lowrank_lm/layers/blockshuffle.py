@@ -88,6 +88,7 @@ def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict
 
 
 SPEC = Structure(
+    colormap="Purples",
     name="blockshuffle", summary="two block-diagonal matrices around a shuffle (Monarch-like)",
     settings=("num_blocks",), inits=("orthonormal", "random", *MUP_INITS),
     build=lambda n_in, n_out, cfg, bias: BlockShuffleLinear(n_in, n_out, given(cfg, "num_blocks"), bias),

@@ -160,6 +160,7 @@ def _candidates(h: int, ff: int, step: int, num_blocks: int | None) -> list[dict
 
 
 SPEC = Structure(
+    colormap="Reds",
     name="btt", summary="Block Tensor-Train: two cores of BTT rank R (R = 1: Monarch-like)", settings=("rank",),
     inits=("mup", "orthonormal", "zero_out"),
     build=lambda n_in, n_out, cfg, bias: BTTLinear(n_in, n_out, given(cfg, "rank"), bias),

@@ -70,6 +70,7 @@ class CoLALinear(StructuredLinear):
 
 
 SPEC = Structure(
+    colormap="YlOrBr",
     name="cola", summary="U silu(V x): a bottleneck of size R with an activation (CoLA)", settings=("rank",),
     inits=("balanced", "spectral", *MUP_INITS),
     build=lambda n_in, n_out, cfg, bias: CoLALinear(n_in, n_out, given(cfg, "rank"), bias),

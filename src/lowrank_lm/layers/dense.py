@@ -51,6 +51,7 @@ class DenseLinear(StructuredLinear):
 
 
 SPEC = Structure(
+    colormap="Blues",
     name=DENSE, summary="a plain (out, in) matrix: the baseline", settings=(),
     inits=("random", "orthonormal", *MUP_INITS),
     build=lambda n_in, n_out, cfg, bias: DenseLinear(n_in, n_out, bias))

@@ -68,6 +68,7 @@ class LowRankLinear(StructuredLinear):
 
 
 SPEC = Structure(
+    colormap="Oranges",
     name="lowrank", summary="U (V x) with a bottleneck of size R", settings=("rank",),
     inits=("spectral", "orthonormal", "random", *MUP_INITS),
     build=lambda n_in, n_out, cfg, bias: LowRankLinear(n_in, n_out, given(cfg, "rank"), bias),

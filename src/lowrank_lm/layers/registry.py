@@ -54,6 +54,11 @@ def linear_kinds() -> tuple[str, ...]:
     return tuple(k for k, s in REGISTRY.items() if s.structured and s.linear)
 
 
+def colormaps() -> dict[str, str]:
+    """Each structure's colour family in figures (the ``families`` of :mod:`lowrank_lm.plotting`)."""
+    return {k: s.colormap for k, s in REGISTRY.items() if s.colormap}
+
+
 def inits() -> tuple[str, ...]:
     """Every init some structure implements (the values ``model.ffn.init`` may take), in registry order."""
     return tuple(dict.fromkeys(i for s in REGISTRY.values() for i in s.inits))

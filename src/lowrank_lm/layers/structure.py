@@ -65,6 +65,8 @@ class Structure:
     """The settings :func:`solve` chooses; the other settings in ``settings`` may be fixed by the user."""
     defaults: dict[str, int] = field(default_factory=dict)
     """Values of fixed settings when the user gives none (e.g. BlockDense's block count)."""
+    colormap: str = ""
+    """The matplotlib sequential colormap of this structure's series in every figure (empty: a spare one)."""
     linear: bool = True
     """Whether the layer is a linear map, so that it has an exact merged (dense) weight: pre-merge,
     self-guided training (its guide starts at the merged weight) and ``export --merge`` need one."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lowrank_lm.layers import registry
 from lowrank_lm.plotting import compact_number, finish, paired_colours, save, series_colours, series_styles, styled
 from lowrank_lm.stats.fit import FitResult, Series
 
@@ -37,7 +38,7 @@ def fit_figure(result: FitResult, series: dict[str, Series], x_column: str = "fl
 
     level = float(result.settings.get("level", 0.95))
     names = list(series)
-    styles = series_styles(names + [n for n in (overlay or {}) if n not in series])
+    styles = series_styles(names + [n for n in (overlay or {}) if n not in series], registry.colormaps())
     fig, ax = plt.subplots(figsize=(7.5, 5.0))
     bands = 0
     for name, ser in series.items():
@@ -103,7 +104,7 @@ def joint_figure(result: Any, series: dict[str, Any]) -> Any:
         fit, ser = result.series[name], series[name]
         for ax, levels, along, across, label in ((axes[row, 0], _levels(ser.D), ser.N, ser.D, "D"),
                                                   (axes[row, 1], _levels(ser.N), ser.D, ser.N, "N")):
-            colours = paired_colours([(name, float(v)) for v in levels])
+            colours = paired_colours([(name, float(v)) for v in levels], registry.colormaps())
             nearest = np.argmin(np.abs(np.log(across)[:, None] - np.log(levels)[None, :]), axis=1)
             moved = not np.allclose(across, levels[nearest], rtol=1e-9)
             residual = ser.loss - fit.predict(ser.N, ser.D)
@@ -138,8 +139,8 @@ def isoflop_figure(iso: dict[str, Any]) -> Any:
     markers = "osD^vP*X"
     profiles = [(name, p) for name, s in iso.items() for p in s.profiles]
     shades = dict(zip([(name, id(p)) for name, p in profiles],
-                      paired_colours([(name, float(p.C)) for name, p in profiles])))
-    dark = series_colours(list(iso))
+                      paired_colours([(name, float(p.C)) for name, p in profiles], registry.colormaps())))
+    dark = series_colours(list(iso), registry.colormaps())
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
     for k, (name, s) in enumerate(iso.items()):
         m = markers[k % len(markers)]
@@ -198,7 +199,7 @@ def shared_figure(fit: Any, series: dict[str, Series], x_column: str = "flops") 
     import matplotlib.pyplot as plt
 
     level = float(fit.settings.get("level", 0.95))
-    colours = series_colours(fit.names)
+    colours = series_colours(fit.names, registry.colormaps())
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     lo = min(fit.x_range[n][0] * min(1.0, fit.multiplier(n)) for n in fit.names)
     hi = max(fit.x_range[n][1] * max(1.0, fit.multiplier(n)) for n in fit.names)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lowrank_lm import plotting
+from lowrank_lm.layers import registry
 from lowrank_lm.train.rundir import METRICS, SUMMARY
 from lowrank_lm.train.summary import RunSummary
 
@@ -54,7 +55,7 @@ def loss_figure(runs: list[Run], x: str = "tokens", title: str | None = None, un
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = plotting.paired_colours([(r.summary.structure or r.label, None) for r in runs])
+    colours = plotting.paired_colours([(r.summary.structure or r.label, None) for r in runs], registry.colormaps())
     span: list[float] = []
     for run, colour, name in zip(runs, colours, plotting.short_labels([r.label for r in runs])):
         scale = run.flops_per_token if x == "flops" else 1.0
