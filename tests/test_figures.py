@@ -257,6 +257,7 @@ def test_shared_figure_in_the_style():
     left, right = fig.axes
     assert left.get_xscale() == right.get_xscale() == "log"
     assert fig._suptitle.get_text().startswith("shared-exponent fit")
-    assert hexes(left.lines[1::2]) == [to_hex(v) for v in plotting.series_colours(fit.names, registry.colormaps()).values()]
+    expected = plotting.series_colours(fit.names, registry.colormaps())
+    assert hexes(left.lines[1::2]) == [to_hex(v) for v in expected.values()]
     check_style(fig)
     plt.close(fig)
