@@ -54,7 +54,7 @@ def check_tokens(model_dir: Path, data_dir: Path, vocab_size: int) -> None:
         return  # nothing to compare with: the vocabulary size is all that can be checked
     ours = load_tokenizer(data_dir).encode(_EXPORT_PROBE)
     theirs = transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    if theirs(_EXPORT_PROBE, add_special_tokens=False)["input_ids"] != ours:
+    if theirs(_EXPORT_PROBE, add_special_tokens=False, verbose=False)["input_ids"] != ours:
         raise UserError(f"{data_dir} was tokenized with {manifest.tokenizer}, not with {model_dir}'s own tokenizer "
                         f"(a sample text encodes differently); prepare it with data.tokenizer={model_dir}")
 
