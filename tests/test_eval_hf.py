@@ -82,3 +82,38 @@ def test_eval_refuses_data_of_another_tokenizer_and_flags_that_do_not_apply(tiny
     assert "give --data" in _fails(["eval", str(folder)], capsys)
     assert "--seq-len 65" in _fails(["eval", str(_folder(tiny_data, tmp_path / "ok")), "--data", str(tiny_data),
                                      "--seq-len", "65"], capsys)
+
+
+def test_lm_eval_of_a_structurized_folder_equals_its_log_likelihoods(tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    import contextlib
+    import io
+
+    from lowrank_lm.data.tokenizer import HFTokenizer
+
+    from .ecosystem import TOKENIZER_VOCAB, make_tokenizer
+    from .test_lm_eval import TASK, direct_accuracy, write_task
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the task's JSONL is local
+    tok = HFTokenizer(make_tokenizer(tmp_path / "tok" / "tokenizer.json"), "toy")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=TOKENIZER_VOCAB, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                      max_position_embeddings=64)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    structurize(model, "lowrank", rank=8, targets="ffn", init="from_dense")
+    folder = tmp_path / "hf"
+    model.save_pretrained(str(folder))
+    tok.to_transformers(64).save_pretrained(str(folder))
+    docs = write_task(tmp_path / "tasks")
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err), \
+            pytest.raises(SystemExit) as code:
+        main(["lm-eval", str(folder), "--tasks", TASK, "--batch-size", "5", "--device", "cpu",
+              "--include-path", str(tmp_path / "tasks"), "--no-builtin-tasks"])
+    assert code.value.code == 0, err.getvalue()[-2000:]
+    record = json.loads((folder / f"lm_eval_{TASK}.json").read_text())
+    loaded = load_structurized(folder)
+    expected = direct_accuracy(lambda x: loaded(input_ids=x).logits, tok, docs)
+    assert record["results"][TASK]["acc,none"] == pytest.approx(expected, abs=1e-12)
+    assert record["n-samples"][TASK]["effective"] == len(docs) and record["checkpoint"] == str(folder)
