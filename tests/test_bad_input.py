@@ -79,6 +79,19 @@ def _other_tokenizer(data: Path, tmp: Path) -> None:
     (d / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _stock_hf_folder(data: Path, tmp: Path) -> None:
+    """A transformers folder whose config.json records no structures (what a stock save_pretrained writes)."""
+    (tmp / "hf").mkdir()
+    _write(tmp / "hf" / "config.json", json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+
+
+def _structurized_hf_folder(data: Path, tmp: Path) -> None:
+    """A config.json that records structures: enough for eval to take the transformers path."""
+    (tmp / "hf").mkdir()
+    _write(tmp / "hf" / "config.json", json.dumps({"model_type": "llama", "lowrank_lm_structures": {
+        "model.layers.0.mlp.up_proj": {"kind": "lowrank"}}}))
+
+
 def _finished_run(data: Path, tmp: Path) -> None:
     from lowrank_lm.train import run_training
 
@@ -259,6 +272,12 @@ CASES: list[Case] = [
     Case("eval on less than one sequence", lambda d, t: ["eval", str(t / "run"), "--tokens", "5", "--device", "cpu"],
          "less than one validation sequence (32 tokens)", _trained_run),
     Case("eval of a path that does not exist", lambda d, t: ["eval", str(t / "nope")], "nope"),
+    Case("eval of a transformers folder that is not structurized", lambda d, t: ["eval", str(t / "hf")],
+         "without lowrank_lm_structures in its config.json (not structurized)", _stock_hf_folder),
+    Case("eval of a structurized transformers folder without data", lambda d, t: ["eval", str(t / "hf")],
+         "give --data, a prepared data dir made with its tokenizer", _structurized_hf_folder),
+    Case("eval of a run with --seq-len", lambda d, t: ["eval", str(t / "run"), "--seq-len", "16"],
+         "--seq-len applies to transformers folders", _trained_run),
     Case("eval of a truncated checkpoint", lambda d, t: ["eval", str(_ckpt(t)), "--device", "cpu"],
          "model.safetensors", _truncate_weights),
     Case("generate with a negative top-k", lambda d, t: _gen(t, "--top-k", "-5"),
@@ -281,6 +300,11 @@ CASES: list[Case] = [
                                                                 "fp8"], "invalid choice: 'fp8'", _trained_run),
     Case("a checkpoint whose config.yaml is damaged", lambda d, t: ["eval", str(_ckpt(t)), "--device", "cpu"],
          "malformed YAML", lambda d, t: (_trained_run(d, t), _write(_ckpt(t) / "config.yaml", "model: [\n"))),
+    Case("lm-eval of a transformers folder that is not structurized",
+         lambda d, t: ["lm-eval", str(t / "hf"), "--tasks", "x"], "(not structurized)", _stock_hf_folder),
+    Case("lm-eval of a structurized folder without a tokenizer",
+         lambda d, t: ["lm-eval", str(t / "hf"), "--tasks", "x"], "has no tokenizer; lm-eval scores text",
+         _structurized_hf_folder),
     Case("lm-eval with batch size 0", lambda d, t: ["lm-eval", str(t / "run"), "--tasks", "x", "--batch-size", "0"],
          "--batch-size must be at least 1", _trained_run),
     Case("lm-eval with no tasks", lambda d, t: ["lm-eval", str(t / "run"), "--tasks", ","], "--tasks is empty",

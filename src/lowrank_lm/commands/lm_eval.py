@@ -1,4 +1,5 @@
-"""Score a checkpoint with lm-evaluation-harness (optional extra 'eval'); results saved as JSON.
+"""Score a checkpoint, or a structurized transformers folder (through lm-eval's HFLM), with
+lm-evaluation-harness (optional extra 'eval'); results saved as JSON.
 
 The JSON goes into RUN/lm_eval/ (outside checkpoints/, which rotation prunes) unless --output says
 otherwise. Without a network, hub tasks (hellaswag...) fail in one line; local tasks still run, e.g.
@@ -26,7 +27,8 @@ def _limit(text: str) -> float | int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """A run or checkpoint folder, the tasks and lm-eval's options."""
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="a run folder (its newest checkpoint) or one checkpoint folder")
+                   help="a run folder (its newest checkpoint), one checkpoint folder, or a structurized "
+                   "transformers folder with its tokenizer")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. hellaswag,piqa")
     p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -77,15 +79,58 @@ def _offline_error(tasks: list[str]) -> str:
             "--no-builtin-tasks --tasks lowrank_lm_tiny_cloze")
 
 
+def _our_lm(args: argparse.Namespace):
+    """Our checkpoint (a run's newest, or the one given) as an lm-eval model, and the checkpoint's path."""
+    from lowrank_lm.anymodel import RECORD_KEY
+    from lowrank_lm.anymodel.hf_eval import transformers_config
+    from lowrank_lm.api import load
+    from lowrank_lm.errors import UserError
+    from lowrank_lm.export.lm_eval_adapter import LowRankLM
+
+    if transformers_config(args.checkpoint) is not None:
+        raise UserError(f"{args.checkpoint} is a transformers folder without {RECORD_KEY} in its config.json (not "
+                        "structurized); lowrank-lm lm-eval takes our runs and checkpoints, and structurized folders")
+    model = load(args.checkpoint, args.device)
+    if model.tokenizer is None:
+        from lowrank_lm.data.tokenizer import MISSING_HINT
+
+        raise UserError(f"no tokenizer in the run dir of {model.checkpoint}; lm-eval scores text, so {MISSING_HINT}")
+    assert model.checkpoint is not None  # load() names the checkpoint it read
+    return LowRankLM(model, model.tokenizer, batch_size=args.batch_size), model.checkpoint
+
+
+def _transformers_lm(args: argparse.Namespace):
+    """A structurized transformers folder, loaded with load_structurized, inside lm-eval's HFLM with the
+    folder's own tokenizer (refused in one line when it has none)."""
+    import torch
+    import transformers
+    from lm_eval.models.huggingface import HFLM
+
+    from lowrank_lm.anymodel import load_structurized
+    from lowrank_lm.anymodel.hf_eval import TOKENIZER_FILES
+    from lowrank_lm.device import resolve_device
+    from lowrank_lm.errors import UserError
+
+    folder = Path(args.checkpoint)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{folder} has no tokenizer; lm-eval scores text, so save the model's tokenizer into it "
+                        "(tokenizer.save_pretrained)")
+    transformers.utils.logging.disable_progress_bar()
+    device = resolve_device(args.device, option="--device")
+    model = load_structurized(folder, local_files_only=True, dtype=torch.float32).to(device)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)
+
+
 def run(args: argparse.Namespace) -> None:
     """Score the checkpoint on the tasks, print lm-eval's table and save its JSON."""
     import json
 
-    from lowrank_lm.api import load
+    from lowrank_lm.anymodel.hf_eval import is_structurized_folder
     from lowrank_lm.atomic import write_text_atomic
     from lowrank_lm.errors import UserError
     from lowrank_lm.export.hub_access import hub_failure, hub_offline, hub_reachable
-    from lowrank_lm.export.lm_eval_adapter import require_lm_eval, run_lm_eval
+    from lowrank_lm.export.lm_eval_adapter import evaluate_lm, require_lm_eval
 
     require_lm_eval()
     if args.no_builtin_tasks and not args.include_path:
@@ -101,25 +146,22 @@ def run(args: argparse.Namespace) -> None:
         raise UserError("--tasks is empty; name at least one lm-eval task")
     if args.output:
         _check_output(Path(args.output))
-    model = load(args.checkpoint, args.device)
-    if model.tokenizer is None:
-        from lowrank_lm.data.tokenizer import MISSING_HINT
-
-        raise UserError(f"no tokenizer in the run dir of {model.checkpoint}; lm-eval scores text, so {MISSING_HINT}")
-    assert model.checkpoint is not None  # load() names the checkpoint it read
-    out = Path(args.output) if args.output else default_output(model.checkpoint, tasks)
+    if is_structurized_folder(args.checkpoint):
+        lm, source = _transformers_lm(args), Path(args.checkpoint)
+    else:
+        lm, source = _our_lm(args)
+    out = Path(args.output) if args.output else default_output(source, tasks)
     _check_output(out, given=bool(args.output))
     offline = not hub_reachable()
     try:
         with hub_offline(offline):
-            res = run_lm_eval(model, model.tokenizer, tasks, batch_size=args.batch_size, limit=args.limit,
-                              num_fewshot=args.num_fewshot, include_path=args.include_path,
-                              include_defaults=not args.no_builtin_tasks)
+            res = evaluate_lm(lm, tasks, limit=args.limit, num_fewshot=args.num_fewshot,
+                              include_path=args.include_path, include_defaults=not args.no_builtin_tasks)
     except Exception as e:
         if offline and hub_failure(e):
             raise UserError(_offline_error(tasks)) from None
         raise
-    record = {"checkpoint": str(model.checkpoint), "tasks": tasks, "limit": args.limit,
+    record = {"checkpoint": str(source), "tasks": tasks, "limit": args.limit,
               "num_fewshot": args.num_fewshot, **res}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(record, indent=2, default=str) + "\n")

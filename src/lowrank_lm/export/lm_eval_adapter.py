@@ -188,13 +188,22 @@ def run_lm_eval(model: Transformer, tokenizer: Tokenizer, tasks: list[str], batc
     tasks under ``include_path`` are found), which makes a run on local tasks start in a moment.
     """
     require_lm_eval()
+    return evaluate_lm(LowRankLM(model, tokenizer, batch_size=batch_size), tasks, limit, num_fewshot, include_path,
+                       include_defaults, bootstrap_iters, seed)
+
+
+def evaluate_lm(lm: Any, tasks: list[str], limit: float | None = None, num_fewshot: int | None = None,
+                include_path: str | Path | None = None, include_defaults: bool = True,
+                bootstrap_iters: int = 100000, seed: int = 0) -> dict[str, Any]:
+    """``lm_eval.simple_evaluate`` of any lm-eval model ``lm`` (ours, or lm-eval's HFLM around a transformers
+    model), the task names checked first; returns lm-eval's results, versions and settings."""
+    require_lm_eval()
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(include_path) if include_path else None,
                           include_defaults=include_defaults)
     check_tasks(manager, tasks)
-    lm = LowRankLM(model, tokenizer, batch_size=batch_size)
     res = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
                                   task_manager=manager, log_samples=False, bootstrap_iters=bootstrap_iters,
                                   random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
