@@ -51,11 +51,12 @@ def replicates(rng: np.random.Generator, centre: np.ndarray, n: int, s: float, d
     return perturb(rng, centre, noise_scales(rng, n, s, dof, floor, seed_sd, seed_dof, count))
 
 
-def failed_refits_note(samples: np.ndarray) -> str | None:
-    """The warning when more than 5% of the bootstrap refits failed (rows whose first value is NaN), else None."""
+def note_failed_refits(samples: np.ndarray, warnings: list[str]) -> None:
+    """Append to ``warnings`` the note that more than 5% of the bootstrap refits failed (rows whose first value is
+    NaN); nothing when fewer did."""
     failed, total = int(np.isnan(samples[:, 0]).sum()), len(samples)
-    return f"{failed} of {total} bootstrap refits failed; the intervals rest on the rest" if failed > 0.05 * total \
-        else None
+    if failed > 0.05 * total:
+        warnings.append(f"{failed} of {total} bootstrap refits failed; the intervals rest on the rest")
 
 
 def quantile_interval(samples: np.ndarray, level: float) -> tuple[float, float] | None:

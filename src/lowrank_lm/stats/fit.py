@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.stats.bootstrap import failed_refits_note, quantile_interval, replicates
+from lowrank_lm.stats.bootstrap import note_failed_refits, quantile_interval, replicates
 from lowrank_lm.stats.multistart import multistart
 
 MIN_POINTS_EXPONENT = 3
@@ -301,9 +301,7 @@ def _fit_group(group: _Group, mode: str, opts: FitOptions,
     p_hat, s, dof, notes = _point_fit(group)
     boot = _bootstrap_group(group, p_hat, s, dof, opts.n_bootstrap, rng)
     if boot is not None:
-        failed = failed_refits_note(boot.samples)
-        if failed:
-            notes.append(failed)
+        note_failed_refits(boot.samples, notes)
     if dof <= 0 and not np.any(group.err > 0):
         notes.append("no residual degrees of freedom and no stated errors: no intervals")
     out = [_series_fit(group, k, mode, p_hat, s, dof, boot, opts.level, notes) for k in range(group.k)]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.stats.bootstrap import failed_refits_note, quantile_interval, replicates
+from lowrank_lm.stats.bootstrap import note_failed_refits, quantile_interval, replicates
 from lowrank_lm.stats.multistart import multistart
 from lowrank_lm.stats.seeds import Cells, SeedNoise, group_cells, pooled_noise
 
@@ -426,9 +426,7 @@ def _bootstrap(fit: JointFit, prob: _Problem, y: np.ndarray, p_hat: np.ndarray, 
     ok = np.isfinite(refits).all(axis=1)
     samples = np.full((B, 5), np.nan)
     samples[ok] = np.array([prob.to_natural(q) for q in refits[ok]]).reshape(-1, 5)
-    failed = failed_refits_note(samples)
-    if failed:
-        fit.warnings.append(failed)
+    note_failed_refits(samples, fit.warnings)
     fit.samples = samples
     fit.alpha_ci = quantile_interval(samples[:, 2], opts.level)
     fit.beta_ci = quantile_interval(samples[:, 4], opts.level)

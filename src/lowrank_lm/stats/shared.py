@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_lm.errors import UserError
-from lowrank_lm.stats.bootstrap import failed_refits_note, noise_scales, quantile_interval
+from lowrank_lm.stats.bootstrap import noise_scales, note_failed_refits, quantile_interval
 from lowrank_lm.stats.fit import (
     ALPHA_MAX,
     FitOptions,
@@ -250,9 +250,7 @@ def _bootstrap(fit: SharedFit, prob: _Problem, p_hat: np.ndarray, dof: int, s: f
         if res is not None:
             q = res.x
             samples[i] = [q[0], q[1] + q[2] * prob.c0, q[2], *prob._log_k(q)]
-    failed = failed_refits_note(samples)
-    if failed:
-        fit.warnings.append(failed)
+    note_failed_refits(samples, fit.warnings)
     fit.samples = samples
     fit.E_ci = quantile_interval(samples[:, 0], opts.level)
     fit.alpha_ci = quantile_interval(samples[:, 2], opts.level)
