@@ -200,3 +200,49 @@ def test_ema_smooths_long_curves_and_leaves_short_ones():
     noisy = 5.0 + 0.1 * np.sin(np.arange(400) * 3.0)
     smooth = ema(noisy)
     assert smooth[0] == noisy[0] and np.std(smooth[100:]) < 0.2 * np.std(noisy[100:])
+
+
+def test_compare_draws_the_unigram_baseline_of_the_runs_data(tiny_data, tmp_path, monkeypatch):
+    """Runs that trained on one prepared data set get its unigram loss (add-one smoothed training counts,
+    counted here from the shard files) in compare.md, compare.json and as the figures' dashed line."""
+    import matplotlib.pyplot as plt
+
+    import lowrank_lm.compare_plots as cp
+    from lowrank_lm.compare_plots import draw_groups
+
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    shards = {s: np.concatenate([np.fromfile(tiny_data / x["path"], dtype=manifest["dtype"])
+                                 for x in manifest["shards"] if x["split"] == s]) for s in ("train", "val")}
+    counts = np.bincount(shards["train"], minlength=manifest["vocab_size"]) + 1.0
+    expected = -float(np.mean(np.log(counts / counts.sum())[shards["val"]]))
+    data = f"data: {{dir: {tiny_data}, tokenizer: bpe-512, val_tokens: 8192, max_tokens: 120000}}\n"
+    for name, params in (("dense", 2_500_000), ("lowrank", 1_500_000)):
+        (make_run(tmp_path / "runs" / name, params, 5.0) / "config.yaml").write_text(data)
+    dest = tmp_path / "cmp"
+    assert cli("compare", str(tmp_path / "runs"), "--out", str(dest))[0] == 0
+    record = json.loads((dest / "compare.json").read_text())
+    assert record["unigram_loss"] == pytest.approx(expected, rel=1e-12)
+    code, out, _ = cli("compare", str(tmp_path / "runs"), "--json")
+    assert code == 0 and json.loads(out)["unigram_loss"] == record["unigram_loss"]
+    assert f"unigram baseline (token frequencies alone): val loss {expected:.4f}" in (dest / "compare.md").read_text()
+
+    drawn: list = []
+
+    def keep(*args, **kwargs):
+        fig = draw_groups(*args, **kwargs)
+        drawn.append(fig)
+        return fig
+
+    monkeypatch.setattr(cp, "draw_groups", keep)
+    assert cli("compare", str(tmp_path / "runs"), "--out", str(dest))[0] == 0
+    assert len(drawn) == 2
+    for fig in drawn:
+        assert fig.axes[0].lines[-1].get_ydata()[0] == pytest.approx(expected, rel=1e-12)
+        plt.close(fig)
+
+    make_run(tmp_path / "runs" / "other", 2_000_000, 5.0)  # default config.yaml: no data settings
+    dest2 = tmp_path / "cmp2"
+    assert cli("compare", str(tmp_path / "runs"), "--out", str(dest2))[0] == 0
+    assert json.loads((dest2 / "compare.json").read_text())["unigram_loss"] is None
+    note = "no unigram baseline: runs/other has no data settings in its config.yaml"
+    assert note in (dest2 / "compare.md").read_text()

@@ -60,8 +60,9 @@ def draw_groups(groups: list[Group], x: str = "tokens", plt: Any = None, unigram
     return fig
 
 
-def plot_groups(groups: list[Group], path: Path, x: str = "tokens") -> Path | None:
-    """Draw :func:`draw_groups` to ``path``; None without matplotlib."""
+def plot_groups(groups: list[Group], path: Path, x: str = "tokens", unigram: float | None = None) -> Path | None:
+    """Draw :func:`draw_groups` (with the unigram baseline's loss when given) to ``path``; None without
+    matplotlib."""
     if plotting.pyplot() is None:
         return None
-    return plotting.save(draw_groups(groups, x), path)
+    return plotting.save(draw_groups(groups, x, unigram=unigram), path)

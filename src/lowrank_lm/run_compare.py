@@ -7,8 +7,11 @@ A path is a run folder (it has summary.json) or a folder of runs, such as a swee
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from lowrank_lm import plotting, tables
 from lowrank_lm.atomic import write_json_atomic, write_text_atomic
@@ -83,6 +86,28 @@ def markdown_table(runs: list[Run]) -> str:
     return tables.markdown_table(head, rows) + "\n"
 
 
+def unigram_loss(runs: list[Run]) -> tuple[float | None, str]:
+    """The unigram baseline's loss (what token frequencies alone give) on the runs' validation tokens, and a
+    note saying so; None and why not when the runs trained on different data or their data is not here."""
+    from lowrank_lm.config import read_config
+    from lowrank_lm.data import resolve_data_dir, unigram_perplexity
+    from lowrank_lm.data.manifest import MANIFEST
+
+    dirs = set()
+    for r in runs:
+        raw = yaml.safe_load((r.path / CONFIG).read_text()) if (r.path / CONFIG).is_file() else None
+        if not isinstance(raw, dict) or "data" not in raw:
+            return None, f"no unigram baseline: {r.label} has no data settings in its {CONFIG}"
+        dirs.add(resolve_data_dir(read_config(r.path / CONFIG).data))
+    if len(dirs) != 1:
+        return None, f"no unigram baseline: the runs trained on {len(dirs)} different data sets"
+    (data_dir,) = dirs
+    if not (data_dir / MANIFEST).is_file():
+        return None, f"no unigram baseline: the runs' data ({data_dir}) is not on this machine"
+    loss = math.log(unigram_perplexity(data_dir))
+    return loss, f"unigram baseline (token frequencies alone): val loss {loss:.4f}"
+
+
 def compare_ownership(out: Path) -> Ownership:
     """What compare owns in its --out folder; its record is compare.json (lowrank_lm.ownership)."""
     return Ownership(out, RECORD, "lowrank-lm compare")
@@ -95,22 +120,23 @@ def write_comparison(runs: list[Run], out: Path, baseline: str | None = None) ->
     from lowrank_lm.run_groups import compare_groups, group_table, notes
 
     groups, noise = compare_groups(runs, baseline)
+    unigram, unigram_note = unigram_loss(runs)
     owner = compare_ownership(out)
     plots = OUTPUTS[2:] if plotting.pyplot() is not None else ()
     owner.claim({*OUTPUTS[:2], *plots}, NOT_OURS)  # only what it will write: without matplotlib, no plots
     written = [out / "compare.md"]
-    md = ["## Configurations (mean over seeds)", "", group_table(groups, baseline), *notes(groups, noise), "",
-          "## Runs", "", markdown_table(runs)]
+    md = ["## Configurations (mean over seeds)", "", group_table(groups, baseline), *notes(groups, noise),
+          unigram_note, "", "## Runs", "", markdown_table(runs)]
     write_text_atomic(out / "compare.md", "\n".join(md))
     for x in ("tokens", "flops"):
         target = out / f"loss_vs_{x}.png"
-        made = plot_groups(groups, target, x)
+        made = plot_groups(groups, target, x, unigram)
         if made is not None:
             written.append(made)
         else:
             owner.remove([target.name])  # ours from an earlier compare, of other runs
     record = {"runs": table_rows(runs), "groups": [g.to_json() for g in groups],
-              "seed_noise": noise.to_json() if noise else None,
+              "seed_noise": noise.to_json() if noise else None, "unigram_loss": unigram,
               "files": [*sorted(p.name for p in written), RECORD]}
     write_json_atomic(out / RECORD, record)
     return [out / RECORD, *written]
