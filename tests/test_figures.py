@@ -261,3 +261,69 @@ def test_shared_figure_in_the_style():
     assert hexes(left.lines[1::2]) == [to_hex(v) for v in expected.values()]
     check_style(fig)
     plt.close(fig)
+
+
+def _captured(monkeypatch) -> dict[str, object]:
+    """Figures handed to plotting.save, by file name, drawn and checked for the style; nothing is written."""
+    saved: dict[str, object] = {}
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        check_style(fig)
+        saved[Path(path).name] = fig
+        return Path(path)
+
+    monkeypatch.setattr(plotting, "save", keep)
+    return saved
+
+
+def test_bench_figures_in_the_style(tmp_path, monkeypatch):
+    from lowrank_lm.bench.decode import plot_decode
+    from lowrank_lm.bench.ffn import plot_ffn
+    from lowrank_lm.bench.train import plot_train
+
+    saved = _captured(monkeypatch)
+    ffn = [{"kind": kind, "fraction": frac, "width": w, "tokens": t, "premerge": pm, "params": w * w * 8 * scale,
+            "median_ms": scale * w * t / 1e5 * (0.8 if pm else 1.0)}
+           for kind, frac, scale in (("dense", 1.0, 1.0), ("lowrank", 0.32, 0.32), ("btt", 0.32, 0.3))
+           for w in (256, 512, 1024) for t in (64, 512, 4096)
+           for pm in ((False, True) if kind == "lowrank" and w == 1024 else (False,))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [p.name for p in plot_ffn(ffn, tmp_path)] == ["ffn-latency-vs-width.png", "ffn-latency-vs-params.png",
+                                                             "ffn-latency-vs-tokens.png"]
+        decode = [{"config": c, "premerge": pm, "decode": "static", "batch": b, "tokens_per_s": 100.0 * b,
+                   "gen": 64, "dtype": "bf16"} for c, pm in (("dense", False), ("lowrank-32", False),
+                                                           ("lowrank-32", True)) for b in (1, 4, 16)]
+        assert [p.name for p in plot_decode(decode, tmp_path)] == ["decode-throughput.png"]
+        train = [{"variant": v, "tokens_per_s": 1000.0 * (i + 1), "tokens_per_step": 4096,
+                  "min_ms": 4096 / (1.1 * 1000 * (i + 1)) * 1e3, "max_ms": 4096 / (0.9 * 1000 * (i + 1)) * 1e3}
+                 for i, v in enumerate(("eager", "compile", "compile +fused loss"))]
+        assert [p.name for p in plot_train(train, tmp_path)] == ["train-throughput.png"]
+    assert [str(w.message) for w in caught] == []
+
+    families = registry.colormaps()
+    (width,) = saved["ffn-latency-vs-width.png"].axes
+    labels = [t.get_text() for t in width.get_legend().get_texts()]
+    assert labels == ["dense", "lowrank 32%", "btt 32%"] and len(width.lines) == 3  # no pre-merge below w_max
+    for line, kind in zip(width.lines, ("dense", "lowrank", "btt")):
+        assert to_hex(line.get_color()) == to_hex(plt.get_cmap(families[kind])(0.75))
+    (tokens,) = saved["ffn-latency-vs-tokens.png"].axes
+    assert tokens.get_xscale() == tokens.get_yscale() == "log"
+    styles = {t.get_text(): (line.get_linestyle(), to_hex(line.get_color()))
+              for t, line in zip(tokens.get_legend().get_texts(), tokens.lines)}
+    assert styles["lowrank 32% +pre-merge"] == ("--", styles["lowrank 32%"][1])  # the twin: dashed, same colour
+    (params,) = saved["ffn-latency-vs-params.png"].axes
+    # one point per structure at the widest width and most tokens: its FFN parameters (M) and latency
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in params.lines] == [
+        ([1024 * 1024 * 8 * s / 1e6], [s * 1024 * 4096 / 1e5]) for s in (1.0, 0.32, 0.3)]
+    (dec,) = saved["decode-throughput.png"].axes
+    assert dec.get_xscale() == "log" and len(dec.lines) == 3
+    assert [t.get_text() for t in dec.get_legend().get_texts()] == ["dense (static)", "lowrank-32 (static)",
+                                                                    "lowrank-32 +pre-merge (static)"]
+    assert list(dec.lines[2].get_ydata()) == [100.0, 400.0, 1600.0]
+    (bars,) = saved["train-throughput.png"].axes
+    assert [p.get_width() for p in bars.patches] == [1000.0, 2000.0, 3000.0]
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["eager", "compile", "compile +fused loss"]
+    for fig in saved.values():
+        plt.close(fig)
