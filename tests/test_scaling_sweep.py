@@ -164,6 +164,9 @@ overrides: [train.seed=7]
      r"sizes\.a\.overrides has 'train\.lr=2e-3' while learning_rates set the learning rate of structure dense"),
     ("sizes: {a: x.yaml}\nstructures: {dense: {}}\nlearning_rates: 1e-3\n", "learning_rates: expected a list"),
     ("sizes: {a: {config: x.yaml, seeds: []}}\nstructures: {dense: {}}\n", r"sizes\.a\.seeds must be a non-empty list"),
+    ("sizes: {a: {config: x.yaml, seeds: [1, 2]}}\nstructures: {dense: {seeds: [3]}}\n",
+     r"sizes\.a\.seeds and structures\.dense\.seeds both set the seeds of a-dense's runs"),
+    ("sizes: {a: x.yaml}\nstructures: {dense: {seeds: [3, 3]}}\n", r"structures\.dense\.seeds has a repeated value"),
 ])
 def test_sweep_file_errors(tmp_path, body, message):
     with pytest.raises(UserError, match=message) as e:
@@ -241,6 +244,20 @@ seeds: [7]
     assert [(r.name, r.seed, r.cfg.train.seed) for r in plan.runs] == [
         ("a-dense-seed3", 3, 3), ("a-dense-seed4", 4, 4), ("b-dense", 7, 7)]
     assert {r.series for r in plan.runs} == {"dense"}
+
+
+def test_a_structure_with_its_own_seeds(tmp_path):
+    plan = load_sweep(write_sweep(tmp_path, f"""
+sizes:
+  a: {{config: {CPU / 'tiny.yaml'}}}
+structures:
+  dense: {{seeds: [1, 2]}}
+  lowrank: {{fractions: [0.32]}}
+seeds: [7]
+"""))
+    # dense's list replaces the sweep's one seed; lowrank keeps it (one seed: no seed label)
+    assert [(r.name, r.seed, r.cfg.train.seed) for r in plan.runs] == [
+        ("a-dense-seed1", 1, 1), ("a-dense-seed2", 2, 2), ("a-lowrank-32", 7, 7)]
 
 
 def test_lr_cpu_preset_reads_as_a_mup_transfer_grid():

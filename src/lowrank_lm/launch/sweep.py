@@ -12,6 +12,7 @@ converter, so an unknown key or a wrongly typed value is one line naming it)::
       s2: {config: ../cpu/scale-2.yaml, overrides: [train.tokens=2500000]}
       # with FLOP budgets, {config, overrides, flops: [1e14]}: the budgets this size trains at (default all)
       # {..., seeds: [1, 2]}: this size's own seeds, replacing the sweep's (e.g. two at a µP base width)
+      # (a structure may give its own seeds instead, e.g. lowrank: {fractions: [0.32], seeds: [1, 2]})
     structures:                       # name -> how the FFN is built (kind defaults to the name)
       dense: {}
       lowrank: {fractions: [0.63, 0.32]}           # the rank is solved for each size (see below)
@@ -202,6 +203,8 @@ class _Structure:
     overrides: list[str]
     learning_rates: list[float] | None = None
     """The rates this structure trains at (its own list, else the sweep's); None: each config's own train.lr."""
+    seeds: list[int | None] | None = None
+    """This structure's own seeds (replacing the sweep's); None: the sweep's (or the size's)."""
 
 
 @dataclass
@@ -251,7 +254,8 @@ def _parse_structures(path: Path, structures: dict[str, StructureEntry], rank_mu
         rates = own if own is not None else learning_rates
         _check_no_lr_override(path, f"structures.{name}.overrides", v.overrides, rates,
                               f"structures.{name}.learning_rates" if own is not None else "learning_rates")
-        out.append(_Structure(name, kind, fractions, v.num_blocks, rm, v.init, template, v.overrides, rates))
+        seeds = _parse_seeds(path, v.seeds, f"structures.{name}.seeds") if v.seeds is not None else None
+        out.append(_Structure(name, kind, fractions, v.num_blocks, rm, v.init, template, v.overrides, rates, seeds))
     return out
 
 
@@ -275,6 +279,15 @@ def _parse_budgets(path: Path, budgets: BudgetsEntry | None) -> list[_Budget]:
         for b in out:
             b.label = budget_label(b.tokens, b.tokens_per_param, b.flops)
     return out
+
+
+def _check_one_seed_list(path: Path, sizes: list[_Size], structures: list[_Structure]) -> None:
+    """A run's seeds come from its size or its structure, not both (which list would win is not obvious)."""
+    size = next((s for s in sizes if s.seeds is not None), None)
+    st = next((s for s in structures if s.seeds is not None), None)
+    if size is not None and st is not None:
+        raise _err(path, f"sizes.{size.name}.seeds and structures.{st.name}.seeds both set the seeds of "
+                         f"{size.name}-{st.name}'s runs; give seeds per size or per structure, not both")
 
 
 def _parse_seeds(path: Path, seeds: list[int] | None, key: str = "seeds") -> list[int | None]:
@@ -346,6 +359,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
     _check_sizes_leave_lr(p, sweep.sizes, structures)
     budgets = _parse_budgets(p, sweep.budgets)
     seeds = _parse_seeds(p, sweep.seeds)
+    _check_one_seed_list(p, sizes, structures)
     _check_flop_budgets(p, sizes, budgets, sweep.match_dense_tokens)
 
     runs: list[RunSpec] = []
@@ -385,7 +399,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
                         if size.flops is None or any(math.isclose(b.flops or 0, c) for c in size.flops)]
                 rates: list[float | None] = list(st.learning_rates) if st.learning_rates else [None]
                 several_rates = len(rates) > 1
-                size_seeds = size.seeds if size.seeds is not None else seeds
+                size_seeds = st.seeds or size.seeds or seeds  # (never both: _check_one_seed_list)
                 for budget, lr, seed in ((b, r, sd) for b in mine for r in rates for sd in size_seeds):
                     lr_over = [f"train.lr={lr!r}"] if lr is not None else []
                     runs.append(_run_spec(p, out_dir, size.name, st.name, label, frac, budget, seed,

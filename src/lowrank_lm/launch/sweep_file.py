@@ -55,6 +55,9 @@ class StructureEntry:
     learning_rates: Optional[list[float]] = None
     """Peak learning rates (train.lr) of this structure's runs, each run once per rate; replaces the sweep's
     learning_rates (a µP study tunes one grid per structure); empty: the sweep's."""
+    seeds: Optional[list[int]] = None
+    """Training seeds of this structure's runs, replacing the sweep's (e.g. a second seed for the two series a
+    study compares most closely); not beside a size's own seeds; empty: the sweep's."""
 
 
 @dataclass
