@@ -319,6 +319,7 @@ def test_bench_figures_in_the_style(tmp_path, monkeypatch):
         ([1024 * 1024 * 8 * s / 1e6], [s * 1024 * 4096 / 1e5]) for s in (1.0, 0.32, 0.3)]
     (dec,) = saved["decode-throughput.png"].axes
     assert dec.get_xscale() == "log" and len(dec.lines) == 3
+    assert [t.get_text() for t in dec.get_xticklabels() if t.get_visible()] == ["1", "4", "16"]  # the batches
     assert [t.get_text() for t in dec.get_legend().get_texts()] == ["dense (static)", "lowrank-32 (static)",
                                                                     "lowrank-32 +pre-merge (static)"]
     assert list(dec.lines[2].get_ydata()) == [100.0, 400.0, 1600.0]

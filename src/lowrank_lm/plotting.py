@@ -269,6 +269,16 @@ def _tidy_log_axis(axis: Any, lo: float, hi: float) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def ticks_at(axis: Any, values: Sequence[float]) -> None:
+    """Major ticks at exactly these values (a handful of measured points such as batch sizes 256 and 512, which
+    decade ticks would not mark), labelled compactly, no minor labels. Call after :func:`finish`."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    axis.set_major_locator(FixedLocator(sorted(set(values))))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: compact_number(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def finish(ax: Any, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None,
            legend: bool = True, legend_loc: str = "best") -> None:
     """End a panel: labels, title, a legend only when something is labelled (no empty box, no warning), log

@@ -240,5 +240,6 @@ def plot_decode(rows: list[dict[str, Any]], out: Any) -> list[Any]:
     ax.set_xscale("log", base=2)
     plotting.finish(ax, f"Decoding throughput ({ok[0]['gen']} tokens, {ok[0]['dtype']})", "batch size",
                     "generated tokens/s")
+    plotting.ticks_at(ax.xaxis, [r["batch"] for r in ok])  # the batch sizes measured, not decades
     fig.tight_layout()
     return [plotting.save(fig, out / "decode-throughput.png")]
