@@ -162,6 +162,24 @@ def test_seed_groups_means_intervals_and_differences(seeded):
     assert noise["dof"] == 2 + 2 + 1 and noise["cells"] == 3
 
 
+def test_identical_differences_over_seeds_need_no_t_test(tmp_path):
+    """Every seed moved by the same amount: no t test (its variance is zero; scipy would warn and give nan),
+    the difference itself with a zero-width interval, and no warning on the console."""
+    import warnings
+
+    for seed, loss in ((1, 5.0), (2, 5.1)):
+        make_seeded(tmp_path / f"s1-dense-seed{seed}", "dense", seed, loss)
+        make_seeded(tmp_path / f"s1-lowrank-32-seed{seed}", "lowrank", seed, loss - 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, out, _ = cli("compare", str(tmp_path), "--json", "--baseline", "dense")
+        assert cli("compare", str(tmp_path), "--baseline", "dense")[0] == 0
+    assert code == 0
+    d = next(g for g in json.loads(out)["groups"] if g["group"] == "s1-lowrank-32")["vs_baseline"]
+    assert d["test"] == "paired, no spread between seeds (no t test)" and d["p"] is None
+    assert d["diff"] == pytest.approx(-0.1) and d["ci"] == [d["diff"], d["diff"]]
+
+
 def test_seed_groups_table_and_figure(seeded, tmp_path):
     code, out, _ = cli("compare", str(seeded))
     assert code == 0

@@ -170,6 +170,11 @@ def summarise(groups: list[Group], noise: SeedNoise | None) -> None:
         g.ci = (g.mean - half, g.mean + half)
 
 
+def _no_spread(x: np.ndarray) -> bool:
+    """Whether these values are equal up to rounding (a t test has no variance to work with)."""
+    return float(np.ptp(x)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
+
+
 def difference(g: Group, base: Group, noise: SeedNoise | None) -> dict[str, Any]:
     """g - base with its interval and test: paired on common seeds, else Welch, else the pooled noise."""
     from scipy import stats
@@ -182,8 +187,14 @@ def difference(g: Group, base: Group, noise: SeedNoise | None) -> dict[str, Any]
     if len(common) >= 2 and len(common) == len(a) == len(b):
         d = np.array([seeds_a[s] - seeds_b[s] for s in common])
         half = _t(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
+        if _no_spread(d):  # every seed moved by the same amount: t is undefined (scipy warns and returns nan)
+            out.update(test="paired, no spread between seeds (no t test)", ci=[out["diff"]] * 2)
+            return out
         out.update(test="paired t", p=float(stats.ttest_rel(a=[seeds_a[s] for s in common],
                                                              b=[seeds_b[s] for s in common]).pvalue))
+    elif len(a) >= 2 and len(b) >= 2 and _no_spread(a) and _no_spread(b):
+        out.update(test="no spread between seeds (no t test)", ci=[out["diff"]] * 2)
+        return out
     elif len(a) >= 2 and len(b) >= 2:
         va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
         dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
