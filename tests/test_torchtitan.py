@@ -173,6 +173,10 @@ def _tp_worker(rank: int, port: int, out_dir: str) -> None:
         x = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
         mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("tp",))
         parallelize_module(model, mesh, tt.tensor_parallel_plan(model))
+        for m in (model, reference):  # torchtitan's init on the sharded factors: rank 0's draw, distributed
+            torch.manual_seed(5)
+            with torch.no_grad():
+                m.init_weights(buffer_device=torch.device("cpu"))
         w2 = model.layers["5"].feed_forward.w2
         shards = (tuple(w2.v.to_local().shape), tuple(w2.u.to_local().shape))
         logits, want = model(x), reference(x)

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lowrank_lm.anymodel import StructurizeReport, linear_flops, structurize
 from lowrank_lm.anymodel.targets import select
@@ -116,10 +117,36 @@ class _InitWithStructures:
                 setattr(self.parent, n, s)
         with torch.no_grad():
             for n, s in structures.items():
-                s.reset_parameters(float(stand_ins[n].weight.float().std()), self.init)
+                _reset(s, float(stand_ins[n].weight.float().std()), self.init)
                 if s.bias is not None:
-                    s.bias.copy_(stand_ins[n].bias)
+                    s.bias.copy_(_like(s.bias, stand_ins[n].bias))
         return result
+
+
+def _like(param: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out as ``param``: distributed from rank 0 when ``param`` is a DTensor (FSDP / TP)."""
+    if isinstance(param, DTensor):
+        return distribute_tensor(full, param.device_mesh, param.placements)
+    return full
+
+
+def _reset(layer: StructuredLinear, std: float, init: str) -> None:
+    """``layer.reset_parameters(std, init)``, also when its parameters are DTensors: the structure's init
+    (e.g. lowrank's SVD of a Gaussian) runs on full plain tensors, which rank 0's values then fill."""
+    params = dict(layer.named_parameters(recurse=False))
+    if not any(isinstance(p, DTensor) for p in params.values()):
+        layer.reset_parameters(std, init)
+        return
+    for name, p in params.items():
+        layer._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=p.device))
+    try:
+        layer.reset_parameters(std, init)
+        full = {name: layer._parameters[name] for name in params}
+    finally:
+        for name, p in params.items():
+            layer._parameters[name] = p
+    for name, p in params.items():
+        p.copy_(_like(p, full[name].data))
 
 
 def _stand_in(layer: StructuredLinear) -> nn.Linear:
