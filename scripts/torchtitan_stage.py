@@ -5,13 +5,14 @@ the lowrank_lm converter (lowrank, half the FFN weights), a few steps each on on
 
 Offline assets first (the GPU machine has no network, torchtitan's wheel ships no test assets): a 2048-id
 byte-level BPE trained on the embedded books (the debug model's vocabulary) in OUT/assets, and the books cut into
-JSON lines in OUT/c4 (read by torchtitan's ``c4_test`` loader through ``--training.dataset_path``). On CUDA it then
-runs ``torchrun -m torchtitan.train`` twice and prints a table (gpu_bench.sh keeps it as OUT/torchtitan.txt): the last logged step of each run (loss,
-tokens/s, TFLOPS, MFU; the converted run's TFLOPS/MFU use lowrank_lm's FLOP count, which the converter hands to
-torchtitan). torchtitan's trainer needs an accelerator (its device type falls back to "cuda"), so on another
-device (the CPU dry path, ``DEVICE=cpu SMALL=1``) it checks what it can: the job config parses with the
-converter's keys, torchtitan's tokenizer and data loader read the assets, and one batch runs forward and
-backward through the converted model built and initialised as the trainer does.
+JSON lines in OUT/c4 (read by torchtitan's ``c4_test`` loader through ``--training.dataset_path``). On CUDA it
+then runs ``torchrun -m torchtitan.train`` twice and prints a table (gpu_bench.sh keeps it as
+OUT/torchtitan.txt): the last logged step of each run (loss, tokens/s, TFLOPS, MFU; the converted run's
+TFLOPS/MFU use lowrank_lm's FLOP count, which the converter hands to torchtitan). torchtitan's trainer needs an
+accelerator (its device type falls back to "cuda"), so on another device (the CPU dry path, ``DEVICE=cpu
+SMALL=1``) it checks what it can: the job config parses with the converter's keys, torchtitan's tokenizer and
+data loader read the assets, and one batch runs forward and backward through the converted model built and
+initialised as the trainer does.
 """
 
 from __future__ import annotations
@@ -74,12 +75,12 @@ def train(out: Path, args: list[str], name: str) -> dict[str, str]:
 
 def dry_run(assets: Path, data: Path, out: Path) -> str:
     """What runs without an accelerator: config, tokenizer and loader from torchtitan, one converted step."""
+    from torchtitan.components.tokenizer import build_hf_tokenizer
     from torchtitan.config import ConfigManager
     from torchtitan.distributed import ParallelDims
     from torchtitan.hf_datasets.text_datasets import build_text_dataloader
     from torchtitan.models.llama3 import Transformer, llama3_args
     from torchtitan.protocols.model_converter import build_model_converters
-    from torchtitan.components.tokenizer import build_hf_tokenizer
 
     job = ConfigManager().parse_args(job_args(out, assets, data, 2, True) + LOWRANK)
     tokenizer = build_hf_tokenizer(job)
@@ -91,6 +92,7 @@ def dry_run(assets: Path, data: Path, out: Path) -> str:
     converters.convert(model)
     nparams, flops = args.get_nparams_and_flops(model, job.training.seq_len)
     model.to_empty(device="cpu")
+    torch.manual_seed(0)
     with torch.no_grad():
         model.init_weights(buffer_device=torch.device("cpu"))
     logits = model(inputs["input"])

@@ -141,12 +141,12 @@ def _reset(layer: StructuredLinear, std: float, init: str) -> None:
         layer._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=p.device))
     try:
         layer.reset_parameters(std, init)
-        full = {name: layer._parameters[name] for name in params}
+        full = {name: layer._parameters[name] for name in params}  # each set just above, never None
     finally:
         for name, p in params.items():
             layer._parameters[name] = p
     for name, p in params.items():
-        p.copy_(_like(p, full[name].data))
+        p.copy_(_like(p, full[name].data))  # type: ignore[union-attr]
 
 
 def _stand_in(layer: StructuredLinear) -> nn.Linear:
