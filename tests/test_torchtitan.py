@@ -16,6 +16,7 @@ tensor-parallel degree > 1 (tested below).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import socket
 
@@ -41,7 +42,7 @@ SEQ = 32
 def _meta_model() -> Transformer:
     """torchtitan's debug Llama 3 on the meta device, with its own copy of the model args (the converter
     rebinds their FLOP count)."""
-    args = copy.deepcopy(llama3_args["debugmodel"])
+    args = dataclasses.replace(llama3_args["debugmodel"])  # fields only: a fresh get_nparams_and_flops
     with torch.device("meta"):
         return Transformer(args)
 

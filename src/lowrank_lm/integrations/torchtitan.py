@@ -18,8 +18,9 @@ layers (by default the FFN's w1/w2/w3; ``targets`` may add ``attention``: wq/wk/
   (torchtitan's depth-scaled std for w2/w3/wo, 0.02 for w1/wq/wk/wv), so the rules stay torchtitan's;
 - replaces ``model_args.get_nparams_and_flops`` (which the trainer calls right after the converters, for
   its MFU and TFLOPS) by :func:`nparams_and_flops`: the linear layers' FLOPs counted on the real modules
-  with FlopCounterMode instead of torchtitan's ``6 x parameters`` (exact for dense and lowrank layers, not
-  for kinds whose FLOPs differ from twice their weights, e.g. btt or blockshuffle's permutations).
+  with FlopCounterMode instead of torchtitan's ``6 x (parameters - embeddings)``, which assumes every weight
+  is used in one multiply-add per token (on the debug model every registry kind meets that, and the two
+  differ by the norm weights only: docs/integrations.md; a structure that did not would be counted right).
 
 Tensor parallelism: torchtitan 0.2.2's Llama plan shards ``feed_forward.w1`` etc. with torch's
 ``ColwiseParallel`` / ``RowwiseParallel``, which accept ``nn.Linear`` only, so the converter refuses a
