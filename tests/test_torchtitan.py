@@ -4,13 +4,14 @@ What runs on CPU and is tested here: the debug model (6 layers, width 256, 6,163
 meta device as torchtitan's trainer builds it, converted through torchtitan's own converter container from a
 parsed job config, materialized and initialised by its ``init_weights``, forward and backward with its default
 sdpa attention (0.2.2's debug model needs no flex/varlen masks), the parameter and FLOP counts against counts
-from the layers' shapes, and a 2-process gloo tensor-parallel forward and backward of the converted model
-(lowrank FFN factors sharded by ``tensor_parallel_plan``, the rest replicated) equal to one process.
+from the layers' shapes, and a 2-process gloo tensor-parallel forward and backward of a converted model
+(torchtitan's own ``apply_tp`` for the dense parts, lowrank attention and FFN factors sharded as its LoRA
+adapters shard, sequence-parallel) equal to one process.
 
 Not here: torchtitan's trainer itself (its device type falls back to "cuda"; scripts/gpu_bench.sh's
-``torchtitan`` stage trains the debug model with the converter on a GPU), and torchtitan's own Llama TP plan
-on a converted model: its ColwiseParallel / RowwiseParallel take nn.Linear only, so the converter refuses a
-tensor-parallel degree > 1 (tested below).
+``torchtitan`` stage trains the debug model with the converter on a GPU). Its ``parallelize_llama`` calls its
+own ``apply_tp``, which takes nn.Linear only, so the converter refuses a tensor-parallel degree > 1 there
+(tested below); ``apply_tp_with_structures`` is for a parallelize function of one's own.
 """
 
 from __future__ import annotations
@@ -163,29 +164,32 @@ def test_refusals_are_one_line():
 
 def _tp_worker(rank: int, port: int, out_dir: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import parallelize_module
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.set_num_threads(1)
-        model, _ = _converted(seed=0)  # the same seed on both ranks: the same weights
+        model, _ = _converted(targets=("ffn", "attention"), seed=0)  # the same seed on both ranks
         reference = copy.deepcopy(model)
         x = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
         mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("tp",))
-        parallelize_module(model, mesh, tt.tensor_parallel_plan(model))
-        for m in (model, reference):  # torchtitan's init on the sharded factors: rank 0's draw, distributed
-            torch.manual_seed(5)
-            with torch.no_grad():
-                m.init_weights(buffer_device=torch.device("cpu"))
-        w2 = model.layers["5"].feed_forward.w2
-        shards = (tuple(w2.v.to_local().shape), tuple(w2.u.to_local().shape))
+        tt.apply_tp_with_structures(model, mesh)  # torchtitan's apply_tp + the factor plan, sequence-parallel
+        for m in (model, reference):  # torchtitan's init of the (all structured) attention and FFN layers, on
+            torch.manual_seed(5)      # sharded factors: rank 0's draw, distributed (the dense layers keep seed 0's
+            with torch.no_grad():     # values: DTensor random ops draw per shard on a CPU mesh)
+                for block in m.layers.values():
+                    block.attention.init_weights(block.weight_init_std)
+                    block.feed_forward.init_weights(block.weight_init_std)
+        block = model.layers["5"]
+        shards = [tuple(p.to_local().shape) for p in (block.feed_forward.w2.v, block.feed_forward.w2.u,
+                                                       block.attention.wq.v, block.attention.wq.u)]
         logits, want = model(x), reference(x)
         logits.float().square().mean().backward()
         want.float().square().mean().backward()
-        w1 = model.layers["3"].feed_forward.w1
-        grads = (w1.u.grad.full_tensor(), reference.layers["3"].feed_forward.w1.u.grad)
-        torch.save({"logits": (logits.detach(), want.detach()), "grads": grads, "shards": shards},
+        grads = [(getattr(model.layers["3"].feed_forward, w).u.grad.full_tensor(),
+                  getattr(reference.layers["3"].feed_forward, w).u.grad) for w in ("w1", "w2")]
+        torch.save({"logits": (logits.detach(), want.detach()), "grads": grads, "shards": shards,
+                    "embedding": type(model.tok_embeddings.weight).__name__},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
@@ -198,6 +202,9 @@ def test_two_process_tensor_parallel_equals_one_process(tmp_path):
     mp.start_processes(_tp_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
-        assert got["shards"] == ((96, 384), (256, 96))  # w2 row-parallel: V split by input, U whole
+        assert got["embedding"] == "DTensor"  # torchtitan's plan ran on the dense parts
+        # w2 row-parallel: V split by input, U whole; wq column-parallel: V whole, U split by output
+        assert got["shards"] == [(96, 384), (256, 96), (64, 256), (128, 64)]
         torch.testing.assert_close(*got["logits"], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(*got["grads"], rtol=1e-4, atol=1e-6)
+        for tp_grad, grad in got["grads"]:
+            torch.testing.assert_close(tp_grad, grad, rtol=1e-4, atol=1e-6)

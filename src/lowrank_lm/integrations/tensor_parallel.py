@@ -79,9 +79,11 @@ class LowRankParallel(ParallelStyle):
         return distribute_module(module, device_mesh, self._partition, self._input, self._output)  # type: ignore[arg-type]
 
 
-def tensor_parallel_plan(model: nn.Module, splits: dict[str, str]) -> dict[str, ParallelStyle]:
+def tensor_parallel_plan(model: nn.Module, splits: dict[str, str],
+                         row_output: Placement | None = None) -> dict[str, ParallelStyle]:
     """The plan for ``parallelize_module``: each structure of ``model`` whose name ends in a key of ``splits``
-    (e.g. ``{"w1": "column", "w3": "column", "w2": "row"}``) gets that split.
+    (e.g. ``{"w1": "column", "w3": "column", "w2": "row"}``) gets that split; row-parallel layers put their
+    summed outputs in ``row_output`` (default Replicate; Shard(1) for sequence parallelism).
 
     Raises a UserError for a structure of a kind without a declared plan (only lowrank has one) and for a
     structure whose name no key of ``splits`` names (its split would be a guess).
@@ -96,5 +98,5 @@ def tensor_parallel_plan(model: nn.Module, splits: dict[str, str]) -> dict[str, 
         split = splits.get(name.rpartition(".")[2])
         if split is None:
             raise UserError(f"{name}: no column/row split given for this layer; splits names {sorted(splits)}")
-        plan[name] = LowRankParallel(split)
+        plan[name] = LowRankParallel(split, row_output if split == ROW else None)
     return plan

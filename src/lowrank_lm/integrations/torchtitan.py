@@ -22,10 +22,12 @@ layers (by default the FFN's w1/w2/w3; ``targets`` may add ``attention``: wq/wk/
   is used in one multiply-add per token (on the debug model every registry kind meets that, and the two
   differ by the norm weights only: docs/integrations.md; a structure that did not would be counted right).
 
-Tensor parallelism: torchtitan 0.2.2's Llama plan shards ``feed_forward.w1`` etc. with torch's
+Tensor parallelism: torchtitan 0.2.2's ``parallelize_llama`` shards ``feed_forward.w1`` etc. with torch's
 ``ColwiseParallel`` / ``RowwiseParallel``, which accept ``nn.Linear`` only, so the converter refuses a
-tensor-parallel degree > 1 in one line; :mod:`lowrank_lm.integrations.tensor_parallel` declares the plan for
-lowrank factors (tested with 2 gloo processes), for a ``parallelize_fn`` of one's own. FSDP needs nothing.
+tensor-parallel degree > 1 in one line. :mod:`lowrank_lm.integrations.tensor_parallel` declares how lowrank
+factors shard, and :func:`apply_tp_with_structures` runs torchtitan's own ``apply_tp`` on a converted model with
+the factors sharded that way (tested with 2 gloo processes against one), for a ``parallelize_fn`` of one's own.
+FSDP needs nothing.
 """
 
 # No ``from __future__ import annotations``: torchtitan merges JobConfig into its own dataclass and tyro
@@ -37,12 +39,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
 from lowrank_lm.anymodel import StructurizeReport, linear_flops, structurize
 from lowrank_lm.anymodel.targets import select
 from lowrank_lm.errors import UserError
 from lowrank_lm.integrations.tensor_parallel import COLUMN, ROW
+from lowrank_lm.integrations.tensor_parallel import tensor_parallel_plan as factor_plan
 from lowrank_lm.layers import registry
 from lowrank_lm.layers.base import StructuredLinear
 
@@ -185,12 +190,37 @@ def convert_model(model: nn.Module, settings: StructureSettings) -> StructurizeR
     return report
 
 
-def tensor_parallel_plan(model: nn.Module) -> dict:
+def tensor_parallel_plan(model: nn.Module, sequence_parallel: bool = False) -> dict[str, ParallelStyle]:
     """The ``parallelize_module`` plan of a converted torchtitan Llama model's lowrank layers (w1/w3/wq/wk/wv
-    column-parallel, w2/wo row-parallel), for a parallelize_fn of one's own; dense layers are not in it."""
-    from lowrank_lm.integrations.tensor_parallel import tensor_parallel_plan as plan
+    column-parallel, w2/wo row-parallel, their outputs reduce-scattered over the sequence with
+    ``sequence_parallel`` as torchtitan's plan has them); dense layers are not in it."""
+    return factor_plan(model, LLAMA_SPLITS, Shard(1) if sequence_parallel else None)
 
-    return plan(model, LLAMA_SPLITS)
+
+def apply_tp_with_structures(model: nn.Module, tp_mesh: DeviceMesh, loss_parallel: bool = False,
+                             enable_float8_tensorwise_tp: bool = False) -> None:
+    """torchtitan's Llama tensor parallelism on a converted model: its own ``apply_tp`` (embeddings, sequence-
+    parallel norms, attention and FFN, head) runs with a dense stand-in in each structure's place, then each
+    structure goes back and is sharded as its dense layer was (:func:`tensor_parallel_plan`, sequence-parallel).
+    For a parallelize function of one's own, in place of ``apply_tp``; lowrank layers only (UserError else)."""
+    from torchtitan.models.llama3.infra.parallelize import apply_tp
+
+    plan = tensor_parallel_plan(model, sequence_parallel=True)
+    structures = {name: layer for name, layer in model.named_modules()
+                  if name in plan and isinstance(layer, StructuredLinear)}
+    try:
+        for name, layer in structures.items():
+            _put(model, name, _stand_in(layer))  # meta in torchtitan's trainer: no memory
+        apply_tp(model, tp_mesh, loss_parallel=loss_parallel, enable_float8_tensorwise_tp=enable_float8_tensorwise_tp)
+    finally:
+        for name, layer in structures.items():
+            _put(model, name, layer)
+    parallelize_module(model, tp_mesh, plan)
+
+
+def _put(model: nn.Module, name: str, layer: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, layer)
 
 
 def _settings_of(job_config: Any) -> StructureSettings:
@@ -207,8 +237,9 @@ class StructureConverter:
     def __init__(self, job_config: Any, parallel_dims: Any) -> None:
         self.settings = _settings_of(job_config)
         if getattr(parallel_dims, "tp_enabled", False):
-            raise UserError("tensor parallelism: torchtitan 0.2.2's Llama plan shards nn.Linear layers only; "
-                            "use parallelism.tensor_parallel_degree=1 with structures (FSDP works)")
+            raise UserError("tensor parallelism: torchtitan 0.2.2's parallelize_llama shards nn.Linear layers only; "
+                            "use parallelism.tensor_parallel_degree=1 (FSDP works) or a parallelize_fn that calls "
+                            "lowrank_lm.integrations.torchtitan.apply_tp_with_structures")
         self.report: StructurizeReport | None = None
 
     def convert(self, model: nn.Module) -> None:
