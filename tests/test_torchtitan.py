@@ -4,19 +4,19 @@ What runs on CPU and is tested here: the debug model (6 layers, width 256, 6,163
 meta device as torchtitan's trainer builds it, converted through torchtitan's own converter container from a
 parsed job config, materialized and initialised by its ``init_weights``, forward and backward with its default
 sdpa attention (0.2.2's debug model needs no flex/varlen masks), the parameter and FLOP counts against counts
-from the layers' shapes, and a 2-process gloo tensor-parallel forward and backward of a converted model
-(torchtitan's own ``apply_tp`` for the dense parts, lowrank attention and FFN factors sharded as its LoRA
-adapters shard, sequence-parallel) equal to one process.
+from the layers' shapes, and tensor parallelism on 2 gloo processes along torchtitan's trainer sequence (meta
+build, converters from the job config, the ``lowrank_lm_llama3`` train spec's parallelize function: torchtitan's
+own ``apply_tp`` with the lowrank attention and FFN factors sharded as its LoRA adapters shard, sequence-parallel,
+then its activation checkpointing; to_empty, init_weights): forward and backward equal to one process with the
+same weights. torchtitan's meshes are built on the CPU there by setting its module's device type to "cpu".
 
 Not here: torchtitan's trainer itself (its device type falls back to "cuda"; scripts/gpu_bench.sh's
-``torchtitan`` stage trains the debug model with the converter on a GPU). Its ``parallelize_llama`` calls its
-own ``apply_tp``, which takes nn.Linear only, so the converter refuses a tensor-parallel degree > 1 there
-(tested below); ``apply_tp_with_structures`` is for a parallelize function of one's own.
+``torchtitan`` stage trains the debug model with the converter on a GPU), and FSDP (one CPU process per rank
+here holds whole parameters; fully_shard is applied by torchtitan's own code, after the structures are in place).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import socket
@@ -163,33 +163,42 @@ def test_refusals_are_one_line():
 
 
 def _tp_worker(rank: int, port: int, out_dir: str) -> None:
-    from torch.distributed.device_mesh import init_device_mesh
+    """torchtitan's trainer sequence on 2 gloo processes: meta build, converters, the train spec's parallelize_fn,
+    to_empty, init_weights; then a single-process model with the same (gathered) weights."""
+    import torchtitan.distributed.parallel_dims as pd
+    from torch.distributed.tensor import DTensor
+    from torchtitan.protocols.train_spec import get_train_spec
 
+    pd.device_type = "cpu"  # torchtitan's device type falls back to "cuda" without one: its meshes on the CPU
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.set_num_threads(1)
-        model, _ = _converted(targets=("ffn", "attention"), seed=0)  # the same seed on both ranks
-        reference = copy.deepcopy(model)
+        job = _job_config("--model.name", tt.TRAIN_SPEC, "--lowrank_lm.fraction", "0.5", "--lowrank_lm.targets",
+                          "ffn,attention", "--parallelism.tensor_parallel_degree", "2",
+                          "--training.seq_len", str(SEQ), "--activation_checkpoint.mode", "full")
+        dims = _dims(tp=2)
+        model = _meta_model()
+        build_model_converters(job, dims).convert(model)
+        model = get_train_spec(tt.TRAIN_SPEC).parallelize_fn(model, dims, job)
+        _materialize(model, seed=0)
+        reference = _meta_model()
+        tt.convert_model(reference, tt.StructureSettings(kind="lowrank", fraction=0.5, targets=["ffn", "attention"]))
+        _materialize(reference, seed=1)
+        full = lambda t: t.full_tensor() if isinstance(t, DTensor) else t  # noqa: E731
+        reference.load_state_dict({k.replace("._checkpoint_wrapped_module", ""): full(v)
+                                   for k, v in model.state_dict().items()})
         x = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
-        mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("tp",))
-        tt.apply_tp_with_structures(model, mesh)  # torchtitan's apply_tp + the factor plan, sequence-parallel
-        for m in (model, reference):  # torchtitan's init of the (all structured) attention and FFN layers, on
-            torch.manual_seed(5)      # sharded factors: rank 0's draw, distributed (the dense layers keep seed 0's
-            with torch.no_grad():     # values: DTensor random ops draw per shard on a CPU mesh)
-                for block in m.layers.values():
-                    block.attention.init_weights(block.weight_init_std)
-                    block.feed_forward.init_weights(block.weight_init_std)
+        logits, want = model(x), reference(x)  # logits: sharded over the vocabulary (torchtitan's loss parallel)
+        logits.float().square().mean().backward()
+        want.float().square().mean().backward()
+        grads = [(full(getattr(model.layers["3"].feed_forward, w).u.grad),
+                  getattr(reference.layers["3"].feed_forward, w).u.grad) for w in ("w1", "w2")]
         block = model.layers["5"]
         shards = [tuple(p.to_local().shape) for p in (block.feed_forward.w2.v, block.feed_forward.w2.u,
                                                        block.attention.wq.v, block.attention.wq.u)]
-        logits, want = model(x), reference(x)
-        logits.float().square().mean().backward()
-        want.float().square().mean().backward()
-        grads = [(getattr(model.layers["3"].feed_forward, w).u.grad.full_tensor(),
-                  getattr(reference.layers["3"].feed_forward, w).u.grad) for w in ("w1", "w2")]
-        torch.save({"logits": (logits.detach(), want.detach()), "grads": grads, "shards": shards,
-                    "embedding": type(model.tok_embeddings.weight).__name__},
+        torch.save({"logits": (full(logits).detach(), want.detach()), "grads": grads, "shards": shards,
+                    "wrapped": type(model.layers["0"]).__name__, "embedding": type(model.tok_embeddings.weight)},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
@@ -201,8 +210,9 @@ def test_two_process_tensor_parallel_equals_one_process(tmp_path):
         port = s.getsockname()[1]
     mp.start_processes(_tp_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
     for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
-        assert got["embedding"] == "DTensor"  # torchtitan's plan ran on the dense parts
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert got["embedding"].__name__ == "DTensor"  # torchtitan's plan ran on the dense parts
+        assert got["wrapped"] == "CheckpointWrapper"  # and parallelize_llama's activation checkpointing after it
         # w2 row-parallel: V split by input, U whole; wq column-parallel: V whole, U split by output
         assert got["shards"] == [(96, 384), (256, 96), (64, 256), (128, 64)]
         torch.testing.assert_close(*got["logits"], rtol=1e-4, atol=1e-5)

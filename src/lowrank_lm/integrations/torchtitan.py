@@ -23,11 +23,12 @@ layers (by default the FFN's w1/w2/w3; ``targets`` may add ``attention``: wq/wk/
   differ by the norm weights only: docs/integrations.md; a structure that did not would be counted right).
 
 Tensor parallelism: torchtitan 0.2.2's ``parallelize_llama`` shards ``feed_forward.w1`` etc. with torch's
-``ColwiseParallel`` / ``RowwiseParallel``, which accept ``nn.Linear`` only, so the converter refuses a
-tensor-parallel degree > 1 in one line. :mod:`lowrank_lm.integrations.tensor_parallel` declares how lowrank
-factors shard, and :func:`apply_tp_with_structures` runs torchtitan's own ``apply_tp`` on a converted model with
-the factors sharded that way (tested with 2 gloo processes against one), for a ``parallelize_fn`` of one's own.
-FSDP needs nothing.
+``ColwiseParallel`` / ``RowwiseParallel``, which accept ``nn.Linear`` only. Importing this module also registers
+the train spec ``lowrank_lm_llama3`` (``--model.name lowrank_lm_llama3``): torchtitan's llama3 spec whose
+parallelize function (:func:`parallelize_structured_llama`) applies :func:`apply_tp_with_structures` (torchtitan's
+own ``apply_tp`` with the lowrank factors sharded as its LoRA adapters shard, see
+:mod:`lowrank_lm.integrations.tensor_parallel`) and then ``parallelize_llama`` for the rest. With another model
+name the converter refuses a tensor-parallel degree > 1 in one line. FSDP needs nothing.
 """
 
 # No ``from __future__ import annotations``: torchtitan merges JobConfig into its own dataclass and tyro
@@ -54,6 +55,8 @@ from lowrank_lm.layers.base import StructuredLinear
 TESTED_VERSION = "0.2.2"
 NAME = "lowrank_lm"
 """The converter's name in ``model.converters``."""
+TRAIN_SPEC = "lowrank_lm_llama3"
+"""torchtitan's llama3 train spec with tensor parallelism for structures (``--model.name``)."""
 INSTALL = "pip install 'lowrank-lm[torchtitan]' (torchtitan==0.2.2 and triton, which its import needs)"
 LLAMA_SPLITS = {"w1": COLUMN, "w3": COLUMN, "w2": ROW, "wq": COLUMN, "wk": COLUMN, "wv": COLUMN, "wo": ROW}
 """How torchtitan's Llama plan splits each linear layer (for :func:`tensor_parallel_plan`)."""
@@ -198,7 +201,7 @@ def tensor_parallel_plan(model: nn.Module, sequence_parallel: bool = False) -> d
 
 
 def apply_tp_with_structures(model: nn.Module, tp_mesh: DeviceMesh, loss_parallel: bool = False,
-                             enable_float8_tensorwise_tp: bool = False) -> None:
+                             enable_float8_tensorwise_tp: bool = False, cp_enabled: bool = False) -> None:
     """torchtitan's Llama tensor parallelism on a converted model: its own ``apply_tp`` (embeddings, sequence-
     parallel norms, attention and FFN, head) runs with a dense stand-in in each structure's place, then each
     structure goes back and is sharded as its dense layer was (:func:`tensor_parallel_plan`, sequence-parallel).
@@ -211,11 +214,43 @@ def apply_tp_with_structures(model: nn.Module, tp_mesh: DeviceMesh, loss_paralle
     try:
         for name, layer in structures.items():
             _put(model, name, _stand_in(layer))  # meta in torchtitan's trainer: no memory
-        apply_tp(model, tp_mesh, loss_parallel=loss_parallel, enable_float8_tensorwise_tp=enable_float8_tensorwise_tp)
+        apply_tp(model, tp_mesh, loss_parallel=loss_parallel, enable_float8_tensorwise_tp=enable_float8_tensorwise_tp,
+                 cp_enabled=cp_enabled)
     finally:
         for name, layer in structures.items():
             _put(model, name, layer)
     parallelize_module(model, tp_mesh, plan)
+
+
+class _TensorParallelDone:
+    """``parallel_dims`` as ``parallelize_llama`` reads it once tensor parallelism is applied: tp_enabled False,
+    everything else (meshes, FSDP / DDP / CP / PP flags) the real one's."""
+
+    tp_enabled = False
+
+    def __init__(self, dims: Any) -> None:
+        self._dims = dims
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dims, name)
+
+
+def parallelize_structured_llama(model: nn.Module, parallel_dims: Any, job_config: Any) -> nn.Module:
+    """The parallelize function of the ``lowrank_lm_llama3`` train spec: tensor parallelism by
+    :func:`apply_tp_with_structures` (with the arguments torchtitan's ``parallelize_llama`` gives ``apply_tp``),
+    then ``parallelize_llama`` itself for the rest (activation checkpointing, compile, FSDP / DDP, context
+    parallelism), told that tensor parallelism is done."""
+    from torchtitan.distributed.tensor_parallel import maybe_enable_async_tp
+    from torchtitan.models.llama3.infra.parallelize import parallelize_llama
+
+    if parallel_dims.tp_enabled:
+        if "float8" in job_config.model.converters:
+            raise UserError("float8 with tensor parallelism and structures is not supported; drop one of them")
+        tp_mesh = parallel_dims.get_mesh("tp")
+        apply_tp_with_structures(model, tp_mesh, loss_parallel=not job_config.parallelism.disable_loss_parallel,
+                                 cp_enabled=parallel_dims.cp_enabled)
+        maybe_enable_async_tp(job_config, tp_mesh)
+    return parallelize_llama(model, _TensorParallelDone(parallel_dims), job_config)
 
 
 def _put(model: nn.Module, name: str, layer: nn.Module) -> None:
@@ -236,10 +271,9 @@ class StructureConverter:
 
     def __init__(self, job_config: Any, parallel_dims: Any) -> None:
         self.settings = _settings_of(job_config)
-        if getattr(parallel_dims, "tp_enabled", False):
-            raise UserError("tensor parallelism: torchtitan 0.2.2's parallelize_llama shards nn.Linear layers only; "
-                            "use parallelism.tensor_parallel_degree=1 (FSDP works) or a parallelize_fn that calls "
-                            "lowrank_lm.integrations.torchtitan.apply_tp_with_structures")
+        if getattr(parallel_dims, "tp_enabled", False) and job_config.model.name != TRAIN_SPEC:
+            raise UserError(f"tensor parallelism with structures needs --model.name {TRAIN_SPEC} (torchtitan's "
+                            f"{job_config.model.name} plan shards nn.Linear layers only), or tensor_parallel_degree=1")
         self.report: StructurizeReport | None = None
 
     def convert(self, model: nn.Module) -> None:
@@ -271,7 +305,18 @@ def register() -> None:
         raise UserError(f"torchtitan {version} is installed; this converter is written for {TESTED_VERSION}'s "
                         f"ModelConverter protocol: {INSTALL}")
     register_model_converter(StructureConverter, NAME)
+    _register_train_spec()
     _registered = True
+
+
+def _register_train_spec() -> None:
+    """``lowrank_lm_llama3``: torchtitan's llama3 train spec with :func:`parallelize_structured_llama`."""
+    import dataclasses
+
+    from torchtitan.protocols.train_spec import get_train_spec, register_train_spec
+
+    register_train_spec(TRAIN_SPEC, dataclasses.replace(get_train_spec("llama3"),
+                                                        parallelize_fn=parallelize_structured_llama))
 
 
 # ``--experimental.custom_import lowrank_lm.integrations.torchtitan`` imports this module: registering here is
