@@ -4,15 +4,16 @@ What runs on CPU and is tested here: the debug model (6 layers, width 256, 6,163
 meta device as torchtitan's trainer builds it, converted through torchtitan's own converter container from a
 parsed job config, materialized and initialised by its ``init_weights``, forward and backward with its default
 sdpa attention (0.2.2's debug model needs no flex/varlen masks), the parameter and FLOP counts against counts
-from the layers' shapes, and tensor parallelism on 2 gloo processes along torchtitan's trainer sequence (meta
-build, converters from the job config, the ``lowrank_lm_llama3`` train spec's parallelize function: torchtitan's
-own ``apply_tp`` with the lowrank attention and FFN factors sharded as its LoRA adapters shard, sequence-parallel,
-then its activation checkpointing; to_empty, init_weights): forward and backward equal to one process with the
-same weights. torchtitan's meshes are built on the CPU there by setting its module's device type to "cpu".
+from the layers' shapes, and 2 gloo processes along torchtitan's trainer sequence (meta build, converters from
+the job config, the ``lowrank_lm_llama3`` train spec's parallelize function, to_empty, init_weights) against one
+process with the same weights: tensor parallelism (torchtitan's own ``apply_tp`` with the lowrank attention and
+FFN factors sharded as its LoRA adapters shard, sequence-parallel, then its activation checkpointing), forward
+and backward equal; FSDP (torchtitan's fully_shard, structures initialised on DTensor shards), forward equal
+(its backward's reduce-scatter uses ReduceOp.PREMUL_SUM, which gloo lacks). torchtitan's meshes are built on the
+CPU there by setting its module's device type to "cpu".
 
 Not here: torchtitan's trainer itself (its device type falls back to "cuda"; scripts/gpu_bench.sh's
-``torchtitan`` stage trains the debug model with the converter on a GPU), and FSDP (one CPU process per rank
-here holds whole parameters; fully_shard is applied by torchtitan's own code, after the structures are in place).
+``torchtitan`` stage trains the debug model with the converter on a GPU) and multi-GPU runs.
 """
 
 from __future__ import annotations
@@ -162,9 +163,18 @@ def test_refusals_are_one_line():
         tt.convert_model(_meta_model(), tt.StructureSettings(kind="lowrank", fraction=0.5, targets=["mlp.up"]))
 
 
-def _tp_worker(rank: int, port: int, out_dir: str) -> None:
-    """torchtitan's trainer sequence on 2 gloo processes: meta build, converters, the train spec's parallelize_fn,
-    to_empty, init_weights; then a single-process model with the same (gathered) weights."""
+PARALLEL = {  # name: (job-config keys, ParallelDims sizes, backward): FSDP's gradient reduce-scatter uses
+    # ReduceOp.PREMUL_SUM, which gloo lacks, so FSDP runs forward only here
+    "tp": (["--parallelism.tensor_parallel_degree", "2"], {"tp": 2}, True),
+    "fsdp": (["--parallelism.data_parallel_shard_degree", "2", "--training.mixed_precision_param", "float32"],
+             {"dp_shard": 2}, False),
+}
+
+
+def _parallel_worker(rank: int, port: int, out_dir: str) -> None:
+    """torchtitan's trainer sequence on 2 gloo processes, tensor-parallel then FSDP: meta build, converters from
+    the job config, the train spec's parallelize_fn, to_empty, init_weights; then a single-process model with the
+    same (gathered) weights."""
     import torchtitan.distributed.parallel_dims as pd
     from torch.distributed.tensor import DTensor
     from torchtitan.protocols.train_spec import get_train_spec
@@ -172,49 +182,61 @@ def _tp_worker(rank: int, port: int, out_dir: str) -> None:
     pd.device_type = "cpu"  # torchtitan's device type falls back to "cuda" without one: its meshes on the CPU
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    full = lambda t: t.full_tensor() if isinstance(t, DTensor) else t  # noqa: E731
     try:
         torch.set_num_threads(1)
-        job = _job_config("--model.name", tt.TRAIN_SPEC, "--lowrank_lm.fraction", "0.5", "--lowrank_lm.targets",
-                          "ffn,attention", "--parallelism.tensor_parallel_degree", "2",
-                          "--training.seq_len", str(SEQ), "--activation_checkpoint.mode", "full")
-        dims = _dims(tp=2)
-        model = _meta_model()
-        build_model_converters(job, dims).convert(model)
-        model = get_train_spec(tt.TRAIN_SPEC).parallelize_fn(model, dims, job)
-        _materialize(model, seed=0)
-        reference = _meta_model()
-        tt.convert_model(reference, tt.StructureSettings(kind="lowrank", fraction=0.5, targets=["ffn", "attention"]))
-        _materialize(reference, seed=1)
-        full = lambda t: t.full_tensor() if isinstance(t, DTensor) else t  # noqa: E731
-        reference.load_state_dict({k.replace("._checkpoint_wrapped_module", ""): full(v)
-                                   for k, v in model.state_dict().items()})
-        x = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
-        logits, want = model(x), reference(x)  # logits: sharded over the vocabulary (torchtitan's loss parallel)
-        logits.float().square().mean().backward()
-        want.float().square().mean().backward()
-        grads = [(full(getattr(model.layers["3"].feed_forward, w).u.grad),
-                  getattr(reference.layers["3"].feed_forward, w).u.grad) for w in ("w1", "w2")]
-        block = model.layers["5"]
-        shards = [tuple(p.to_local().shape) for p in (block.feed_forward.w2.v, block.feed_forward.w2.u,
-                                                       block.attention.wq.v, block.attention.wq.u)]
-        torch.save({"logits": (full(logits).detach(), want.detach()), "grads": grads, "shards": shards,
-                    "wrapped": type(model.layers["0"]).__name__, "embedding": type(model.tok_embeddings.weight)},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        results = {}
+        for name, (keys, sizes, backward) in PARALLEL.items():
+            job = _job_config("--model.name", tt.TRAIN_SPEC, "--lowrank_lm.fraction", "0.5", "--lowrank_lm.targets",
+                              "ffn,attention", "--training.seq_len", str(SEQ), "--activation_checkpoint.mode", "full",
+                              *keys)
+            dims = ParallelDims(**{"dp_replicate": 1, "dp_shard": 1, "cp": 1, "tp": 1, "pp": 1, "ep": 1, "etp": 1,
+                                   "world_size": 2, **sizes})
+            model = _meta_model()
+            build_model_converters(job, dims).convert(model)
+            model = get_train_spec(tt.TRAIN_SPEC).parallelize_fn(model, dims, job)
+            _materialize(model, seed=0)
+            reference = _meta_model()
+            tt.convert_model(reference, tt.StructureSettings(kind="lowrank", fraction=0.5,
+                                                             targets=["ffn", "attention"]))
+            _materialize(reference, seed=1)
+            reference.load_state_dict({k.replace("._checkpoint_wrapped_module", ""): full(v)
+                                       for k, v in model.state_dict().items()})
+            x = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
+            logits, want = model(x), reference(x)  # tp: logits sharded over the vocabulary (loss parallel)
+            ffn, ref_ffn = model.layers["3"].feed_forward, reference.layers["3"].feed_forward
+            if backward:
+                logits.float().square().mean().backward()
+                want.float().square().mean().backward()
+            block = model.layers["5"]
+            results[name] = {
+                "logits": (full(logits).detach(), want.detach()),
+                "grads": [(full(getattr(ffn, w).u.grad), getattr(ref_ffn, w).u.grad) for w in ("w1", "w2")]
+                if backward else [],
+                "shards": [tuple(p.to_local().shape) for p in (block.feed_forward.w2.v, block.feed_forward.w2.u,
+                                                                block.attention.wq.v, block.attention.wq.u)],
+                "wrapped": type(model.layers["0"]).__name__, "embedding": type(model.tok_embeddings.weight).__name__}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_two_process_tensor_parallel_equals_one_process(tmp_path):
+def test_two_process_tensor_parallel_and_fsdp_equal_one_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_tp_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_parallel_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    shards = {  # w2.v, w2.u, wq.v, wq.u on each rank
+        # tp: w2 row-parallel (V split by input, U whole); wq column-parallel (V whole, U split by output)
+        "tp": [(96, 384), (256, 96), (64, 256), (128, 64)],
+        "fsdp": [(48, 768), (128, 96), (32, 256), (128, 64)],  # FSDP2: every parameter split on its first dim
+    }
     for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
-        assert got["embedding"].__name__ == "DTensor"  # torchtitan's plan ran on the dense parts
-        assert got["wrapped"] == "CheckpointWrapper"  # and parallelize_llama's activation checkpointing after it
-        # w2 row-parallel: V split by input, U whole; wq column-parallel: V whole, U split by output
-        assert got["shards"] == [(96, 384), (256, 96), (64, 256), (128, 64)]
-        torch.testing.assert_close(*got["logits"], rtol=1e-4, atol=1e-5)
-        for tp_grad, grad in got["grads"]:
-            torch.testing.assert_close(tp_grad, grad, rtol=1e-4, atol=1e-6)
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for name, res in got.items():
+            assert res["embedding"] == "DTensor"  # torchtitan's plan / fully_shard ran on the dense parts
+            assert res["wrapped"] in ("CheckpointWrapper", "FSDPCheckpointWrapper")  # and its activation checkpointing
+            assert res["shards"] == shards[name], name
+            torch.testing.assert_close(*res["logits"], rtol=1e-4, atol=1e-5)
+            for tp_grad, grad in res["grads"]:
+                torch.testing.assert_close(tp_grad, grad, rtol=1e-4, atol=1e-6)
