@@ -33,6 +33,11 @@
 #   LowRank 32% and BTT (OUT/mup-coord-<kind>/coord_check.{json,png}, slopes in OUT/mup-coord-<kind>.txt),
 #   then a 5-point learning-rate sweep (x2 apart) under muP at widths 256 and 1024 for dense and LowRank 32%
 #   (MUP_STEPS steps each, final train loss in OUT/mup-lr.txt).
+# Issue 27 (structures for any model), stage torchtitan: torchtitan 0.2.2's trainer on its debug Llama 3 (needs
+#   the torchtitan extra), dense and with the lowrank_lm converter (lowrank, half the FFN weights), TITAN_STEPS
+#   (30) steps each on one GPU, by scripts/torchtitan_stage.py (offline tokenizer and data from the embedded
+#   books in OUT/torchtitan): last step's loss, tokens/s, TFLOPS and MFU in OUT/torchtitan.txt. Without CUDA
+#   (DEVICE=cpu SMALL=1) a dry run: torchtitan's config, tokenizer, loader and one converted step on the CPU.
 # Each stage has its own time limit (seconds, overridable) so one slow stage cannot eat the others';
 # the limit sends SIGINT, on which the FFN and decode benches still write the sets they finished.
 # Results: OUT/<stage>/ (JSON, markdown, PNG) and OUT/<stage>.txt, the log in OUT/gpu_bench.log.
@@ -61,8 +66,8 @@ T_FFN=${T_FFN:-45} T_FFN_COMPILE=${T_FFN_COMPILE:-75} T_TOKENS=${T_TOKENS:-60} T
 T_COMPILE=${T_COMPILE:-110} T_DECODE=${T_DECODE:-170} T_SCALE=${T_SCALE:-300}
 T_DSTATIC=${T_DSTATIC:-120} T_TABLE2=${T_TABLE2:-170} T_MFU=${T_MFU:-150} T_FFN5120=${T_FFN5120:-45}
 T_STRUCT=${T_STRUCT:-60}
-T_XL=${T_XL:-240} T_SMOKE=${T_SMOKE:-180} T_MUP=${T_MUP:-120}
-STAGES=${STAGES:-smoke ffn ffn-compile ffn-tokens train train-compile decode train-scale decode-static table2-m table2-l mfu-m ffn-5120 ffn-structures-fwd ffn-structures-fwdbwd mup}
+T_XL=${T_XL:-240} T_SMOKE=${T_SMOKE:-180} T_MUP=${T_MUP:-120} T_TITAN=${T_TITAN:-300}
+STAGES=${STAGES:-smoke ffn ffn-compile ffn-tokens train train-compile decode train-scale decode-static table2-m table2-l mfu-m ffn-5120 ffn-structures-fwd ffn-structures-fwdbwd mup torchtitan}
 # the trainer under torchrun needs the Python that runs lowrank_lm
 if [ -n "${PY:-}" ]; then :
 elif [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"
@@ -233,6 +238,19 @@ if [[ " $STAGES " == *" mup "* ]]; then
         done
     done
     log "mup: coord-check slopes in $OUT/mup-coord-*.txt, learning-rate table in $OUT/mup-lr.txt"
+fi
+
+if [[ " $STAGES " == *" torchtitan "* ]]; then
+    TITAN_ARGS=(--steps "${TITAN_STEPS:-30}")
+    [ "${SMALL:-0}" = 1 ] && TITAN_ARGS+=(--small)
+    log "torchtitan: $PY scripts/torchtitan_stage.py (limit ${T_TITAN}s)"
+    if timeout --signal=INT --kill-after=30 "$T_TITAN" "$PY" "$ROOT/scripts/torchtitan_stage.py" "$OUT/torchtitan" \
+        "$DEVICE" "${TITAN_ARGS[@]}" > "$OUT/torchtitan.txt" 2>> "$OUT/gpu_bench.log"; then
+        log "torchtitan: done"
+    else
+        log "torchtitan: FAILED or timed out (exit $?)"
+    fi
+    cat "$OUT/torchtitan.txt" >> "$OUT/gpu_bench.log"
 fi
 
 log "all stages finished; tables: $OUT/*.txt, JSON/markdown/PNG: $OUT/*/"

@@ -1,7 +1,8 @@
 """Docs that run: every ```python, ```bash and ```console block of README.md and docs/*.md.
 
 A block runs unless the line before its fence says ``<!-- doc-test: skip (why) -->`` (it needs a GPU, the hub,
-a cluster, a finished study or an hour). Running blocks execute offline on the CPU: Python through ``exec`` in a
+a cluster, a finished study or an hour); ``<!-- doc-test: needs MODULE (why) -->`` runs it where MODULE imports
+(an optional extra) and skips it elsewhere. Running blocks execute offline on the CPU: Python through ``exec`` in a
 folder that holds small runs under the names the docs use (``runs/demo/lowrank-32``, ``runs/tiny``), commands
 through the ``lowrank-lm`` parser in this process, with the few overrides of :data:`SHRINK` added so that a
 training command takes two steps instead of minutes. Skipped blocks are still checked: Python compiles, and
@@ -138,8 +139,8 @@ def test_the_docs_have_the_blocks_this_test_reads():
     for what in ("lowrank-lm info", "lowrank-lm train configs/cpu/tiny.yaml", "lowrank-lm eval runs/tiny",
                  "lowrank_lm.load(", "lowrank_lm.build("):
         assert sum(what in body for body in running) >= 1, f"no running block has {what}"
-    assert all(b.mark.startswith("skip (") and b.mark.endswith(")") for b in BLOCKS if b.mark), \
-        "a doc-test mark is 'skip (the reason)'"
+    assert all(b.mark.startswith(("skip (", "needs ")) and b.mark.endswith(")") for b in BLOCKS if b.mark), \
+        "a doc-test mark is 'skip (the reason)' or 'needs MODULE (the reason)'"
 
 
 def test_the_option_checker_catches_what_it_should():
@@ -153,7 +154,12 @@ def test_the_option_checker_catches_what_it_should():
     assert invocation("torchrun --nproc_per_node 8 -m lowrank_lm train c.yaml  # comment") == ["train", "c.yaml"]
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.mark], ids=lambda b: b.name)
+def needs(block: Block) -> str | None:
+    """The module a ``needs MODULE`` block runs with, else None."""
+    return block.mark.split()[1] if block.mark and block.mark.startswith("needs ") else None
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.mark and not needs(b)], ids=lambda b: b.name)
 def test_skipped_blocks_are_well_formed(block):
     if block.lang == "python":
         compile(block.body, block.name, "exec")
@@ -187,8 +193,10 @@ def make_snippet_runs(root: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.mark is None], ids=lambda b: b.name)
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.mark is None or needs(b)], ids=lambda b: b.name)
 def test_running_blocks_run(block, workdir, data_cache, monkeypatch, capsys):
+    if needs(block):
+        pytest.importorskip(needs(block), reason=f"{block.name}: {block.mark}")
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("LOWRANK_LM_CACHE", str(data_cache))
     if block.lang == "python":

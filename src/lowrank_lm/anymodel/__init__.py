@@ -5,10 +5,10 @@ See docs/integrations.md."""
 
 from __future__ import annotations
 
-from lowrank_lm.anymodel.core import RECORD_KEY, apply_record, projectable_kinds, structurize
+from lowrank_lm.anymodel.core import RECORD_KEY, apply_record, linear_flops, projectable_kinds, structurize
 from lowrank_lm.anymodel.hf import load_structurized, merge_structures
 from lowrank_lm.anymodel.report import Replaced, StructurizeReport
 from lowrank_lm.anymodel.targets import PRESETS
 
-__all__ = ["PRESETS", "RECORD_KEY", "Replaced", "StructurizeReport", "apply_record", "load_structurized",
-           "merge_structures", "projectable_kinds", "structurize"]
+__all__ = ["PRESETS", "RECORD_KEY", "Replaced", "StructurizeReport", "apply_record", "linear_flops",
+           "load_structurized", "merge_structures", "projectable_kinds", "structurize"]

@@ -181,7 +181,7 @@ def structurize(model: nn.Module, kind: str, *, fraction: float | None = None, r
     if not plans:
         raise UserError(f"keep_dense={keep_dense} keeps every targeted layer dense; nothing to replace")
     params_before = count_params(model)
-    flops_before = _linear_flops(model)
+    flops_before = linear_flops(model)
     std = _default_std(model) if std is None else std
     replaced, layers = [], []
     for name, module, settings in plans:  # build everything first: a failure leaves the model untouched
@@ -192,7 +192,7 @@ def structurize(model: nn.Module, kind: str, *, fraction: float | None = None, r
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
     _record(model, {r.name: {"kind": kind, **r.settings, "source": r.source} for r in replaced})
-    return StructurizeReport(kind, init, params_before, count_params(model), flops_before, _linear_flops(model),
+    return StructurizeReport(kind, init, params_before, count_params(model), flops_before, linear_flops(model),
                              replaced, kept)
 
 
@@ -216,7 +216,7 @@ def _replacement(spec: Structure, name: str, module: nn.Module, settings: dict[s
     return layer, row
 
 
-def _linear_flops(model: nn.Module) -> int:
+def linear_flops(model: nn.Module) -> int:
     """FLOPs per token of every linear layer of the model (dense and structured)."""
     return sum(module_flops(m, m.in_features if isinstance(m, StructuredLinear) else widths(m)[0])
                for m in model.modules() if is_linear(m) or isinstance(m, StructuredLinear))
