@@ -51,6 +51,7 @@ from lowrank_lm.integrations.tensor_parallel import COLUMN, ROW
 from lowrank_lm.integrations.tensor_parallel import tensor_parallel_plan as factor_plan
 from lowrank_lm.layers import registry
 from lowrank_lm.layers.base import StructuredLinear
+from lowrank_lm.layers.lowrank import SPEC as LOWRANK
 
 TESTED_VERSION = "0.2.2"
 NAME = "lowrank_lm"
@@ -66,7 +67,7 @@ LLAMA_SPLITS = {"w1": COLUMN, "w3": COLUMN, "w2": ROW, "wq": COLUMN, "wk": COLUM
 class StructureSettings:
     """The ``[lowrank_lm]`` section of a torchtitan job config: :func:`lowrank_lm.structurize`'s arguments."""
 
-    kind: str = "lowrank"
+    kind: str = LOWRANK.name  # the one kind with a tensor-parallel plan
     fraction: float | None = None
     """Each layer's weights as a share of the dense layer's (give this or rank / num_blocks)."""
     rank: int | None = None
