@@ -2,7 +2,7 @@
 under µP (configs/sweeps/lr-cpu-standard.yaml and configs/sweeps/lr-cpu.yaml).
 
 Reads each sweep's results.csv and prints (and writes to OUT/table.md) the validation loss of every cell, the
-optimal learning rate per width, its shift from the narrowest to the widest width in grid steps (factors of
+best loss per width (whether the wider model does better at its best rate), the optimal learning rate per width, its shift from the narrowest to the widest width in grid steps (factors of
 the grid's ratio), and beside it the seed noise at the base width (where the sweep has a second seed): the
 mean loss difference between the seeds and how far the optimum itself moves between them. The optimum is
 read two ways: the grid point of lowest loss, and the vertex of a parabola through that point and its two
@@ -131,11 +131,22 @@ def tables(cells: list[Cell], labels: list[str], widths: list[int], seeds: list[
             "|---|---|" + "---|" * (len(widths) + 4)]
     for label in labels:
         for param in PARAMS:
+            have = [len(curve(cells, label, param, w, seeds[0])) for w in widths]
+            if min(have) < len(rates):  # a sweep still running, or failed runs: no optimum to read yet
+                out.append(f"| {label} | {param} | " + " | ".join(f"{n} of {len(rates)} rates" for n in have)
+                           + " | | | | |")
+                continue
             t = transfer(cells, label, param, widths, seeds)
             noise = ("", "") if t.seed_loss_diff is None else (f"{t.seed_loss_diff:.4f}",
                                                                f"{t.seed_optimum_diff:+.2f}")
             out.append(f"| {label} | {param} | " + " | ".join(_rate(t, k) for k in range(len(widths)))
                        + f" | {t.grid_shift:+d} | {t.vertex_shift:+.2f} | {noise[0]} | {noise[1]} |")
+    out += ["", "| structure | param | " + " | ".join(f"best loss w{w}" for w in widths) + " |",
+            "|---|---|" + "---|" * len(widths)]
+    for label in labels:  # does the wider model do better at its best rate? (µP promises it does)
+        for param in PARAMS:
+            best = [min((v for _, v in curve(cells, label, param, w, seeds[0])), default=None) for w in widths]
+            out.append(f"| {label} | {param} | " + " | ".join("" if b is None else f"{b:.4f}" for b in best) + " |")
     return "\n".join(out) + "\n"
 
 

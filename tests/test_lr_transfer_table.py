@@ -72,6 +72,9 @@ def test_vertices_shifts_and_seed_noise(tmp_path, capsys, monkeypatch):
     assert "| dense | mup | 0.01 | 0.01 | 0.01 | +0 | -0.30 | " in text
     assert "| lowrank-32 | mup | 0.02 | >0.04 | >0.04 | +1 | +0.60 | 0.0000 | +0.00 |" in text
     assert "| dense | standard | 0.005 | 0.0025 | 0.00125 | -2 | -2.60 |  |  |" in text
+    # best loss per width: the grid point nearest each vertex (3.3, 2.1, 0.7; 5.4, 6.4 and 7.2 beyond the grid)
+    assert "| dense | standard | 5.0090 | 5.0010 | 5.0090 |" in text
+    assert "| lowrank-32 | mup | 5.0160 | 5.0160 | 5.1440 |" in text
     assert (tmp_path / "out" / "table.md").read_text() == text
     assert (tmp_path / "out" / "std.csv").read_bytes() == (tmp_path / "std" / "results.csv").read_bytes()
     pytest.importorskip("matplotlib")
