@@ -89,7 +89,7 @@ def markdown_table(runs: list[Run]) -> str:
 def unigram_loss(runs: list[Run]) -> tuple[float | None, str]:
     """The unigram baseline's loss (what token frequencies alone give) on the runs' validation tokens, and a
     note saying so; None and why not when the runs trained on different data or their data is not here."""
-    from lowrank_lm.config import read_config
+    from lowrank_lm.config import read_dict
     from lowrank_lm.data import resolve_data_dir, unigram_perplexity
     from lowrank_lm.data.manifest import MANIFEST
 
@@ -98,7 +98,7 @@ def unigram_loss(runs: list[Run]) -> tuple[float | None, str]:
         raw = yaml.safe_load((r.path / CONFIG).read_text()) if (r.path / CONFIG).is_file() else None
         if not isinstance(raw, dict) or "data" not in raw:
             return None, f"no unigram baseline: {r.label} has no data settings in its {CONFIG}"
-        dirs.add(resolve_data_dir(read_config(r.path / CONFIG).data))
+        dirs.add(resolve_data_dir(read_dict(raw).data))
     if len(dirs) != 1:
         return None, f"no unigram baseline: the runs trained on {len(dirs)} different data sets"
     (data_dir,) = dirs
@@ -113,14 +113,16 @@ def compare_ownership(out: Path) -> Ownership:
     return Ownership(out, RECORD, "lowrank-lm compare")
 
 
-def write_comparison(runs: list[Run], out: Path, baseline: str | None = None) -> list[Path]:
+def write_comparison(runs: list[Run], out: Path, baseline: str | None = None,
+                     unigram: tuple[float | None, str] | None = None) -> list[Path]:
     """compare.json, compare.md (groups over seeds, then every run) and the two loss plots (when matplotlib is
-    there, seed bands per group) under ``out``."""
+    there, seed bands per group) under ``out``; ``unigram`` is :func:`unigram_loss`'s answer when the caller
+    has it (it reads every training shard)."""
     from lowrank_lm.compare_plots import plot_groups
     from lowrank_lm.run_groups import compare_groups, group_table, notes
 
     groups, noise = compare_groups(runs, baseline)
-    unigram, unigram_note = unigram_loss(runs)
+    unigram_value, unigram_note = unigram if unigram is not None else unigram_loss(runs)
     owner = compare_ownership(out)
     plots = OUTPUTS[2:] if plotting.pyplot() is not None else ()
     owner.claim({*OUTPUTS[:2], *plots}, NOT_OURS)  # only what it will write: without matplotlib, no plots
@@ -130,13 +132,13 @@ def write_comparison(runs: list[Run], out: Path, baseline: str | None = None) ->
     write_text_atomic(out / "compare.md", "\n".join(md))
     for x in ("tokens", "flops"):
         target = out / f"loss_vs_{x}.png"
-        made = plot_groups(groups, target, x, unigram)
+        made = plot_groups(groups, target, x, unigram_value)
         if made is not None:
             written.append(made)
         else:
             owner.remove([target.name])  # ours from an earlier compare, of other runs
     record = {"runs": table_rows(runs), "groups": [g.to_json() for g in groups],
-              "seed_noise": noise.to_json() if noise else None, "unigram_loss": unigram,
+              "seed_noise": noise.to_json() if noise else None, "unigram_loss": unigram_value,
               "files": [*sorted(p.name for p in written), RECORD]}
     write_json_atomic(out / RECORD, record)
     return [out / RECORD, *written]

@@ -41,15 +41,15 @@ def run(args: argparse.Namespace) -> None:
     for note in skipped:
         print(f"note: {note}", file=sys.stderr)
     groups, noise = compare_groups(runs, args.baseline)
-    unigram, unigram_note = unigram_loss(runs)
+    unigram = unigram_loss(runs)
     if args.json:
         print(json.dumps({"groups": [g.to_json() for g in groups], "seed_noise": noise.to_json() if noise else None,
-                          "unigram_loss": unigram, "runs": table_rows(runs)}, indent=1))
+                          "unigram_loss": unigram[0], "runs": table_rows(runs)}, indent=1))
     else:
         print(group_table(groups, args.baseline), end="")
-        print("\n".join([*notes(groups, noise), unigram_note]))
+        print("\n".join([*notes(groups, noise), unigram[1]]))
     if args.out:
-        written = write_comparison(runs, Path(args.out), args.baseline)
+        written = write_comparison(runs, Path(args.out), args.baseline, unigram)
         if not any(p.suffix == ".png" for p in written):
             print("note: plots skipped (pip install 'lowrank-lm[analysis]' for matplotlib)", file=sys.stderr)
         print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
