@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -133,19 +135,17 @@ ONE_PROCESS = {
 EVAL_TOKENS = 2016  # 63 sequences of 32: one more for rank 0 than for rank 1
 
 
-@pytest.fixture(scope="module")
-def runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
-    """Every run of this module: one-process references here, then all two-process jobs in one launch."""
-    root = tmp_path_factory.mktemp("dist")
+def train_everything(data: Path, root: Path) -> tuple[dict[str, Path], subprocess.CompletedProcess]:
+    """The one-process references here, then all two-process jobs in one torchrun launch (its result)."""
     out = {name: root / name for name in [*ONE_PROCESS, *TWO_PROCESS]}
     for name, overrides in ONE_PROCESS.items():
-        run_training(config(tiny_data, out[name], *overrides))
+        run_training(config(data, out[name], *overrides))
     # the 1 -> 2 resumes start from a one-process checkpoint of step 4
-    run_training(config(tiny_data, out["ddp-1to2"], *LOWRANK), max_steps=4)
-    run_training(config(tiny_data, out["fsdp-1to2"], *BLOCKSHUFFLE), max_steps=4)
+    run_training(config(data, out["ddp-1to2"], *LOWRANK), max_steps=4)
+    run_training(config(data, out["fsdp-1to2"], *BLOCKSHUFFLE), max_steps=4)
     jobs = []
     for name, (overrides, max_steps) in TWO_PROCESS.items():
-        save_config(config(tiny_data, out[name], *overrides), root / f"{name}.yaml")
+        save_config(config(data, out[name], *overrides), root / f"{name}.yaml")
         jobs.append({"train": str(root / f"{name}.yaml"), "max_steps": max_steps})
     jobs.append({"eval": [str(out["lowrank"]), "--json", "--tokens", str(EVAL_TOKENS), "--batch-size", "1",
                           "--device", "cpu"]})
@@ -154,7 +154,42 @@ def runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(Path(__file__).with_name("distributed_jobs.py")), str(root / "jobs.json")],
                           capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc
+
+
+def killed_by_signal(stderr: str) -> int | None:
+    """The signal that killed the first failed rank, from torchrun's failure report (None: no such death)."""
+    cause = re.search(r"Root Cause.*?exitcode\s*:\s*-(\d+)", stderr, re.S)
+    return int(cause.group(1)) if cause else None
+
+
+def launch_report(proc: subprocess.CompletedProcess) -> str:
+    """What a failed launch said: each rank's last finished jobs, faulthandler's stacks of a rank that died by a
+    signal, then the ends of stdout and stderr."""
+    lines = proc.stderr.splitlines()
+    progress = [line for line in lines if line.startswith("[jobs]")][-4:]
+    fault = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error")), None)
+    stacks = lines[fault:fault + 12] if fault is not None else []
+    return "\n".join([*progress, *stacks, "--- stdout:", proc.stdout[-500:], "--- stderr:", proc.stderr[-3000:]])
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """Every run of this module, two-process jobs included; the 2 -> 1 resumes continue their checkpoints.
+
+    A launch whose rank died by a signal from C++ (a SIGABRT "terminate called without an active exception",
+    seen once in CI and never here) is tried once more from scratch, with a warning that keeps its log; a
+    Python error, or a second death, fails the fixture.
+    """
+    root = tmp_path_factory.mktemp("dist")
+    out, proc = train_everything(tiny_data, root)
+    if proc.returncode != 0 and killed_by_signal(proc.stderr) is not None:
+        (root / "torchrun.log").write_text(proc.stderr)
+        warnings.warn(f"the two-process launch lost a rank to signal {killed_by_signal(proc.stderr)}; tried again "
+                      f"(its log: {root / 'torchrun.log'}):\n{launch_report(proc)[:1500]}", stacklevel=1)
+        root = tmp_path_factory.mktemp("dist")
+        out, proc = train_everything(tiny_data, root)
+    assert proc.returncode == 0, launch_report(proc)
     (root / "eval-2.json").write_text(proc.stdout.strip().splitlines()[-1])
     # the 2 -> 1 resumes: one process continues the two-process checkpoints of step 4
     for name, kind in (("ddp-2to1", LOWRANK), ("fsdp-2to1", BLOCKSHUFFLE), ("fsdp-mup-2to1", MUP)):
@@ -337,3 +372,12 @@ def test_throughput_numbers():
     assert rec["tokens_per_s"] == 2048 and rec["tokens_per_s_per_device"] == 512
     assert rec["mfu"] == pytest.approx(512 * 1000 / 1e6)
     assert throughput(10, 1.0, 1, 1000, None)["mfu"] == "unknown"
+
+
+def test_a_signal_death_is_told_from_a_python_error():
+    report = ("Failures:\n  [1]:\n    rank      : 0 (local_rank: 0)\n    exitcode  : -15 (pid: 10560)\n"
+              "Root Cause (first observed failure):\n  [0]:\n    rank      : 1 (local_rank: 1)\n"
+              "    exitcode  : {code} (pid: 10561)\n")
+    assert killed_by_signal(report.format(code="-6 ")) == 6  # rank 1's SIGABRT, not rank 0's SIGTERM after it
+    assert killed_by_signal(report.format(code="1 ")) is None  # a Python exception: no second try
+    assert killed_by_signal("Traceback (most recent call last): ...") is None
