@@ -2,8 +2,8 @@
 under µP (configs/sweeps/lr-cpu-standard.yaml and configs/sweeps/lr-cpu.yaml).
 
 Reads each sweep's results.csv and prints (and writes to OUT/table.md) the validation loss of every cell, the
-best loss per width (whether the wider model does better at its best rate), the optimal learning rate per width, its shift from the narrowest to the widest width in grid steps (factors of
-the grid's ratio), and beside it the seed noise at the base width (where the sweep has a second seed): the
+best loss per width (whether the wider model does better at its best rate), the optimal learning rate per
+width, its shift from the narrowest to the widest width in grid steps (factors of the grid's ratio), and beside it the seed noise at the base width (where the sweep has a second seed): the
 mean loss difference between the seeds and how far the optimum itself moves between them. The optimum is
 read two ways: the grid point of lowest loss, and the vertex of a parabola through that point and its two
 neighbours in log learning rate (a fractional grid position; an optimum on the grid's edge is marked '<' or
@@ -108,6 +108,11 @@ def transfer(cells: list[Cell], label: str, param: str, widths: list[int], seeds
     return Transfer(label, param, [vertex(c) for c in curves], [r for r, _ in curves[0]], loss_diff, optimum_diff)
 
 
+def swept(cells: list[Cell], label: str) -> list[str]:
+    """The parametrizations under which ``label`` was swept (a structure may have a µP sweep only)."""
+    return [param for param in PARAMS if any(c.label == label and c.param == param for c in cells)]
+
+
 def _rate(t: Transfer, k: int) -> str:
     i, _, edge = t.optima[k]
     return f"{edge}{t.rates[i]:g}"
@@ -119,7 +124,7 @@ def tables(cells: list[Cell], labels: list[str], widths: list[int], seeds: list[
     out = ["| structure | param | width | " + " | ".join(f"{r:g}" for r in rates) + " |",
            "|---|---|---|" + "---|" * len(rates)]
     for label in labels:
-        for param in PARAMS:
+        for param in swept(cells, label):
             for w in widths:
                 by_rate = dict(curve(cells, label, param, w, seeds[0]))
                 best = min(by_rate.values(), default=None)
@@ -130,7 +135,7 @@ def tables(cells: list[Cell], labels: list[str], widths: list[int], seeds: list[
             + " | shift (grid) | shift (vertex) | seed noise: loss | seed noise: optimum (vertex) |",
             "|---|---|" + "---|" * (len(widths) + 4)]
     for label in labels:
-        for param in PARAMS:
+        for param in swept(cells, label):
             have = [len(curve(cells, label, param, w, seeds[0])) for w in widths]
             if min(have) < len(rates):  # a sweep still running, or failed runs: no optimum to read yet
                 out.append(f"| {label} | {param} | " + " | ".join(f"{n} of {len(rates)} rates" for n in have)
@@ -144,7 +149,7 @@ def tables(cells: list[Cell], labels: list[str], widths: list[int], seeds: list[
     out += ["", "| structure | param | " + " | ".join(f"best loss w{w}" for w in widths) + " |",
             "|---|---|" + "---|" * len(widths)]
     for label in labels:  # does the wider model do better at its best rate? (µP promises it does)
-        for param in PARAMS:
+        for param in swept(cells, label):
             best = [min((v for _, v in curve(cells, label, param, w, seeds[0])), default=None) for w in widths]
             out.append(f"| {label} | {param} | " + " | ".join("" if b is None else f"{b:.4f}" for b in best) + " |")
     return "\n".join(out) + "\n"
@@ -165,6 +170,11 @@ def plot(cells: list[Cell], labels: list[str], widths: list[int], seeds: list[in
             colours = plotting.paired_colours([(kinds[label], w) for w in widths], registry.colormaps())
             for col, param in enumerate(PARAMS):
                 ax = axes[row][col]
+                if param not in swept(cells, label):
+                    ax.set_axis_off()
+                    ax.text(0.5, 0.5, f"{label}: no {param} sweep", ha="center", va="center", transform=ax.transAxes)
+                    axes[row][1 - col].tick_params(axis="y", labelleft=True)  # the row's only y labels
+                    continue
                 for w, colour in zip(widths, colours):
                     pts = curve(cells, label, param, w, seeds[0])
                     ax.plot([r for r, _ in pts], [v for _, v in pts], "o-", ms=3, color=colour, label=f"width {w}")

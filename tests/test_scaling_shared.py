@@ -265,3 +265,28 @@ def test_isoflop_figure_without_laws_has_no_empty_legend(recwarn):
     assert left.get_legend() is not None and right.get_legend() is None
     assert not [w for w in recwarn if "legend" in str(w.message)]
     plt.close(fig)
+
+
+def test_an_isoflop_design_is_fitted_on_its_lower_envelope(tmp_path):
+    """Three sizes per FLOP budget: the best is on the curve, the other two 0.05 and 0.2 above it (too small, too
+    large). The compute-axis fit takes each budget's best size; fitting all nine as one L(C) would bend it."""
+    table, rng = tmp_path / "results.csv", np.random.default_rng(5)
+    budgets = np.logspace(15, 18, 4)
+    with table.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["name", "series", "size", "budget", "flops", "loss"])
+        for name, k in TRUTH.items():
+            for c in budgets:
+                best = (E + A * (k * c) ** -ALPHA) * np.exp(rng.normal(0, 0.002))
+                for size, above in (("s", 0.05), ("m", 0.0), ("l", 0.2)):
+                    w.writerow([f"{name}-{size}-C{c:.0e}", name, size, f"C{c:.0e}", f"{c:.6g}", f"{best + above:.6f}"])
+    code, out, err = cli("fit", str(table), "--law", "shared", "--bootstrap", "100", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["settings"]["off_frontier"] == 2 * len(budgets) * len(TRUTH)
+    for name, k in TRUTH.items():
+        assert data["series"][name]["n_points"] == len(budgets)
+        assert data["series"][name]["compute_multiplier"] == pytest.approx(k, rel=0.05)
+    code, text, _ = cli("fit", str(table), "--bootstrap", "50")  # the compute law reads the same envelope
+    assert code == 0 and "IsoFLOP design: at each FLOP budget a series' point is its best size" in text
+    assert "24 other size(s)' points are left out" in text

@@ -267,11 +267,26 @@ def test_lr_cpu_preset_reads_as_a_mup_transfer_grid():
     rates = sweep.learning_rates
     assert rates is not None and len(rates) == 7
     assert all(b / a == pytest.approx(2.0) for a, b in itertools.pairwise(rates))
-    assert list(sweep.structures) == ["dense", "lowrank", "blockdense", "btt", "cola"]
+    assert list(sweep.structures) == ["dense", "lowrank", "blockdense", "blockshuffle", "btt", "cola"]
     assert all(v.fractions in (None, [0.32]) for v in sweep.structures.values())
     assert [v.overrides for v in sweep.sizes.values()] == [[f"model.hidden_dim={w}"] for w in (64, 128, 256)]
     assert [v.seeds for v in sweep.sizes.values()] == [[1005, 2005], None, None]  # two seeds at the base width
     assert {"model.parametrization=mup", "model.mup_base_width=64"} <= set(sweep.overrides)
+
+
+
+def test_structures_cpu_preset_is_an_isoflop_design_at_the_tuned_rates():
+    plan = load_sweep(ROOT / "configs" / "sweeps" / "structures-cpu.yaml")
+    assert len(plan.runs) == 4 * 3 * (2 + 2 + 4)  # widths x budgets x (dense and lowrank twice, four once)
+    budgets = {r.budget for r in plan.runs}
+    assert budgets == {"C1.5e11", "C3e11", "C6e11"}
+    for r in plan.runs:  # every run spends its budget on its own model (to a step of tokens)
+        assert r.flops == pytest.approx(float(r.budget[1:]), rel=0.02)
+    rates = {r.series: r.cfg.train.lr for r in plan.runs}
+    assert rates == {"dense": 1e-2, "lowrank-32": 1e-2, "cola-32": 1e-2, "blockdense-32": 5e-3,
+                     "blockshuffle-32": 5e-3, "btt-32": 5e-3}  # the µP optima at width 64 (mup-cpu/table.md)
+    assert {r.cfg.model.parametrization for r in plan.runs} == {"mup"}
+    assert {r.cfg.model.hidden_dim for r in plan.runs} == {8, 16, 24, 32}
 
 
 def test_blockdense_solves_from_its_fraction_alone_as_info_does(tmp_path):

@@ -113,12 +113,14 @@ def run(args: argparse.Namespace) -> None:
     rows, skipped, source = _compute_rows(args)
     rows = split_token_budgets(_select(rows, args.series))
     rows, noise = average_seeds(rows) if has_seeds(rows) else (rows, None)
+    rows, off_frontier = _frontier(rows, args.x)
     series = Series.from_rows(rows)
     if args.baseline is not None and args.baseline not in {n.split("@")[0] for n in series} | set(series):
         raise UserError(f"--baseline {args.baseline}: no such series (have: {', '.join(series)})")
     result = fit_all(series, FitOptions(mode=args.mode, fixed_E=args.fixed_E, n_bootstrap=args.bootstrap,
                                         level=args.level, seed=args.seed))
-    result.settings.update(x=args.x, source=source, seed_noise=noise.to_json() if noise else None)
+    result.settings.update(x=args.x, source=source, seed_noise=noise.to_json() if noise else None,
+                           off_frontier=off_frontier)
     result.comparisons = compare_all(result, args.baseline, points=series)
     # The report is written before anything is printed: `fit ... --report DIR | head` closes the pipe early.
     paths = None
@@ -157,9 +159,11 @@ def _run_shared(args: argparse.Namespace) -> None:
     rows, skipped, source = _compute_rows(args)
     rows = _select(rows, args.series)
     rows, noise = average_seeds(rows) if has_seeds(rows) else (rows, None)
+    rows, off_frontier = _frontier(rows, args.x)
     series = Series.from_rows(rows)
     fit = fit_shared(series, args.baseline, FitOptions(n_bootstrap=args.bootstrap, level=args.level, seed=args.seed))
-    fit.settings.update(x=args.x, source=source, seed_noise=noise.to_json() if noise else None)
+    fit.settings.update(x=args.x, source=source, seed_noise=noise.to_json() if noise else None,
+                        off_frontier=off_frontier)
     paths = None
     if args.report:  # before printing, as for the compute law
         paths = write_shared_report(fit, series, rows, args.report, source, _command_line(args), skipped)
@@ -181,6 +185,14 @@ def _run_shared_joint(args: argparse.Namespace) -> None:
     fit = fit_shared_joint(series, args.baseline, JointOptions(n_bootstrap=args.bootstrap, level=args.level,
                                                                seed=args.seed))
     print(json.dumps(fit.to_json(), indent=2) if args.json else format_shared_joint(fit, args.results))
+
+
+def _frontier(rows: list[dict], x: str) -> tuple[list[dict], int]:
+    """On a compute axis, an IsoFLOP design's best size per budget (stats.table.isoflop_frontier); on a
+    parameter or token axis every point stays (each size is its own x there)."""
+    from lowrank_lm.stats.table import isoflop_frontier
+
+    return isoflop_frontier(rows) if x in ("flops", "flops_6n") else (rows, 0)
 
 
 def _select(rows: list[dict], wanted_text: str | None) -> list[dict]:

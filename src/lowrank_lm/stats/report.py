@@ -117,6 +117,15 @@ def all_warnings(result: FitResult) -> list[str]:
     return list(seen)
 
 
+def frontier_line(settings: dict[str, Any]) -> str | None:
+    """What an IsoFLOP design's compute-axis fit left out (None when it left nothing out)."""
+    left = settings.get("off_frontier") or 0
+    if not left:
+        return None
+    return (f"IsoFLOP design: at each FLOP budget a series' point is its best size (the lower envelope of loss in "
+            f"compute); {left} other size(s)' points are left out of this curve (--law joint fits them all)")
+
+
 def noise_line(settings: dict[str, Any]) -> str:
     """The measured run-to-run noise, for the reader to hold beside the differences compared."""
     n = settings.get("seed_noise")
@@ -136,6 +145,8 @@ def format_text(result: FitResult, source: str, skipped: int = 0) -> str:
             f"{s['n_bootstrap']} bootstrap replicates, {s['level']:.0%} intervals, seed {s['seed']}")
     if skipped:
         head += f"\n({skipped} unfinished row(s) skipped)"
+    if frontier_line(s):
+        head += f"\n{frontier_line(s)}"
     parts = [head, "", _table_text(SERIES_HEADER, series_rows(result))]
     if result.comparisons:
         parts += ["", noise_line(s), comparison_text(result)]
@@ -166,7 +177,7 @@ def write_report(result: FitResult, series: dict[str, Series], rows: list[dict[s
           f"(x = `{x_column}`{f'; {skipped} unfinished row(s) skipped' if skipped else ''}). "
           f"Model L = E + A·x^(-alpha), least squares in log space, E mode **{s['mode']}**; "
           f"{s['n_bootstrap']} parametric bootstrap replicates, {s['level']:.0%} percentile intervals, "
-          f"seed {s['seed']}.",
+          f"seed {s['seed']}.", *([f"{frontier_line(s)}."] if frontier_line(s) else []),
           "", "## Series", "", _table_md(SERIES_HEADER, series_rows(result)), ""]
     if result.comparisons:
         md += ["## Comparisons", "",

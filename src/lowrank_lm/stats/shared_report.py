@@ -7,7 +7,7 @@ from typing import Any
 
 from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.stats.fit import Series
-from lowrank_lm.stats.report import POINT_COLUMNS, _table_md, _table_text, noise_line
+from lowrank_lm.stats.report import POINT_COLUMNS, _table_md, _table_text, frontier_line, noise_line
 from lowrank_lm.stats.shared import SharedFit
 from lowrank_lm.stats.table import write_csv, write_json
 
@@ -95,6 +95,8 @@ def format_shared_text(fit: SharedFit, source: str, skipped: int = 0) -> str:
             f"{s['n_bootstrap']} bootstrap replicates, {s['level']:.0%} intervals, seed {s['seed']}")
     if skipped:
         head += f"\n({skipped} unfinished row(s) skipped)"
+    if frontier_line(s):
+        head += f"\n{frontier_line(s)}"
     parts = [head, curve_line(fit), "", _table_text(HEADER, rows(fit)), "", consistency_line(fit), noise_line(s)]
     if fit.warnings:
         parts += ["", "warnings:"] + [f"  - {w}" for w in fit.warnings]
@@ -118,7 +120,8 @@ def write_shared_report(fit: SharedFit, series: dict[str, Series], points: list[
           f"{f' ({skipped} unfinished row(s) skipped)' if skipped else ''}. Model L = E + A·(k·C)^(-alpha): E, A "
           f"and alpha shared by every series, one compute multiplier k per series (k = 1 for {fit.baseline}), "
           f"least squares in log space; {fit.settings['n_bootstrap']} parametric bootstrap replicates, "
-          f"{fit.settings['level']:.0%} percentile intervals.", "",
+          f"{fit.settings['level']:.0%} percentile intervals."
+          f"{' ' + frontier_line(fit.settings) + '.' if frontier_line(fit.settings) else ''}", "",
           curve_line(fit) + ".", "", "## Compute multipliers", "", _table_md(HEADER, rows(fit)), "",
           "A series with multiplier k reaches at C FLOPs the loss the baseline reaches at k·C FLOPs.", "",
           "## Is the exponent shared?", "", consistency_line(fit) + ".", "", noise_line(fit.settings) + ".", ""]

@@ -131,6 +131,29 @@ def split_token_budgets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             else r for r in rows]
 
 
+def isoflop_frontier(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Each series' lowest-loss row per FLOP budget, and how many rows that leaves out.
+
+    An IsoFLOP design trains several sizes at each budget; a curve in compute alone (the compute and shared
+    laws) must see one loss per budget, the best a structure reached with that compute: the lower envelope
+    L*(C) = min over sizes of L(N, C). Fitting every size as a point of one L(C) would mix sizes that are far
+    from optimal into the curve. Rows without a FLOP budget (token budgets, plain sweeps) are kept as they are;
+    call it on seed means, so that the best size is chosen by its mean.
+    """
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    kept: list[dict[str, Any]] = []
+    for r in rows:
+        budget = str(r.get("budget") or "").strip()
+        if not is_flop_budget(budget):
+            kept.append(r)
+            continue
+        key = (r["series"], budget)
+        if key not in best or r["loss"] < best[key]["loss"]:
+            best[key] = r
+    kept += best.values()
+    return kept, len(rows) - len(kept)
+
+
 def budget_of(series: str) -> str | None:
     """The token budget a split series name carries (``dense@t2M`` -> ``t2M``), else None."""
     return series.rsplit("@", 1)[1] if "@" in series else None
