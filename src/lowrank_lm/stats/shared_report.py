@@ -115,13 +115,14 @@ def write_shared_report(fit: SharedFit, series: dict[str, Series], points: list[
     write_json(fit.to_json(), paths["json"])
     write_csv(points, paths["points"], POINT_COLUMNS)
     plot_shared(fit, series, paths["plot"], fit.settings.get("x", "flops"))
+    frontier = frontier_line(fit.settings)
     md = [f"# Shared-exponent fit: {source}", "", f"Command: `{command}`", "",
           f"{sum(fit.n_points.values())} points in {len(fit.names)} series"
           f"{f' ({skipped} unfinished row(s) skipped)' if skipped else ''}. Model L = E + A·(k·C)^(-alpha): E, A "
           f"and alpha shared by every series, one compute multiplier k per series (k = 1 for {fit.baseline}), "
           f"least squares in log space; {fit.settings['n_bootstrap']} parametric bootstrap replicates, "
           f"{fit.settings['level']:.0%} percentile intervals."
-          f"{' ' + frontier_line(fit.settings) + '.' if frontier_line(fit.settings) else ''}", "",
+          f"{f' {frontier}.' if frontier else ''}", "",
           curve_line(fit) + ".", "", "## Compute multipliers", "", _table_md(HEADER, rows(fit)), "",
           "A series with multiplier k reaches at C FLOPs the loss the baseline reaches at k·C FLOPs.", "",
           "## Is the exponent shared?", "", consistency_line(fit) + ".", "", noise_line(fit.settings) + ".", ""]
