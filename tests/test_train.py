@@ -126,9 +126,12 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(data_dir, tmp_path, monk
         return loss
 
     monkeypatch.setattr(loop, "forward_backward", poisoned)
+    closed = []  # the failed run's metrics file is closed, not left for the garbage collector
+    monkeypatch.setattr(loop.MetricsLogger, "close", lambda self: closed.append(self._file.close()))
     out = tmp_path / "run"
     with pytest.raises(UserError, match="3 non-finite steps in a row at step 11"):
         run_training(tiny(data_dir, out, "train.max_bad_steps=3"))
+    assert len(closed) == 1
     recs = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in recs if r.get("skipped")] == [3, 9, 10, 11]
     model, _, ckpt = load_model(out)

@@ -168,6 +168,16 @@ class Trainer:
         stop_at = self.total_steps if self.max_steps is None else min(self.total_steps, self.max_steps)
         log = TrainLog(metrics, self._progress(state.step, stop_at), self.dist.world_size,
                        self.accounting.flops_per_token, resolve_peak_flops(self.device, train_cfg.peak_tflops))
+        try:
+            return self._train(data_dir, parts, state, log, stop_at)
+        except BaseException:
+            log.close()  # a failed or interrupted run leaves no metrics file or TensorBoard writer open
+            raise
+
+    def _train(self, data_dir: Path, parts: _Parts, state: TrainState, log: TrainLog,
+               stop_at: int) -> RunSummary | StoppedRun:
+        """Step to ``stop_at``, logging, evaluating and checkpointing on their intervals; then summarise."""
+        train_cfg = self.cfg.train
         evaluator = Evaluator(data_dir, self.cfg.model.seq_len, self.micro_batch, self.device, train_cfg.precision,
                               train_cfg.eval_tokens, self.dist.rank, self.dist.world_size, self._log, log.record)
         self.checkpointer.last_save = time.perf_counter()  # the wall-clock cadence counts from here

@@ -93,11 +93,14 @@ class MetricsLogger:
             self._wandb.log(scalars, step=step)
 
     def close(self) -> None:
+        """Close the file and the writers (safe to call again: a run that fails after closing closes again)."""
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
         if self._wandb is not None:
             self._wandb.finish()
+            self._wandb = None
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
