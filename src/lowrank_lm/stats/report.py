@@ -126,6 +126,12 @@ def frontier_line(settings: dict[str, Any]) -> str | None:
             f"compute); {left} other size(s)' points are left out of this curve (--law joint fits them all)")
 
 
+def head_notes(skipped: int, settings: dict[str, Any]) -> str:
+    """The lines under a console summary's first line: unfinished rows skipped, points off the IsoFLOP frontier."""
+    frontier = frontier_line(settings)
+    return (f"\n({skipped} unfinished row(s) skipped)" if skipped else "") + (f"\n{frontier}" if frontier else "")
+
+
 def noise_line(settings: dict[str, Any]) -> str:
     """The measured run-to-run noise, for the reader to hold beside the differences compared."""
     n = settings.get("seed_noise")
@@ -143,10 +149,7 @@ def format_text(result: FitResult, source: str, skipped: int = 0) -> str:
     head = (f"fit of {source}: {sum(f.n_points for f in result.series.values())} points in "
             f"{len(result.series)} series, x = {s.get('x', 'flops')}, E mode {s['mode']}, "
             f"{s['n_bootstrap']} bootstrap replicates, {s['level']:.0%} intervals, seed {s['seed']}")
-    if skipped:
-        head += f"\n({skipped} unfinished row(s) skipped)"
-    if frontier_line(s):
-        head += f"\n{frontier_line(s)}"
+    head += head_notes(skipped, s)
     parts = [head, "", _table_text(SERIES_HEADER, series_rows(result))]
     if result.comparisons:
         parts += ["", noise_line(s), comparison_text(result)]
@@ -171,13 +174,14 @@ def write_report(result: FitResult, series: dict[str, Series], rows: list[dict[s
     write_csv(rows, paths["points"], POINT_COLUMNS)
     plot_fit(result, series, paths["plot"], x_column, overlay)
     s = result.settings
+    frontier = frontier_line(s)
     md = [f"# Scaling fit: {source}", "",
           f"Command: `{command}`", "",
           f"{sum(f.n_points for f in result.series.values())} points in {len(result.series)} series "
           f"(x = `{x_column}`{f'; {skipped} unfinished row(s) skipped' if skipped else ''}). "
           f"Model L = E + A·x^(-alpha), least squares in log space, E mode **{s['mode']}**; "
           f"{s['n_bootstrap']} parametric bootstrap replicates, {s['level']:.0%} percentile intervals, "
-          f"seed {s['seed']}.", *([f"{frontier_line(s)}."] if frontier_line(s) else []),
+          f"seed {s['seed']}.", *([f"{frontier}."] if frontier else []),
           "", "## Series", "", _table_md(SERIES_HEADER, series_rows(result)), ""]
     if result.comparisons:
         md += ["## Comparisons", "",

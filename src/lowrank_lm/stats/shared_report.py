@@ -7,7 +7,7 @@ from typing import Any
 
 from lowrank_lm.atomic import write_text_atomic
 from lowrank_lm.stats.fit import Series
-from lowrank_lm.stats.report import POINT_COLUMNS, _table_md, _table_text, frontier_line, noise_line
+from lowrank_lm.stats.report import POINT_COLUMNS, _table_md, _table_text, frontier_line, head_notes, noise_line
 from lowrank_lm.stats.shared import SharedFit
 from lowrank_lm.stats.table import write_csv, write_json
 
@@ -93,10 +93,7 @@ def format_shared_text(fit: SharedFit, source: str, skipped: int = 0) -> str:
     head = (f"shared-exponent fit of {source}: {sum(fit.n_points.values())} points in {len(fit.names)} series, "
             f"L = E + A (k C)^-alpha with x = {s.get('x', 'flops')}, baseline {fit.baseline}; "
             f"{s['n_bootstrap']} bootstrap replicates, {s['level']:.0%} intervals, seed {s['seed']}")
-    if skipped:
-        head += f"\n({skipped} unfinished row(s) skipped)"
-    if frontier_line(s):
-        head += f"\n{frontier_line(s)}"
+    head += head_notes(skipped, s)
     parts = [head, curve_line(fit), "", _table_text(HEADER, rows(fit)), "", consistency_line(fit), noise_line(s)]
     if fit.warnings:
         parts += ["", "warnings:"] + [f"  - {w}" for w in fit.warnings]
